@@ -1,0 +1,59 @@
+"""The L-infinity threat model, separate from the attack loops (as in MadryLab/robustness):
+checking eps, the projection onto the eps-ball intersected with [0, 1], and the model
+context every attack runs in."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robustgan.errors import RobustganError
+
+
+class AttackError(RobustganError):
+    """Invalid attack settings (eps, steps, step size)."""
+
+
+def check_eps(eps: float) -> float:
+    eps = float(eps)
+    if math.isnan(eps) or eps < 0 or (eps > 1 and not math.isinf(eps)):
+        raise AttackError(f"eps must be in [0, 1] (pixel scale) or inf for the unbounded attack, got {eps}")
+    return eps
+
+
+def ball(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of {x' : |x' - x|_inf <= eps, 0 <= x' <= 1}."""
+    if math.isinf(eps):
+        return torch.zeros_like(x), torch.ones_like(x)
+    return (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
+
+
+@contextmanager
+def attack_mode(model: nn.Module):
+    """Eval mode and parameters frozen (gradients flow to the input only); both restored."""
+    was_training = model.training
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy (float32, even under AMP) and its gradient w.r.t. x_adv.
+
+    x_adv must be a leaf with requires_grad=True; returns (loss (N,), grad like x_adv)."""
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x_adv).float(), y, reduction="none")
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+    return loss.detach(), grad

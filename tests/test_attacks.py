@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from robustgan.attacks import AttackError, fgsm, pgd
+from tests.conftest import accuracy, tiny_cnn
+
+
+@settings(max_examples=20, deadline=None)
+@given(eps=st.floats(0, 1), steps=st.integers(1, 4), restarts=st.integers(1, 2), seed=st.integers(0, 100))
+def test_pgd_stays_in_ball_and_box(eps, steps, restarts, seed):
+    torch.manual_seed(seed)
+    model = tiny_cnn()
+    x = torch.rand(6, 1, 28, 28)
+    y = torch.randint(0, 10, (6,))
+    x_adv = pgd(model, x, y, eps, steps, step_size=max(eps / 2, 1e-3), restarts=restarts)
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    x_f = fgsm(model, x, y, eps)
+    assert (x_f - x).abs().max() <= eps + 1e-6 and x_f.min() >= 0 and x_f.max() <= 1
+
+
+def test_attacks_leave_parameters_and_mode_untouched():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(tiny_cnn(), torch.nn.Dropout(0.5)).train()
+    model[0][0].weight.requires_grad_(False)  # a frozen layer must stay frozen
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    pgd(model, x, y, 0.1, 3, 0.03, restarts=2)
+    fgsm(model, x, y, 0.1)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert not model[0][0].weight.requires_grad and model[0][2].weight.requires_grad
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_attacks_run_in_eval_mode():
+    seen = []
+    model = tiny_cnn()
+    model.register_forward_pre_hook(lambda m, inp: seen.append(m.training))
+    pgd(model.train(), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), 0.1, 2, 0.05)
+    assert seen and not any(seen)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(eps=-0.1), "eps must be"), (dict(eps=1.5), "eps must be"), (dict(eps=float("nan")), "eps must be"),
+    (dict(steps=0), "steps must be positive"), (dict(step_size=0.0), "step size"), (dict(restarts=0), "restarts"),
+])
+def test_bad_attack_settings_are_refused(kw, match):
+    args = dict(eps=0.1, steps=2, step_size=0.01) | kw
+    with pytest.raises(AttackError, match=match):
+        pgd(tiny_cnn(), torch.rand(1, 1, 28, 28), torch.tensor([0]), **args)
+
+
+def test_pgd_beats_fgsm_and_unbounded_reaches_zero(trained_tiny, digits):
+    _, _, xt, yt = digits
+    xt, yt = xt[:200], yt[:200]
+    torch.manual_seed(0)
+    clean = accuracy(trained_tiny, xt, yt)
+    assert clean > 0.9
+    acc_fgsm = accuracy(trained_tiny, fgsm(trained_tiny, xt, yt, 0.1), yt)
+    acc_pgd = accuracy(trained_tiny, pgd(trained_tiny, xt, yt, 0.1, 20, 0.01), yt)
+    assert acc_pgd <= acc_fgsm < clean
+    acc_unbounded = accuracy(trained_tiny, pgd(trained_tiny, xt, yt, math.inf, 100, 0.01), yt)
+    assert acc_unbounded < 0.02
+
+
+def test_restarts_keep_worst_case(trained_tiny, digits):
+    _, _, xt, yt = digits
+    xt, yt = xt[:200], yt[:200]
+    torch.manual_seed(1)
+    single = accuracy(trained_tiny, pgd(trained_tiny, xt, yt, 0.08, 5, 0.02), yt)
+    torch.manual_seed(1)  # the first restart replays the single run, so restarts can only help
+    multi = accuracy(trained_tiny, pgd(trained_tiny, xt, yt, 0.08, 5, 0.02, restarts=4), yt)
+    assert multi <= single
+
+
+def test_pgd_agrees_with_torchattacks(trained_tiny, digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    _, _, xt, yt = digits
+    torch.manual_seed(0)
+    ours = accuracy(trained_tiny, pgd(trained_tiny, xt, yt, 0.1, 20, 0.01), yt)
+    theirs = accuracy(trained_tiny, torchattacks.PGD(trained_tiny, eps=0.1, alpha=0.01, steps=20)(xt, yt), yt)
+    assert abs(ours - theirs) <= 0.02, (ours, theirs)
