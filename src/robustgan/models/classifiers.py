@@ -32,7 +32,12 @@ class Classifier(nn.Module):
 
     num_features: int
     fc: nn.Linear
-    first_conv: nn.Conv2d
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        """The first convolutional layer (a property, not a second registration of the
+        module, so the state dict has no aliased tensors)."""
+        return next(m for m in self.modules() if isinstance(m, nn.Conv2d))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -53,9 +58,8 @@ class CWCNN(Classifier):
     def __init__(self, num_classes=10, in_channels=1, image_size=28, normalize=None):
         super().__init__()
         self.normalize = _normalizer(normalize)
-        self.first_conv = nn.Conv2d(in_channels, 32, 3)
         self.convs = nn.Sequential(
-            self.first_conv, nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
         )
         side = ((image_size - 4) // 2 - 4) // 2
@@ -98,9 +102,8 @@ class DenseNet(Classifier):
         super().__init__()
         layers_per_block = (depth - 4) // 3
         self.normalize = _normalizer(normalize)
-        self.first_conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)  # 16 stem channels (non-BC)
-        channels = self.first_conv.out_channels
-        blocks: list[nn.Module] = [self.first_conv]
+        channels = 16  # stem width of the non-BC DenseNet
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)]
         for b in range(3):
             for _ in range(layers_per_block):
                 blocks.append(DenseLayer(channels, growth))
@@ -144,14 +147,13 @@ class PreActResNet(Classifier):
     def __init__(self, num_classes=10, in_channels=3, blocks=(2, 2, 2, 2), normalize=None):
         super().__init__()
         self.normalize = _normalizer(normalize)
-        self.first_conv = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        layers, cin = [], 64
+        layers, cin = [nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)], 64
         for i, n in enumerate(blocks):
             cout = 64 * 2 ** i
             for j in range(n):
                 layers.append(PreActBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
                 cin = cout
-        self.body = nn.Sequential(self.first_conv, *layers, nn.BatchNorm2d(cin), nn.ReLU(),
+        self.body = nn.Sequential(*layers, nn.BatchNorm2d(cin), nn.ReLU(),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.num_features = cin
         self.fc = nn.Linear(cin, num_classes)
@@ -186,7 +188,6 @@ class ShallowVGG(Classifier):
                 layers += _conv_bn_relu(cin, width, 0.3 if index < 2 else 0.4)
                 cin, index = width, index + 1
             layers.append(nn.MaxPool2d(2) if stage < 3 else nn.AdaptiveMaxPool2d(2))
-        self.first_conv = layers[0]
         self.body = nn.Sequential(*layers, nn.Flatten())
         self.num_features = cin * 4
         self.fc = nn.Linear(self.num_features, num_classes)

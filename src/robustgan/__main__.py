@@ -1,0 +1,3 @@
+from robustgan.cli import main
+
+main()

@@ -1,0 +1,179 @@
+"""The ``robustgan`` command line (typer). Errors a user can cause print one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robustgan.errors import RobustganError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train and evaluate GAN-based adversarial defenses (ATGAN, GAN-AT) and their baselines.")
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def parse_eps_list(text: str) -> list[float]:
+    """'0.1,0.2,8/255,inf' -> [0.1, 0.2, 0.0313..., inf]."""
+    from robustgan.attacks import check_eps
+    from robustgan.config import parse_number
+
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            values.append(check_eps(parse_number(part)))
+        except ValueError:
+            raise RobustganError(f"--eps: {part!r} is not a number (use e.g. 0.1,0.2 or 8/255)") from None
+    if not values:
+        raise RobustganError("--eps: give at least one value")
+    return values
+
+
+def fmt_eps(eps: float) -> str:
+    if math.isinf(eps):
+        return "inf"
+    for den in (255,):
+        if abs(eps * den - round(eps * den)) < 1e-6 and eps * den >= 1 and eps < 0.1:
+            return f"{round(eps * den)}/{den}"
+    return f"{eps:g}"
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML preset, e.g. configs/pgd-at-digits.toml"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a key: --set method.eps=0.3 (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<config name>)"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint"),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this many epochs (resumable)"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Directory with the dataset files"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines"),
+):
+    """Train a model into a run directory.
+
+    Examples:
+
+      robustgan train --config configs/pgd-at-digits.toml --out runs/pgd-digits
+
+      robustgan train -c configs/pgd-at-mnist.toml --data-root ~/data --set method.eps=0.2
+
+      robustgan train --out runs/pgd-digits --resume
+    """
+    from robustgan.config import load_config
+    from robustgan.train import fit
+
+    if resume:
+        if out is None:
+            raise RobustganError("--resume needs --out RUN_DIR")
+        fit(None, out, resume=True, quiet=quiet, stop_after=stop_after, data_root=data_root)
+        return
+    if config is None:
+        raise RobustganError("give --config PRESET (see configs/) or --resume --out RUN_DIR")
+    cfg = load_config(config, set_)
+    out = out or Path("runs") / config.stem
+    fit(cfg, out, quiet=quiet, stop_after=stop_after, data_root=data_root)
+
+
+@app.command("eval")
+def eval_(
+    run: Path = typer.Argument(..., help="Run directory"),
+    attack: str = typer.Option("pgd", help="fgsm | pgd | autoattack"),
+    eps: str = typer.Option("", help="Comma-separated eps values in pixel scale (8/255 allowed); default: the run's eval eps"),
+    steps: int = typer.Option(40, help="PGD steps"),
+    step_size: Optional[float] = typer.Option(None, "--step-size", help="PGD step (default 2.5*eps/steps)"),
+    restarts: int = typer.Option(1, help="PGD random restarts (each sample keeps its worst case)"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Directory with the dataset files"),
+    limit: int = typer.Option(0, help="Evaluate only the first N test images (0 = all)"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout"),
+    seed: int = typer.Option(0, help="Seed for random starts"),
+):
+    """Clean and adversarial accuracy of a run's full defended model, per eps.
+
+    Examples:
+
+      robustgan eval runs/pgd-digits --attack pgd --eps 0.1,0.2,0.3 --steps 40
+
+      robustgan eval runs/atgan-cifar10 --eps 2/255,8/255 --restarts 5 --limit 1000 --json
+    """
+    import torch
+    from rich.progress import Progress
+
+    import robustgan
+    from robustgan.evaluate import ATTACKS, robust_accuracy
+    from robustgan.runs import RunDir
+    from robustgan.train import geometry_for, load_split, resolve_device
+
+    if attack not in ATTACKS[1:]:
+        raise RobustganError(f"--attack must be one of fgsm, pgd, autoattack; got {attack!r}")
+    if steps <= 0 or restarts <= 0 or limit < 0 or batch_size <= 0:
+        raise RobustganError("--steps, --restarts and --batch-size must be positive, --limit >= 0")
+    if step_size is not None and step_size <= 0:
+        raise RobustganError(f"--step-size must be positive, got {step_size}")
+    cfg = RunDir(run).config()
+    eps_list = parse_eps_list(eps) if eps else [cfg.train.eval_eps or getattr(cfg.method, "eps", 0.0)]
+    model = robustgan.load(run)
+    x, y = load_split(cfg.data, "test", data_root)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    device = resolve_device(device)
+    model = model.to(device)
+    torch.manual_seed(seed)
+    kw = dict(steps=steps, step_size=step_size, restarts=restarts, batch_size=batch_size, device=device,
+              num_classes=geometry_for(cfg.data).num_classes)
+    rows = []
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("clean", total=len(y))
+        clean = robust_accuracy(model, x, y, attack="none", progress=progress, task=task, **kw)
+        for e in eps_list:
+            task = progress.add_task(f"{attack} eps={fmt_eps(e)}", total=len(y))
+            rows.append({"eps": e, "accuracy": robust_accuracy(model, x, y, attack=attack, eps=e, progress=progress,
+                                                               task=task, **kw)})
+    result = {"run": str(run), "n": len(y), "attack": attack, "steps": steps if attack == "pgd" else None,
+              "restarts": restarts if attack == "pgd" else None, "clean": clean, "results": rows}
+    table = Table(title=f"{run}: {attack}" + (f"-{steps} x{restarts}" if attack == "pgd" else "") + f", n={len(y)}")
+    table.add_column("eps")
+    table.add_column("accuracy", justify="right")
+    table.add_row("clean", f"{clean:.2%}")
+    for row in rows:
+        table.add_row(fmt_eps(row["eps"]), f"{row['accuracy']:.2%}")
+    if as_json:
+        err_console.print(table)
+        sys.stdout.write(json.dumps({**result, "results": [{**r, "eps": _json_eps(r["eps"])} for r in rows]}) + "\n")
+    else:
+        out_console.print(table)
+
+
+def _json_eps(eps: float):
+    return "inf" if math.isinf(eps) else eps
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go"),
+    quick: bool = typer.Option(False, "--quick", help="A reduced version for smoke tests"),
+):
+    """Train standard and PGD-AT models on the embedded digits data and compare them."""
+    from robustgan.demo import run_demo
+
+    run_demo(out, quick=quick)
+
+
+def main():
+    try:
+        app()
+    except RobustganError as err:
+        err_console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

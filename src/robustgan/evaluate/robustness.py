@@ -1,0 +1,63 @@
+"""Accuracy of a defended model under an attack, batched over a test set on the device."""
+
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn as nn
+
+from robustgan.attacks import autoattack, fgsm, pgd
+from robustgan.errors import RobustganError
+
+ATTACKS = ("none", "fgsm", "pgd", "autoattack")
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """2.5 * eps / steps (Madry et al.); 0.01 for the unbounded attack."""
+    return 0.01 if math.isinf(eps) else max(2.5 * eps / steps, 1e-6)
+
+
+def attack_batch(model, x, y, attack: str, eps: float, steps: int = 10, step_size: float | None = None,
+                 restarts: int = 1, num_classes: int = 10) -> torch.Tensor:
+    """Adversarial images for one batch (x in [0, 1]); ``attack='none'`` returns x."""
+    if attack == "none" or eps == 0:
+        return x
+    if attack == "fgsm":
+        return fgsm(model, x, y, eps)
+    if attack == "pgd":
+        return pgd(model, x, y, eps, steps, step_size or default_step_size(eps, steps), True, restarts)
+    if attack == "autoattack":
+        return autoattack(model, x, y, eps, num_classes=num_classes)
+    raise RobustganError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "pgd", eps: float = 0.0,
+                    steps: int = 10, step_size: float | None = None, restarts: int = 1, batch_size: int = 256,
+                    device="cpu", num_classes: int = 10, progress=None, task=None) -> float:
+    """Accuracy of ``model`` (eval mode) on x (uint8 or float in [0, 1]) under ``attack``.
+
+    The whole set moves to ``device`` once; batches are attacked there. ``progress`` /
+    ``task`` (a rich Progress and task id) advance by the batch size."""
+    model.eval()
+    x = x.to(device)
+    y = y.to(device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size]
+        xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
+        yb = y[start:start + batch_size]
+        x_adv = attack_batch(model, xb, yb, attack, eps, steps, step_size, restarts, num_classes)
+        with torch.no_grad():
+            correct += (model(x_adv).argmax(1) == yb).sum()
+        if progress is not None:
+            progress.advance(task, len(yb))
+    return correct.item() / max(1, len(y))
+
+
+def evaluate_accuracy(model, x, y, eps_list, attack="pgd", **kw) -> dict:
+    """{'clean': acc, eps: acc, ...} for every eps in ``eps_list``."""
+    results = {"clean": robust_accuracy(model, x, y, attack="none", **kw)}
+    for eps in eps_list:
+        results[eps] = robust_accuracy(model, x, y, attack=attack, eps=eps, **kw)
+    return results
+

@@ -1,0 +1,122 @@
+"""The method interface and registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from robustgan.config import Config, OptimConfig
+from robustgan.errors import ConfigError
+from robustgan import models
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the networks need to know about the data."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and ``Config`` (a dataclass with a ``name``
+    field and ``validate()``), build their networks and optimizers in ``__init__``, and
+    implement ``step`` and ``build_defended``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Config, geometry: Geometry, device: torch.device):
+        self.cfg, self.geometry, self.device = cfg, geometry, device
+        self.epoch, self.epochs = 0, cfg.train.epochs
+
+    # --- architecture, for training and for robustgan.load
+    @classmethod
+    def build_defended(cls, cfg: Config, geometry: Geometry) -> nn.Module:
+        """The defended pipeline's architecture (untrained): images in [0, 1] -> logits."""
+        raise NotImplementedError
+
+    def defended_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    # --- training
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch x (B, C, H, W) in [0, 1], y (B,). Returns 0-d
+        detached tensors (no host sync); the loop averages and logs them."""
+        raise NotImplementedError
+
+    def prepare(self, x: torch.Tensor, y: torch.Tensor, log) -> None:
+        """Optional phase before the main loop (e.g. ATGAN's loss network), given the
+        training set on the device as uint8 x and int64 y."""
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        self.epoch, self.epochs = epoch, epochs
+
+    # --- checkpointing: every network and optimizer by name
+    def networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimizers whose learning rate follows ``[schedule]`` (default: all)."""
+        return list(self.optimizers().values())
+
+    def state_dict(self) -> dict:
+        return {"networks": {k: m.state_dict() for k, m in self.networks().items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.networks().items():
+            m.load_state_dict(state["networks"][k])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ConfigError(f"method.name: unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def method_config_class(name: str) -> type:
+    return method_class(name).Config
+
+
+# ------------------------------------------------------------------ helpers shared by methods
+def build_classifier(cfg: Config, geometry: Geometry) -> nn.Module:
+    return models.build(cfg.model.name, geometry.num_classes, geometry.channels, image_size=geometry.image_size)
+
+
+def make_optimizer(params, ocfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam (betas) or SGD (momentum, weight decay, nesterov). ``initial_lr`` is recorded
+    in each param group so the loop can set lr = initial_lr * schedule factor."""
+    params = list(params)
+    if ocfg.name == "adam":
+        opt = torch.optim.Adam(params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay,
+                              nesterov=ocfg.nesterov)
+    for group in opt.param_groups:
+        group["initial_lr"] = ocfg.lr
+    return opt
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction correct as a 0-d tensor (no host sync)."""
+    if len(y) == 0:
+        return torch.zeros((), device=y.device)
+    return (logits.argmax(1) == y).float().mean()

@@ -1,0 +1,87 @@
+"""PGD adversarial training (Madry et al. 2018; paper 000 eq. 3) and FracAT (paper 000,
+Section 4.2: a fraction ``frac`` of each batch adversarial, the rest clean)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from robustgan.attacks import pgd
+from robustgan.config import check_eps_value, check_frac
+from robustgan.errors import ConfigError
+from robustgan.methods.base import accuracy, register_method
+from robustgan.methods.standard import Standard
+
+
+@dataclass
+class PGDAttackConfig:
+    """The inner maximisation's settings, shared by every adversarially trained method."""
+
+    name: str = "pgd_at"
+    eps: float = 0.3  # eps_t, pixel scale
+    steps: int = 40
+    step_size: float = 0.0  # 0 = 2.5 * eps / steps (Madry et al.)
+    random_start: bool = True
+    frac: float = 1.0  # FracAT: fraction of each batch made adversarial
+    ramp_epochs: int = 0  # grow eps linearly from 0 over the first epochs
+
+    def validate(self):
+        check_eps_value(self.eps, "method.eps")
+        check_frac(self.frac, "method.frac")
+        if self.steps <= 0:
+            raise ConfigError(f"method.steps must be positive, got {self.steps}")
+        if self.step_size < 0:
+            raise ConfigError(f"method.step_size must be >= 0, got {self.step_size}")
+        if self.ramp_epochs < 0:
+            raise ConfigError(f"method.ramp_epochs must be >= 0, got {self.ramp_epochs}")
+
+
+def eps_now(mcfg: PGDAttackConfig, epoch: int) -> float:
+    """eps_t with the optional linear ramp-up over the first ``ramp_epochs`` epochs."""
+    if mcfg.ramp_epochs <= 0:
+        return mcfg.eps
+    return mcfg.eps * min(1.0, (epoch + 1) / mcfg.ramp_epochs)
+
+
+def step_size_for(mcfg: PGDAttackConfig, eps: float) -> float:
+    return mcfg.step_size if mcfg.step_size > 0 else 2.5 * eps / mcfg.steps
+
+
+def split_adversarial(mcfg: PGDAttackConfig, batch_size: int) -> int:
+    """Number of adversarial samples in a batch of ``batch_size`` (FracAT)."""
+    return int(math.floor(mcfg.frac * batch_size + 0.5))
+
+
+def make_adversarial(model, x, y, mcfg: PGDAttackConfig, epoch: int) -> tuple[torch.Tensor, int]:
+    """Attack the first ``frac`` of the batch (eval mode, parameters untouched); return the
+    mixed batch (adversarial first, then clean) and the number of adversarial samples."""
+    n_adv = split_adversarial(mcfg, len(y))
+    eps = eps_now(mcfg, epoch)
+    if n_adv == 0 or eps == 0:
+        return x, n_adv
+    x_adv = pgd(model, x[:n_adv], y[:n_adv], eps, mcfg.steps, step_size_for(mcfg, eps), mcfg.random_start)
+    return torch.cat([x_adv, x[n_adv:]]), n_adv
+
+
+@register_method
+class PGDAT(Standard):
+    name = "pgd_at"
+    Config = PGDAttackConfig
+
+    def step(self, x, y):
+        mcfg = self.cfg.method
+        x_mix, n_adv = make_adversarial(self.model, x, y, mcfg, self.epoch)
+        self.model.train()
+        logits = self.model(x_mix)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        logits = logits.detach()
+        metrics = {"loss": loss.detach(), "adv_acc": accuracy(logits[:n_adv], y[:n_adv])}
+        if n_adv < len(y):
+            metrics["clean_acc"] = accuracy(logits[n_adv:], y[n_adv:])
+        return metrics

@@ -1,0 +1,190 @@
+"""Run directories: config.toml, model.safetensors, metrics.jsonl, checkpoint.safetensors,
+VERSION, and a lock. Everything on disk is TOML, JSON or safetensors: no pickles.
+
+A checkpoint is one safetensors file: every tensor of the nested training state (networks,
+optimizers, RNG states) is a named tensor, and the nesting plus plain values (ints,
+floats, strings) is JSON in the file's metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from robustgan import __version__
+from robustgan.config import Config, from_dict, read_toml, to_toml
+from robustgan.errors import ConfigError, RunError
+
+CONFIG, MODEL, METRICS, CHECKPOINT, VERSION, LOCK = (
+    "config.toml", "model.safetensors", "metrics.jsonl", "checkpoint.safetensors", "VERSION", "lock")
+
+
+# ------------------------------------------------------------------ nested state <-> safetensors
+def _flatten(obj, tensors: dict, prefix: str):
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_flatten(k, tensors, prefix), _flatten(v, tensors, prefix)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, tensors, prefix) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__}")
+
+
+def _unflatten(node, tensors: dict):
+    if isinstance(node, dict):
+        if "__tensor__" in node:
+            return tensors[node["__tensor__"]]
+        if "__dict__" in node:
+            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in node["__dict__"]}
+        if "__list__" in node:
+            return [_unflatten(v, tensors) for v in node["__list__"]]
+        if "__tuple__" in node:
+            return tuple(_unflatten(v, tensors) for v in node["__tuple__"])
+        raise RunError("checkpoint metadata is malformed")
+    return node
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)``, fsync, then rename over ``path``: a crash leaves
+    either the old file or the new one, never a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_state(path: Path, state: dict) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, tensors, "")
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"state": json.dumps(skeleton)}))
+
+
+def load_state(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise RunError(f"{path} is not a readable safetensors checkpoint ({err})") from None
+    if "state" not in metadata:
+        raise RunError(f"{path} has no training state")
+    return _unflatten(json.loads(metadata["state"]), tensors)
+
+
+# ------------------------------------------------------------------ the run directory
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.file(CHECKPOINT).is_file()
+
+    @property
+    def is_complete(self) -> bool:
+        return self.file(MODEL).is_file() and self.file("DONE").is_file()
+
+    def create(self, cfg: Config) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.file(CONFIG), lambda tmp: tmp.write_text(to_toml(cfg)))
+        self.file(VERSION).write_text(__version__ + "\n")
+
+    def config(self) -> Config:
+        if not self.file(CONFIG).is_file():
+            raise RunError(f"{self.path} is not a run directory (no {CONFIG})")
+        try:
+            return from_dict(read_toml(self.file(CONFIG)))
+        except ConfigError as err:
+            raise RunError(f"{self.file(CONFIG)}: {err}") from None
+
+    def save_model(self, model: torch.nn.Module) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write(self.file(MODEL), lambda tmp: save_file(state, str(tmp), metadata={"robustgan": __version__}))
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.file(METRICS), "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict]:
+        path = self.file(METRICS)
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, after_epoch: int) -> None:
+        """Drop records of epochs past ``after_epoch`` (logged before a crash, redone on resume)."""
+        kept = [r for r in self.metrics() if r.get("epoch", 0) <= after_epoch]
+        atomic_write(self.file(METRICS), lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+
+    def acquire_lock(self) -> None:
+        """Refuse a second process training into this directory."""
+        lock = self.file(LOCK)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = lock.read_text().strip() or "?"
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                lock.unlink(missing_ok=True)  # stale: its owner died
+                return self.acquire_lock()
+            raise RunError(f"{self.path} is in use by process {pid} (remove {lock} if that process is gone)") from None
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+
+    def release_lock(self) -> None:
+        self.file(LOCK).unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_model(run_dir: str | Path) -> torch.nn.Module:
+    """The run's defended model, rebuilt from config.toml + model.safetensors, eval mode."""
+    from robustgan.methods import method_class
+    from robustgan.train import geometry_for
+
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunError(f"run directory {run.path} does not exist")
+    cfg = run.config()
+    weights = run.file(MODEL)
+    if not weights.is_file():
+        pickles = [p.name for p in run.path.glob("*.pt*")] + [p.name for p in run.path.glob("*.pth")]
+        hint = f" (found {', '.join(pickles)}: pickled checkpoints are never loaded)" if pickles else ""
+        raise RunError(f"{run.path} has no {MODEL}{hint}")
+    model = method_class(cfg.method.name).build_defended(cfg, geometry_for(cfg.data))
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise RunError(f"{weights} is not a valid safetensors file ({err})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise RunError(f"{weights} does not match {CONFIG} ({first})") from None
+    return model.eval()

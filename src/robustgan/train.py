@@ -1,0 +1,210 @@
+"""The one training loop. It knows nothing about any method: it builds the method named by
+the config, feeds it on-device batches, sets learning rates, evaluates, logs, checkpoints
+and resumes."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from robustgan import data
+from robustgan.config import Config, DataConfig
+from robustgan.errors import RunError
+from robustgan.evaluate import robust_accuracy
+from robustgan.methods import Geometry, method_class
+from robustgan.runs import CHECKPOINT, RunDir, load_state, save_state
+
+console = Console(stderr=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"train.device={name} but CUDA is not available; use train.device=cpu or auto")
+    return device
+
+
+def autocast_for(amp: str, device: torch.device):
+    """bf16 autocast on CUDA when asked or 'auto'; off on CPU unless 'bf16' is forced."""
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use else nullcontext
+
+
+def geometry_for(dcfg: DataConfig) -> Geometry:
+    meta = data.info(dcfg.name)
+    return Geometry(meta.channels, meta.image_size, meta.num_classes)
+
+
+def load_split(dcfg: DataConfig, split: str, root=None):
+    x, y = data.load(dcfg.name, root if root is not None else dcfg.root, split)
+    if split == "train" and dcfg.train_limit:
+        x, y = x[:dcfg.train_limit], y[:dcfg.train_limit]
+    return x, y
+
+
+class Logger:
+    """metrics.jsonl always; the console unless quiet; TensorBoard when asked."""
+
+    def __init__(self, run: RunDir, quiet: bool, tensorboard: bool):
+        self.run, self.quiet, self.writer = run, quiet, None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RunError("train.tensorboard=true needs the tensorboard package (pip install tensorboard)") from None
+            self.writer = SummaryWriter(str(run.file("tb")))
+
+    def log(self, record: dict) -> None:
+        self.run.append_metrics(record)
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.writer.add_scalar(f"{record.get('split', 'train')}/{key}", value, record["step"])
+        if not self.quiet:
+            shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            console.print(shown)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            console.print(text)
+
+
+def run_epoch(method, batcher, autocast, progress, task, log_every: int, max_steps: int) -> tuple[dict, int, float]:
+    """One pass over the batcher. Metrics stay on the device until the end of the epoch
+    (and at log_every steps, for the progress bar)."""
+    sums: dict[str, torch.Tensor] = {}
+    steps, images, start = 0, 0, time.perf_counter()
+    for x, y in batcher:
+        if steps >= max_steps:
+            break
+        with autocast():
+            metrics = method.step(x, y)
+        for key, value in metrics.items():
+            sums[key] = sums[key] + value if key in sums else value.clone()
+        steps, images = steps + 1, images + len(y)
+        if progress is not None:
+            progress.advance(task)
+            if steps % log_every == 0:
+                shown = " ".join(f"{k}={(v / steps).item():.3f}" for k, v in sums.items())
+                progress.update(task, info=f"{shown} {images / (time.perf_counter() - start):.0f} img/s")
+    seconds = time.perf_counter() - start
+    return {k: (v / max(1, steps)).item() for k, v in sums.items()}, steps, images / max(seconds, 1e-9)
+
+
+def evaluate_heldout(method, cfg: Config, x_test, y_test, device) -> dict:
+    model = method.defended_model()
+    was_training = model.training
+    limit = cfg.train.eval_limit or len(y_test)
+    x, y = x_test[:limit], y_test[:limit]
+    result = {"split": "test", "n": len(y), "clean_acc": robust_accuracy(model, x, y, attack="none", device=device,
+                                                                           batch_size=cfg.train.batch_size * 2)}
+    if cfg.train.eval_eps > 0:
+        result[f"pgd{cfg.train.eval_steps}_acc"] = robust_accuracy(
+            model, x, y, attack="pgd", eps=cfg.train.eval_eps, steps=cfg.train.eval_steps, device=device,
+            batch_size=cfg.train.batch_size * 2, num_classes=method.geometry.num_classes)
+        result["eval_eps"] = cfg.train.eval_eps
+    model.train(was_training)
+    return result
+
+
+def set_learning_rates(method, cfg: Config, epoch: int, epochs: int) -> float:
+    factor = cfg.schedule.factor(epoch, epochs)
+    for opt in method.scheduled_optimizers():
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+    return factor
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[info]}"), console=console, transient=True)
+
+
+def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: bool = False,
+        stop_after: int | None = None, data_root: str | None = None) -> RunDir:
+    """Train ``cfg`` into run directory ``out``; with ``resume`` continue from its
+    checkpoint (using the run's saved config). ``stop_after`` ends this invocation after
+    that many epochs (the run stays resumable). Returns the run directory."""
+    run = RunDir(out)
+    if resume:
+        if not run.has_checkpoint:
+            raise RunError(f"nothing to resume: {run.path} has no {CHECKPOINT}")
+        cfg = run.config()
+    elif run.has_checkpoint or run.file("config.toml").is_file():
+        raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+    assert cfg is not None
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.acquire_lock()
+    try:
+        return _fit_locked(cfg, run, resume, quiet, stop_after, data_root)
+    finally:
+        run.release_lock()
+
+
+def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after, data_root) -> RunDir:
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    x_train, y_train = load_split(cfg.data, "train", data_root)
+    x_test, y_test = load_split(cfg.data, "test", data_root)
+    geometry = geometry_for(cfg.data)
+    method = method_class(cfg.method.name)(cfg, geometry, device)
+    batcher = data.Batcher(x_train, y_train, cfg.train.batch_size, device=device, flip=cfg.data.flip,
+                           shift=cfg.data.shift, seed=cfg.train.seed)
+    epochs = cfg.train.epochs if not cfg.train.steps else math.ceil(cfg.train.steps / len(batcher))
+    total_steps = cfg.train.steps or epochs * len(batcher)
+    logger = Logger(run, quiet, cfg.train.tensorboard)
+    start_epoch, global_step = 0, 0
+    if resume:
+        state = load_state(run.file(CHECKPOINT))
+        method.load_state_dict(state["method"])
+        batcher.load_state_dict(state["batcher"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        start_epoch, global_step = state["epoch"] + 1, state["step"]
+        run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
+        logger.message(f"resuming {run.path} at epoch {start_epoch + 1}/{epochs}")
+    else:
+        run.create(cfg)
+        method.prepare(batcher.x, batcher.y, logger.message)
+    autocast = autocast_for(cfg.train.amp, device)
+    progress = _progress(quiet)
+    done_this_call = 0
+    with progress or nullcontext():
+        for epoch in range(start_epoch, epochs):
+            lr_factor = set_learning_rates(method, cfg, epoch, epochs)
+            method.on_epoch_start(epoch, epochs)
+            task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(batcher), info="") if progress else None
+            metrics, steps, rate = run_epoch(method, batcher, autocast, progress, task, cfg.train.log_every,
+                                             total_steps - global_step)
+            if progress is not None:
+                progress.remove_task(task)
+            global_step += steps
+            logger.log({"epoch": epoch + 1, "step": global_step, "split": "train", **metrics,
+                        "lr_factor": lr_factor, "images_per_s": rate})
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
+                logger.log({"epoch": epoch + 1, "step": global_step,
+                            **evaluate_heldout(method, cfg, x_test, y_test, device)})
+            run.save_model(method.defended_model())
+            rng = {"torch": torch.get_rng_state()}
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+            save_state(run.file(CHECKPOINT), {"epoch": epoch, "step": global_step, "method": method.state_dict(),
+                                              "batcher": batcher.state_dict(), "rng": rng})
+            done_this_call += 1
+            if stop_after is not None and done_this_call >= stop_after and epoch + 1 < epochs:
+                logger.message(f"stopped after epoch {epoch + 1}; continue with: robustgan train --out {run.path} --resume")
+                return run
+    run.file("DONE").write_text("")
+    logger.message(f"finished: {run.path}")
+    return run

@@ -1,0 +1,163 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import robustgan
+from robustgan.config import load_config
+from robustgan.errors import RunError
+from robustgan.evaluate import robust_accuracy
+from robustgan.runs import RunDir, load_state, save_state
+from robustgan.train import fit
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+FAST = ["train.eval_every=100", "train.eval_limit=100"]
+
+
+def small_cfg(*extra):
+    return load_config(CONFIGS / "pgd-at-digits-frac.toml",
+                       ["train.epochs=3", "data.train_limit=192", "data.flip=true", "data.shift=2", *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory):
+    """Standard and PGD-AT runs on digits, trained once for the tests below."""
+    root = tmp_path_factory.mktemp("runs")
+    fit(load_config(CONFIGS / "standard-digits.toml", FAST), root / "standard", quiet=True)
+    fit(load_config(CONFIGS / "pgd-at-digits.toml", FAST), root / "pgd", quiet=True)
+    return root
+
+
+def test_standard_reaches_90_and_pgd_at_is_more_robust(digits_runs):
+    x, y = robustgan.data.load("digits", split="test")
+    standard, adv = robustgan.load(digits_runs / "standard"), robustgan.load(digits_runs / "pgd")
+    assert robust_accuracy(standard, x, y, attack="none") >= 0.90
+    torch.manual_seed(0)
+    acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
+    acc_adv = robust_accuracy(adv, x, y, attack="pgd", eps=0.2, steps=20)
+    assert acc_adv >= acc_standard + 0.3, (acc_standard, acc_adv)
+
+
+def test_run_directory_contents(digits_runs):
+    run = RunDir(digits_runs / "pgd")
+    for name in ("config.toml", "model.safetensors", "metrics.jsonl", "checkpoint.safetensors", "VERSION"):
+        assert run.file(name).is_file(), name
+    records = run.metrics()
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["epoch"] for r in train] == list(range(1, 11))
+    assert {"loss", "adv_acc", "images_per_s", "lr_factor"} <= set(train[0])
+    assert any(r["split"] == "test" and "pgd10_acc" in r for r in records)
+    assert not list(run.path.glob("*.pt*")) and not list(run.path.glob("*.tmp"))
+
+
+def test_load_round_trip_identical_logits(digits_runs, tmp_path):
+    model = robustgan.load(digits_runs / "pgd")
+    assert not model.training
+    x = torch.rand(5, 1, 28, 28)
+    again = robustgan.load(digits_runs / "pgd")
+    assert torch.equal(model(x), again(x))
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    fit(small_cfg(), tmp_path / "full", quiet=True)
+    fit(small_cfg(), tmp_path / "split", quiet=True, stop_after=1)
+    fit(None, tmp_path / "split", resume=True, quiet=True, stop_after=1)
+    fit(None, tmp_path / "split", resume=True, quiet=True)
+    full = load_file(tmp_path / "full" / "model.safetensors")
+    split = load_file(tmp_path / "split" / "model.safetensors")
+    assert full.keys() == split.keys()
+    assert all(torch.equal(full[k], split[k]) for k in full)
+    epochs = [r["epoch"] for r in RunDir(tmp_path / "split").metrics() if r["split"] == "train"]
+    assert epochs == [1, 2, 3]
+
+
+def test_refuses_existing_run_and_bad_resume(tmp_path):
+    fit(small_cfg("train.epochs=1"), tmp_path / "r", quiet=True)
+    with pytest.raises(RunError, match="already holds a run"):
+        fit(small_cfg(), tmp_path / "r", quiet=True)
+    with pytest.raises(RunError, match="nothing to resume"):
+        fit(None, tmp_path / "empty", resume=True, quiet=True)
+
+
+def test_lock_refuses_second_trainer(tmp_path):
+    run = RunDir(tmp_path)
+    run.acquire_lock()
+    (tmp_path / "lock").write_text(str(os.getppid()))  # a live process owns it
+    with pytest.raises(RunError, match="in use by process"):
+        RunDir(tmp_path).acquire_lock()
+    (tmp_path / "lock").write_text("999999999")  # a dead owner: stale lock is taken over
+    RunDir(tmp_path).acquire_lock()
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), betas=(0.5, 0.9))
+    model(torch.rand(4, 3)).sum().backward()
+    opt.step()
+    state = {"opt": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": 3, "name": "x", "none": None}
+    save_state(tmp_path / "c.safetensors", state)
+    back = load_state(tmp_path / "c.safetensors")
+    assert back["epoch"] == 3 and back["name"] == "x" and back["none"] is None
+    assert back["opt"]["param_groups"][0]["betas"] == (0.5, 0.9)
+    assert torch.equal(back["opt"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(back["rng"], state["rng"])
+
+
+def test_load_refuses_pickles_and_mismatch(tmp_path, digits_runs):
+    with pytest.raises(RunError, match="not a run directory"):
+        robustgan.load(tmp_path)
+    run = tmp_path / "copy"
+    run.mkdir()
+    (run / "config.toml").write_text((digits_runs / "pgd" / "config.toml").read_text())
+    torch.save({"w": torch.zeros(1)}, run / "model.pt")
+    with pytest.raises(RunError, match="pickled checkpoints are never loaded"):
+        robustgan.load(run)
+    (run / "model.safetensors").write_bytes((digits_runs / "pgd" / "model.safetensors").read_bytes())
+    text = (run / "config.toml").read_text().replace('name = "cw_cnn"', 'name = "shallow_vgg"')
+    (run / "config.toml").write_text(text)
+    with pytest.raises(RunError, match="does not match config.toml"):
+        robustgan.load(run)
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "robustgan", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_cli_train_and_eval_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    done = cli("train", "-c", str(CONFIGS / "pgd-at-digits.toml"), "--out", str(out), "-q",
+               "--set", "train.epochs=1", "--set", "data.train_limit=128", "--set", "train.eval_limit=32")
+    assert done.returncode == 0, done.stderr
+    done = cli("eval", str(out), "--attack", "pgd", "--eps", "0.1,8/255", "--steps", "3", "--limit", "40", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["n"] == 40 and [r["eps"] for r in result["results"]] == pytest.approx([0.1, 8 / 255])
+    assert 0 <= result["results"][0]["accuracy"] <= result["clean"] <= 1
+    done = cli("eval", str(out), "--attack", "fgsm", "--eps", "0.1", "--limit", "20")
+    assert done.returncode == 0 and "fgsm" in done.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "-c", "configs/pgd-at-digits.toml", "--set", "method.eps=-1"], "method.eps must be in [0, 1]"),
+    (["train", "-c", "configs/nope.toml"], "config file configs/nope.toml not found"),
+    (["eval", "no/such/run"], "is not a run directory"),
+    (["eval", "configs", "--eps", "abc"], "is not a run directory"),
+    (["train", "--resume"], "--resume needs --out"),
+])
+def test_cli_errors_are_one_line(args, message):
+    done = cli(*args, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error:") and message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_help_has_examples():
+    for command in ("train", "eval"):
+        done = cli(command, "--help")
+        assert done.returncode == 0 and "Examples" in done.stdout
