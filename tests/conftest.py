@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -45,3 +47,19 @@ def trained_tiny(digits):
 def accuracy(model, x, y) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
+
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+FAST = ["train.eval_every=100", "train.eval_limit=100"]
+
+
+@pytest.fixture(scope="session")
+def digits_runs(tmp_path_factory):
+    """Standard and PGD-AT runs on digits from the presets, trained once per session."""
+    from robustgan.config import load_config
+    from robustgan.train import fit
+
+    root = tmp_path_factory.mktemp("runs")
+    fit(load_config(CONFIGS / "standard-digits.toml", FAST), root / "standard", quiet=True)
+    fit(load_config(CONFIGS / "pgd-at-digits.toml", FAST), root / "pgd", quiet=True)
+    return root

@@ -15,22 +15,12 @@ from robustgan.evaluate import robust_accuracy
 from robustgan.runs import RunDir, load_state, save_state
 from robustgan.train import fit
 
-CONFIGS = Path(__file__).parent.parent / "configs"
-FAST = ["train.eval_every=100", "train.eval_limit=100"]
+from tests.conftest import CONFIGS, FAST
 
 
 def small_cfg(*extra):
     return load_config(CONFIGS / "pgd-at-digits-frac.toml",
                        ["train.epochs=3", "data.train_limit=192", "data.flip=true", "data.shift=2", *FAST, *extra])
-
-
-@pytest.fixture(scope="module")
-def digits_runs(tmp_path_factory):
-    """Standard and PGD-AT runs on digits, trained once for the tests below."""
-    root = tmp_path_factory.mktemp("runs")
-    fit(load_config(CONFIGS / "standard-digits.toml", FAST), root / "standard", quiet=True)
-    fit(load_config(CONFIGS / "pgd-at-digits.toml", FAST), root / "pgd", quiet=True)
-    return root
 
 
 def test_standard_reaches_90_and_pgd_at_is_more_robust(digits_runs):

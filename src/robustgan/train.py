@@ -176,7 +176,7 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
         logger.message(f"resuming {run.path} at epoch {start_epoch + 1}/{epochs}")
     else:
         run.create(cfg)
-        method.prepare(batcher.x, batcher.y, logger.message)
+        method.prepare(run.path, logger.message, quiet)
     autocast = autocast_for(cfg.train.amp, device)
     progress = _progress(quiet)
     done_this_call = 0

@@ -49,9 +49,9 @@ class Method:
         detached tensors (no host sync); the loop averages and logs them."""
         raise NotImplementedError
 
-    def prepare(self, x: torch.Tensor, y: torch.Tensor, log) -> None:
-        """Optional phase before the main loop (e.g. ATGAN's loss network), given the
-        training set on the device as uint8 x and int64 y."""
+    def prepare(self, run_dir, log, quiet: bool) -> None:
+        """Optional phase before the main loop (e.g. ATGAN's loss network). ``run_dir`` is
+        the run's directory (a sub-run may live inside it), ``log`` prints a message."""
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         self.epoch, self.epochs = epoch, epochs

@@ -1,0 +1,192 @@
+"""ATGAN (paper 000): an image-to-image generator G in front of an AC-GAN discriminator D,
+adversarially trained as one classifier D_c(G(x)) (Algorithm 1).
+
+One step:
+  (a) x_adv = PGD on D_c(G(.)) with G and D fixed, eval mode (eq. 5-6; FracAT: only a
+      fraction of the batch is attacked, Sec. 4.2);
+  (b) D step on L_D = a1 (L_a + b L_b) - L_d                      (eq. 7-9, 14);
+  (c) G step on L_G = a2 (L_a + b L_b) - L_g + g L_f              (eq. 10-12, 15);
+with L_a = CE(D_c(x), y), L_b = CE(D_c(G(x_adv)), y),
+L_d = log D_D(x) + log(1 - D_D(G(x_adv))) (eq. 9; D maximises it, so it enters L_D with -),
+L_g = log D_D(G(x_adv)) (eq. 11, the non-saturating generator term),
+L_f = ||phi(G(x_adv)) - phi(x)||^2 / (C H W) on the loss network's first conv (eq. 4, 12).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robustgan import models
+from robustgan.config import OptimConfig, load_config
+from robustgan.errors import ConfigError
+from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method
+from robustgan.methods.pgd_at import PGDAttackConfig, make_adversarial
+
+GENERATOR_FOR_DATASET = {"mnist": "atgan_g_mnist", "digits": "atgan_g_mnist", "synthetic": "atgan_g_mnist",
+                         "svhn": "atgan_g_svhn", "cifar10": "atgan_g_cifar10"}
+
+
+@dataclass
+class ATGANConfig(PGDAttackConfig):
+    name: str = "atgan"
+    generator: str = "auto"  # atgan_g_mnist | atgan_g_svhn | atgan_g_cifar10; auto = by dataset (Table 1)
+    alpha1: float = 1.0  # weight of L_c in the D loss (Algorithm 1)
+    alpha2: float = 1.0  # weight of L_c in the G loss
+    beta: float = 1.0  # weight of L_b inside L_c
+    gamma: float = 10.0  # weight of the perceptual loss L_f
+    g_lr: float = 1e-3  # G uses Adam (paper: 1e-3 on MNIST, 2e-4 on SVHN and CIFAR-10)
+    g_betas: tuple[float, float] = (0.9, 0.999)
+    loss_net_run: str | None = None  # a finished standard run of the same backbone; else trained first
+    loss_net_epochs: int = 5  # epochs of clean training for the loss network when none is given
+
+    def validate(self):
+        super().validate()
+        if self.generator != "auto" and (self.generator not in models.MODELS or models.kind(self.generator) != "generator"):
+            raise ConfigError(f"method.generator: {self.generator!r} is not an image generator "
+                              f"(atgan_g_mnist, atgan_g_svhn, atgan_g_cifar10 or auto)")
+        for key in ("alpha1", "alpha2", "beta", "gamma"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+        OptimConfig("adam", self.g_lr, self.g_betas).validate("method.g")
+        if self.loss_net_epochs <= 0:
+            raise ConfigError(f"method.loss_net_epochs must be positive, got {self.loss_net_epochs}")
+
+
+def generator_name(cfg) -> str:
+    return cfg.method.generator if cfg.method.generator != "auto" else GENERATOR_FOR_DATASET.get(cfg.data.name, "atgan_g_cifar10")
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """Parameters get no gradient and buffers (BN running statistics) are restored on exit:
+    the module acts as a fixed function in its current mode."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    buffers = [b.clone() for b in module.buffers()]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        with torch.no_grad():
+            for b, saved in zip(module.buffers(), buffers):
+                b.copy_(saved)
+
+
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
+
+
+@register_method
+class ATGAN(Method):
+    name = "atgan"
+    Config = ATGANConfig
+
+    def __init__(self, cfg, geometry, device):
+        super().__init__(cfg, geometry, device)
+        self.pipeline = self.build_defended(cfg, geometry).to(device)
+        self.G, self.D = self.pipeline[0], self.pipeline[1]
+        self.loss_net = build_classifier(cfg, geometry).to(device).eval().requires_grad_(False)
+        self.opt_d = make_optimizer(self.D.parameters(), cfg.optim)
+        self.opt_g = make_optimizer(self.G.parameters(), OptimConfig("adam", cfg.method.g_lr, cfg.method.g_betas))
+
+    @classmethod
+    def build_defended(cls, cfg, geometry):
+        G = models.build(generator_name(cfg), in_channels=geometry.channels)
+        D = models.ACDiscriminator(build_classifier(cfg, geometry))
+        return nn.Sequential(G, D)  # D_c(G(x)): D.forward returns the class logits
+
+    def defended_model(self):
+        return self.pipeline
+
+    def networks(self):
+        return {"G": self.G, "D": self.D, "loss_net": self.loss_net}
+
+    def optimizers(self):
+        return {"D": self.opt_d, "G": self.opt_g}
+
+    def scheduled_optimizers(self):
+        return [self.opt_d]  # paper 000 Sec. 4.4: only D's learning rate decays
+
+    # ------------------------------------------------------------------ loss network
+    def prepare(self, run_dir, log, quiet):
+        """Load the loss network from ``loss_net_run`` or train it on clean data first, as
+        its own run in <run>/loss_net (same loop, resumable), then freeze it."""
+        from robustgan.runs import RunDir, load_model
+        from robustgan.train import fit
+
+        mcfg = self.cfg.method
+        source = Path(mcfg.loss_net_run) if mcfg.loss_net_run else Path(run_dir) / "loss_net"
+        if not mcfg.loss_net_run and not RunDir(source).is_complete:
+            log(f"training the loss network ({self.cfg.model.name}, {mcfg.loss_net_epochs} epochs, clean) -> {source}")
+            sub = load_config(None, [f'data.name="{self.cfg.data.name}"', f'model.name="{self.cfg.model.name}"',
+                                     f"train.epochs={mcfg.loss_net_epochs}", f"train.batch_size={self.cfg.train.batch_size}",
+                                     f"train.seed={self.cfg.train.seed}", f'train.device="{self.cfg.train.device}"',
+                                     f"data.train_limit={self.cfg.data.train_limit}", 'method.name="standard"'])
+            sub.optim = self.cfg.optim
+            if self.cfg.data.root:
+                sub.data.root = self.cfg.data.root
+            fit(sub, source, quiet=quiet, resume=RunDir(source).has_checkpoint)
+        trained = load_model(source)
+        try:
+            self.loss_net.load_state_dict(trained.state_dict())
+        except RuntimeError:
+            raise ConfigError(f"method.loss_net_run: {source} is not a {self.cfg.model.name} classifier run") from None
+        self.loss_net.eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def attack(self, x, y):
+        """(a) PGD on D_c(G(.)); eval mode, parameters and BN statistics untouched."""
+        return make_adversarial(self.pipeline, x, y, self.cfg.method, self.epoch)
+
+    def d_step(self, x, x_gen, y) -> dict:
+        """(b) one D update on L_D = a1 (L_a + b L_b) - L_d; x_gen = G(x_adv), detached."""
+        m = self.cfg.method
+        self.D.train()
+        logits_real, rf_real = self.D.both(x)
+        logits_fake, rf_fake = self.D.both(x_gen.detach())
+        loss_a = F.cross_entropy(logits_real.float(), y)
+        loss_b = F.cross_entropy(logits_fake.float(), y)
+        loss_d = -(bce(rf_real, 1.0) + bce(rf_fake, 0.0))  # eq. 9: log D(x) + log(1 - D(G(x_adv)))
+        loss_D = m.alpha1 * (loss_a + m.beta * loss_b) - loss_d
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_D.backward()
+        self.opt_d.step()
+        return {"L_D": loss_D.detach(), "L_a": loss_a.detach(), "L_b": loss_b.detach(), "L_d": loss_d.detach(),
+                "clean_acc": accuracy(logits_real.detach(), y), "D_real_acc": (rf_real.detach() > 0).float().mean(),
+                "D_fake_acc": (rf_fake.detach() < 0).float().mean()}
+
+    def g_step(self, x, x_gen, y, loss_a: torch.Tensor) -> dict:
+        """(c) one G update on L_G = a2 (L_a + b L_b) - L_g + g L_f. D is a fixed function
+        (no parameter gradients, BN statistics restored); L_a does not depend on G, so its
+        value from (b) is reused for the logged total."""
+        m = self.cfg.method
+        with frozen(self.D):
+            logits_gen, rf_gen = self.D.both(x_gen)
+            loss_b = F.cross_entropy(logits_gen.float(), y)
+            loss_g = -bce(rf_gen, 1.0)  # eq. 11: log D(G(x_adv))
+            with torch.no_grad():
+                target = self.loss_net.first_activations(x)
+            loss_f = F.mse_loss(self.loss_net.first_activations(x_gen).float(), target.float())  # eq. 4 / 12
+            loss_G = m.alpha2 * m.beta * loss_b - loss_g + m.gamma * loss_f
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_G.backward()
+            self.opt_g.step()
+        return {"L_G": (loss_G + m.alpha2 * loss_a).detach(), "L_g": loss_g.detach(), "L_f": loss_f.detach(),
+                "adv_acc": accuracy(logits_gen.detach(), y)}
+
+    def step(self, x, y):
+        x_adv, n_adv = self.attack(x, y)
+        self.G.train()
+        x_gen = self.G(x_adv)  # (B, C, H, W) in [0, 1]; one G forward serves (b) and (c)
+        metrics = self.d_step(x, x_gen, y)
+        metrics.update(self.g_step(x, x_gen, y, metrics["L_a"]))
+        return metrics
