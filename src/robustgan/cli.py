@@ -158,6 +158,36 @@ def _json_eps(eps: float):
 
 
 @app.command()
+def trends(
+    run: Path = typer.Argument(..., help="Run directory"),
+    index: int = typer.Option(0, "--index", "-i", help="Test image index"),
+    eps_max: Optional[float] = typer.Option(None, "--eps-max", help="Largest perturbation (default: the run's eps)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/trends)"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Directory with the dataset files"),
+):
+    """Logit trends along random, FGSM, PGD and generator directions (paper 002, Fig. 5).
+
+    Writes trends_<index>.png and trends_<index>.csv (one row per direction and scale).
+
+    Examples:
+
+      robustgan trends runs/gan-at-digits-grad --index 3
+
+      robustgan trends runs/pgd-digits --eps-max 0.3 --out figures/
+    """
+    from robustgan.attacks import check_eps
+    from robustgan.evaluate.trends import run_trends
+
+    if eps_max is not None and (check_eps(eps_max) == 0 or math.isinf(eps_max)):
+        raise RobustganError(f"--eps-max must be in (0, 1], got {eps_max}")
+    png, csv_path, found = run_trends(run, index, eps_max, out, data_root)
+    for t in found:
+        where = f"overtaken at +{t.crossing:.3f}" if t.crossing is not None else "never overtaken"
+        out_console.print(f"{t.name:>10}: {where}")
+    out_console.print(f"wrote {png} and {csv_path}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go"),
     quick: bool = typer.Option(False, "--quick", help="A reduced version for smoke tests"),
