@@ -77,7 +77,7 @@ class Logger:
             console.print(text)
 
 
-def run_epoch(method, batcher, autocast, progress, task, log_every: int, max_steps: int) -> tuple[dict, int, float]:
+def run_epoch(method, batcher, autocast, progress, task, log_every: int, max_steps: int) -> tuple[dict, int, float, float]:
     """One pass over the batcher. Metrics stay on the device until the end of the epoch
     (and at log_every steps, for the progress bar)."""
     sums: dict[str, torch.Tensor] = {}
@@ -95,8 +95,9 @@ def run_epoch(method, batcher, autocast, progress, task, log_every: int, max_ste
             if steps % log_every == 0:
                 shown = " ".join(f"{k}={(v / steps).item():.3f}" for k, v in sums.items())
                 progress.update(task, info=f"{shown} {images / (time.perf_counter() - start):.0f} img/s")
+    averages = {k: (v / max(1, steps)).item() for k, v in sums.items()}  # the epoch's one host sync
     seconds = time.perf_counter() - start
-    return {k: (v / max(1, steps)).item() for k, v in sums.items()}, steps, images / max(seconds, 1e-9)
+    return averages, steps, seconds, images / max(seconds, 1e-9)
 
 
 def evaluate_heldout(method, cfg: Config, x_test, y_test, device) -> dict:
@@ -185,13 +186,13 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
             lr_factor = set_learning_rates(method, cfg, epoch, epochs)
             method.on_epoch_start(epoch, epochs)
             task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(batcher), info="") if progress else None
-            metrics, steps, rate = run_epoch(method, batcher, autocast, progress, task, cfg.train.log_every,
+            metrics, steps, seconds, rate = run_epoch(method, batcher, autocast, progress, task, cfg.train.log_every,
                                              total_steps - global_step)
             if progress is not None:
                 progress.remove_task(task)
             global_step += steps
             logger.log({"epoch": epoch + 1, "step": global_step, "split": "train", **metrics,
-                        "lr_factor": lr_factor, "images_per_s": rate})
+                        "lr_factor": lr_factor, "epoch_seconds": seconds, "images_per_s": rate})
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
                 logger.log({"epoch": epoch + 1, "step": global_step,
                             **evaluate_heldout(method, cfg, x_test, y_test, device)})
