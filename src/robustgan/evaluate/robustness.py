@@ -61,3 +61,30 @@ def evaluate_accuracy(model, x, y, eps_list, attack="pgd", **kw) -> dict:
         results[eps] = robust_accuracy(model, x, y, attack=attack, eps=eps, **kw)
     return results
 
+
+
+def run_accuracy(run_dir, model, x, y, *, attack: str, eps: float = 0.0, steps: int = 10,
+                 step_size: float | None = None, restarts: int = 1, seed: int = 0, cache=None, **kw) -> float:
+    """``robust_accuracy`` through the run's evaluation cache (same settings, same weights:
+    same number, computed once). The seed fixes random starts."""
+    from robustgan.evaluate.cache import EvalCache
+
+    cache = cache or EvalCache(run_dir)
+    if attack == "none" or eps == 0:
+        attack, eps, steps, step_size, restarts = "none", 0.0, 0, None, 1
+    elif attack != "pgd":
+        steps, step_size, restarts = 0, None, 1
+    elif step_size is None:
+        step_size = default_step_size(eps, steps)
+    settings = dict(attack=attack, eps=float(eps), steps=steps, step_size=step_size, restarts=restarts, n=len(y),
+                    seed=seed)
+    hit = cache.get(**settings)
+    if hit is not None:
+        if kw.get("progress") is not None:
+            kw["progress"].advance(kw["task"], len(y))
+        return hit
+    torch.manual_seed(seed)
+    value = robust_accuracy(model, x, y, attack=attack, eps=eps, steps=max(steps, 1), step_size=step_size,
+                            restarts=restarts, **kw)
+    cache.put(value, **settings)
+    return value

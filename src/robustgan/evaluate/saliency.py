@@ -1,0 +1,67 @@
+"""Gradient saliency maps (Simonyan et al. 2014) for paper 000 Figs. 5-7: for each run
+(one eps_t) and each test-time eps_i, the adversarial image and |d logit_y / d x|."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from robustgan.attacks import attack_mode, pgd
+from robustgan.evaluate.robustness import default_step_size
+
+
+def saliency(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """|d logit_y / d x| taken as the max over channels: (N, C, H, W) -> (N, 1, H, W).
+    Eval mode; the model's parameters get no gradient."""
+    with attack_mode(model), torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        logits = model(x).float()
+        (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), x)
+    return grad.abs().amax(1, keepdim=True)
+
+
+def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_root=None) -> Path:
+    """One PNG: a row pair per run (images, saliency), a column per eps_i (0 = clean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robustgan.evaluate.curves import eps_label, method_label
+    from robustgan.runs import RunDir, load_model
+    from robustgan.train import load_split
+
+    eps_cols = [0.0, *eps_list]
+    fig, axes = plt.subplots(2 * len(runs), len(eps_cols), figsize=(1.6 * len(eps_cols), 3.3 * len(runs)),
+                             squeeze=False)
+    for r, run in enumerate(runs):
+        cfg = RunDir(run).config()
+        model = load_model(run)
+        x_all, y_all = load_split(cfg.data, "test", data_root)
+        x, y = x_all[index:index + 1].float() / 255, y_all[index:index + 1]
+        for c, eps in enumerate(eps_cols):
+            torch.manual_seed(0)
+            x_adv = pgd(model, x, y, eps, steps, default_step_size(eps, steps)) if eps > 0 else x
+            with torch.no_grad():
+                pred = int(model(x_adv).argmax(1))
+            sal = saliency(model, x_adv, y)[0, 0]
+            img_ax, sal_ax = axes[2 * r, c], axes[2 * r + 1, c]
+            img = x_adv[0].permute(1, 2, 0).squeeze(-1).numpy()
+            img_ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            sal_ax.imshow(sal.numpy(), cmap="hot")
+            img_ax.set_title(("clean" if eps == 0 else f"eps_i={eps_label(eps)}") + f"\npred {pred}", fontsize=7,
+                             color="black" if pred == int(y) else "red")
+            for ax in (img_ax, sal_ax):
+                ax.set_xticks([])
+                ax.set_yticks([])
+        eps_t = getattr(cfg.method, "eps", 0.0)
+        axes[2 * r, 0].set_ylabel(f"{method_label(cfg)}\neps_t={eps_label(eps_t)}", fontsize=7)
+        axes[2 * r + 1, 0].set_ylabel("saliency", fontsize=7)
+    fig.suptitle(f"test image {index}: PGD-{steps} adversarial images and gradient saliency", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

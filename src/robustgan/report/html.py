@@ -1,0 +1,163 @@
+"""`robustgan report`: one self-contained HTML page (PNG figures embedded as data URIs) with
+configs, training curves, robustness curves and tables, checks, saliency and logit trends."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from robustgan import __version__
+from robustgan.evaluate.curves import Curve, caption, eps_label, plot_curves
+from robustgan.runs import RunDir
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee}.pass{color:#107010;font-weight:600}.warn{color:#b00000;font-weight:600}
+.caption{color:#555;font-size:.85em;margin-top:-.3em}pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow:auto}
+details{margin:.5em 0}
+"""
+CHECK_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+});
+"""
+
+
+def png_data_uri(path_or_fig) -> str:
+    if isinstance(path_or_fig, (str, Path)):
+        raw = Path(path_or_fig).read_bytes()
+    else:
+        buffer = io.BytesIO()
+        path_or_fig.savefig(buffer, format="png", dpi=100)
+        raw = buffer.getvalue()
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{html.escape(alt)}">'
+
+
+def training_figure(run: RunDir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = run.metrics()
+    train = [r for r in records if r.get("split") == "train"]
+    test = [r for r in records if r.get("split") == "test"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2))
+    for key in [k for k in (train[0] if train else {}) if k.startswith(("L_", "loss"))]:
+        ax_loss.plot([r["epoch"] for r in train], [r[key] for r in train], label=key)
+    for key in [k for k in (train[0] if train else {}) if k.endswith("_acc")]:
+        ax_acc.plot([r["epoch"] for r in train], [r[key] for r in train], label=f"train {key}")
+    for key in [k for k in (test[0] if test else {}) if k.endswith("_acc")]:
+        ax_acc.plot([r["epoch"] for r in test], [r[key] for r in test], "o--", label=f"test {key}")
+    ax_loss.set_title("losses", fontsize=9)
+    ax_acc.set_title("accuracy", fontsize=9)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    uri = png_data_uri(fig)
+    plt.close(fig)
+    return uri
+
+
+def curves_tables_html(curves: list[Curve]) -> str:
+    methods = list(dict.fromkeys(c.method for c in curves))
+    eps_ts = sorted({c.eps_t for c in curves})
+    lookup = {(c.method, c.eps_t): c for c in curves}
+    head = "<tr><th>eps_i \\ eps_t</th>" + "".join(f"<th>{m}<br>eps_t={eps_label(t)}</th>" for m in methods
+                                                   for t in eps_ts if (m, t) in lookup) + "</tr>"
+    rows = []
+    for i, e in enumerate(curves[0].eps):
+        cells = "".join(f"<td>{100 * lookup[(m, t)].acc[i]:.1f}</td>" for m in methods for t in eps_ts if (m, t) in lookup)
+        rows.append(f"<tr><td>{eps_label(e)}</td>{cells}</tr>")
+    area = "".join(f"<td>{lookup[(m, t)].auc:.3f}</td>" for m in methods for t in eps_ts if (m, t) in lookup)
+    return (f"<table>{head}{''.join(rows)}<tr><th>area</th>{area}</tr></table>"
+            f'<p class="caption">Accuracy (%) per test eps_i; {caption(curves)}. Area: mean accuracy over the eps_i range.</p>')
+
+
+def check_html(run: RunDir) -> str:
+    path = run.file("check.json")
+    if not path.is_file():
+        return f"<p>No check report: run <code>robustgan check {html.escape(str(run.path))}</code>.</p>"
+    report = json.loads(path.read_text())
+    rows = "".join(
+        f"<tr><td>{html.escape(c['name'])}</td><td class=\"{'pass' if c['passed'] else 'warn'}\">"
+        f"{'pass' if c['passed'] else 'WARN'}</td><td style=\"text-align:left\">{html.escape(c['detail'])}</td></tr>"
+        for c in report["checks"])
+    return (f"<table><tr><th>check</th><th>status</th><th>numbers</th></tr>{rows}</table>"
+            f'<p class="caption">eps = {eps_label(report["eps"])}, n = {report["n"]} test images, '
+            f'PGD-{report["steps"]} / PGD-{report["long_steps"]}, {report["restarts"]} restarts.</p>')
+
+
+def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20, limit: int = 0, index: int = 0,
+                 device="cpu", data_root=None, progress=None) -> Path:
+    from robustgan.evaluate.curves import EPS_I_GRIDS, compute_curve, method_label
+    from robustgan.evaluate.saliency import saliency_grid
+    from robustgan.evaluate.trends import run_trends
+
+    runs = [Path(r) for r in runs]
+    configs = [RunDir(r).config() for r in runs]
+    dataset = configs[0].data.name
+    grid = eps_grid or EPS_I_GRIDS[dataset]
+    curves = [compute_curve(r, grid, steps=steps, limit=limit, device=device, data_root=data_root, progress=progress)
+              for r in runs]
+    parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
+             f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
+    summary = "".join(
+        f"<tr><td>{html.escape(str(r))}</td><td>{method_label(c)}</td><td>{eps_label(getattr(c.method, 'eps', 0.0))}</td>"
+        f"<td>{100 * cv.clean:.1f}</td><td>{cv.auc:.3f}</td><td>{_check_status(RunDir(r))}</td></tr>"
+        for r, c, cv in zip(runs, configs, curves))
+    parts.append("<h2>Summary</h2><table><tr><th>run</th><th>method</th><th>eps_t</th><th>clean %</th>"
+                 f"<th>curve area</th><th>checks</th></tr>{summary}</table>")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        plot_curves(curves, tmp / "curves.png", f"{dataset}: robustness curves")
+        parts.append("<h2>Robustness curves</h2>" + img(png_data_uri(tmp / "curves.png"), "robustness curves")
+                     + f'<p class="caption">{caption(curves)}; one colour per eps_t, one line style per method.</p>'
+                     + curves_tables_html(curves))
+        sal_eps = grid[::max(1, len(grid) // 3)][:3]
+        saliency_grid(runs, index, sal_eps, tmp / "saliency.png", steps, data_root)
+        parts.append("<h2>Saliency maps</h2>" + img(png_data_uri(tmp / "saliency.png"), "saliency grid")
+                     + f'<p class="caption">Test image {index}: PGD-{steps} adversarial images per eps_i and '
+                       "their gradient saliency |d logit_y / dx| (Simonyan et al.).</p>")
+        for r, c in zip(runs, configs):
+            run = RunDir(r)
+            parts.append(f"<h2>Run {html.escape(str(r))}</h2>")
+            parts.append("<h3>Training</h3>" + img(training_figure(run), f"training curves of {r}"))
+            parts.append("<h3>Gradient-masking checks</h3>" + check_html(run))
+            if c.method.name == "gan_at":
+                png, _, _ = run_trends(r, index=index, out=tmp / f"trends_{len(parts)}", data_root=data_root)
+                parts.append("<h3>Logit trends (paper 002 Fig. 5)</h3>" + img(png_data_uri(png), f"logit trends of {r}"))
+            config_text = run.file("config.toml").read_text()
+            parts.append(f"<details><summary>config.toml</summary><pre>{html.escape(config_text)}</pre></details>")
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>robustgan report</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}<script>{CHECK_SCRIPT}</script></body></html>")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out
+
+
+def _check_status(run: RunDir) -> str:
+    path = run.file("check.json")
+    if not path.is_file():
+        return "not run"
+    report = json.loads(path.read_text())
+    failed = [c["name"] for c in report["checks"] if not c["passed"]]
+    return '<span class="pass">pass</span>' if not failed else f'<span class="warn">WARN: {", ".join(failed)}</span>'

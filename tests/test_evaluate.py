@@ -1,0 +1,174 @@
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+import robustgan
+from robustgan.cli import app
+from robustgan.config import load_config
+from robustgan.evaluate.checks import CheckSettings, run_checks
+from robustgan.evaluate.curves import area
+from robustgan.evaluate.saliency import saliency
+from robustgan.runs import RunDir
+from robustgan.sweep import run_sweep
+from tests.conftest import CONFIGS
+
+runner = CliRunner()
+
+
+class RoundInputs(nn.Module):
+    """A planted defect: quantised inputs, so input gradients are zero almost everywhere."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+class SaturatedSoftmax(nn.Module):
+    """A planted defect: probabilities of a saturated output instead of logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.softmax(self.model(x) * 1000, dim=1)
+
+
+def check_names(results):
+    return {r.name for r in results if not r.passed}
+
+
+@pytest.mark.parametrize("wrapper", [RoundInputs, SaturatedSoftmax])
+def test_checks_flag_planted_masking(wrapper, digits_runs):
+    honest = robustgan.load(digits_runs / "standard")
+    x, y = robustgan.data.load("digits", split="test")
+    settings = CheckSettings(eps=0.1, steps=10, long_steps=50, restarts=2, autoattack=False)
+    flagged = check_names(run_checks(wrapper(honest).eval(), x[:100], y[:100], settings))
+    assert flagged & {"gradients", "unbounded", "logits", "fgsm_vs_pgd"}, flagged
+
+
+def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, monkeypatch):
+    args = ["--limit", "150", "--long-steps", "100", "--steps", "20", "--no-autoattack", "--eps", "0.2"]
+    honest = runner.invoke(app, ["check", str(digits_runs / "pgd"), "--surrogate", str(digits_runs / "standard"), *args])
+    assert honest.exit_code == 0, honest.output
+    assert "all" in honest.output and "passed" in honest.output
+    report = json.loads((digits_runs / "pgd" / "check.json").read_text())
+    assert report["passed"] and {c["name"] for c in report["checks"]} >= {"unbounded", "transfer", "long_pgd"}
+
+    real_load = robustgan.runs.load_model
+    monkeypatch.setattr(robustgan.runs, "load_model", lambda run: RoundInputs(real_load(run)).eval())
+    masked = runner.invoke(app, ["check", str(digits_runs / "pgd"), *args])
+    assert masked.exit_code == 1 and "WARN" in masked.output and "possible gradient masking" in masked.output
+
+
+def test_area_is_exact():
+    assert area([0.1, 0.2, 0.5], [0.7, 0.7, 0.7]) == pytest.approx(0.7, abs=1e-15)
+    assert area([0.0, 1.0], [1.0, 0.0]) == pytest.approx(0.5)
+    assert area([0.3], [0.25]) == 0.25
+
+
+def test_curve_csv_equals_eval(digits_runs, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"  # separate copies: separate caches, independent computations
+    for copy in (a, b):
+        shutil.copytree(digits_runs / "pgd", copy, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    done = runner.invoke(app, ["curve", str(a), "--eps", "0.1,0.2", "--steps", "10", "--limit", "100",
+                               "--out", str(tmp_path / "curves")])
+    assert done.exit_code == 0, done.output
+    lines = (tmp_path / "curves" / "curves.csv").read_text().splitlines()
+    rows = [line.split(",") for line in lines[1:]]
+    curve = {float(r[3]): float(r[4]) for r in rows}
+    assert "n = 100 test images" in (tmp_path / "curves" / "tables.md").read_text()
+    assert (tmp_path / "curves" / "curves.png").stat().st_size > 10_000
+    done = subprocess.run([sys.executable, "-m", "robustgan", "eval", str(b), "--eps", "0.1,0.2", "--steps", "10",
+                           "--limit", "100", "--json"], capture_output=True, text=True)
+    result = json.loads(done.stdout)
+    assert curve[0.0] == result["clean"]
+    assert [curve[0.1], curve[0.2]] == [r["accuracy"] for r in result["results"]]
+
+
+def test_saliency_shape_and_zero_where_ignored():
+    mask = torch.zeros(1, 1, 28, 28)
+    mask[..., 10:20, 5:15] = 1
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+    class Masked(nn.Module):
+        def forward(self, x):
+            return model(x * mask)
+
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    sal = saliency(Masked(), x, y)
+    assert sal.shape == (3, 1, 28, 28)
+    assert (sal[:, :, mask[0, 0] == 0] == 0).all() and (sal[:, :, mask[0, 0] == 1] > 0).any()
+
+
+def test_saliency_command(digits_runs, tmp_path):
+    out = tmp_path / "sal.png"
+    done = runner.invoke(app, ["saliency", str(digits_runs / "standard"), str(digits_runs / "pgd"), "--index", "2",
+                               "--eps-i", "0.1,0.3", "--steps", "5", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_skips_finished_and_resumes_interrupted(tmp_path):
+    cfg = load_config(CONFIGS / "pgd-at-digits.toml", ["train.epochs=2", "data.train_limit=64", "train.eval_limit=32",
+                                                       "method.steps=2"])
+    logs = []
+    runs = run_sweep(cfg, tmp_path, [0.1, 0.2], ["pgd_at"], quiet=True, log=logs.append)
+    assert [r.name for r in runs] == ["pgd_at-eps0.1", "pgd_at-eps0.2"]
+    assert RunDir(runs[1]).config().method.eps == 0.2
+    (runs[0] / "DONE").unlink()  # as if killed after its last checkpoint
+    logs.clear()
+    run_sweep(cfg, tmp_path, [0.1, 0.2], ["pgd_at"], quiet=True, log=logs.append)
+    assert logs == ["pgd_at-eps0.1: resuming", "pgd_at-eps0.2: done, skipped"]
+    assert RunDir(runs[0]).is_complete
+
+
+def test_sweep_switches_methods_keeping_shared_keys():
+    from robustgan.sweep import plan
+
+    cfg = load_config(CONFIGS / "atgan-digits.toml")
+    names = [name for name, _ in plan(cfg, [0.1], ["pgd_at", "atgan"], [None, 0.5])]
+    assert names == ["pgd_at-eps0.1", "pgd_at-frac-eps0.1", "atgan-eps0.1", "atgan-frac-eps0.1"]
+    pgd_cfg = plan(cfg, [0.1], ["pgd_at"], [None])[0][1]
+    assert pgd_cfg.method.steps == cfg.method.steps and pgd_cfg.model.name == cfg.model.name
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
+    out = tmp_path / "report.html"
+    done = runner.invoke(app, ["report", str(digits_runs / "standard"), str(digits_runs / "pgd"), "--out", str(out),
+                               "--eps", "0.1,0.2,0.3", "--steps", "5", "--limit", "60"])
+    assert done.exit_code == 0, done.output
+    page = out.read_text()
+    assert page.count("<img ") >= 6 and "src=\"http" not in page and "Robustness curves" in page
+    assert "n = 60 test images" in page
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine (CI installs Debian's chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
+    images = page.count("<img ")
+    assert f'data-images="{images}/{images}"' in dom.stdout, "an image failed to load"
+    console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and "Uncaught" in line]
+    assert not console_errors, console_errors
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,3000", out.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 20_000
