@@ -53,13 +53,14 @@ def check_names(results):
 def test_checks_flag_planted_masking(wrapper, digits_runs):
     honest = robustgan.load(digits_runs / "standard")
     x, y = robustgan.data.load("digits", split="test")
-    settings = CheckSettings(eps=0.1, steps=10, long_steps=50, restarts=2, autoattack=False)
-    flagged = check_names(run_checks(wrapper(honest).eval(), x[:100], y[:100], settings))
+    settings = CheckSettings(eps=0.1, steps=5, long_steps=20, restarts=2, autoattack=False)
+    flagged = check_names(run_checks(wrapper(honest).eval(), x[:64], y[:64], settings))
     assert flagged & {"gradients", "unbounded", "logits", "fgsm_vs_pgd"}, flagged
 
 
 def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, monkeypatch):
-    args = ["--limit", "150", "--long-steps", "100", "--steps", "20", "--no-autoattack", "--eps", "0.2"]
+    args = ["--limit", "100", "--long-steps", "50", "--steps", "20", "--restarts", "2", "--no-autoattack",
+            "--eps", "0.2"]
     honest = runner.invoke(app, ["check", str(digits_runs / "pgd"), "--surrogate", str(digits_runs / "standard"), *args])
     assert honest.exit_code == 0, honest.output
     assert "all" in honest.output and "passed" in honest.output
@@ -154,7 +155,8 @@ def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
                                "--eps", "0.1,0.2,0.3", "--steps", "5", "--limit", "60"])
     assert done.exit_code == 0, done.output
     page = out.read_text()
-    assert page.count("<img ") >= 6 and "src=\"http" not in page and "Robustness curves" in page
+    # curves + saliency + one training figure per run
+    assert page.count("<img ") == 4 and "src=\"http" not in page and "Robustness curves" in page
     assert "n = 60 test images" in page
     browser = chromium()
     if browser is None:

@@ -1,60 +1,86 @@
-"""``robustgan demo``: train on the embedded digits and compare robustness.
-
-For now: standard training vs PGD-AT, evaluated with PGD at three eps. ATGAN and GAN-AT
-join when their methods land."""
+"""`robustgan demo`: the main job. On the embedded digits it trains standard training,
+PGD-AT, ATGAN and GAN-AT (`grad` formulation), evaluates robustness curves and the
+gradient-masking checks, writes <out>/report.html and prints a summary table."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-import robustgan
 from robustgan.config import load_config
-from robustgan.evaluate import robust_accuracy
-from robustgan.train import fit, load_split
+from robustgan.evaluate.checks import check_run
+from robustgan.evaluate.curves import compute_curve
+from robustgan.report.html import build_report
+from robustgan.runs import RunDir
+from robustgan.train import fit, resolve_device
 
 console = Console()
-DEMO_EPS = (0.1, 0.2, 0.3)
-# name -> (--set overrides); the digits presets, written out so the installed package needs no files
-DEMO_RUNS = {
-    "standard": ['method.name="standard"', "train.epochs=8"],
-    "pgd_at": ['method.name="pgd_at"', "method.eps=0.2", "method.steps=7", "method.step_size=0.05",
-               "method.ramp_epochs=3", "train.epochs=10"],
+EPS_GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+SUMMARY_EPS = (0.1, 0.2, 0.3)
+COMMON = ['data.name="digits"', 'model.name="cw_cnn"', "train.batch_size=64", "train.eval_eps=0.2",
+          "train.eval_every=100", "train.eval_limit=200"]
+ATTACK = ["method.eps=0.2", "method.steps=5", "method.step_size=0.06", "method.ramp_epochs=2"]
+# name -> overrides of the digits presets (written out so the installed package needs no files)
+RUNS = {
+    "standard": ['method.name="standard"', "train.epochs=6"],
+    "pgd_at": ['method.name="pgd_at"', *ATTACK, "train.epochs=7"],
+    "atgan": ['method.name="atgan"', *ATTACK, "train.epochs=6", "method.loss_net_epochs=2",
+              'method.generator="atgan_g_mnist"'],
+    "gan_at": ['method.name="gan_at"', 'method.inputs="grad"', "method.eps=0.2", "train.epochs=5",
+               "data.shift=3", "optim.betas=[0.5, 0.9]"],
 }
-COMMON = ['data.name="digits"', 'model.name="cw_cnn"', "train.batch_size=64", "train.eval_eps=0.2"]
+QUICK = ["train.epochs=1", "data.train_limit=128", "train.eval_limit=32", "method.loss_net_epochs=1"]
+
+
+def demo_config(name: str, quick: bool):
+    overrides = [*COMMON, *RUNS[name], *(QUICK if quick else [])]
+    if name != "atgan":
+        overrides = [o for o in overrides if not o.startswith("method.loss_net_epochs")]
+    return load_config(None, overrides)
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:
-    out = Path(out)
-    results = {}
-    for name, overrides in DEMO_RUNS.items():
-        extra = ["train.epochs=1", "data.train_limit=256", "train.eval_limit=64"] if quick else []
-        cfg = load_config(None, [*COMMON, *overrides, *extra])
-        run_dir = out / name
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        console.print(f"[bold]training {name}[/bold] -> {run_dir}")
-        fit(cfg, run_dir, quiet=False)
-        model = robustgan.load(run_dir)
-        x, y = load_split(cfg.data, "test")
-        if quick:
-            x, y = x[:64], y[:64]
-        torch.manual_seed(0)
-        row = {"clean": robust_accuracy(model, x, y, attack="none")}
-        for eps in DEMO_EPS:
-            row[eps] = robust_accuracy(model, x, y, attack="pgd", eps=eps, steps=20 if not quick else 5)
-        results[name] = row
-    table = Table(title=f"digits test set (n={len(y)}), PGD-{20 if not quick else 5}")
-    table.add_column("method")
-    table.add_column("clean", justify="right")
-    for eps in DEMO_EPS:
-        table.add_column(f"PGD eps={eps}", justify="right")
-    for name, row in results.items():
-        table.add_row(name, *(f"{row[k]:.1%}" for k in ("clean", *DEMO_EPS)))
+    out, start = Path(out), time.perf_counter()
+    if out.exists():
+        shutil.rmtree(out)
+    device = resolve_device("auto")
+    limit, steps = (48, 5) if quick else (200, 20)
+    runs = {}
+    for i, name in enumerate(RUNS, 1):
+        console.rule(f"[bold]{i}/{len(RUNS)}: training {name}")
+        runs[name] = fit(demo_config(name, quick), out / name).path
+    console.rule("[bold]robustness curves")
+    with Progress(console=console, transient=True) as progress:
+        curves = {n: compute_curve(r, EPS_GRID, steps=steps, limit=limit, device=device, progress=progress)
+                  for n, r in runs.items()}
+    console.rule("[bold]gradient-masking checks")
+    checks = {}
+    for name, run in runs.items():
+        surrogate = runs["pgd_at"] if name == "standard" else runs["standard"]
+        results = check_run(run, eps=0.2, steps=steps, long_steps=40 if quick else 200, restarts=2 if quick else 3,
+                            limit=limit, surrogate=str(surrogate), autoattack=False, device=device)
+        failed = [r.name for r in results if not r.passed]
+        checks[name] = "pass" if not failed else "WARN: " + ", ".join(failed)
+        console.print(f"{name:>9}: {checks[name]}")
+    console.rule("[bold]report")
+    with Progress(console=console, transient=True) as progress:
+        report = build_report(list(runs.values()), out / "report.html", eps_grid=EPS_GRID, steps=steps, limit=limit,
+                              index=3, device=device, progress=progress)
+    table = Table(title=f"digits test set (first {limit} images), PGD-{steps}")
+    for col in ("method", "clean", *[f"PGD {e}" for e in SUMMARY_EPS], "curve area", "checks"):
+        table.add_column(col, justify="left" if col in ("method", "checks") else "right")
+    summary = {}
+    for name, c in curves.items():
+        acc = dict(zip(c.eps, c.acc))
+        summary[name] = {"clean": c.clean, **{str(e): acc[e] for e in SUMMARY_EPS}, "area": c.auc, "checks": checks[name]}
+        table.add_row(name, f"{c.clean:.1%}", *(f"{acc[e]:.1%}" for e in SUMMARY_EPS), f"{c.auc:.3f}", checks[name])
     console.print(table)
-    console.print(f"runs written to {out}")
-    return results
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    console.print(f"finished in {time.perf_counter() - start:.0f} s; report: [bold]{report}[/bold]")
+    return summary

@@ -100,7 +100,9 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
     eps_ts = sorted({c.eps_t for c in curves})
     methods = list(dict.fromkeys(c.method for c in curves))
     colours = {e: plt.cm.viridis(i / max(1, len(eps_ts) - 1)) for i, e in enumerate(eps_ts)}
-    styles = {m: s for m, s in zip(methods, ["-", "-.", "--", ":", (0, (3, 1, 1, 1, 1, 1))] * 4)}
+    # paper 000 Figs. 2-4: ATGAN solid, baselines dash-dot; further methods get their own styles
+    others = iter(["-.", "--", ":", (0, (3, 1, 1, 1, 1, 1)), (0, (5, 2))] * 4)
+    styles = {m: "-" if m == "atgan" else next(others) for m in methods}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for c in curves:
         ax.plot(c.eps, c.acc, ls=styles[c.method], color=colours[c.eps_t], marker="o", ms=3, lw=1.6,
