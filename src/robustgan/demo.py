@@ -35,7 +35,7 @@ RUNS = {
     "gan_at": ['method.name="gan_at"', 'method.inputs="grad"', "method.eps=0.2", "train.epochs=5",
                "data.shift=3", "optim.betas=[0.5, 0.9]"],
 }
-QUICK = ["train.epochs=1", "data.train_limit=128", "train.eval_limit=32", "method.loss_net_epochs=1"]
+QUICK = ["train.epochs=1", "data.train_limit=64", "train.eval_limit=16", "method.loss_net_epochs=1"]
 
 
 def demo_config(name: str, quick: bool):
@@ -50,7 +50,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     if out.exists():
         shutil.rmtree(out)
     device = resolve_device("auto")
-    limit, steps = (48, 5) if quick else (200, 20)
+    limit, steps = (32, 3) if quick else (200, 20)
     runs = {}
     for i, name in enumerate(RUNS, 1):
         console.rule(f"[bold]{i}/{len(RUNS)}: training {name}")
@@ -63,7 +63,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     checks = {}
     for name, run in runs.items():
         surrogate = runs["pgd_at"] if name == "standard" else runs["standard"]
-        results = check_run(run, eps=0.2, steps=steps, long_steps=40 if quick else 200, restarts=2 if quick else 3,
+        results = check_run(run, eps=0.2, steps=steps, long_steps=10 if quick else 200, restarts=2 if quick else 3,
                             limit=limit, surrogate=str(surrogate), autoattack=False, device=device)
         failed = [r.name for r in results if not r.passed]
         checks[name] = "pass" if not failed else "WARN: " + ", ".join(failed)
