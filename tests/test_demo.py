@@ -18,3 +18,38 @@ def test_demo_quick_covers_all_four_methods(tmp_path):
     for name in METHODS:
         assert f"{out / name}" in page and name in done.output
     assert "Logit trends" in page and "report.html" in done.output
+
+
+def test_predict_returns_the_models_own_prediction(digits_runs, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import robustgan
+    from robustgan.predict import load_image
+
+    x, _ = robustgan.data.load("digits", split="test")
+    model = robustgan.load(digits_runs / "pgd")
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(x[i, 0].numpy()).save(path)
+        paths.append(path)
+    rgb = tmp_path / "big_rgb.png"  # colour and 56x56: converted and resized
+    Image.fromarray(np.repeat(np.kron(x[0, 0].numpy(), np.ones((2, 2), np.uint8))[..., None], 3, axis=2)).save(rgb)
+    done = CliRunner().invoke(app, ["predict", str(digits_runs / "pgd"), *map(str, paths), str(rgb)])
+    assert done.exit_code == 0, done.output
+    lines = [line.split("\t") for line in done.output.strip().splitlines()]
+    with torch.no_grad():
+        expected = model(x[:5].float() / 255).argmax(1).tolist()
+        big = model(load_image(rgb, 1, 28)).argmax(1).item()
+    assert [int(line[1]) for line in lines] == expected + [big]
+    assert all(0 < float(line[2]) <= 1 for line in lines)
+
+
+def test_predict_bad_image_is_one_line(digits_runs, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    done = CliRunner().invoke(app, ["predict", str(digits_runs / "pgd"), str(bad)])
+    assert done.exit_code != 0
+    assert "not a readable image" in str(done.exception) or "not a readable image" in done.output

@@ -161,7 +161,7 @@ def _json_eps(eps: float):
 def trends(
     run: Path = typer.Argument(..., help="Run directory"),
     index: int = typer.Option(0, "--index", "-i", help="Test image index"),
-    eps_max: Optional[float] = typer.Option(None, "--eps-max", help="Largest perturbation (default: the run's eps)"),
+    eps_max: Optional[str] = typer.Option(None, "--eps-max", help="Largest perturbation, e.g. 0.3 or 16/255 (default: the run's eps)"),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/trends)"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Directory with the dataset files"),
 ):
@@ -175,12 +175,14 @@ def trends(
 
       robustgan trends runs/pgd-digits --eps-max 0.3 --out figures/
     """
-    from robustgan.attacks import check_eps
     from robustgan.evaluate.trends import run_trends
 
-    if eps_max is not None and (check_eps(eps_max) == 0 or math.isinf(eps_max)):
-        raise RobustganError(f"--eps-max must be in (0, 1], got {eps_max}")
-    png, csv_path, found = run_trends(run, index, eps_max, out, data_root)
+    value = None
+    if eps_max is not None:
+        value = parse_eps_list(eps_max)[0]
+        if value == 0 or math.isinf(value):
+            raise RobustganError(f"--eps-max must be in (0, 1], got {eps_max}")
+    png, csv_path, found = run_trends(run, index, value, out, data_root)
     for t in found:
         where = f"overtaken at +{t.crossing:.3f}" if t.crossing is not None else "never overtaken"
         out_console.print(f"{t.name:>10}: {where}")
@@ -253,7 +255,7 @@ def curve(
 @app.command()
 def check(
     run: Path = typer.Argument(..., help="Run directory"),
-    eps: Optional[float] = typer.Option(None, help="eps for the checks (default: the run's eval / training eps)"),
+    eps: Optional[str] = typer.Option(None, help="eps for the checks, e.g. 0.3 or 8/255 (default: the run's eval / training eps)"),
     steps: int = typer.Option(40, help="PGD steps of the reference attack"),
     long_steps: int = typer.Option(1000, "--long-steps", help="Steps of the long PGD"),
     restarts: int = typer.Option(5, help="Random restarts for the restart check"),
@@ -273,12 +275,13 @@ def check(
 
       robustgan check runs/pgd-mnist --eps 0.3 --long-steps 200 --limit 1000 --no-autoattack
     """
-    from robustgan.attacks import check_eps
     from robustgan.evaluate.checks import check_run
     from robustgan.train import resolve_device
 
-    if eps is not None and (check_eps(eps) == 0 or math.isinf(eps)):
-        raise RobustganError(f"--eps must be in (0, 1], got {eps}")
+    if eps is not None:
+        eps = parse_eps_list(eps)[0]
+        if eps == 0 or math.isinf(eps):
+            raise RobustganError(f"--eps must be in (0, 1], got {eps}")
     if min(steps, long_steps, restarts) <= 0 or limit < 0 or not 0 <= tol <= 1:
         raise RobustganError("--steps, --long-steps and --restarts must be positive, --tol in [0, 1]")
 
@@ -396,6 +399,24 @@ def report(
         path = build_report(runs, out, eps_grid=grid, steps=steps, limit=limit, index=index, device=device,
                             data_root=data_root, progress=progress)
     out_console.print(f"wrote {path}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory"),
+    images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...)"),
+):
+    """Classify image files with a run's defended model (converted to grey/RGB and resized
+    to the run's dataset as needed).
+
+    Examples:
+
+      robustgan predict runs/demo/atgan digit.png another.png
+    """
+    from robustgan.predict import predict as classify
+
+    for path, label, confidence in classify(run, images):
+        out_console.print(f"{path}\t{label}\t{confidence:.3f}", highlight=False)
 
 
 @app.command()

@@ -63,8 +63,8 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     checks = {}
     for name, run in runs.items():
         surrogate = runs["pgd_at"] if name == "standard" else runs["standard"]
-        results = check_run(run, eps=0.2, steps=steps, long_steps=10 if quick else 200, restarts=2 if quick else 3,
-                            limit=limit, surrogate=str(surrogate), autoattack=False, device=device)
+        results = check_run(run, eps=0.2, steps=steps, long_steps=10 if quick else 100, restarts=2,
+                            limit=limit if quick else 100, surrogate=str(surrogate), autoattack=False, device=device)
         failed = [r.name for r in results if not r.passed]
         checks[name] = "pass" if not failed else "WARN: " + ", ".join(failed)
         console.print(f"{name:>9}: {checks[name]}")
