@@ -416,7 +416,7 @@ def predict(
     from robustgan.predict import predict as classify
 
     for path, label, confidence in classify(run, images):
-        out_console.print(f"{path}\t{label}\t{confidence:.3f}", highlight=False)
+        sys.stdout.write(f"{path}\t{label}\t{confidence:.3f}\n")  # tab-separated: path, class, confidence
 
 
 @app.command()
