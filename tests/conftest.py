@@ -63,3 +63,13 @@ def digits_runs(tmp_path_factory):
     fit(load_config(CONFIGS / "standard-digits.toml", FAST), root / "standard", quiet=True)
     fit(load_config(CONFIGS / "pgd-at-digits.toml", FAST), root / "pgd", quiet=True)
     return root
+
+
+def snapshot(module) -> dict:
+    """A copy of every parameter and buffer."""
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module) -> set:
+    """Names of the parameters and buffers that differ from ``before``."""
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}

@@ -11,7 +11,7 @@ from robustgan.evaluate import robust_accuracy
 from robustgan.methods import Geometry, method_class
 from robustgan.runs import RunDir
 from robustgan.train import fit
-from tests.conftest import CONFIGS, FAST
+from tests.conftest import CONFIGS, FAST, changed, snapshot
 
 
 def make_method(backbone="densenet40", **method):
@@ -22,14 +22,6 @@ def make_method(backbone="densenet40", **method):
     m = method_class("atgan")(cfg, Geometry(1, 28, 10), torch.device("cpu"))
     torch.nn.init.normal_(m.loss_net.first_conv.weight)  # a non-trivial, fixed loss network
     return m
-
-
-def snapshot(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def changed(before, module):
-    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
 
 
 @pytest.fixture

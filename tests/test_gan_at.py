@@ -12,7 +12,7 @@ from robustgan.evaluate.trends import run_trends
 from robustgan.methods import Geometry, method_class
 from robustgan.methods.gan_at import FORMULATIONS
 from robustgan.train import fit
-from tests.conftest import CONFIGS, FAST
+from tests.conftest import CONFIGS, FAST, changed, snapshot
 
 
 def make_method(inputs="grad", generators=1, eps=0.1):
@@ -20,14 +20,6 @@ def make_method(inputs="grad", generators=1, eps=0.1):
                              f"method.generators={generators}"])
     torch.manual_seed(0)
     return method_class("gan_at")(cfg, Geometry(1, 28, 10), torch.device("cpu"))
-
-
-def snapshot(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def changed(before, module):
-    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
 
 
 @pytest.fixture

@@ -33,12 +33,10 @@ def ball(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @contextmanager
-def attack_mode(model: nn.Module):
-    """Eval mode and parameters frozen (gradients flow to the input only); both restored."""
-    was_training = model.training
+def no_param_grads(model: nn.Module):
+    """Parameters get no gradient inside the block; their requires_grad flags are restored."""
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    model.eval()
     for p in params:
         p.requires_grad_(False)
     try:
@@ -46,6 +44,17 @@ def attack_mode(model: nn.Module):
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
+
+
+@contextmanager
+def attack_mode(model: nn.Module):
+    """Eval mode and parameters frozen (gradients flow to the input only); both restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with no_param_grads(model):
+            yield model
+    finally:
         model.train(was_training)
 
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robustgan import models
+from robustgan.attacks.threat import no_param_grads
 from robustgan.config import OptimConfig, load_config
 from robustgan.errors import ConfigError
 from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method
@@ -66,16 +67,11 @@ def generator_name(cfg) -> str:
 def frozen(module: nn.Module):
     """Parameters get no gradient and buffers (BN running statistics) are restored on exit:
     the module acts as a fixed function in its current mode."""
-    params = list(module.parameters())
-    flags = [p.requires_grad for p in params]
     buffers = [b.clone() for b in module.buffers()]
-    for p in params:
-        p.requires_grad_(False)
     try:
-        yield module
+        with no_param_grads(module):
+            yield module
     finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
         with torch.no_grad():
             for b, saved in zip(module.buffers(), buffers):
                 b.copy_(saved)
