@@ -54,7 +54,7 @@ def main():
             images = sum(len(yb) for _, yb in batches[name][2:])
             rates[name].append(images / (time.perf_counter() - start))
     base = statistics.median(rates["pgd-at-digits"]) if "pgd-at-digits" in rates else None
-    print(f"| preset | img/s min | median | max | step time / PGD-AT |\n| --- | --- | --- | --- | --- |")
+    print("| preset | img/s min | median | max | step time / PGD-AT |\n| --- | --- | --- | --- | --- |")
     for name, r in rates.items():
         ratio = f"{base / statistics.median(r):.2f}" if base else "-"
         print(f"| {name} | {min(r):.0f} | {statistics.median(r):.0f} | {max(r):.0f} | {ratio} |")

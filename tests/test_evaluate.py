@@ -1,9 +1,7 @@
 import json
-import math
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -85,7 +85,7 @@ class ScheduleConfig:
     gamma: float = 0.1
 
     def validate(self):
-        _check(self.name in ("constant", "multistep", "cosine"), f"schedule.name must be constant, multistep or cosine")
+        _check(self.name in ("constant", "multistep", "cosine"), "schedule.name must be constant, multistep or cosine")
         _check(0 < self.gamma <= 1, "schedule.gamma must be in (0, 1]")
 
     def factor(self, epoch: int, epochs: int) -> float:

@@ -17,7 +17,6 @@ from robustgan.config import load_config
 from robustgan.evaluate.checks import check_run
 from robustgan.evaluate.curves import compute_curve
 from robustgan.report.html import build_report
-from robustgan.runs import RunDir
 from robustgan.train import fit, resolve_device
 
 console = Console()
