@@ -72,6 +72,11 @@ def test_refuses_existing_run_and_bad_resume(tmp_path):
         fit(small_cfg(), tmp_path / "r", quiet=True)
     with pytest.raises(RunError, match="nothing to resume"):
         fit(None, tmp_path / "empty", resume=True, quiet=True)
+    # killed before its first checkpoint: --resume starts over from the saved config
+    (tmp_path / "r" / "checkpoint.safetensors").unlink()
+    (tmp_path / "r" / "DONE").unlink()
+    fit(None, tmp_path / "r", resume=True, quiet=True)
+    assert RunDir(tmp_path / "r").is_complete
 
 
 def test_lock_refuses_second_trainer(tmp_path):

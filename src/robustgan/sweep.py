@@ -53,6 +53,7 @@ def run_sweep(cfg: Config, out: Path, eps_t=None, methods=None, fracs=(None,), q
         if run.is_complete:
             log(f"{name}: done, skipped")
             continue
-        log(f"{name}: {'resuming' if run.has_checkpoint else 'training'}")
-        fit(None if run.has_checkpoint else v, path, resume=run.has_checkpoint, quiet=quiet)
+        started = run.file("config.toml").is_file()
+        log(f"{name}: {'resuming' if started else 'training'}")
+        fit(None if started else v, path, resume=started, quiet=quiet)
     return runs

@@ -138,10 +138,14 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
     that many epochs (the run stays resumable). Returns the run directory."""
     run = RunDir(out)
     if resume:
-        if not run.has_checkpoint:
-            raise RunError(f"nothing to resume: {run.path} has no {CHECKPOINT}")
+        if not run.file("config.toml").is_file():
+            raise RunError(f"nothing to resume: {run.path} has no config.toml")
         cfg = run.config()
-    elif run.has_checkpoint or run.file("config.toml").is_file():
+        # stopped before its first checkpoint: nothing to restore, start over with its config
+        resume = run.has_checkpoint
+        if not resume:
+            run.file("metrics.jsonl").unlink(missing_ok=True)
+    elif run.has_checkpoint:
         raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
     assert cfg is not None
     run.path.mkdir(parents=True, exist_ok=True)
