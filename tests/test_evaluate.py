@@ -172,3 +172,19 @@ def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,3000", out.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
+    from robustgan.evaluate.checks import check_run
+
+    run = tmp_path / "pgd"
+    shutil.copytree(digits_runs / "pgd", run, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    results = check_run(run, eps=0.2, steps=3, long_steps=5, restarts=2, limit=32, surrogate="auto",
+                        surrogate_epochs=1, autoattack=False)
+    transfer = next(r for r in results if r.name == "transfer")
+    assert "skipped" not in transfer.values and 0 <= transfer.values["transfer"] <= 1
+    surrogate = RunDir(run / "surrogate")
+    assert surrogate.is_complete
+    cfg, parent = surrogate.config(), RunDir(run).config()
+    assert cfg.method.name == "standard" and cfg.train.epochs == 1
+    assert cfg.train.seed != parent.train.seed and cfg.model.name == parent.model.name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -181,7 +182,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             if len(args) == 2 and args[1] is not Ellipsis and len(value) != len(args):
                 raise ValueError(f"expected {len(args)} values")
             return tuple(_coerce(v, inner, key) for v in value)
-        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if origin in (typing.Union, types.UnionType):
             if value is None or (isinstance(value, str) and value.lower() == "none"):
                 return None
             return _coerce(value, next(a for a in args if a is not type(None)), key)

@@ -24,15 +24,15 @@ CONFIG, MODEL, METRICS, CHECKPOINT, VERSION, LOCK = (
 
 
 # ------------------------------------------------------------------ nested state <-> safetensors
-def _flatten(obj, tensors: dict, prefix: str):
+def _flatten(obj, tensors: dict):
     if isinstance(obj, torch.Tensor):
         key = f"t{len(tensors)}"
         tensors[key] = obj.detach().cpu().contiguous()
         return {"__tensor__": key}
     if isinstance(obj, dict):
-        return {"__dict__": [[_flatten(k, tensors, prefix), _flatten(v, tensors, prefix)] for k, v in obj.items()]}
+        return {"__dict__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, tensors, prefix) for v in obj]}
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, tensors) for v in obj]}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot checkpoint a {type(obj).__name__}")
@@ -69,7 +69,7 @@ def atomic_write(path: Path, write) -> None:
 
 def save_state(path: Path, state: dict) -> None:
     tensors: dict[str, torch.Tensor] = {}
-    skeleton = _flatten(state, tensors, "")
+    skeleton = _flatten(state, tensors)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"state": json.dumps(skeleton)}))
 
 

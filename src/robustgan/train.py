@@ -131,6 +131,23 @@ def _progress(quiet: bool):
                     TextColumn("{task.fields[info]}"), console=console, transient=True)
 
 
+def fit_clean_subrun(cfg: Config, out: Path, epochs: int, seed: int, quiet: bool = True, data_root=None) -> Path:
+    """Train (or finish) a `standard` run of ``cfg``'s data, backbone and optimizer into
+    ``out``: ATGAN's loss network and the transfer check's surrogate. Returns ``out``."""
+    from robustgan.config import from_dict, to_dict
+
+    run = RunDir(out)
+    if not run.is_complete:
+        raw = to_dict(cfg)
+        raw["method"] = {"name": "standard"}
+        raw["schedule"] = {}
+        raw["train"] = {**raw["train"], "epochs": epochs, "steps": 0, "seed": seed}
+        sub = from_dict({k: {f: v for f, v in section.items() if v is not None} for k, section in raw.items()})
+        started = run.file("config.toml").is_file()
+        fit(None if started else sub, out, resume=started, quiet=quiet, data_root=data_root)
+    return Path(out)
+
+
 def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: bool = False,
         stop_after: int | None = None, data_root: str | None = None) -> RunDir:
     """Train ``cfg`` into run directory ``out``; with ``resume`` continue from its
@@ -148,6 +165,8 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
     elif run.has_checkpoint:
         raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
     assert cfg is not None
+    if data_root is not None:  # recorded in config.toml, so sub-runs, resume and eval find the files
+        cfg.data.root = str(data_root)
     run.path.mkdir(parents=True, exist_ok=True)
     run.acquire_lock()
     try:

@@ -206,10 +206,9 @@ def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps:
     of the same backbone into <run>/surrogate (independent seed) first."""
     import json
 
-    from robustgan.config import load_config
     from robustgan.errors import RobustganError
     from robustgan.runs import RunDir, atomic_write, load_model
-    from robustgan.train import fit, geometry_for, load_split
+    from robustgan.train import fit_clean_subrun, geometry_for, load_split
 
     run = RunDir(run_dir)
     cfg = run.config()
@@ -222,13 +221,8 @@ def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps:
         x, y = x[:limit], y[:limit]
     surrogate_model = None
     if surrogate == "auto":
-        path = run.path / "surrogate"
-        if not RunDir(path).is_complete:
-            sub = load_config(None, [f'data.name="{cfg.data.name}"', f'model.name="{cfg.model.name}"',
-                                     f"train.epochs={surrogate_epochs}", f"train.seed={cfg.train.seed + 1000}",
-                                     f"train.batch_size={cfg.train.batch_size}", 'method.name="standard"'])
-            sub.data, sub.optim = cfg.data, cfg.optim
-            fit(sub, path, quiet=True, resume=RunDir(path).has_checkpoint, data_root=data_root)
+        path = fit_clean_subrun(cfg, run.path / "surrogate", surrogate_epochs, cfg.train.seed + 1000,  # independent
+                                data_root=data_root)
         surrogate_model = load_model(path)
     elif surrogate:
         surrogate_model = load_model(surrogate)

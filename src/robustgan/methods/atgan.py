@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from robustgan import models
 from robustgan.attacks.threat import no_param_grads
-from robustgan.config import OptimConfig, load_config
+from robustgan.config import OptimConfig
 from robustgan.errors import ConfigError
-from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method
+from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method, update
 from robustgan.methods.pgd_at import PGDAttackConfig, make_adversarial
 
 GENERATOR_FOR_DATASET = {"mnist": "atgan_g_mnist", "digits": "atgan_g_mnist", "synthetic": "atgan_g_mnist",
@@ -117,20 +117,13 @@ class ATGAN(Method):
         """Load the loss network from ``loss_net_run`` or train it on clean data first, as
         its own run in <run>/loss_net (same loop, resumable), then freeze it."""
         from robustgan.runs import RunDir, load_model
-        from robustgan.train import fit
+        from robustgan.train import fit_clean_subrun
 
         mcfg = self.cfg.method
         source = Path(mcfg.loss_net_run) if mcfg.loss_net_run else Path(run_dir) / "loss_net"
         if not mcfg.loss_net_run and not RunDir(source).is_complete:
             log(f"training the loss network ({self.cfg.model.name}, {mcfg.loss_net_epochs} epochs, clean) -> {source}")
-            sub = load_config(None, [f'data.name="{self.cfg.data.name}"', f'model.name="{self.cfg.model.name}"',
-                                     f"train.epochs={mcfg.loss_net_epochs}", f"train.batch_size={self.cfg.train.batch_size}",
-                                     f"train.seed={self.cfg.train.seed}", f'train.device="{self.cfg.train.device}"',
-                                     f"data.train_limit={self.cfg.data.train_limit}", 'method.name="standard"'])
-            sub.optim = self.cfg.optim
-            if self.cfg.data.root:
-                sub.data.root = self.cfg.data.root
-            fit(sub, source, quiet=quiet, resume=RunDir(source).has_checkpoint)
+            fit_clean_subrun(self.cfg, source, mcfg.loss_net_epochs, self.cfg.train.seed, quiet)
         trained = load_model(source)
         try:
             self.loss_net.load_state_dict(trained.state_dict())
@@ -153,9 +146,7 @@ class ATGAN(Method):
         loss_b = F.cross_entropy(logits_fake.float(), y)
         loss_d = -(bce(rf_real, 1.0) + bce(rf_fake, 0.0))  # eq. 9: log D(x) + log(1 - D(G(x_adv)))
         loss_D = m.alpha1 * (loss_a + m.beta * loss_b) - loss_d
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_D.backward()
-        self.opt_d.step()
+        update(self.opt_d, loss_D)
         return {"L_D": loss_D.detach(), "L_a": loss_a.detach(), "L_b": loss_b.detach(), "L_d": loss_d.detach(),
                 "clean_acc": accuracy(logits_real.detach(), y), "D_real_acc": (rf_real.detach() > 0).float().mean(),
                 "D_fake_acc": (rf_fake.detach() < 0).float().mean()}
@@ -173,9 +164,7 @@ class ATGAN(Method):
                 target = self.loss_net.first_activations(x)
             loss_f = F.mse_loss(self.loss_net.first_activations(x_gen).float(), target.float())  # eq. 4 / 12
             loss_G = m.alpha2 * m.beta * loss_b - loss_g + m.gamma * loss_f
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_G.backward()
-            self.opt_g.step()
+            update(self.opt_g, loss_G)
         return {"L_G": (loss_G + m.alpha2 * loss_a).detach(), "L_g": loss_g.detach(), "L_f": loss_f.detach(),
                 "adv_acc": accuracy(logits_gen.detach(), y)}
 

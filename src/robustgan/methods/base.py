@@ -115,6 +115,13 @@ def make_optimizer(params, ocfg: OptimConfig) -> torch.optim.Optimizer:
     return opt
 
 
+def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss``: clear gradients, back-propagate, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Fraction correct as a 0-d tensor (no host sync)."""
     if len(y) == 0:

@@ -22,7 +22,7 @@ from robustgan.attacks.threat import loss_and_grad
 from robustgan.config import OptimConfig, check_eps_value
 from robustgan.errors import ConfigError
 from robustgan.methods.atgan import frozen
-from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method
+from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method, update
 
 FORMULATIONS = ("x", "x,z", "grad", "grad,x")
 
@@ -118,9 +118,7 @@ class GANAT(Method):
         parts = logits.split(len(y))
         losses = [F.cross_entropy(p, y) for p in parts]
         loss = sum(losses)
-        self.opt_c.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_c.step()
+        update(self.opt_c, loss)
         out = {"L_C": loss.detach(), "clean_acc": accuracy(parts[0].detach(), y)}
         for k, p in enumerate(parts[1:]):
             out[f"G{k}_acc"] = accuracy(p.detach(), y)
@@ -131,9 +129,7 @@ class GANAT(Method):
         fixed function here (no parameter gradients, BN statistics restored)."""
         with frozen(self.classifier):
             loss = -F.cross_entropy(self.classifier(x_adv).float(), y)
-            self.opt_g[k].zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_g[k].step()
+            update(self.opt_g[k], loss)
         return {f"L_G{k}": loss.detach()}
 
     def step(self, x, y):

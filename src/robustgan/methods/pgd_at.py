@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from robustgan.attacks import pgd
 from robustgan.config import check_eps_value, check_frac
@@ -74,14 +73,8 @@ class PGDAT(Standard):
     def step(self, x, y):
         mcfg = self.cfg.method
         x_mix, n_adv = make_adversarial(self.model, x, y, mcfg, self.epoch)
-        self.model.train()
-        logits = self.model(x_mix)
-        loss = F.cross_entropy(logits.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        logits = logits.detach()
-        metrics = {"loss": loss.detach(), "adv_acc": accuracy(logits[:n_adv], y[:n_adv])}
+        logits, loss = self.train_on(x_mix, y)
+        metrics = {"loss": loss, "adv_acc": accuracy(logits[:n_adv], y[:n_adv])}
         if n_adv < len(y):
             metrics["clean_acc"] = accuracy(logits[n_adv:], y[n_adv:])
         return metrics

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
-from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method
+from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method, update
 
 
 @dataclass
@@ -40,11 +41,14 @@ class Standard(Method):
     def optimizers(self):
         return {"opt": self.opt}
 
-    def step(self, x, y):
+    def train_on(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """One classifier update on CE(f(x), y); returns (detached logits, detached loss)."""
         self.model.train()
         logits = self.model(x)
         loss = F.cross_entropy(logits.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.detach(), "acc": accuracy(logits.detach(), y)}
+        update(self.opt, loss)
+        return logits.detach(), loss.detach()
+
+    def step(self, x, y):
+        logits, loss = self.train_on(x, y)
+        return {"loss": loss, "acc": accuracy(logits, y)}
