@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robustgan.errors import RobustganError
+from robustgan.errors import Interrupted, RobustganError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train and evaluate GAN-based adversarial defenses (ATGAN, GAN-AT) and their baselines.")
@@ -30,9 +30,10 @@ def parse_eps_list(text: str) -> list[float]:
         if not part:
             continue
         try:
-            values.append(check_eps(parse_number(part)))
-        except ValueError:
+            value = parse_number(part)
+        except (ValueError, ZeroDivisionError):
             raise RobustganError(f"--eps: {part!r} is not a number (use e.g. 0.1,0.2 or 8/255)") from None
+        values.append(check_eps(value))
     if not values:
         raise RobustganError("--eps: give at least one value")
     return values
@@ -234,8 +235,9 @@ def main():
     try:
         app()
     except RobustganError as err:
-        err_console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
+        text = str(err) if isinstance(err, Interrupted) else f"error: {err}"
+        err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

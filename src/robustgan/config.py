@@ -111,7 +111,8 @@ class TrainConfig:
     eval_limit: int = 1000  # test images used by those evaluations (0 = all)
     eval_eps: float = 0.0  # PGD eps for held-out evaluation (0 = clean only)
     eval_steps: int = 10
-    log_every: int = 20  # steps between progress-bar refreshes (the only host syncs)
+    log_every: int = 20  # steps between progress-bar refreshes and finiteness checks (the only host syncs)
+    checkpoint_every: int = 0  # also checkpoint every this many steps inside an epoch (0 = at epoch ends only)
 
     def validate(self):
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -119,6 +120,7 @@ class TrainConfig:
         _check(self.batch_size > 0, f"train.batch_size must be positive, got {self.batch_size}")
         _check(self.amp in ("auto", "bf16", "off"), f"train.amp must be auto, bf16 or off, got {self.amp!r}")
         _check(self.eval_every > 0 and self.log_every > 0, "train.eval_every and train.log_every must be positive")
+        _check(self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         _check(self.eval_steps > 0, f"train.eval_steps must be positive, got {self.eval_steps}")
         check_eps_value(self.eval_eps, "train.eval_eps")
 

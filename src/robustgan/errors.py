@@ -4,8 +4,10 @@
 class RobustganError(Exception):
     """Base class for errors a user can fix (bad file, bad config, bad eps...).
 
-    The CLI prints ``str(err)`` on one line and exits non-zero, without a traceback.
+    The CLI prints ``str(err)`` on one line and exits with ``exit_code``, without a traceback.
     """
+
+    exit_code = 2
 
 
 class DataError(RobustganError):
@@ -18,3 +20,15 @@ class ConfigError(RobustganError):
 
 class RunError(RobustganError):
     """A run directory is missing, incomplete or inconsistent."""
+
+
+class Diverged(RunError):
+    """A training loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+class Interrupted(RunError):
+    """Training stopped on Ctrl-C after saving a checkpoint."""
+
+    exit_code = 130

@@ -7,13 +7,14 @@ floats, strings) is JSON in the file's metadata."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from robustgan import __version__
 from robustgan.config import Config, from_dict, read_toml, to_toml
@@ -52,14 +53,22 @@ def _unflatten(node, tensors: dict):
     return node
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)``, fsync, then rename over ``path``: a crash leaves
-    either the old file or the new one, never a torn file."""
+def atomic_write(path: Path, payload: bytes | str) -> None:
+    """Write ``payload`` to a temp file, fsync, then rename over ``path``: a crash leaves
+    either the old file or the new one, never a torn file; a failed write (full disk)
+    leaves the old one and raises RunError."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    raw = payload.encode() if isinstance(payload, str) else payload
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only directory...
+        tmp.unlink(missing_ok=True)
+        kept = "; the previous version is kept" if path.exists() else ""
+        raise RunError(f"cannot write {path}: {_reason(err)}{kept}") from None
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -67,10 +76,16 @@ def atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
+def _reason(err: OSError) -> str:
+    if err.errno == errno.ENOSPC:
+        return "the disk is full (free some space, then resume)"
+    return err.strerror or str(err)
+
+
 def save_state(path: Path, state: dict) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"state": json.dumps(skeleton)}))
+    atomic_write(path, save(tensors, metadata={"state": json.dumps(skeleton)}))
 
 
 def load_state(path: Path) -> dict:
@@ -85,6 +100,15 @@ def load_state(path: Path) -> dict:
     if "state" not in metadata:
         raise RunError(f"{path} has no training state")
     return _unflatten(json.loads(metadata["state"]), tensors)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint was saved at, from its header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        skeleton = json.loads((handle.metadata() or {})["state"])
+    return dict(skeleton["__dict__"])["step"]  # top-level keys and ints stay plain JSON
 
 
 # ------------------------------------------------------------------ the run directory
@@ -105,7 +129,7 @@ class RunDir:
 
     def create(self, cfg: Config) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.file(CONFIG), lambda tmp: tmp.write_text(to_toml(cfg)))
+        atomic_write(self.file(CONFIG), to_toml(cfg))
         self.file(VERSION).write_text(__version__ + "\n")
 
     def config(self) -> Config:
@@ -118,36 +142,56 @@ class RunDir:
 
     def save_model(self, model: torch.nn.Module) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        atomic_write(self.file(MODEL), lambda tmp: save_file(state, str(tmp), metadata={"robustgan": __version__}))
+        atomic_write(self.file(MODEL), save(state, metadata={"robustgan": __version__}))
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.file(METRICS), "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.file(METRICS), "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise RunError(f"cannot write {self.file(METRICS)}: {_reason(err)}") from None
 
     def metrics(self) -> list[dict]:
         path = self.file(METRICS)
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash mid-write (training redoes that epoch on resume)
+        return records
 
     def truncate_metrics(self, after_epoch: int) -> None:
         """Drop records of epochs past ``after_epoch`` (logged before a crash, redone on resume)."""
         kept = [r for r in self.metrics() if r.get("epoch", 0) <= after_epoch]
-        atomic_write(self.file(METRICS), lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+        atomic_write(self.file(METRICS), "".join(json.dumps(r) + "\n" for r in kept))
 
     def acquire_lock(self) -> None:
-        """Refuse a second process training into this directory."""
+        """Refuse a second process training into this directory. The lock file appears
+        whole (hard link of a file already holding our pid), so a crash never leaves an
+        empty one; a lock whose process is gone is taken over."""
         lock = self.file(LOCK)
+        mine = self.file(f"{LOCK}.{os.getpid()}")
+        mine.write_text(str(os.getpid()))
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = lock.read_text().strip() or "?"
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                lock.unlink(missing_ok=True)  # stale: its owner died
-                return self.acquire_lock()
-            raise RunError(f"{self.path} is in use by process {pid} (remove {lock} if that process is gone)") from None
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+            for _ in range(3):
+                try:
+                    os.link(mine, lock)
+                    return
+                except FileExistsError:
+                    try:
+                        pid = lock.read_text().strip()
+                    except FileNotFoundError:
+                        continue  # released meanwhile: try again
+                    if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                        raise RunError(f"{self.path} is in use by process {pid} (remove {lock} if that process "
+                                       f"is gone)") from None
+                    lock.unlink(missing_ok=True)  # stale: its owner died
+            raise RunError(f"could not take the lock {lock}")
+        finally:
+            mine.unlink(missing_ok=True)
 
     def release_lock(self) -> None:
         self.file(LOCK).unlink(missing_ok=True)

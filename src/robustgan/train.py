@@ -4,7 +4,10 @@ and resumes."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,10 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from robustgan import data
 from robustgan.config import Config, DataConfig
-from robustgan.errors import RunError
+from robustgan.errors import Diverged, Interrupted, RunError
 from robustgan.evaluate import robust_accuracy
 from robustgan.methods import Geometry, method_class
-from robustgan.runs import CHECKPOINT, RunDir, load_state, save_state
+from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state, save_state
 
 console = Console(stderr=True)
 
@@ -77,27 +80,63 @@ class Logger:
             console.print(text)
 
 
-def run_epoch(method, batcher, autocast, progress, task, log_every: int, max_steps: int) -> tuple[dict, int, float, float]:
-    """One pass over the batcher. Metrics stay on the device until the end of the epoch
-    (and at log_every steps, for the progress bar)."""
-    sums: dict[str, torch.Tensor] = {}
-    steps, images, start = 0, 0, time.perf_counter()
-    for x, y in batcher:
-        if steps >= max_steps:
-            break
-        with autocast():
-            metrics = method.step(x, y)
+class EpochStats:
+    """The running sums of one epoch's step metrics, kept on the device (no host sync per
+    step), with the first step at which each metric was non-finite."""
+
+    def __init__(self, sums=None, steps=0, images=0, seconds=0.0):
+        self.sums: dict[str, torch.Tensor] = dict(sums or {})
+        self.steps, self.images, self.seconds = steps, images, seconds
+        self.first_bad: dict[str, torch.Tensor] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor], step: int, images: int) -> None:
         for key, value in metrics.items():
-            sums[key] = sums[key] + value if key in sums else value.clone()
-        steps, images = steps + 1, images + len(y)
-        if progress is not None:
-            progress.advance(task)
-            if steps % log_every == 0:
-                shown = " ".join(f"{k}={(v / steps).item():.3f}" for k, v in sums.items())
-                progress.update(task, info=f"{shown} {images / (time.perf_counter() - start):.0f} img/s")
-    averages = {k: (v / max(1, steps)).item() for k, v in sums.items()}  # the epoch's one host sync
-    seconds = time.perf_counter() - start
-    return averages, steps, seconds, images / max(seconds, 1e-9)
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+            first = self.first_bad.get(key)
+            if first is None:
+                first = self.first_bad[key] = torch.full((), -1, dtype=torch.long, device=value.device)
+            first.copy_(torch.where((first < 0) & ~torch.isfinite(value), step, first))
+        self.steps, self.images = self.steps + 1, self.images + images
+
+    def check_finite(self, epoch: int, run: RunDir) -> None:
+        """Raise Diverged naming the earliest non-finite metric (a host sync). Called before
+        every checkpoint, so a checkpoint never holds a diverged state."""
+        bad = {k: int(v) for k, v in self.first_bad.items() if int(v) >= 0}
+        if bad:
+            term = min(bad, key=bad.get)
+            kept = (f"{run.path} keeps the last good checkpoint (step {checkpoint_step(run.file(CHECKPOINT))})"
+                    if run.has_checkpoint else "no checkpoint had been written yet")
+            raise Diverged(f"training diverged: {term} became non-finite at step {bad[term]} (epoch {epoch + 1}); "
+                           f"{kept}. Lower optim.lr (or check the data) and train a new run")
+
+    def averages(self) -> dict[str, float]:
+        return {k: (v / max(1, self.steps)).item() for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "steps": self.steps, "images": self.images, "seconds": self.seconds}
+
+
+class StopFlag:
+    """Ctrl-C asks the loop to stop after the current step (it then saves a checkpoint);
+    a second Ctrl-C aborts at once. Installed only in the main thread."""
+
+    def __init__(self, message):
+        self.requested, self.message, self.previous = False, message, None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.message("stopping after this step to save a checkpoint (Ctrl-C again to abort without saving)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def evaluate_heldout(method, cfg: Config, x_test, y_test, device) -> dict:
@@ -187,7 +226,7 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
     epochs = cfg.train.epochs if not cfg.train.steps else math.ceil(cfg.train.steps / len(batcher))
     total_steps = cfg.train.steps or epochs * len(batcher)
     logger = Logger(run, quiet, cfg.train.tensorboard)
-    start_epoch, global_step = 0, 0
+    start_epoch, global_step, partial = 0, 0, None
     if resume:
         state = load_state(run.file(CHECKPOINT))
         method.load_state_dict(state["method"])
@@ -195,37 +234,81 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start_epoch, global_step = state["epoch"] + 1, state["step"]
+        start_epoch, global_step, partial = state["epoch"] + 1, state["step"], state.get("partial_epoch")
         run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
-        logger.message(f"resuming {run.path} at epoch {start_epoch + 1}/{epochs}")
+        logger.message(f"resuming {run.path} at epoch {start_epoch + 1}/{epochs}, step {global_step}")
     else:
         run.create(cfg)
         method.prepare(run.path, logger.message, quiet)
     autocast = autocast_for(cfg.train.amp, device)
     progress = _progress(quiet)
+    every = cfg.train.checkpoint_every
     done_this_call = 0
-    with progress or nullcontext():
+
+    def checkpoint(epoch: int, stats: EpochStats | None) -> None:
+        """Epoch ``epoch`` finished (stats None), or ``stats.steps`` steps into it."""
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        state = {"epoch": epoch if stats is None else epoch - 1, "step": global_step, "method": method.state_dict(),
+                 "batcher": batcher.state_dict(), "rng": rng}
+        if stats is not None:
+            state["partial_epoch"] = stats.state_dict()
+        save_state(run.file(CHECKPOINT), state)
+
+    with progress or nullcontext(), StopFlag(logger.message) as stop:
         for epoch in range(start_epoch, epochs):
             lr_factor = set_learning_rates(method, cfg, epoch, epochs)
             method.on_epoch_start(epoch, epochs)
-            task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(batcher), info="") if progress else None
-            metrics, steps, seconds, rate = run_epoch(method, batcher, autocast, progress, task, cfg.train.log_every,
-                                             total_steps - global_step)
+            stats = EpochStats(**partial) if partial else EpochStats()
+            partial = None
+            remaining = min(len(batcher) - stats.steps, total_steps - global_step)
+            task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(batcher), completed=stats.steps,
+                                     info="") if progress else None
+            started = time.perf_counter()
+            for x, y in itertools.islice(batcher, remaining):
+                with autocast():
+                    metrics = method.step(x, y)
+                global_step += 1
+                stats.add(metrics, global_step, len(y))
+                if progress is not None:
+                    progress.advance(task)
+                if global_step % cfg.train.log_every == 0:
+                    stats.check_finite(epoch, run)
+                    if progress is not None:
+                        shown = " ".join(f"{k}={v:.3f}" for k, v in stats.averages().items())
+                        rate = stats.images / (stats.seconds + time.perf_counter() - started)
+                        progress.update(task, info=f"{shown} {rate:.0f} img/s")
+                if batcher.position != 0 and (stop.requested or (every and global_step % every == 0)):
+                    stats.check_finite(epoch, run)
+                    stats.seconds += time.perf_counter() - started
+                    started = time.perf_counter()
+                    checkpoint(epoch, stats)
+                    if stop.requested:
+                        raise Interrupted(f"interrupted at step {global_step} (epoch {epoch + 1}); checkpoint saved. "
+                                          f"Resume with: robustgan train --out {run.path} --resume")
+            stats.seconds += time.perf_counter() - started
+            stats.check_finite(epoch, run)
             if progress is not None:
                 progress.remove_task(task)
-            global_step += steps
-            logger.log({"epoch": epoch + 1, "step": global_step, "split": "train", **metrics,
-                        "lr_factor": lr_factor, "epoch_seconds": seconds, "images_per_s": rate})
+            averages = stats.averages()
+            record = {"epoch": epoch + 1, "step": global_step, "split": "train", **averages, "lr_factor": lr_factor,
+                      "epoch_seconds": stats.seconds, "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+            warnings = method.collapse_warnings(averages)
+            if warnings:
+                record["warnings"] = warnings
+                for text in warnings:
+                    logger.message(f"[yellow]warning:[/] {text}")
+            logger.log(record)
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
                 logger.log({"epoch": epoch + 1, "step": global_step,
                             **evaluate_heldout(method, cfg, x_test, y_test, device)})
             run.save_model(method.defended_model())
-            rng = {"torch": torch.get_rng_state()}
-            if device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(device)
-            save_state(run.file(CHECKPOINT), {"epoch": epoch, "step": global_step, "method": method.state_dict(),
-                                              "batcher": batcher.state_dict(), "rng": rng})
+            checkpoint(epoch, None)
             done_this_call += 1
+            if stop.requested and epoch + 1 < epochs:
+                raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
+                                  f"Resume with: robustgan train --out {run.path} --resume")
             if stop_after is not None and done_this_call >= stop_after and epoch + 1 < epochs:
                 logger.message(f"stopped after epoch {epoch + 1}; continue with: robustgan train --out {run.path} --resume")
                 return run

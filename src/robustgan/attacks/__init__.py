@@ -2,6 +2,6 @@
 
 from robustgan.attacks.autoattack import autoattack
 from robustgan.attacks.gradient import fgsm, pgd
-from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps
+from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images
 
-__all__ = ["fgsm", "pgd", "autoattack", "AttackError", "attack_mode", "ball", "check_eps"]
+__all__ = ["fgsm", "pgd", "autoattack", "AttackError", "attack_mode", "ball", "check_eps", "check_images"]

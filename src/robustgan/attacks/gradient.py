@@ -8,15 +8,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, loss_and_grad
+from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, loss_and_grad
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, check: bool = True) -> torch.Tensor:
     """Fast Gradient Sign Method (Goodfellow et al. 2015), L-inf.
 
     x: (N, C, H, W) in [0, 1]; y: (N,) int64. Returns clip(x + eps * sign(grad), 0, 1).
-    The model runs in eval mode with frozen parameters; both are restored afterwards."""
+    The model runs in eval mode with frozen parameters; both are restored afterwards.
+    ``check=False`` skips the input check (a host sync) for callers whose inputs are known good."""
     eps = check_eps(eps)
+    if check:
+        check_images(x, y)
     with attack_mode(model):
         x_adv = x.detach().clone().requires_grad_(True)
         _, grad = loss_and_grad(model, x_adv, y)
@@ -39,15 +42,18 @@ def _pgd_once(model, x, y, eps, steps, step_size, random_start) -> torch.Tensor:
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
-        random_start: bool = True, restarts: int = 1) -> torch.Tensor:
+        random_start: bool = True, restarts: int = 1, *, check: bool = True) -> torch.Tensor:
     """Projected Gradient Descent (Madry et al. 2018), L-inf, cross-entropy loss.
 
     x: (N, C, H, W) in [0, 1]; y: (N,) int64; eps in pixel scale, ``float('inf')`` for the
     unbounded attack (only the [0, 1] box is kept). With ``restarts > 1`` each sample keeps
     its worst case over the restarts: misclassified beats correct, then higher loss wins.
     The model runs in eval mode with frozen parameters; both are restored afterwards.
-    Returns x_adv with |x_adv - x|_inf <= eps and x_adv in [0, 1]."""
+    Returns x_adv with |x_adv - x|_inf <= eps and x_adv in [0, 1]. ``check=False`` skips
+    the input check (one host sync): the training loop's batches are known good."""
     eps = check_eps(eps)
+    if check:
+        check_images(x, y)
     if int(steps) <= 0:
         raise AttackError(f"PGD steps must be positive, got {steps}")
     if not step_size > 0:

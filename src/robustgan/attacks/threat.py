@@ -14,8 +14,26 @@ import torch.nn.functional as F
 from robustgan.errors import RobustganError
 
 
-class AttackError(RobustganError):
-    """Invalid attack settings (eps, steps, step size)."""
+class AttackError(RobustganError, ValueError):
+    """Invalid attack settings (eps, steps, step size) or inputs (shape, NaN, range)."""
+
+
+def check_images(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse inputs an attack would silently get wrong: x must be float (N, C, H, W),
+    finite and in [0, 1]; y int64 (N,). One host sync; the training loop skips it."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        hint = " (divide uint8 images by 255)" if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 else ""
+        raise AttackError(f"images must be a float tensor (N, C, H, W) in [0, 1], got {got}{hint}")
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.dtype != torch.int64:
+        got = f"shape {tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise AttackError(f"labels must be an int64 tensor of shape ({x.shape[0]},), got {got}")
+    if x.numel():
+        lo, hi, finite = torch.stack([x.min().float(), x.max().float(), torch.isfinite(x).all().float()]).tolist()
+        if not finite:
+            raise AttackError("images contain NaN or infinite values")
+        if lo < 0 or hi > 1:
+            raise AttackError(f"images must be in [0, 1] (pixel scale), got values in [{lo:.3g}, {hi:.3g}]")
 
 
 def check_eps(eps: float) -> float:

@@ -44,25 +44,44 @@ class Batcher:
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
+        self._epoch: dict | None = None  # the current epoch's draws (CPU), kept until it ends
+        self.position = 0  # batches of the current epoch already handed out
 
     def __len__(self) -> int:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        """The generator, plus the current epoch's draws and position when saved mid-epoch."""
+        state = {"generator": self.generator.get_state(), "position": self.position}
+        if self._epoch is not None:
+            state["epoch"] = self._epoch
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.position = state.get("position", 0)
+        self._epoch = state.get("epoch")
+
+    def _draw_epoch(self) -> dict:
+        n, gen = len(self.y), self.generator
+        draws = {"order": torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)}
+        if self.flip:
+            draws["flips"] = torch.rand(n, generator=gen) < 0.5
+        if self.shift:
+            draws["offsets"] = torch.randint(0, 2 * self.shift + 1, (n, 2), generator=gen)
+        return draws
 
     def __iter__(self):
-        n = len(self.y)
-        gen = self.generator
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        flips = (torch.rand(n, generator=gen) < 0.5).to(self.device) if self.flip else None
-        offsets = torch.randint(0, 2 * self.shift + 1, (n, 2), generator=gen).to(self.device) if self.shift else None
-        order = order.to(self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        """Batches from ``position`` to the end of the epoch. The epoch's draws are kept
+        until its last batch is handed out, so a checkpoint between batches resumes exactly."""
+        if self._epoch is None:
+            self._epoch, self.position = self._draw_epoch(), 0
+        draws = {k: v.to(self.device) for k, v in self._epoch.items()}
+        order, flips, offsets = draws["order"], draws.get("flips"), draws.get("offsets")
+        n, batches = len(self.y), len(self)
+        for b in range(self.position, batches):
+            start = b * self.batch_size
             end = min(start + self.batch_size, n)
             # this rank's slice of the global batch
             per_rank = -(-(end - start) // self.world_size)
@@ -71,4 +90,9 @@ class Batcher:
             x = self.x[idx].float().div_(255)
             x = augment_batch(x, flips[lo:hi] if flips is not None else None,
                               offsets[lo:hi] if offsets is not None else None, self.shift)
+            # the state a checkpoint taken after this batch must hold
+            if b + 1 == batches:
+                self._epoch, self.position = None, 0
+            else:
+                self.position = b + 1
             yield x, self.y[idx]

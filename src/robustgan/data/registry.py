@@ -55,13 +55,15 @@ def load(name: str, root=None, split: str = "train", **kw) -> tuple[torch.Tensor
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
     x, y = meta.loader(Path(root).expanduser() if root is not None else None, split, **kw)
-    _validate(meta, x, y, kw.get("channels", meta.channels), kw.get("num_classes", meta.num_classes))
+    _validate(meta, x, y, kw.get("channels", meta.channels), kw.get("image_size", meta.image_size),
+              kw.get("num_classes", meta.num_classes))
     return x, y
 
 
-def _validate(meta: DatasetInfo, x: torch.Tensor, y: torch.Tensor, channels: int, num_classes: int) -> None:
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != channels:
-        raise DataError(f"{meta.name}: images have shape {tuple(x.shape)} {x.dtype}, expected (N, {channels}, H, W) uint8")
+def _validate(meta: DatasetInfo, x: torch.Tensor, y: torch.Tensor, channels: int, size: int, num_classes: int) -> None:
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1:] != (channels, size, size):
+        raise DataError(f"{meta.name}: images have shape {tuple(x.shape)} {x.dtype}, "
+                        f"expected (N, {channels}, {size}, {size}) uint8")
     if y.dtype != torch.int64 or y.shape != (x.shape[0],):
         raise DataError(f"{meta.name}: {y.shape[0]} labels for {x.shape[0]} images")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):

@@ -41,4 +41,4 @@ class EvalCache:
     def put(self, value, **settings) -> None:
         self.entries[cache_key(**settings)] = value
         payload = json.dumps({"weights": self.digest, "entries": self.entries}, indent=0)
-        atomic_write(self.path, lambda tmp: tmp.write_text(payload))
+        atomic_write(self.path, payload)

@@ -231,5 +231,5 @@ def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps:
     results = run_checks(model, x, y, settings, device, surrogate_model, geometry_for(cfg.data).num_classes, on_result)
     report = {"eps": eps, "n": len(y), "tol": tol, "steps": steps, "long_steps": long_steps, "restarts": restarts,
               "passed": all(r.passed for r in results), "checks": [r.as_dict() for r in results]}
-    atomic_write(run.file("check.json"), lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+    atomic_write(run.file("check.json"), json.dumps(report, indent=1))
     return results

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks import autoattack, fgsm, pgd
+from robustgan.attacks.threat import check_images
 from robustgan.errors import RobustganError
 
 ATTACKS = ("none", "fgsm", "pgd", "autoattack")
@@ -18,14 +19,14 @@ def default_step_size(eps: float, steps: int) -> float:
 
 
 def attack_batch(model, x, y, attack: str, eps: float, steps: int = 10, step_size: float | None = None,
-                 restarts: int = 1, num_classes: int = 10) -> torch.Tensor:
+                 restarts: int = 1, num_classes: int = 10, check: bool = True) -> torch.Tensor:
     """Adversarial images for one batch (x in [0, 1]); ``attack='none'`` returns x."""
     if attack == "none" or eps == 0:
         return x
     if attack == "fgsm":
-        return fgsm(model, x, y, eps)
+        return fgsm(model, x, y, eps, check=check)
     if attack == "pgd":
-        return pgd(model, x, y, eps, steps, step_size or default_step_size(eps, steps), True, restarts)
+        return pgd(model, x, y, eps, steps, step_size or default_step_size(eps, steps), True, restarts, check=check)
     if attack == "autoattack":
         return autoattack(model, x, y, eps, num_classes=num_classes)
     raise RobustganError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
@@ -41,12 +42,14 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
     model.eval()
     x = x.to(device)
     y = y.to(device)
+    if x.dtype != torch.uint8:
+        check_images(x, y)  # once for the whole set; the batches below skip it
     correct = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size]
         xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
         yb = y[start:start + batch_size]
-        x_adv = attack_batch(model, xb, yb, attack, eps, steps, step_size, restarts, num_classes)
+        x_adv = attack_batch(model, xb, yb, attack, eps, steps, step_size, restarts, num_classes, check=False)
         with torch.no_grad():
             correct += (model(x_adv).argmax(1) == yb).sum()
         if progress is not None:

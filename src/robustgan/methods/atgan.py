@@ -81,6 +81,10 @@ def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
 
 
+COLLAPSED_STD = 1e-3  # per-pixel std of G's output across a batch below which G is called collapsed
+PINNED_ACC = 0.995  # an epoch's real and fake discriminator accuracies both above this: D is pinned
+
+
 @register_method
 class ATGAN(Method):
     name = "atgan"
@@ -174,4 +178,15 @@ class ATGAN(Method):
         x_gen = self.G(x_adv)  # (B, C, H, W) in [0, 1]; one G forward serves (b) and (c)
         metrics = self.d_step(x, x_gen, y)
         metrics.update(self.g_step(x, x_gen, y, metrics["L_a"]))
+        metrics["G_out_std"] = x_gen.detach().float().std(0).mean()  # ~0 when G maps every input to one image
         return metrics
+
+    def collapse_warnings(self, averages):
+        found = []
+        if averages.get("G_out_std", 1.0) < COLLAPSED_STD:
+            found.append(f"generator collapse: G's output is the same for every input (per-pixel std "
+                         f"{averages['G_out_std']:.2g} across the batch)")
+        if min(averages.get("D_real_acc", 0.0), averages.get("D_fake_acc", 0.0)) >= PINNED_ACC:
+            found.append("discriminator pinned: D tells real from generated images every time "
+                         "(D_real_acc and D_fake_acc >= 0.995), so G's adversarial loss gives no signal")
+        return found

@@ -53,6 +53,11 @@ class Method:
         """Optional phase before the main loop (e.g. ATGAN's loss network). ``run_dir`` is
         the run's directory (a sub-run may live inside it), ``log`` prints a message."""
 
+    def collapse_warnings(self, averages: dict[str, float]) -> list[str]:
+        """Signs that adversarial training between networks has collapsed, from one epoch's
+        average step metrics (reported in metrics.jsonl as ``warnings``)."""
+        return []
+
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         self.epoch, self.epochs = epoch, epochs
 

@@ -138,4 +138,11 @@ class GANAT(Method):
         metrics = self.classifier_step(x, x_advs, y)
         for k, x_adv in enumerate(x_advs):
             metrics.update(self.generator_step(k, x_adv, y))
+            metrics[f"G{k}_std"] = (x_adv - x).detach().float().std(0).mean()  # ~0: one perturbation for all
         return metrics
+
+    def collapse_warnings(self, averages):
+        floor = 0.01 * self.cfg.method.eps
+        return [f"generator {k} collapse: its perturbation is the same for every input (per-pixel std "
+                f"{averages[f'G{k}_std']:.2g} across the batch, eps {self.cfg.method.eps:g})"
+                for k in range(len(self.generators)) if averages.get(f"G{k}_std", floor) < floor]
