@@ -57,6 +57,7 @@ def train(
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this many epochs (resumable)"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Directory with the dataset files"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines"),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (runs torchrun --nproc_per_node=N)"),
 ):
     """Train a model into a run directory.
 
@@ -67,7 +68,15 @@ def train(
       robustgan train -c configs/pgd-at-mnist.toml --data-root ~/data --set method.eps=0.2
 
       robustgan train --out runs/pgd-digits --resume
+
+      robustgan train -c configs/pgd-at-cifar10.toml --data-root ~/data --nproc 4
     """
+    import os
+
+    if nproc < 1:
+        raise RobustganError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_with_torchrun(nproc)
     from robustgan.config import load_config
     from robustgan.train import fit
 
@@ -81,6 +90,23 @@ def train(
     cfg = load_config(config, set_)
     out = out or Path("runs") / config.stem
     fit(cfg, out, quiet=quiet, stop_after=stop_after, data_root=data_root)
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """Run this same ``train`` command under torchrun with ``nproc`` processes on this machine."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "robustgan", *args]
+    raise SystemExit(subprocess.run(cmd).returncode)
 
 
 @app.command("eval")

@@ -54,10 +54,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "cw_cnn"  # the classifier (for ATGAN: D's backbone)
+    dropout: float = 0.5  # cw_cnn's dropout after its first dense layer (C&W 2017: 0.5); others have none
 
     def validate(self):
         from robustgan.models import MODELS
 
+        check_frac(self.dropout, "model.dropout")
         if self.name not in MODELS or MODELS[self.name].kind != "classifier":
             names = sorted(n for n, e in MODELS.items() if e.kind == "classifier")
             raise ConfigError(f"model.name: {self.name!r} is not a classifier; choose one of {', '.join(names)}")

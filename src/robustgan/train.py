@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from robustgan import data
+from robustgan import data, distributed
 from robustgan.config import Config, DataConfig
 from robustgan.errors import Diverged, Interrupted, RunError
 from robustgan.evaluate import robust_accuracy
@@ -56,9 +56,9 @@ def load_split(dcfg: DataConfig, split: str, root=None):
 class Logger:
     """metrics.jsonl always; the console unless quiet; TensorBoard when asked."""
 
-    def __init__(self, run: RunDir, quiet: bool, tensorboard: bool):
-        self.run, self.quiet, self.writer = run, quiet, None
-        if tensorboard:
+    def __init__(self, run: RunDir, quiet: bool, tensorboard: bool, writes: bool = True):
+        self.run, self.quiet, self.writer, self.writes = run, quiet or not writes, None, writes
+        if tensorboard and writes:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
@@ -66,6 +66,8 @@ class Logger:
             self.writer = SummaryWriter(str(run.file("tb")))
 
     def log(self, record: dict) -> None:
+        if not self.writes:
+            return
         self.run.append_metrics(record)
         if self.writer is not None:
             for key, value in record.items():
@@ -84,7 +86,8 @@ class EpochStats:
     """The running sums of one epoch's step metrics, kept on the device (no host sync per
     step), with the first step at which each metric was non-finite."""
 
-    def __init__(self, sums=None, steps=0, images=0, seconds=0.0):
+    def __init__(self, device: torch.device, sums=None, steps=0, images=0, seconds=0.0):
+        self.device = device
         self.sums: dict[str, torch.Tensor] = dict(sums or {})
         self.steps, self.images, self.seconds = steps, images, seconds
         self.first_bad: dict[str, torch.Tensor] = {}
@@ -102,6 +105,9 @@ class EpochStats:
         """Raise Diverged naming the earliest non-finite metric (a host sync). Called before
         every checkpoint, so a checkpoint never holds a diverged state."""
         bad = {k: int(v) for k, v in self.first_bad.items() if int(v) >= 0}
+        if distributed.any_rank(bool(bad), self.device) and not bad:
+            raise Diverged(f"training diverged on another rank (epoch {epoch + 1}); {run.path} keeps its last good "
+                           f"checkpoint")
         if bad:
             term = min(bad, key=bad.get)
             kept = (f"{run.path} keeps the last good checkpoint (step {checkpoint_step(run.file(CHECKPOINT))})"
@@ -110,7 +116,9 @@ class EpochStats:
                            f"{kept}. Lower optim.lr (or check the data) and train a new run")
 
     def averages(self) -> dict[str, float]:
-        return {k: (v / max(1, self.steps)).item() for k, v in self.sums.items()}
+        """Epoch averages over every rank's steps (one all-reduce when data-parallel)."""
+        sums = distributed.sum_tensors(self.sums)
+        return {k: (v / max(1, self.steps * distributed.world().size)).item() for k, v in sums.items()}
 
     def state_dict(self) -> dict:
         return {"sums": self.sums, "steps": self.steps, "images": self.images, "seconds": self.seconds}
@@ -206,26 +214,38 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
     assert cfg is not None
     if data_root is not None:  # recorded in config.toml, so sub-runs, resume and eval find the files
         cfg.data.root = str(data_root)
+    here = distributed.setup(resolve_device(cfg.train.device))
+    if not here.is_main:  # rank 0 owns the directory and its lock
+        try:
+            return _fit_locked(cfg, run, resume, quiet, stop_after, data_root)
+        finally:
+            distributed.barrier()
     run.path.mkdir(parents=True, exist_ok=True)
     run.acquire_lock()
     try:
         return _fit_locked(cfg, run, resume, quiet, stop_after, data_root)
     finally:
         run.release_lock()
+        distributed.barrier()  # sub-runs (ATGAN's loss network) are read by every rank next
 
 
 def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after, data_root) -> RunDir:
+    here = distributed.world()
+    writes = here.is_main  # only rank 0 touches the run directory
     torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    device = distributed.device_for(resolve_device(cfg.train.device), here)
     x_train, y_train = load_split(cfg.data, "train", data_root)
     x_test, y_test = load_split(cfg.data, "test", data_root)
     geometry = geometry_for(cfg.data)
     method = method_class(cfg.method.name)(cfg, geometry, device)
+    distributed.broadcast_state(method.networks().values())
+    if here.enabled:  # each rank's own stream for random starts, noise...
+        torch.manual_seed(cfg.train.seed + 7919 * here.rank)
     batcher = data.Batcher(x_train, y_train, cfg.train.batch_size, device=device, flip=cfg.data.flip,
-                           shift=cfg.data.shift, seed=cfg.train.seed)
+                           shift=cfg.data.shift, seed=cfg.train.seed, rank=here.rank, world_size=here.size)
     epochs = cfg.train.epochs if not cfg.train.steps else math.ceil(cfg.train.steps / len(batcher))
     total_steps = cfg.train.steps or epochs * len(batcher)
-    logger = Logger(run, quiet, cfg.train.tensorboard)
+    logger = Logger(run, quiet, cfg.train.tensorboard, writes)
     start_epoch, global_step, partial = 0, 0, None
     if resume:
         state = load_state(run.file(CHECKPOINT))
@@ -235,13 +255,17 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         start_epoch, global_step, partial = state["epoch"] + 1, state["step"], state.get("partial_epoch")
-        run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
+        if here.enabled:  # rank 0's saved streams are re-split per rank
+            torch.manual_seed(cfg.train.seed + 7919 * here.rank + global_step)
+        if writes:
+            run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
         logger.message(f"resuming {run.path} at epoch {start_epoch + 1}/{epochs}, step {global_step}")
     else:
-        run.create(cfg)
-        method.prepare(run.path, logger.message, quiet)
+        if writes:
+            run.create(cfg)
+        method.prepare(run.path, logger.message, quiet or not writes)
     autocast = autocast_for(cfg.train.amp, device)
-    progress = _progress(quiet)
+    progress = _progress(quiet or not writes)
     every = cfg.train.checkpoint_every
     done_this_call = 0
 
@@ -254,13 +278,14 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
                  "batcher": batcher.state_dict(), "rng": rng}
         if stats is not None:
             state["partial_epoch"] = stats.state_dict()
-        save_state(run.file(CHECKPOINT), state)
+        if writes:
+            save_state(run.file(CHECKPOINT), state)
 
     with progress or nullcontext(), StopFlag(logger.message) as stop:
         for epoch in range(start_epoch, epochs):
             lr_factor = set_learning_rates(method, cfg, epoch, epochs)
             method.on_epoch_start(epoch, epochs)
-            stats = EpochStats(**partial) if partial else EpochStats()
+            stats = EpochStats(device, **(partial or {}))
             partial = None
             remaining = min(len(batcher) - stats.steps, total_steps - global_step)
             task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(batcher), completed=stats.steps,
@@ -273,18 +298,22 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
                 stats.add(metrics, global_step, len(y))
                 if progress is not None:
                     progress.advance(task)
+                stop_now = stop.requested  # data-parallel ranks agree on stopping at log steps only
                 if global_step % cfg.train.log_every == 0:
                     stats.check_finite(epoch, run)
+                    stop_now = distributed.any_rank(stop.requested, device)
                     if progress is not None:
-                        shown = " ".join(f"{k}={v:.3f}" for k, v in stats.averages().items())
-                        rate = stats.images / (stats.seconds + time.perf_counter() - started)
+                        shown = " ".join(f"{k}={(v / stats.steps).item():.3f}" for k, v in stats.sums.items())
+                        rate = here.size * stats.images / (stats.seconds + time.perf_counter() - started)
                         progress.update(task, info=f"{shown} {rate:.0f} img/s")
-                if batcher.position != 0 and (stop.requested or (every and global_step % every == 0)):
+                elif here.enabled:
+                    stop_now = False
+                if batcher.position != 0 and (stop_now or (every and global_step % every == 0)):
                     stats.check_finite(epoch, run)
                     stats.seconds += time.perf_counter() - started
                     started = time.perf_counter()
                     checkpoint(epoch, stats)
-                    if stop.requested:
+                    if stop_now:
                         raise Interrupted(f"interrupted at step {global_step} (epoch {epoch + 1}); checkpoint saved. "
                                           f"Resume with: robustgan train --out {run.path} --resume")
             stats.seconds += time.perf_counter() - started
@@ -293,25 +322,30 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
                 progress.remove_task(task)
             averages = stats.averages()
             record = {"epoch": epoch + 1, "step": global_step, "split": "train", **averages, "lr_factor": lr_factor,
-                      "epoch_seconds": stats.seconds, "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+                      "epoch_seconds": stats.seconds,
+                      "images_per_s": here.size * stats.images / max(stats.seconds, 1e-9)}
             warnings = method.collapse_warnings(averages)
             if warnings:
                 record["warnings"] = warnings
                 for text in warnings:
                     logger.message(f"[yellow]warning:[/] {text}")
             logger.log(record)
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
+            distributed.average_buffers(method.networks().values())  # BatchNorm statistics of every shard
+            if writes and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs):
                 logger.log({"epoch": epoch + 1, "step": global_step,
                             **evaluate_heldout(method, cfg, x_test, y_test, device)})
-            run.save_model(method.defended_model())
+            if writes:
+                run.save_model(method.defended_model())
             checkpoint(epoch, None)
+            distributed.barrier()
             done_this_call += 1
-            if stop.requested and epoch + 1 < epochs:
+            if distributed.any_rank(stop.requested, device) and epoch + 1 < epochs:
                 raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
                                   f"Resume with: robustgan train --out {run.path} --resume")
             if stop_after is not None and done_this_call >= stop_after and epoch + 1 < epochs:
                 logger.message(f"stopped after epoch {epoch + 1}; continue with: robustgan train --out {run.path} --resume")
                 return run
-    run.file("DONE").write_text("")
+    if writes:
+        run.file("DONE").write_text("")
     logger.message(f"finished: {run.path}")
     return run

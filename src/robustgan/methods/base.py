@@ -11,6 +11,7 @@ import torch.nn as nn
 from robustgan.config import Config, OptimConfig
 from robustgan.errors import ConfigError
 from robustgan import models
+from robustgan.distributed import average_gradients
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def method_config_class(name: str) -> type:
 
 # ------------------------------------------------------------------ helpers shared by methods
 def build_classifier(cfg: Config, geometry: Geometry) -> nn.Module:
-    return models.build(cfg.model.name, geometry.num_classes, geometry.channels, image_size=geometry.image_size)
+    return models.build(cfg.model.name, geometry.num_classes, geometry.channels, image_size=geometry.image_size,
+                        dropout=cfg.model.dropout)
 
 
 def make_optimizer(params, ocfg: OptimConfig) -> torch.optim.Optimizer:
@@ -121,9 +123,11 @@ def make_optimizer(params, ocfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One optimiser step on ``loss``: clear gradients, back-propagate, step."""
+    """One optimiser step on ``loss``: clear gradients, back-propagate, average gradients
+    across ranks when training data-parallel (distributed.py), step."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients([p for group in opt.param_groups for p in group["params"]])  # no-op in one process
     opt.step()
 
 

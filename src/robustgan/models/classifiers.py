@@ -55,7 +55,7 @@ class CWCNN(Classifier):
     """The MNIST CNN of Carlini & Wagner (2017): conv32-conv32-pool-conv64-conv64-pool-
     fc200-fc200-fc(k), ReLU, dropout 0.5 after the first fc. ~312k parameters on 28x28."""
 
-    def __init__(self, num_classes=10, in_channels=1, image_size=28, normalize=None):
+    def __init__(self, num_classes=10, in_channels=1, image_size=28, normalize=None, dropout=0.5):
         super().__init__()
         self.normalize = _normalizer(normalize)
         self.convs = nn.Sequential(
@@ -63,7 +63,7 @@ class CWCNN(Classifier):
             nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
         )
         side = ((image_size - 4) // 2 - 4) // 2
-        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, 200), nn.ReLU(), nn.Dropout(0.5),
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, 200), nn.ReLU(), nn.Dropout(dropout),
                                    nn.Linear(200, 200), nn.ReLU())
         self.num_features = 200
         self.fc = nn.Linear(200, num_classes)
@@ -73,8 +73,8 @@ class CWCNN(Classifier):
 
 
 @register_model("classifier")
-def cw_cnn(num_classes=10, in_channels=1, image_size=28, normalize=None, **_):
-    return CWCNN(num_classes, in_channels, image_size, normalize)
+def cw_cnn(num_classes=10, in_channels=1, image_size=28, normalize=None, dropout=0.5, **_):
+    return CWCNN(num_classes, in_channels, image_size, normalize, dropout)
 
 
 # ------------------------------------------------------------------ DenseNet-40 (k=12)

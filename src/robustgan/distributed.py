@@ -1,0 +1,124 @@
+"""Data-parallel training on torch.distributed (gloo on CPU, nccl on CUDA).
+
+Started by ``torchrun --nproc_per_node=N -m robustgan train ...`` (or ``robustgan train
+--nproc N``), which sets RANK / WORLD_SIZE / LOCAL_RANK. Every rank builds the same
+networks (same seed; rank 0's parameters are broadcast to be sure), takes its slice of
+every global batch from its own on-device copy of the dataset, runs the step (attacks
+included) on that slice, and averages gradients across ranks before each optimizer step:
+the update is the one a single process would make on the whole global batch.
+
+Gradients are averaged by one flattened all-reduce per optimizer step (``update`` in
+methods/base.py) rather than by wrapping networks in ``DistributedDataParallel``: a step
+of adversarial training runs extra forward/backward passes that must not synchronise
+(the attack's input gradients, GAN steps through a frozen network), and DDP's reducer
+expects exactly one forward and one backward per synchronised step. Only rank 0 writes
+the run directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """This process's place, from torchrun's environment (a single process when unset)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                 int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup(device: torch.device) -> World:
+    """Join the process group torchrun prepared (once per process)."""
+    here = world()
+    if here.enabled and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(here.local_rank)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world()
+
+
+def device_for(device: torch.device, here: World) -> torch.device:
+    """Each rank's CUDA device is its LOCAL_RANK; CPU ranks share the CPU."""
+    if here.enabled and device.type == "cuda":
+        return torch.device("cuda", here.local_rank)
+    return device
+
+
+def average_gradients(params) -> None:
+    """Average the ``.grad`` of ``params`` across ranks: one all-reduce of one flat buffer."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_state(modules) -> None:
+    """Rank 0's parameters and buffers to every rank."""
+    if not world().enabled:
+        return
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, 0)
+
+
+def average_buffers(modules) -> None:
+    """Average floating buffers (BatchNorm running statistics) across ranks, so the model
+    rank 0 saves reflects every shard."""
+    if not world().enabled:
+        return
+    for module in modules:
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(dist.get_world_size())
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on some rank (a collective)."""
+    if not world().enabled:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def sum_tensors(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum each 0-d tensor across ranks (one all-reduce)."""
+    if not world().enabled or not values:
+        return values
+    keys = sorted(values)
+    flat = torch.stack([values[k].float() for k in keys])
+    dist.all_reduce(flat)
+    return dict(zip(keys, flat.unbind()))
+
+
+def barrier() -> None:
+    if world().enabled:
+        dist.barrier()
