@@ -193,19 +193,25 @@ def test_svhn_corrupt(tmp_path):
         robustgan.data.load("svhn", tmp_path, "test")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cut=st.integers(0, 5000), flip=st.integers(0, 5000))
-def test_loaders_never_crash_on_damaged_files(tmp_path_factory, cut, flip):
+@settings(max_examples=25, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 5000), flip=st.integers(0, 5000), value=st.integers(1, 255))
+def test_loaders_never_crash_on_damaged_files(tmp_path_factory, cut, flip, value):
+    """Random truncations and byte flips of every format: a correct load or DataError,
+    nothing else, and no hang (hypothesis' deadline: 5 s per example)."""
     root = tmp_path_factory.mktemp("damaged")
     make_mnist(root, n=3)
     make_svhn(root, n=3)
-    for path in (root / "t10k-images-idx3-ubyte", root / "test_32x32.mat"):
+    make_cifar(root / "bin", "bin", n=2)
+    make_cifar(root / "py", "py", n=2)
+    damaged = (root / "t10k-images-idx3-ubyte", root / "test_32x32.mat",
+               root / "bin" / "cifar-10-batches-bin" / "test_batch.bin", root / "py" / "cifar-10-batches-py" / "test_batch")
+    for path in damaged:
         raw = bytearray(path.read_bytes())
-        raw[flip % len(raw)] ^= 0xFF
+        raw[flip % len(raw)] ^= value
         path.write_bytes(bytes(raw[: max(0, len(raw) - cut)]))
-    for name in ("mnist", "svhn"):
+    for name, where in (("mnist", root), ("svhn", root), ("cifar10", root / "bin"), ("cifar10", root / "py")):
         try:
-            x, y = robustgan.data.load(name, root, "test")
+            x, y = robustgan.data.load(name, where, "test")
         except DataError:
             continue
         assert x.dtype == torch.uint8 and len(x) == len(y)

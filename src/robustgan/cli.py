@@ -123,6 +123,7 @@ def eval_(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout"),
     seed: int = typer.Option(0, help="Seed for random starts"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (faster convolutions)"),
 ):
     """Clean and adversarial accuracy of a run's full defended model, per eps.
 
@@ -156,7 +157,8 @@ def eval_(
     device = resolve_device(device)
     model = model.to(device)
     kw = dict(steps=steps, step_size=step_size, restarts=restarts, batch_size=batch_size, device=device,
-              num_classes=geometry_for(cfg.data).num_classes, seed=seed, cache=EvalCache(run))
+              num_classes=geometry_for(cfg.data).num_classes, seed=seed, cache=EvalCache(run),
+              channels_last=channels_last)
     rows = []
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("clean", total=len(y))

@@ -108,6 +108,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    channels_last: bool = False  # networks and batches in channels_last memory format (faster convolutions)
+    compile: bool = False  # torch.compile every network (in place; first steps pay the compile time)
     tensorboard: bool = False  # also log scalars to <run>/tb (needs the tensorboard package)
     eval_every: int = 1  # epochs between held-out evaluations (the last epoch is always evaluated)
     eval_limit: int = 1000  # test images used by those evaluations (0 = all)

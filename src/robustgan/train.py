@@ -239,10 +239,16 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
     geometry = geometry_for(cfg.data)
     method = method_class(cfg.method.name)(cfg, geometry, device)
     distributed.broadcast_state(method.networks().values())
+    for network in method.networks().values():
+        if cfg.train.channels_last:
+            network.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            network.compile()  # in place: state_dict keys unchanged
     if here.enabled:  # each rank's own stream for random starts, noise...
         torch.manual_seed(cfg.train.seed + 7919 * here.rank)
     batcher = data.Batcher(x_train, y_train, cfg.train.batch_size, device=device, flip=cfg.data.flip,
-                           shift=cfg.data.shift, seed=cfg.train.seed, rank=here.rank, world_size=here.size)
+                           shift=cfg.data.shift, seed=cfg.train.seed, rank=here.rank, world_size=here.size,
+                           channels_last=cfg.train.channels_last)
     epochs = cfg.train.epochs if not cfg.train.steps else math.ceil(cfg.train.steps / len(batcher))
     total_steps = cfg.train.steps or epochs * len(batcher)
     logger = Logger(run, quiet, cfg.train.tensorboard, writes)

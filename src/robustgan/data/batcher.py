@@ -35,13 +35,14 @@ class Batcher:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device="cpu", shuffle=True,
-                 flip=False, shift=0, drop_last=False, seed=0, rank=0, world_size=1):
+                 flip=False, shift=0, drop_last=False, seed=0, rank=0, world_size=1, channels_last=False):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self.x = x.to(device)  # (N, C, H, W) uint8, stays on device
         self.y = y.to(device)
         self.batch_size, self.shuffle, self.flip, self.shift = batch_size, shuffle, flip, shift
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
         self._epoch: dict | None = None  # the current epoch's draws (CPU), kept until it ends
@@ -90,6 +91,7 @@ class Batcher:
             x = self.x[idx].float().div_(255)
             x = augment_batch(x, flips[lo:hi] if flips is not None else None,
                               offsets[lo:hi] if offsets is not None else None, self.shift)
+            x = x.contiguous(memory_format=self.memory_format)
             # the state a checkpoint taken after this batch must hold
             if b + 1 == batches:
                 self._epoch, self.position = None, 0

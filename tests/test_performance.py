@@ -1,7 +1,9 @@
-"""Issue 8: data-parallel training with 2 CPU processes (gloo) through torchrun."""
+"""Issue 8: fast paths (channels_last, compile) and data-parallel training with 2 CPU
+processes (gloo) through torchrun."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +41,28 @@ def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(tmp_path):
         assert torch.allclose(single[k], saved[k], atol=1e-5, rtol=1e-4), k
         assert torch.equal(saved[k], rank0[f"model.{k}"])
     assert (tmp_path / "run" / "DONE").is_file() and not (tmp_path / "run" / "lock").exists()
+
+
+def test_channels_last_eval_gives_the_same_accuracy(trained_tiny, digits):
+    from robustgan.evaluate import robust_accuracy
+
+    _, _, xt, yt = digits
+    model = copy.deepcopy(trained_tiny)
+    kw = dict(attack="pgd", eps=0.1, steps=5, batch_size=128)
+    torch.manual_seed(0)
+    plain = robust_accuracy(model, xt, yt, **kw)
+    torch.manual_seed(0)
+    fast = robust_accuracy(model, xt, yt, channels_last=True, **kw)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert abs(plain - fast) <= 2 / len(yt)  # float rounding may flip a borderline image
+
+
+def test_channels_last_and_compile_reach_every_network(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **kw: compiled.append(type(self).__name__))
+    cfg = load_config(CONFIGS / "gan-at-digits-grad.toml", ["train.channels_last=true", "train.compile=true",
+                                                            "train.steps=2", "data.train_limit=64",
+                                                            "train.eval_limit=16", "train.eval_eps=0"])
+    run = fit(cfg, tmp_path / "run", quiet=True)
+    assert sorted(compiled) == ["CWCNN", "PerturbationGenerator"]
+    assert (run.path / "DONE").is_file()

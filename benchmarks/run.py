@@ -1,0 +1,244 @@
+"""`make bench`: attack and training throughput against peers, peak memory, demo time.
+
+    python benchmarks/run.py                 # everything (about 8 minutes on 2 CPU cores)
+    python benchmarks/run.py --quick         # fewer repeats, no demo
+    python benchmarks/run.py --only attacks  # or: training, demo
+
+Attacks: our PGD / FGSM against torchattacks' (and ART's, where installed) on the same
+model, data, eps, steps and step size, interleaved in one process (ours, theirs, ours,
+theirs...), so background load hits both alike. Reported: throughput ratio peer time /
+our time per repeat, min / median / max. "ours, channels_last" is the same attack on a
+channels_last copy of the model and data (`robustgan eval --channels-last`, and
+`train.channels_last=true` for training).
+
+Training: images/s of `method.step` on the same batches for standard, PGD-AT, ATGAN and
+GAN-AT (digits presets, C&W CNN, PGD-7 where there is PGD), each measurement in its own
+subprocess, so its peak memory (max RSS on CPU, max allocated on CUDA) is its own;
+repeats are interleaved across methods.
+
+Results: a markdown report on stdout and benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_PRESETS = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-grad"]
+
+
+# ------------------------------------------------------------------ attacks
+def attack_cases(quick: bool):
+    """(label, model name, channels, size, batch, attack, steps)."""
+    cases = [("C&W CNN, 28x28, batch 256", "cw_cnn", 1, 28, 256, "pgd", 10),
+             ("C&W CNN, 28x28, batch 256", "cw_cnn", 1, 28, 256, "fgsm", 1),
+             ("PreAct ResNet-18, 32x32, batch 64", "preact_resnet18", 3, 32, 64, "pgd", 5)]
+    if not quick:
+        cases.append(("PreAct ResNet-18, 32x32, batch 64", "preact_resnet18", 3, 32, 64, "fgsm", 1))
+    return cases
+
+
+def peers(model, attack: str, eps: float, steps: int, alpha: float, channels: int, size: int):
+    """{name: fn(x, y) -> x_adv} for the installed peer libraries."""
+    found = {}
+    try:
+        import torchattacks
+
+        found["torchattacks"] = (torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+                                 if attack == "pgd" else torchattacks.FGSM(model, eps=eps))
+    except ImportError:
+        pass
+    try:
+        from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch
+        from art.estimators.classification import PyTorchClassifier
+
+        classifier = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=(channels, size, size),
+                                       nb_classes=10, clip_values=(0.0, 1.0), device_type="gpu"
+                                       if next(model.parameters()).is_cuda else "cpu")
+        art_attack = (ProjectedGradientDescentPyTorch(classifier, eps=eps, eps_step=alpha, max_iter=steps,
+                                                      num_random_init=1, batch_size=1 << 16, verbose=False)
+                      if attack == "pgd" else FastGradientMethod(classifier, eps=eps, batch_size=1 << 16))
+
+        def run_art(x, y):  # ART works on numpy arrays: the copies are part of its cost
+            return torch.from_numpy(art_attack.generate(x.cpu().numpy(), y.cpu().numpy()))
+
+        found["ART"] = run_art
+    except ImportError:
+        pass
+    return found
+
+
+def bench_attacks(device: torch.device, repeats: int, quick: bool) -> list[dict]:
+    from robustgan import models
+    from robustgan.attacks import fgsm, pgd
+
+    rows = []
+    for label, name, channels, size, batch, attack, steps in attack_cases(quick):
+        torch.manual_seed(0)
+        model = models.build(name, 10, channels, image_size=size).to(device).eval()
+        model_cl = models.build(name, 10, channels, image_size=size).to(device).eval()
+        model_cl.load_state_dict(model.state_dict())
+        model_cl = model_cl.to(memory_format=torch.channels_last)
+        x = torch.rand(batch, channels, size, size, device=device)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch,), device=device)
+        eps, alpha = 8 / 255, 2 / 255
+        ours = {"ours": (lambda: pgd(model, x, y, eps, steps, alpha)) if attack == "pgd" else
+                (lambda: fgsm(model, x, y, eps)),
+                "ours, channels_last": (lambda: pgd(model_cl, x_cl, y, eps, steps, alpha)) if attack == "pgd" else
+                (lambda: fgsm(model_cl, x_cl, y, eps))}
+        others = {k: (lambda f=f: f(x, y)) for k, f in peers(model, attack, eps, steps, alpha, channels, size).items()}
+        runs = {**ours, **others}
+        times = {k: [] for k in runs}
+        for fn in runs.values():  # warm-up
+            fn()
+        for _ in range(repeats):
+            for key, fn in runs.items():
+                sync(device)
+                start = time.perf_counter()
+                fn()
+                sync(device)
+                times[key].append(time.perf_counter() - start)
+        for peer in others:
+            for variant in ours:
+                ratios = [t / o for t, o in zip(times[peer], times[variant])]
+                rows.append({"case": label, "attack": f"{attack.upper()}-{steps}" if attack == "pgd" else "FGSM",
+                             "ours": variant, "peer": peer, "ours_img_s": batch / statistics.median(times[variant]),
+                             "peer_img_s": batch / statistics.median(times[peer]), "ratio_min": min(ratios),
+                             "ratio_median": statistics.median(ratios), "ratio_max": max(ratios)})
+        print(f"  {label} {attack}: done", file=sys.stderr)
+    return rows
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------ training (one subprocess per measurement)
+def train_child(preset: str, steps: int, device_name: str) -> None:
+    """Time ``steps`` steps of a preset after 2 warm-up steps; print JSON."""
+    from robustgan import data
+    from robustgan.config import load_config
+    from robustgan.methods import method_class
+    from robustgan.train import geometry_for, resolve_device
+
+    device = resolve_device(device_name)
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / "configs" / f"{preset}.toml")
+    if hasattr(cfg.method, "ramp_epochs"):
+        cfg.method.ramp_epochs = 0  # time the full-eps step
+    x, y = data.load("digits", split="train")
+    method = method_class(cfg.method.name)(cfg, geometry_for(cfg.data), device)
+    batches = [b for _, b in zip(range(steps + 2), data.Batcher(x, y, cfg.train.batch_size, device=device))]
+    for xb, yb in batches[:2]:
+        method.step(xb, yb)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for xb, yb in batches[2:]:
+        method.step(xb, yb)
+    sync(device)
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps({"preset": preset, "img_s": sum(len(b) for _, b in batches[2:]) / seconds,
+                      "peak_mb": peak / 2**20, "memory": "cuda max allocated" if device.type == "cuda" else "max RSS"}))
+
+
+def bench_training(device_name: str, steps: int, repeats: int) -> list[dict]:
+    results = {p: [] for p in TRAIN_PRESETS}
+    for _ in range(repeats):
+        for preset in TRAIN_PRESETS:
+            done = subprocess.run([sys.executable, __file__, "--child", preset, "--steps", str(steps),
+                                   "--device", device_name], capture_output=True, text=True, check=True)
+            results[preset].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print("  training repeat done", file=sys.stderr)
+    base = statistics.median(r["img_s"] for r in results["pgd-at-digits"])
+    rows = []
+    for preset, runs in results.items():
+        rates = [r["img_s"] for r in runs]
+        rows.append({"preset": preset, "img_s_min": min(rates), "img_s_median": statistics.median(rates),
+                     "img_s_max": max(rates), "step_time_vs_pgd_at": base / statistics.median(rates),
+                     "peak_mb": max(r["peak_mb"] for r in runs), "memory": runs[0]["memory"]})
+    return rows
+
+
+# ------------------------------------------------------------------ demo
+def bench_demo() -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "robustgan", "demo", "--out", f"{tmp}/demo"], check=True,
+                       capture_output=True)
+        return {"demo_seconds": time.perf_counter() - start}
+
+
+# ------------------------------------------------------------------ report
+def report(results: dict) -> str:
+    lines = [f"Machine: {results['machine']}", ""]
+    if results.get("attacks"):
+        lines += ["| case | attack | ours | peer | ours img/s | peer img/s | speed-up min | median | max |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in results["attacks"]:
+            lines.append(f"| {r['case']} | {r['attack']} | {r['ours']} | {r['peer']} | {r['ours_img_s']:.0f} | "
+                         f"{r['peer_img_s']:.0f} | {r['ratio_min']:.2f} | {r['ratio_median']:.2f} | "
+                         f"{r['ratio_max']:.2f} |")
+        lines.append("")
+    if results.get("training"):
+        lines += ["| preset | img/s min | median | max | step time / PGD-AT | peak memory (MB) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in results["training"]:
+            lines.append(f"| {r['preset']} | {r['img_s_min']:.0f} | {r['img_s_median']:.0f} | {r['img_s_max']:.0f} | "
+                         f"{r['step_time_vs_pgd_at']:.2f} | {r['peak_mb']:.0f} ({r['memory']}) |")
+        lines.append("")
+    if results.get("demo"):
+        lines.append(f"`robustgan demo`: {results['demo']['demo_seconds']:.0f} s wall")
+    return "\n".join(lines)
+
+
+def machine(device: torch.device) -> str:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    return (f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads; Python "
+            f"{platform.python_version()}; {platform.processor() or platform.machine()}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["attacks", "training", "demo"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return train_child(args.child, args.steps, args.device)
+    from robustgan.train import resolve_device
+
+    device = resolve_device(args.device)
+    results = {"machine": machine(device), "date": time.strftime("%Y-%m-%d")}
+    if args.only in (None, "attacks"):
+        results["attacks"] = bench_attacks(device, 3 if args.quick else 5, args.quick)
+    if args.only in (None, "training"):
+        results["training"] = bench_training(args.device, args.steps, 2 if args.quick else 3)
+    if args.only == "demo" or (args.only is None and not args.quick):
+        results["demo"] = bench_demo()
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=1))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
