@@ -24,7 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# ART is a benchmark peer only (not a dependency): pinned, without its optional extras.
 bench: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps adversarial-robustness-toolbox==1.20.1 six==1.17.0 tqdm==4.70.1
 	$(PY) benchmarks/run.py
 
 clean:

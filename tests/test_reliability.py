@@ -250,11 +250,15 @@ def bad_mnist(root: Path, case: str) -> Path:
         write_idx(root / "train-labels-idx1-ubyte", np.array([1, 2, 3, 12], np.uint8))
     elif case == "missing":
         images.unlink()
+    elif case == "gzip":
+        images.unlink()
+        (root / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
     return root
 
 
 @pytest.mark.parametrize("case,message", [
     ("missing", "mnist: missing train-images-idx3-ubyte"),
+    ("gzip", "train-images-idx3-ubyte.gz is not a valid gzip file"),
     ("truncated", "bytes, header [4, 28, 28] says"),
     ("magic", "has magic 0x00000801, expected 0x00000803"),
     ("size", "holds 32x32 images, expected 28x28"),

@@ -207,7 +207,7 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
         cfg = run.config()
         # stopped before its first checkpoint: nothing to restore, start over with its config
         resume = run.has_checkpoint
-        if not resume:
+        if not resume and distributed.world().is_main:
             run.file("metrics.jsonl").unlink(missing_ok=True)
     elif run.has_checkpoint:
         raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
@@ -269,7 +269,11 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
     else:
         if writes:
             run.create(cfg)
-        method.prepare(run.path, logger.message, quiet or not writes)
+        try:
+            method.prepare(run.path, logger.message, quiet or not writes)
+        except Interrupted:  # inside a sub-run (ATGAN's loss network): resuming this run resumes it
+            raise Interrupted(f"interrupted while preparing {run.path}; checkpoint saved. "
+                              f"Resume with: robustgan train --out {run.path} --resume") from None
     autocast = autocast_for(cfg.train.amp, device)
     progress = _progress(quiet or not writes)
     every = cfg.train.checkpoint_every
