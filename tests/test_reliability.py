@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -150,16 +151,15 @@ def test_divergence_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_
     def poisoned(self, x, y):
         metrics = real_step(self, x, y)
         self.calls = getattr(self, "calls", 0) + 1
-        if self.calls >= 9:  # step 9 is in epoch 2 (4 steps per epoch)
+        if self.calls >= 9:  # 4 steps per epoch: step 9 opens epoch 3, after the step-8 checkpoint
             metrics["loss"] = metrics["loss"] * float("nan")
         return metrics
 
     monkeypatch.setattr(Standard, "step", poisoned)
     cfg = load_config(CONFIGS / "standard-digits.toml", ["train.epochs=4", "data.train_limit=256",
                                                         "train.eval_limit=16", "train.log_every=100"])
-    good = None
     with pytest.raises(Diverged, match=r"loss became non-finite at step 9 \(epoch 3\).*last good checkpoint \(step 8\)"):
-        fit(cfg, tmp_path / "run", quiet=True, stop_after=None)
+        fit(cfg, tmp_path / "run", quiet=True)
     good = load_state(tmp_path / "run" / CHECKPOINT)
     assert good["step"] == 8
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
@@ -241,12 +241,8 @@ def bad_mnist(root: Path, case: str) -> Path:
         raw[3] = 0x01
         images.write_bytes(bytes(raw))
     elif case == "size":
-        import numpy as np
-
         write_idx(images, np.zeros((4, 32, 32), np.uint8))
     elif case == "label":
-        import numpy as np
-
         write_idx(root / "train-labels-idx1-ubyte", np.array([1, 2, 3, 12], np.uint8))
     elif case == "missing":
         images.unlink()
@@ -341,7 +337,6 @@ def test_nan_and_out_of_range_images_are_refused_by_attacks(trained_tiny, digits
 
 
 def test_wrong_channel_count_in_dataset_file(tmp_path, monkeypatch, capsys):
-    import numpy as np
     import scipy.io
 
     for split in ("train", "test"):  # grey SVHN images: (32, 32, 1, N)
