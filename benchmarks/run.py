@@ -12,9 +12,9 @@ channels_last copy of the model and data (`robustgan eval --channels-last`, and
 `train.channels_last=true` for training).
 
 Training: images/s of `method.step` on the same batches for standard, PGD-AT, ATGAN and
-GAN-AT (digits presets, C&W CNN, PGD-7 where there is PGD), each measurement in its own
-subprocess, so its peak memory (max RSS on CPU, max allocated on CUDA) is its own;
-repeats are interleaved across methods.
+GAN-AT (digits presets, C&W CNN, PGD-7 where there is PGD), repeats interleaved across
+methods in this process; then each method's peak memory (max RSS on CPU, max allocated
+on CUDA) in its own subprocess.
 
 Results: a markdown report on stdout and benchmarks/results.json.
 """
@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # train_throughput.measure
 TRAIN_PRESETS = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-grad"]
 
 
@@ -127,6 +128,18 @@ def sync(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------ training (one subprocess per measurement)
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes. VmHWM, not ru_maxrss: Linux carries
+    ru_maxrss over exec, so a child forked from a big parent would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def train_child(preset: str, steps: int, device_name: str) -> None:
     """Time ``steps`` steps of a preset after 2 warm-up steps; print JSON."""
     from robustgan import data
@@ -152,28 +165,30 @@ def train_child(preset: str, steps: int, device_name: str) -> None:
         method.step(xb, yb)
     sync(device)
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
     print(json.dumps({"preset": preset, "img_s": sum(len(b) for _, b in batches[2:]) / seconds,
                       "peak_mb": peak / 2**20, "memory": "cuda max allocated" if device.type == "cuda" else "max RSS"}))
 
 
 def bench_training(device_name: str, steps: int, repeats: int) -> list[dict]:
-    results = {p: [] for p in TRAIN_PRESETS}
-    for _ in range(repeats):
-        for preset in TRAIN_PRESETS:
-            done = subprocess.run([sys.executable, __file__, "--child", preset, "--steps", str(steps),
-                                   "--device", device_name], capture_output=True, text=True, check=True)
-            results[preset].append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print("  training repeat done", file=sys.stderr)
-    base = statistics.median(r["img_s"] for r in results["pgd-at-digits"])
-    rows = []
-    for preset, runs in results.items():
-        rates = [r["img_s"] for r in runs]
-        rows.append({"preset": preset, "img_s_min": min(rates), "img_s_median": statistics.median(rates),
-                     "img_s_max": max(rates), "step_time_vs_pgd_at": base / statistics.median(rates),
-                     "peak_mb": max(r["peak_mb"] for r in runs), "memory": runs[0]["memory"]})
-    return rows
+    """Throughput in this process, repeats interleaved across methods (ratios need that:
+    a fresh process runs its first steps slower, which biased an earlier per-process
+    measurement of the ATGAN / PGD-AT ratio down from 2.1 to 1.45); peak memory in one
+    subprocess per method, so each peak is its own."""
+    from train_throughput import measure
+
+    from robustgan.train import resolve_device
+
+    rates = measure(TRAIN_PRESETS, steps, repeats, resolve_device(device_name))
+    peaks = {}
+    for preset in TRAIN_PRESETS:
+        done = subprocess.run([sys.executable, __file__, "--child", preset, "--steps", str(steps),
+                               "--device", device_name], capture_output=True, text=True, check=True)
+        peaks[preset] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = statistics.median(rates["pgd-at-digits"])
+    return [{"preset": preset, "img_s_min": min(r), "img_s_median": statistics.median(r), "img_s_max": max(r),
+             "step_time_vs_pgd_at": base / statistics.median(r), "peak_mb": peaks[preset]["peak_mb"],
+             "memory": peaks[preset]["memory"]} for preset, r in rates.items()]
 
 
 # ------------------------------------------------------------------ demo

@@ -27,32 +27,43 @@ DEFAULT = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-x"
            "gan-at-digits-grad", "gan-at-digits-gradx", "gan-at-digits-grad-dual"]
 
 
+def measure(presets, steps: int, repeats: int, device=torch.device("cpu")) -> dict[str, list[float]]:
+    """{preset: [images/s per repeat]}: ``steps`` timed steps after 2 warm-up steps,
+    repeats interleaved across presets."""
+    torch.manual_seed(0)
+    x, y = data.load("digits", split="train")
+    methods, batches = {}, {}
+    for name in presets:
+        cfg = load_config(ROOT / "configs" / f"{name}.toml")
+        if hasattr(cfg.method, "ramp_epochs"):
+            cfg.method.ramp_epochs = 0  # time the full-eps step
+        methods[name] = method_class(cfg.method.name)(cfg, geometry_for(cfg.data), device)
+        batcher = data.Batcher(x, y, cfg.train.batch_size, device=device, flip=cfg.data.flip, shift=cfg.data.shift)
+        batches[name] = [b for _, b in zip(range(steps + 2), batcher)]
+    rates = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, method in methods.items():
+            for xb, yb in batches[name][:2]:
+                method.step(xb, yb)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for xb, yb in batches[name][2:]:
+                method.step(xb, yb)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            images = sum(len(yb) for _, yb in batches[name][2:])
+            rates[name].append(images / (time.perf_counter() - start))
+    return rates
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("presets", nargs="*", default=DEFAULT)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    x, y = data.load("digits", split="train")
-    methods, batches = {}, {}
-    for name in args.presets:
-        cfg = load_config(ROOT / "configs" / f"{name}.toml")
-        if hasattr(cfg.method, "ramp_epochs"):
-            cfg.method.ramp_epochs = 0  # time the full-eps step
-        methods[name] = method_class(cfg.method.name)(cfg, geometry_for(cfg.data), torch.device("cpu"))
-        batcher = data.Batcher(x, y, cfg.train.batch_size, flip=cfg.data.flip, shift=cfg.data.shift)
-        batches[name] = [b for _, b in zip(range(args.steps + 2), batcher)]
-    rates = {name: [] for name in methods}
-    for _ in range(args.repeats):
-        for name, method in methods.items():
-            for xb, yb in batches[name][:2]:
-                method.step(xb, yb)
-            start = time.perf_counter()
-            for xb, yb in batches[name][2:]:
-                method.step(xb, yb)
-            images = sum(len(yb) for _, yb in batches[name][2:])
-            rates[name].append(images / (time.perf_counter() - start))
+    rates = measure(args.presets, args.steps, args.repeats)
     base = statistics.median(rates["pgd-at-digits"]) if "pgd-at-digits" in rates else None
     print("| preset | img/s min | median | max | step time / PGD-AT |\n| --- | --- | --- | --- | --- |")
     for name, r in rates.items():
