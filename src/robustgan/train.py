@@ -83,28 +83,46 @@ class Logger:
 
 
 class EpochStats:
-    """The running sums of one epoch's step metrics, kept on the device (no host sync per
-    step), with the first step at which each metric was non-finite."""
+    """The running sums of one epoch's step metrics, kept on the device as one vector (a
+    handful of kernels per step, no host sync), with the first step at which each metric
+    was non-finite (-1 while finite)."""
 
     def __init__(self, device: torch.device, sums=None, steps=0, images=0, seconds=0.0):
         self.device = device
-        self.sums: dict[str, torch.Tensor] = dict(sums or {})
+        self.keys: list[str] = []
+        self.total = torch.zeros(0, device=device)
+        self.first_bad = torch.zeros(0, dtype=torch.long, device=device)
         self.steps, self.images, self.seconds = steps, images, seconds
-        self.first_bad: dict[str, torch.Tensor] = {}
+        if sums:
+            self._rekey(list(sums))
+            self.total = torch.stack([sums[k].to(device, torch.float32) for k in self.keys])
+
+    def _rekey(self, keys: list[str]) -> None:
+        """Extend the vectors to new metric names (a method may add one mid-epoch)."""
+        new = [k for k in keys if k not in self.keys]
+        if new:
+            self.keys = self.keys + new
+            self.total = torch.cat([self.total, torch.zeros(len(new), device=self.device)])
+            self.first_bad = torch.cat([self.first_bad, torch.full((len(new),), -1, dtype=torch.long,
+                                                                   device=self.device)])
+
+    @property
+    def sums(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.keys, self.total.unbind())) if self.keys else {}
 
     def add(self, metrics: dict[str, torch.Tensor], step: int, images: int) -> None:
-        for key, value in metrics.items():
-            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
-            first = self.first_bad.get(key)
-            if first is None:
-                first = self.first_bad[key] = torch.full((), -1, dtype=torch.long, device=value.device)
-            first.copy_(torch.where((first < 0) & ~torch.isfinite(value), step, first))
+        if list(metrics) != self.keys:
+            self._rekey(list(metrics))
+            metrics = {k: metrics.get(k, torch.zeros((), device=self.device)) for k in self.keys}
+        values = torch.stack([v.detach().float() for v in metrics.values()])
+        self.total += values
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(values), step, self.first_bad)
         self.steps, self.images = self.steps + 1, self.images + images
 
     def check_finite(self, epoch: int, run: RunDir) -> None:
         """Raise Diverged naming the earliest non-finite metric (a host sync). Called before
         every checkpoint, so a checkpoint never holds a diverged state."""
-        bad = {k: int(v) for k, v in self.first_bad.items() if int(v) >= 0}
+        bad = {k: v for k, v in zip(self.keys, self.first_bad.tolist()) if v >= 0}
         if distributed.any_rank(bool(bad), self.device) and not bad:
             raise Diverged(f"training diverged on another rank (epoch {epoch + 1}); {run.path} keeps its last good "
                            f"checkpoint")
