@@ -109,14 +109,13 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def sum_tensors(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sum each 0-d tensor across ranks (one all-reduce)."""
-    if not world().enabled or not values:
+def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over ranks (one all-reduce of a copy); itself in one process."""
+    if not world().enabled:
         return values
-    keys = sorted(values)
-    flat = torch.stack([values[k].float() for k in keys])
-    dist.all_reduce(flat)
-    return dict(zip(keys, flat.unbind()))
+    total = values.clone()
+    dist.all_reduce(total)
+    return total
 
 
 def barrier() -> None:

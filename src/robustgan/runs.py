@@ -120,6 +120,10 @@ class RunDir:
         return self.path / name
 
     @property
+    def resume_command(self) -> str:
+        return f"robustgan train --out {self.path} --resume"
+
+    @property
     def has_checkpoint(self) -> bool:
         return self.file(CHECKPOINT).is_file()
 
@@ -185,7 +189,7 @@ class RunDir:
                         pid = lock.read_text().strip()
                     except FileNotFoundError:
                         continue  # released meanwhile: try again
-                    if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                    if pid.isdigit() and _pid_alive(int(pid)):
                         raise RunError(f"{self.path} is in use by process {pid} (remove {lock} if that process "
                                        f"is gone)") from None
                     lock.unlink(missing_ok=True)  # stale: its owner died

@@ -133,10 +133,13 @@ class EpochStats:
             raise Diverged(f"training diverged: {term} became non-finite at step {bad[term]} (epoch {epoch + 1}); "
                            f"{kept}. Lower optim.lr (or check the data) and train a new run")
 
-    def averages(self) -> dict[str, float]:
-        """Epoch averages over every rank's steps (one all-reduce when data-parallel)."""
-        sums = distributed.sum_tensors(self.sums)
-        return {k: (v / max(1, self.steps * distributed.world().size)).item() for k, v in sums.items()}
+    def averages(self, across_ranks: bool = True) -> dict[str, float]:
+        """Averages so far, over every rank's steps (one all-reduce when data-parallel) or
+        this rank's only; one host sync."""
+        total, steps = self.total, self.steps
+        if across_ranks:
+            total, steps = distributed.sum_across_ranks(total), steps * distributed.world().size
+        return dict(zip(self.keys, (total / max(1, steps)).tolist()))
 
     def state_dict(self) -> dict:
         return {"sums": self.sums, "steps": self.steps, "images": self.images, "seconds": self.seconds}
@@ -233,17 +236,14 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
     if data_root is not None:  # recorded in config.toml, so sub-runs, resume and eval find the files
         cfg.data.root = str(data_root)
     here = distributed.setup(resolve_device(cfg.train.device))
-    if not here.is_main:  # rank 0 owns the directory and its lock
-        try:
-            return _fit_locked(cfg, run, resume, quiet, stop_after, data_root)
-        finally:
-            distributed.barrier()
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.acquire_lock()
+    if here.is_main:  # rank 0 owns the directory and its lock
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.acquire_lock()
     try:
         return _fit_locked(cfg, run, resume, quiet, stop_after, data_root)
     finally:
-        run.release_lock()
+        if here.is_main:
+            run.release_lock()
         distributed.barrier()  # sub-runs (ATGAN's loss network) are read by every rank next
 
 
@@ -291,14 +291,16 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
             method.prepare(run.path, logger.message, quiet or not writes)
         except Interrupted:  # inside a sub-run (ATGAN's loss network): resuming this run resumes it
             raise Interrupted(f"interrupted while preparing {run.path}; checkpoint saved. "
-                              f"Resume with: robustgan train --out {run.path} --resume") from None
+                              f"Resume with: {run.resume_command}") from None
     autocast = autocast_for(cfg.train.amp, device)
     progress = _progress(quiet or not writes)
     every = cfg.train.checkpoint_every
     done_this_call = 0
 
     def checkpoint(epoch: int, stats: EpochStats | None) -> None:
-        """Epoch ``epoch`` finished (stats None), or ``stats.steps`` steps into it."""
+        """Epoch ``epoch`` finished (stats None), or ``stats.steps`` steps into it (rank 0 only)."""
+        if not writes:
+            return
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -306,8 +308,7 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
                  "batcher": batcher.state_dict(), "rng": rng}
         if stats is not None:
             state["partial_epoch"] = stats.state_dict()
-        if writes:
-            save_state(run.file(CHECKPOINT), state)
+        save_state(run.file(CHECKPOINT), state)
 
     with progress or nullcontext(), StopFlag(logger.message) as stop:
         for epoch in range(start_epoch, epochs):
@@ -326,16 +327,15 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
                 stats.add(metrics, global_step, len(y))
                 if progress is not None:
                     progress.advance(task)
-                stop_now = stop.requested  # data-parallel ranks agree on stopping at log steps only
-                if global_step % cfg.train.log_every == 0:
+                at_log = global_step % cfg.train.log_every == 0
+                if at_log:
                     stats.check_finite(epoch, run)
-                    stop_now = distributed.any_rank(stop.requested, device)
                     if progress is not None:
-                        shown = " ".join(f"{k}={(v / stats.steps).item():.3f}" for k, v in stats.sums.items())
+                        shown = " ".join(f"{k}={v:.3f}" for k, v in stats.averages(across_ranks=False).items())
                         rate = here.size * stats.images / (stats.seconds + time.perf_counter() - started)
                         progress.update(task, info=f"{shown} {rate:.0f} img/s")
-                elif here.enabled:
-                    stop_now = False
+                # data-parallel ranks agree on stopping (a collective) at log steps only
+                stop_now = (at_log or not here.enabled) and distributed.any_rank(stop.requested, device)
                 if batcher.position != 0 and (stop_now or (every and global_step % every == 0)):
                     stats.check_finite(epoch, run)
                     stats.seconds += time.perf_counter() - started
@@ -343,7 +343,7 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
                     checkpoint(epoch, stats)
                     if stop_now:
                         raise Interrupted(f"interrupted at step {global_step} (epoch {epoch + 1}); checkpoint saved. "
-                                          f"Resume with: robustgan train --out {run.path} --resume")
+                                          f"Resume with: {run.resume_command}")
             stats.seconds += time.perf_counter() - started
             stats.check_finite(epoch, run)
             if progress is not None:
@@ -369,9 +369,9 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
             done_this_call += 1
             if distributed.any_rank(stop.requested, device) and epoch + 1 < epochs:
                 raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
-                                  f"Resume with: robustgan train --out {run.path} --resume")
+                                  f"Resume with: {run.resume_command}")
             if stop_after is not None and done_this_call >= stop_after and epoch + 1 < epochs:
-                logger.message(f"stopped after epoch {epoch + 1}; continue with: robustgan train --out {run.path} --resume")
+                logger.message(f"stopped after epoch {epoch + 1}; continue with: {run.resume_command}")
                 return run
     if writes:
         run.file("DONE").write_text("")
