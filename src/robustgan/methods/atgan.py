@@ -188,5 +188,5 @@ class ATGAN(Method):
                          f"{averages['G_out_std']:.2g} across the batch)")
         if min(averages.get("D_real_acc", 0.0), averages.get("D_fake_acc", 0.0)) >= PINNED_ACC:
             found.append("discriminator pinned: D tells real from generated images every time "
-                         "(D_real_acc and D_fake_acc >= 0.995), so G's adversarial loss gives no signal")
+                         f"(D_real_acc and D_fake_acc >= {PINNED_ACC}), so G's adversarial loss gives no signal")
         return found
