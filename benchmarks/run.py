@@ -34,9 +34,16 @@ from pathlib import Path
 
 import torch
 
+from robustgan.attacks.threat import attack_mode, loss_and_grad
+from robustgan.train import resolve_device
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))  # train_throughput.measure
-TRAIN_PRESETS = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-grad"]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_throughput import Case, build, flops_per_image, measure, sync  # noqa: E402 (benchmarks/ on the path first)
+
+TRAIN_PRESETS = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-grad"]  # [1] is PGD-AT
+CIFAR_PRESETS = ["standard-cifar10", "pgd-at-cifar10", "atgan-cifar10"]
+CPU_CIFAR_BATCH = 16
 
 
 # ------------------------------------------------------------------ attacks
@@ -80,11 +87,22 @@ def peers(model, attack: str, eps: float, steps: int, alpha: float, channels: in
     return found
 
 
-def bench_attacks(device: torch.device, repeats: int, quick: bool) -> list[dict]:
+def model_floor(model, x, y, steps: int) -> None:
+    """The work no attack can skip: ``steps`` forward passes and input-gradient backward
+    passes of the model with the float32 loss (no random start, sign, step or projection).
+    On the same model and layout an attack is at most peer time / floor time faster than a
+    peer, whatever it does."""
+    with attack_mode(model):
+        x_adv = x.detach().clone().requires_grad_(True)
+        for _ in range(steps):
+            loss_and_grad(model, x_adv, y)
+
+
+def bench_attacks(device: torch.device, repeats: int, quick: bool) -> tuple[list[dict], list[dict]]:
     from robustgan import models
     from robustgan.attacks import fgsm, pgd
 
-    rows = []
+    rows, floor_rows = [], []
     for label, name, channels, size, batch, attack, steps in attack_cases(quick):
         torch.manual_seed(0)
         model = models.build(name, 10, channels, image_size=size).to(device).eval()
@@ -100,7 +118,10 @@ def bench_attacks(device: torch.device, repeats: int, quick: bool) -> list[dict]
                 "ours, channels_last": (lambda: pgd(model_cl, x_cl, y, eps, steps, alpha)) if attack == "pgd" else
                 (lambda: fgsm(model_cl, x_cl, y, eps))}
         others = {k: (lambda f=f: f(x, y)) for k, f in peers(model, attack, eps, steps, alpha, channels, size).items()}
-        runs = {**ours, **others}
+        floors = {"ours": lambda: model_floor(model, x, y, steps),
+                  "ours, channels_last": lambda: model_floor(model_cl, x_cl, y, steps)}
+        runs = {**ours, **others, **{f"floor/{k}": f for k, f in floors.items()}}
+        attack_label = f"PGD-{steps}" if attack == "pgd" else "FGSM"
         times = {k: [] for k in runs}
         for fn in runs.values():  # warm-up
             fn()
@@ -114,17 +135,18 @@ def bench_attacks(device: torch.device, repeats: int, quick: bool) -> list[dict]
         for peer in others:
             for variant in ours:
                 ratios = [t / o for t, o in zip(times[peer], times[variant])]
-                rows.append({"case": label, "attack": f"{attack.upper()}-{steps}" if attack == "pgd" else "FGSM",
+                rows.append({"case": label, "attack": attack_label,
                              "ours": variant, "peer": peer, "ours_img_s": batch / statistics.median(times[variant]),
                              "peer_img_s": batch / statistics.median(times[peer]), "ratio_min": min(ratios),
                              "ratio_median": statistics.median(ratios), "ratio_max": max(ratios)})
+        for variant in ours:
+            floor = statistics.median(times[f"floor/{variant}"])
+            floor_rows.append({"case": label, "attack": attack_label, "layout": variant.removeprefix("ours, ")
+                               .replace("ours", "contiguous"), "floor_img_s": batch / floor,
+                               "ours_overhead": statistics.median(times[variant]) / floor - 1,
+                               **{f"{peer}_overhead": statistics.median(times[peer]) / floor - 1 for peer in others}})
         print(f"  {label} {attack}: done", file=sys.stderr)
-    return rows
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return rows, floor_rows
 
 
 # ------------------------------------------------------------------ training (one subprocess per measurement)
@@ -140,55 +162,51 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def train_child(preset: str, steps: int, device_name: str) -> None:
-    """Time ``steps`` steps of a preset after 2 warm-up steps; print JSON."""
-    from robustgan import data
-    from robustgan.config import load_config
-    from robustgan.methods import method_class
-    from robustgan.train import geometry_for, resolve_device
-
+def train_child(preset: str, steps: int, device_name: str, batch_size: int | None) -> None:
+    """Peak memory of ``steps`` + 2 steps of one preset, alone in this process; print JSON."""
     device = resolve_device(device_name)
     torch.manual_seed(0)
-    cfg = load_config(ROOT / "configs" / f"{preset}.toml")
-    if hasattr(cfg.method, "ramp_epochs"):
-        cfg.method.ramp_epochs = 0  # time the full-eps step
-    x, y = data.load("digits", split="train")
-    method = method_class(cfg.method.name)(cfg, geometry_for(cfg.data), device)
-    batches = [b for _, b in zip(range(steps + 2), data.Batcher(x, y, cfg.train.batch_size, device=device))]
-    for xb, yb in batches[:2]:
-        method.step(xb, yb)
-    sync(device)
+    method, batches, autocast = build(Case(preset, preset), device, batch_size, steps + 2)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for xb, yb in batches[2:]:
-        method.step(xb, yb)
+    for xb, yb in batches:
+        with autocast():
+            method.step(xb, yb)
     sync(device)
-    seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
-    print(json.dumps({"preset": preset, "img_s": sum(len(b) for _, b in batches[2:]) / seconds,
-                      "peak_mb": peak / 2**20, "memory": "cuda max allocated" if device.type == "cuda" else "max RSS"}))
+    print(json.dumps({"preset": preset, "peak_mb": peak / 2**20,
+                      "memory": "cuda max allocated" if device.type == "cuda" else "max RSS"}))
 
 
-def bench_training(device_name: str, steps: int, repeats: int) -> list[dict]:
+def bench_training(device_name: str, steps: int, repeats: int, quick: bool) -> list[dict]:
     """Throughput in this process, repeats interleaved across methods (ratios need that:
     a fresh process runs its first steps slower, which biased an earlier per-process
-    measurement of the ATGAN / PGD-AT ratio down from 2.1 to 1.45); peak memory in one
-    subprocess per method, so each peak is its own."""
-    from train_throughput import measure
-
-    from robustgan.train import resolve_device
-
-    rates = measure(TRAIN_PRESETS, steps, repeats, resolve_device(device_name))
-    peaks = {}
-    for preset in TRAIN_PRESETS:
-        done = subprocess.run([sys.executable, __file__, "--child", preset, "--steps", str(steps),
-                               "--device", device_name], capture_output=True, text=True, check=True)
-        peaks[preset] = json.loads(done.stdout.strip().splitlines()[-1])
-    base = statistics.median(rates["pgd-at-digits"])
-    return [{"preset": preset, "img_s_min": min(r), "img_s_median": statistics.median(r), "img_s_max": max(r),
-             "step_time_vs_pgd_at": base / statistics.median(r), "peak_mb": peaks[preset]["peak_mb"],
-             "memory": peaks[preset]["memory"]} for preset, r in rates.items()]
+    measurement of the ATGAN / PGD-AT ratio down from 2.1 to 1.45); FLOPs per image counted
+    op by op; peak memory in one subprocess per method, so each peak is its own. Then the
+    CIFAR-10 pair (PreAct ResNet-18 D, the paper's CIFAR-10 G) on synthetic 32x32 images,
+    where Algorithm 1's cost relative to PGD-AT is set."""
+    device = resolve_device(device_name)
+    groups = [(TRAIN_PRESETS, None, steps, repeats)]
+    if not quick:  # ResNet-18 steps take seconds on a CPU: a small batch, few steps
+        groups.append((CIFAR_PRESETS, None if device.type == "cuda" else CPU_CIFAR_BATCH, 2, repeats))
+    rows = []
+    for presets, batch_size, n_steps, n_repeats in groups:
+        rates = measure([Case(p, p) for p in presets], n_steps, n_repeats, device, batch_size)
+        base = presets[1]  # the PGD-AT preset of the group
+        flops = {p: flops_per_image(Case(p, p), device, batch_size) for p in presets}
+        for preset in presets:
+            extra = ["--batch", str(batch_size)] if batch_size else []
+            done = subprocess.run([sys.executable, __file__, "--child", preset, "--steps", str(n_steps),
+                                   "--device", device_name, *extra], capture_output=True, text=True, check=True)
+            peak = json.loads(done.stdout.strip().splitlines()[-1])
+            r = rates[preset]
+            rows.append({"preset": preset, "batch": batch_size or "preset", "img_s_min": min(r),
+                         "img_s_median": statistics.median(r), "img_s_max": max(r),
+                         "step_time_vs_pgd_at": statistics.median(rates[base]) / statistics.median(r),
+                         "gflop_per_image": flops[preset] / 1e9, "flops_vs_pgd_at": flops[preset] / flops[base],
+                         "gflop_s": flops[preset] * statistics.median(r) / 1e9,
+                         "peak_mb": peak["peak_mb"], "memory": peak["memory"]})
+    return rows
 
 
 # ------------------------------------------------------------------ demo
@@ -213,12 +231,24 @@ def report(results: dict) -> str:
                          f"{r['peer_img_s']:.0f} | {r['ratio_min']:.2f} | {r['ratio_median']:.2f} | "
                          f"{r['ratio_max']:.2f} |")
         lines.append("")
+    if results.get("attack_floor"):
+        peer_names = [k.removesuffix("_overhead") for k in results["attack_floor"][0]
+                      if k.endswith("_overhead") and k != "ours_overhead"]
+        lines += ["| case | attack | layout | model floor img/s | ours over floor | "
+                  + " | ".join(f"{p} over floor | most any attack can gain over {p}" for p in peer_names) + " |",
+                  "| --- " * (5 + 2 * len(peer_names)) + "|"]
+        for r in results["attack_floor"]:
+            cells = " | ".join(f"{r[p + '_overhead']:+.0%} | {1 + r[p + '_overhead']:.2f}x" for p in peer_names)
+            lines.append(f"| {r['case']} | {r['attack']} | {r['layout']} | {r['floor_img_s']:.0f} | "
+                         f"{r['ours_overhead']:+.0%} | {cells} |")
+        lines.append("")
     if results.get("training"):
-        lines += ["| preset | img/s min | median | max | step time / PGD-AT | peak memory (MB) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| preset | batch | img/s min | median | max | step time / PGD-AT | GFLOP/img | FLOPs / PGD-AT "
+                  "| GFLOP/s | peak memory (MB) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in results["training"]:
-            lines.append(f"| {r['preset']} | {r['img_s_min']:.0f} | {r['img_s_median']:.0f} | {r['img_s_max']:.0f} | "
-                         f"{r['step_time_vs_pgd_at']:.2f} | {r['peak_mb']:.0f} ({r['memory']}) |")
+            lines.append(f"| {r['preset']} | {r['batch']} | {r['img_s_min']:.0f} | {r['img_s_median']:.0f} | "
+                         f"{r['img_s_max']:.0f} | {r['step_time_vs_pgd_at']:.2f} | {r['gflop_per_image']:.2f} | "
+                         f"{r['flops_vs_pgd_at']:.2f} | {r['gflop_s']:.0f} | {r['peak_mb']:.0f} ({r['memory']}) |")
         lines.append("")
     if results.get("demo"):
         lines.append(f"`robustgan demo`: {results['demo']['demo_seconds']:.0f} s wall")
@@ -238,17 +268,16 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return train_child(args.child, args.steps, args.device)
-    from robustgan.train import resolve_device
-
+        return train_child(args.child, args.steps, args.device, args.batch)
     device = resolve_device(args.device)
     results = {"machine": machine(device), "date": time.strftime("%Y-%m-%d")}
     if args.only in (None, "attacks"):
-        results["attacks"] = bench_attacks(device, 3 if args.quick else 5, args.quick)
+        results["attacks"], results["attack_floor"] = bench_attacks(device, 3 if args.quick else 5, args.quick)
     if args.only in (None, "training"):
-        results["training"] = bench_training(args.device, args.steps, 2 if args.quick else 3)
+        results["training"] = bench_training(args.device, args.steps, 2 if args.quick else 3, args.quick)
     if args.only == "demo" or (args.only is None and not args.quick):
         results["demo"] = bench_demo()
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=1))

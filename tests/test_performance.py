@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from robustgan.attacks.threat import no_param_grads
 from robustgan.config import load_config
 from robustgan.train import fit
 from tests.conftest import CONFIGS
@@ -66,3 +68,55 @@ def test_channels_last_and_compile_reach_every_network(tmp_path, monkeypatch):
     run = fit(cfg, tmp_path / "run", quiet=True)
     assert sorted(compiled) == ["CWCNN", "PerturbationGenerator"]
     assert (run.path / "DONE").is_file()
+
+
+# ------------------------------------------------------------------ benchmark helpers
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+
+def test_flop_counter_counts_forward_input_and_weight_gradients():
+    from train_throughput import FlopCounter
+
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+    x = torch.rand(2, 3, 10, 10)
+    forward = 2 * 2 * 8 * 8 * 8 * 3 * 9  # 2 FLOPs per multiply-add: N * Cout * H'W' * Cin * k * k
+    with FlopCounter() as counter:
+        conv(x)
+    assert counter.flops == forward
+    x.requires_grad_(True)
+    with FlopCounter() as counter, no_param_grads(conv):  # what an attack step does
+        torch.autograd.grad(conv(x).sum(), x)
+    assert counter.flops == 2 * forward
+    with FlopCounter() as counter:  # a training step through the first layer: weight gradient too
+        conv(x).sum().backward()
+    assert counter.flops == 3 * forward
+
+
+def test_atgan_costs_more_flops_than_pgd_at_by_the_generator_and_the_second_d_pass():
+    """Algorithm 1's arithmetic: ATGAN's PGD goes through G and D, and its D step runs D on
+    real and generated images; so on digits its step costs well above PGD-AT's, on CIFAR-10
+    (G much smaller than ResNet-18) less so, but never below PGD-AT's."""
+    from train_throughput import Case, flops_per_image
+
+    cpu = torch.device("cpu")
+    ratio = {}
+    for dataset in ("digits", "cifar10"):
+        pgd_at, atgan = (flops_per_image(Case(p, p), cpu, batch_size=2) for p in (f"pgd-at-{dataset}",
+                                                                                    f"atgan-{dataset}"))
+        ratio[dataset] = atgan / pgd_at
+    assert 1.6 < ratio["digits"] < 1.9  # measured 1.76
+    assert 1.3 < ratio["cifar10"] < 1.55  # measured 1.42
+    assert ratio["cifar10"] < ratio["digits"]
+
+
+def test_gpu_epoch_benchmark_runs_on_cpu(tmp_path):
+    import gpu_epoch
+
+    result = gpu_epoch.run(torch.device("cpu"), [2], steps=1, repeats=1, compile_=False, peak_tflops=100.0)
+    assert 18 < result["gflop_per_image"] < 20  # PGD-7 AT of PreAct ResNet-18 at 32x32: 7 x 2.2 + 3.3
+    assert result["epoch_s_at_peak"] == pytest.approx(50_000 * result["gflop_per_image"] / 100e3)
+    assert {r["variant"] for r in result["rows"]} == {"fp32", "bf16 autocast", "bf16, channels_last"}
+    assert all(r["img_s_median"] > 0 and r["epoch_s"] == pytest.approx(50_000 / r["img_s_median"])
+               for r in result["rows"])
+    assert "s per 50k epoch" in gpu_epoch.report(result)

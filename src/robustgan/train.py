@@ -46,6 +46,16 @@ def geometry_for(dcfg: DataConfig) -> Geometry:
     return Geometry(meta.channels, meta.image_size, meta.num_classes)
 
 
+def apply_fast_paths(method, cfg: Config) -> None:
+    """``train.channels_last`` and ``train.compile`` on every network of the method (in place:
+    state_dict keys unchanged). The benchmarks call this too, so they time the training path."""
+    for network in method.networks().values():
+        if cfg.train.channels_last:
+            network.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            network.compile()
+
+
 def load_split(dcfg: DataConfig, split: str, root=None):
     x, y = data.load(dcfg.name, root if root is not None else dcfg.root, split)
     if split == "train" and dcfg.train_limit:
@@ -257,11 +267,7 @@ def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after,
     geometry = geometry_for(cfg.data)
     method = method_class(cfg.method.name)(cfg, geometry, device)
     distributed.broadcast_state(method.networks().values())
-    for network in method.networks().values():
-        if cfg.train.channels_last:
-            network.to(memory_format=torch.channels_last)
-        if cfg.train.compile:
-            network.compile()  # in place: state_dict keys unchanged
+    apply_fast_paths(method, cfg)
     if here.enabled:  # each rank's own stream for random starts, noise...
         torch.manual_seed(cfg.train.seed + 7919 * here.rank)
     batcher = data.Batcher(x_train, y_train, cfg.train.batch_size, device=device, flip=cfg.data.flip,
