@@ -49,11 +49,11 @@ def card_peak(device: torch.device) -> float | None:
 
 
 def run(device: torch.device, batches: list[int], steps: int, repeats: int, compile_: bool,
-        peak_tflops: float | None) -> dict:
+        peak_tflops: float | None, variants: dict | None = None) -> dict:
     flops = flops_per_image(Case(PRESET, PRESET), device, batch_size=4)  # linear in the batch size
     rows = []
     for batch in batches:
-        cases = [Case(label, PRESET, overrides) for label, overrides in VARIANTS.items()
+        cases = [Case(label, PRESET, overrides) for label, overrides in (variants or VARIANTS).items()
                  if compile_ or "train.compile=true" not in overrides]
         rates = measure(cases, steps, repeats, device, batch_size=batch)
         for label, r in rates.items():

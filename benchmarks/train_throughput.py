@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py            # digits presets, 10 steps x 3 repeats
     python benchmarks/train_throughput.py --steps 20 --repeats 5 pgd-at-digits atgan-digits
     python benchmarks/train_throughput.py --batch 16 --steps 2 pgd-at-cifar10 atgan-cifar10
+    python benchmarks/train_throughput.py pgd-at-digits atgan-digits --variant train.amp=bf16
 
 For each preset: images/s of `method.step` after two warm-up steps, min / median / max over
 repeats interleaved across presets (A B C A B C ...) so background load affects all alike.
@@ -134,18 +135,23 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, help="batch size for every preset (default: each preset's own)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="also time every preset with these overrides (repeatable), e.g. train.amp=bf16")
     args = parser.parse_args()
     cases = [Case(p, p) for p in args.presets]
+    cases += [Case(f"{p} [{v}]", p, tuple(v.split(","))) for v in args.variant for p in args.presets]
     rates = measure(cases, args.steps, args.repeats, batch_size=args.batch)
     flops = {c.label: flops_per_image(c, torch.device("cpu"), args.batch) for c in cases}
-    print("| preset | img/s min | median | max | GFLOP/img | step time / PGD-AT | FLOPs / PGD-AT |\n"
-          "| --- | --- | --- | --- | --- | --- | --- |")
-    for name, r in rates.items():
-        base = baseline_for(name)
+    print("| case | img/s min | median | max | GFLOP/img | step time / PGD-AT | FLOPs / PGD-AT | speed-up by the variant |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for case in cases:
+        r, plain = rates[case.label], rates[case.preset]
+        base = case.label.replace(case.preset, baseline_for(case.preset), 1)  # PGD-AT with the same overrides
         time_ratio = f"{statistics.median(rates[base]) / statistics.median(r):.2f}" if base in rates else "-"
-        flop_ratio = f"{flops[name] / flops[base]:.2f}" if base in flops else "-"
-        print(f"| {name} | {min(r):.0f} | {statistics.median(r):.0f} | {max(r):.0f} | {flops[name] / 1e9:.3f} | "
-              f"{time_ratio} | {flop_ratio} |")
+        flop_ratio = f"{flops[case.label] / flops[base]:.2f}" if base in flops else "-"
+        print(f"| {case.label} | {min(r):.0f} | {statistics.median(r):.0f} | {max(r):.0f} | "
+              f"{flops[case.label] / 1e9:.3f} | {time_ratio} | {flop_ratio} | "
+              f"{statistics.median(r) / statistics.median(plain):.2f} |")
     print(f"\n{torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} repeats")
 
 

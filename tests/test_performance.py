@@ -113,10 +113,12 @@ def test_atgan_costs_more_flops_than_pgd_at_by_the_generator_and_the_second_d_pa
 def test_gpu_epoch_benchmark_runs_on_cpu(tmp_path):
     import gpu_epoch
 
-    result = gpu_epoch.run(torch.device("cpu"), [2], steps=1, repeats=1, compile_=False, peak_tflops=100.0)
+    variants = {k: gpu_epoch.VARIANTS[k] for k in ("fp32", "bf16, channels_last")}  # the full set is slow on a CPU
+    result = gpu_epoch.run(torch.device("cpu"), [2], steps=1, repeats=1, compile_=False, peak_tflops=100.0,
+                           variants=variants)
     assert 18 < result["gflop_per_image"] < 20  # PGD-7 AT of PreAct ResNet-18 at 32x32: 7 x 2.2 + 3.3
     assert result["epoch_s_at_peak"] == pytest.approx(50_000 * result["gflop_per_image"] / 100e3)
-    assert {r["variant"] for r in result["rows"]} == {"fp32", "bf16 autocast", "bf16, channels_last"}
+    assert [r["variant"] for r in result["rows"]] == list(variants)
     assert all(r["img_s_median"] > 0 and r["epoch_s"] == pytest.approx(50_000 / r["img_s_median"])
                for r in result["rows"])
     assert "s per 50k epoch" in gpu_epoch.report(result)
