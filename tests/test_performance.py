@@ -1,5 +1,5 @@
-"""Issue 8: fast paths (channels_last, compile) and data-parallel training with 2 CPU
-processes (gloo) through torchrun."""
+"""Issue 8: fast paths (channels_last, compile, no host sync in a step), data-parallel
+training with 2 CPU processes (gloo) through torchrun, and the benchmarks' helpers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from robustgan.attacks.threat import no_param_grads
 from robustgan.config import load_config
@@ -122,3 +123,41 @@ def test_gpu_epoch_benchmark_runs_on_cpu(tmp_path):
     assert all(r["img_s_median"] > 0 and r["epoch_s"] == pytest.approx(50_000 / r["img_s_median"])
                for r in result["rows"])
     assert "s per 50k epoch" in gpu_epoch.report(result)
+
+
+# ------------------------------------------------------------------ no host sync inside a step
+class ScalarReads(TorchDispatchMode):
+    """Records reads of a tensor's value by the host: ``.item()``, ``float(t)``, ``bool(t)``
+    (``if t:``) and ``torch.equal`` all dispatch one of these ops. On a GPU each is a sync."""
+
+    OPS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+           torch.ops.aten.equal.default)
+
+    def __init__(self, allowed: set[int]):
+        super().__init__()
+        self.allowed, self.reads = allowed, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS and id(args[0]) not in self.allowed:
+            self.reads.append(f"{func} on a tensor of shape {tuple(args[0].shape)}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("preset", ["standard-digits", "pgd-at-digits-frac", "atgan-digits", "gan-at-digits-xz",
+                                    "gan-at-digits-grad-dual"])
+def test_a_training_step_reads_no_tensor_value_on_the_host(preset):
+    """Issue 8: no .item() / host sync inside a step. The one exception is torch's Adam
+    reading its own step counters, which live on the CPU even when training on a GPU."""
+    from robustgan.methods import method_class
+    from robustgan.train import geometry_for
+
+    cfg = load_config(CONFIGS / f"{preset}.toml", ["train.batch_size=8"])
+    method = method_class(cfg.method.name)(cfg, geometry_for(cfg.data), torch.device("cpu"))
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    method.step(x, y)  # creates the optimizers' state
+    counters = {id(state["step"]) for opt in method.optimizers().values() for state in opt.state.values()
+                if isinstance(state.get("step"), torch.Tensor)}
+    with ScalarReads(allowed=counters) as reads:
+        metrics = method.step(x, y)
+    assert reads.reads == []
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in metrics.values())
