@@ -1,7 +1,7 @@
-"""`make bench`: attack and training throughput against peers, peak memory, demo time.
+"""`make bench`: attack and training throughput against peers, FLOPs, peak memory, demo time.
 
-    python benchmarks/run.py                 # everything (about 8 minutes on 2 CPU cores)
-    python benchmarks/run.py --quick         # fewer repeats, no demo
+    python benchmarks/run.py                 # everything (about 16 minutes on 2 CPU cores)
+    python benchmarks/run.py --quick         # fewer repeats; no memory, CIFAR-10 or demo
     python benchmarks/run.py --only attacks  # or: training, demo
 
 Attacks: our PGD / FGSM against torchattacks' (and ART's, where installed) on the same
@@ -9,12 +9,15 @@ model, data, eps, steps and step size, interleaved in one process (ours, theirs,
 theirs...), so background load hits both alike. Reported: throughput ratio peer time /
 our time per repeat, min / median / max. "ours, channels_last" is the same attack on a
 channels_last copy of the model and data (`robustgan eval --channels-last`, and
-`train.channels_last=true` for training).
+`train.channels_last=true` for training). Beside them, the model floor: the forward and
+input-gradient passes alone, which bound what any attack can gain over a peer. Each
+implementation's memory: the peak one call adds, in its own subprocess.
 
 Training: images/s of `method.step` on the same batches for standard, PGD-AT, ATGAN and
-GAN-AT (digits presets, C&W CNN, PGD-7 where there is PGD), repeats interleaved across
-methods in this process; then each method's peak memory (max RSS on CPU, max allocated
-on CUDA) in its own subprocess.
+GAN-AT (digits presets, C&W CNN, PGD-7 where there is PGD; then the CIFAR-10 presets on
+synthetic 32x32 images), repeats interleaved across methods in this process; FLOPs per
+image counted op by op; each method's peak memory (max RSS on CPU, max allocated on
+CUDA) in its own subprocess.
 
 Results: a markdown report on stdout and benchmarks/results.json.
 """
@@ -44,6 +47,10 @@ from train_throughput import Case, build, flops_per_image, measure, sync  # noqa
 TRAIN_PRESETS = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-grad"]  # [1] is PGD-AT
 CIFAR_PRESETS = ["standard-cifar10", "pgd-at-cifar10", "atgan-cifar10"]
 CPU_CIFAR_BATCH = 16
+# Memory children: glibc serves every block >= 64 KiB with its own mmap and returns it on
+# free, so RSS follows live tensors (otherwise freed blocks stay resident and the peaks of
+# repeated runs scatter by +-30 MB); one arena for the same reason. Timing runs keep defaults.
+MEMORY_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
 
 
 # ------------------------------------------------------------------ attacks
@@ -98,29 +105,41 @@ def model_floor(model, x, y, steps: int) -> None:
             loss_and_grad(model, x_adv, y)
 
 
-def bench_attacks(device: torch.device, repeats: int, quick: bool) -> tuple[list[dict], list[dict]]:
+def attack_runs(case, device: torch.device) -> dict:
+    """{implementation: fn()} for one case: ours and ours in channels_last, the installed
+    peers, and the model floor in both layouts (``floor/ours``, ``floor/ours, channels_last``)."""
     from robustgan import models
     from robustgan.attacks import fgsm, pgd
 
+    _, name, channels, size, batch, attack, steps = case
+    torch.manual_seed(0)
+    model = models.build(name, 10, channels, image_size=size).to(device).eval()
+    model_cl = models.build(name, 10, channels, image_size=size).to(device).eval()
+    model_cl.load_state_dict(model.state_dict())
+    model_cl = model_cl.to(memory_format=torch.channels_last)
+    x = torch.rand(batch, channels, size, size, device=device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+    eps, alpha = 8 / 255, 2 / 255
+    ours = {"ours": (lambda: pgd(model, x, y, eps, steps, alpha)) if attack == "pgd" else
+            (lambda: fgsm(model, x, y, eps)),
+            "ours, channels_last": (lambda: pgd(model_cl, x_cl, y, eps, steps, alpha)) if attack == "pgd" else
+            (lambda: fgsm(model_cl, x_cl, y, eps))}
+    others = {k: (lambda f=f: f(x, y)) for k, f in peers(model, attack, eps, steps, alpha, channels, size).items()}
+    floors = {"floor/ours": lambda: model_floor(model, x, y, steps),
+              "floor/ours, channels_last": lambda: model_floor(model_cl, x_cl, y, steps)}
+    return {**ours, **others, **floors}
+
+
+def bench_attacks(device: torch.device, repeats: int, quick: bool) -> tuple[list[dict], list[dict]]:
+    """Speed-ups over the peers and overheads over the model floor; each implementation's
+    own peak memory (one subprocess per case and implementation) unless ``quick``."""
     rows, floor_rows = [], []
-    for label, name, channels, size, batch, attack, steps in attack_cases(quick):
-        torch.manual_seed(0)
-        model = models.build(name, 10, channels, image_size=size).to(device).eval()
-        model_cl = models.build(name, 10, channels, image_size=size).to(device).eval()
-        model_cl.load_state_dict(model.state_dict())
-        model_cl = model_cl.to(memory_format=torch.channels_last)
-        x = torch.rand(batch, channels, size, size, device=device)
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (batch,), device=device)
-        eps, alpha = 8 / 255, 2 / 255
-        ours = {"ours": (lambda: pgd(model, x, y, eps, steps, alpha)) if attack == "pgd" else
-                (lambda: fgsm(model, x, y, eps)),
-                "ours, channels_last": (lambda: pgd(model_cl, x_cl, y, eps, steps, alpha)) if attack == "pgd" else
-                (lambda: fgsm(model_cl, x_cl, y, eps))}
-        others = {k: (lambda f=f: f(x, y)) for k, f in peers(model, attack, eps, steps, alpha, channels, size).items()}
-        floors = {"ours": lambda: model_floor(model, x, y, steps),
-                  "ours, channels_last": lambda: model_floor(model_cl, x_cl, y, steps)}
-        runs = {**ours, **others, **{f"floor/{k}": f for k, f in floors.items()}}
+    for index, case in enumerate(attack_cases(quick)):
+        label, batch, attack, steps = case[0], case[4], case[5], case[6]
+        runs = attack_runs(case, device)
+        ours = [k for k in runs if k.startswith("ours")]
+        others = [k for k in runs if not k.startswith(("ours", "floor/"))]
         attack_label = f"PGD-{steps}" if attack == "pgd" else "FGSM"
         times = {k: [] for k in runs}
         for fn in runs.values():  # warm-up
@@ -132,13 +151,15 @@ def bench_attacks(device: torch.device, repeats: int, quick: bool) -> tuple[list
                 fn()
                 sync(device)
                 times[key].append(time.perf_counter() - start)
+        memory = {} if quick else {k: attack_memory(index, k, device) for k in ours + others}
         for peer in others:
             for variant in ours:
                 ratios = [t / o for t, o in zip(times[peer], times[variant])]
                 rows.append({"case": label, "attack": attack_label,
                              "ours": variant, "peer": peer, "ours_img_s": batch / statistics.median(times[variant]),
                              "peer_img_s": batch / statistics.median(times[peer]), "ratio_min": min(ratios),
-                             "ratio_median": statistics.median(ratios), "ratio_max": max(ratios)})
+                             "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
+                             "ours_mb": memory.get(variant), "peer_mb": memory.get(peer)})
         for variant in ours:
             floor = statistics.median(times[f"floor/{variant}"])
             floor_rows.append({"case": label, "attack": attack_label, "layout": variant.removeprefix("ours, ")
@@ -149,17 +170,45 @@ def bench_attacks(device: torch.device, repeats: int, quick: bool) -> tuple[list
     return rows, floor_rows
 
 
+def attack_memory(index: int, implementation: str, device: torch.device) -> float:
+    """MB one attack call adds to the process's peak, run alone in a subprocess."""
+    done = subprocess.run([sys.executable, __file__, "--attack-child", str(index), implementation,
+                           "--device", str(device)], capture_output=True, text=True, check=True, env=MEMORY_ENV)
+    return json.loads(done.stdout.strip().splitlines()[-1])["attack_mb"]
+
+
+def attack_child(index: int, implementation: str, device_name: str) -> None:
+    """One call of one attack after everything else is built: print the peak memory it adds
+    (on CPU, VmHWM after minus VmRSS before; on CUDA, max allocated minus allocated)."""
+    device = resolve_device(device_name)
+    run = attack_runs(attack_cases(False)[index], device)[implementation]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = proc_status("VmRSS")
+    run()
+    sync(device)
+    after = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
+    print(json.dumps({"attack_mb": (after - before) / 2**20}))
+
+
 # ------------------------------------------------------------------ training (one subprocess per measurement)
+def proc_status(key: str) -> int:
+    """A byte count from /proc/self/status (VmRSS, VmHWM...)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
 def peak_rss() -> int:
     """This process's peak resident memory in bytes. VmHWM, not ru_maxrss: Linux carries
     ru_maxrss over exec, so a child forked from a big parent would report the parent's."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return proc_status("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def train_child(preset: str, steps: int, device_name: str, batch_size: int | None) -> None:
@@ -197,7 +246,8 @@ def bench_training(device_name: str, steps: int, repeats: int, quick: bool) -> l
         for preset in presets:
             extra = ["--batch", str(batch_size)] if batch_size else []
             done = subprocess.run([sys.executable, __file__, "--child", preset, "--steps", str(n_steps),
-                                   "--device", device_name, *extra], capture_output=True, text=True, check=True)
+                                   "--device", device_name, *extra], capture_output=True, text=True, check=True,
+                                  env=MEMORY_ENV)
             peak = json.loads(done.stdout.strip().splitlines()[-1])
             r = rates[preset]
             rows.append({"preset": preset, "batch": batch_size or "preset", "img_s_min": min(r),
@@ -211,25 +261,35 @@ def bench_training(device_name: str, steps: int, repeats: int, quick: bool) -> l
 
 # ------------------------------------------------------------------ demo
 def bench_demo() -> dict:
+    """Wall time and peak memory of `robustgan demo`, alone in a subprocess."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "robustgan", "demo", "--out", f"{tmp}/demo"], check=True,
-                       capture_output=True)
-        return {"demo_seconds": time.perf_counter() - start}
+        done = subprocess.run([sys.executable, __file__, "--demo-child", f"{tmp}/demo"], check=True,
+                              capture_output=True, text=True)
+        return {"demo_seconds": time.perf_counter() - start,
+                "demo_peak_mb": json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]}
+
+
+def demo_child(out: str) -> None:
+    from robustgan.demo import run_demo
+
+    run_demo(Path(out))
+    print(json.dumps({"peak_mb": peak_rss() / 2**20}))
 
 
 # ------------------------------------------------------------------ report
 def report(results: dict) -> str:
     lines = [f"Machine: {results['machine']}", ""]
     if results.get("attacks"):
-        lines += ["| case | attack | ours | peer | ours img/s | peer img/s | speed-up min | median | max |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| case | attack | ours | peer | ours img/s | peer img/s | speed-up min | median | max "
+                  "| ours MB | peer MB |", "| --- " * 11 + "|"]
+        mb = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731 (--quick measures no memory)
         for r in results["attacks"]:
             lines.append(f"| {r['case']} | {r['attack']} | {r['ours']} | {r['peer']} | {r['ours_img_s']:.0f} | "
                          f"{r['peer_img_s']:.0f} | {r['ratio_min']:.2f} | {r['ratio_median']:.2f} | "
-                         f"{r['ratio_max']:.2f} |")
+                         f"{r['ratio_max']:.2f} | {mb(r['ours_mb'])} | {mb(r['peer_mb'])} |")
         lines.append("")
     if results.get("attack_floor"):
         peer_names = [k.removesuffix("_overhead") for k in results["attack_floor"][0]
@@ -251,7 +311,8 @@ def report(results: dict) -> str:
                          f"{r['flops_vs_pgd_at']:.2f} | {r['gflop_s']:.0f} | {r['peak_mb']:.0f} ({r['memory']}) |")
         lines.append("")
     if results.get("demo"):
-        lines.append(f"`robustgan demo`: {results['demo']['demo_seconds']:.0f} s wall")
+        lines.append(f"`robustgan demo`: {results['demo']['demo_seconds']:.0f} s wall, peak memory "
+                     f"{results['demo']['demo_peak_mb']:.0f} MB (max RSS)")
     return "\n".join(lines)
 
 
@@ -269,7 +330,13 @@ def main():
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--attack-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--demo-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.demo_child:
+        return demo_child(args.demo_child)
+    if args.attack_child:
+        return attack_child(int(args.attack_child[0]), args.attack_child[1], args.device)
     if args.child:
         return train_child(args.child, args.steps, args.device, args.batch)
     device = resolve_device(args.device)
