@@ -1,6 +1,6 @@
 """`make bench`: attack and training throughput against peers, FLOPs, peak memory, demo time.
 
-    python benchmarks/run.py                 # everything (about 16 minutes on 2 CPU cores)
+    python benchmarks/run.py                 # everything (about 13 minutes on 2 CPU cores)
     python benchmarks/run.py --quick         # fewer repeats; no memory, CIFAR-10 or demo
     python benchmarks/run.py --only attacks  # or: training, demo
 

@@ -73,7 +73,7 @@ def test_channels_last_and_compile_reach_every_network(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ benchmark helpers
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+sys.path.append(str(BENCHMARKS))  # appended: its run.py must not shadow anything
 
 
 def test_flop_counter_counts_forward_input_and_weight_gradients():
@@ -111,7 +111,8 @@ def test_atgan_costs_more_flops_than_pgd_at_by_the_generator_and_the_second_d_pa
     assert ratio["cifar10"] < ratio["digits"]
 
 
-def test_gpu_epoch_benchmark_runs_on_cpu(tmp_path):
+def test_gpu_epoch_benchmark_runs_on_cpu():
+    """The H200 measurement's script, on the CPU path: counted FLOPs, the limit, the table."""
     import gpu_epoch
 
     variants = {k: gpu_epoch.VARIANTS[k] for k in ("fp32", "bf16, channels_last")}  # the full set is slow on a CPU
