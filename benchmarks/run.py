@@ -179,13 +179,15 @@ def attack_memory(index: int, implementation: str, device: torch.device) -> floa
 
 def attack_child(index: int, implementation: str, device_name: str) -> None:
     """One call of one attack after everything else is built: print the peak memory it adds
-    (on CPU, VmHWM after minus VmRSS before; on CUDA, max allocated minus allocated)."""
+    (on CPU, VmHWM after minus VmRSS before, the high-water mark reset first so building the
+    models does not count; on CUDA, max allocated minus allocated)."""
     device = resolve_device(device_name)
     run = attack_runs(attack_cases(False)[index], device)[implementation]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
         before = proc_status("VmRSS")
     run()
     sync(device)
