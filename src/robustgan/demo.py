@@ -23,7 +23,7 @@ console = Console()
 EPS_GRID = [0.05, 0.1, 0.2, 0.3]
 SUMMARY_EPS = (0.1, 0.2, 0.3)
 COMMON = ['data.name="digits"', 'model.name="cw_cnn"', "train.batch_size=64", "train.eval_eps=0.2",
-          "train.eval_every=100", "train.eval_limit=200"]
+          "train.eval_every=100", "train.eval_limit=200", "train.channels_last=true"]  # 1.16-1.19x on a CPU
 ATTACK = ["method.eps=0.2", "method.steps=5", "method.step_size=0.06", "method.ramp_epochs=2"]
 # name -> overrides of the digits presets (written out so the installed package needs no files)
 RUNS = {
@@ -49,7 +49,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     if out.exists():
         shutil.rmtree(out)
     device = resolve_device("auto")
-    limit, steps = (32, 3) if quick else (200, 20)
+    limit, steps = (32, 3) if quick else (200, 40)  # PGD-20 under-attacked ATGAN by up to 8 points (session 1)
     runs = {}
     for i, name in enumerate(RUNS, 1):
         console.rule(f"[bold]{i}/{len(RUNS)}: training {name}")
