@@ -42,9 +42,9 @@ from robustgan.train import resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_throughput import Case, build, flops_per_image, measure, sync  # noqa: E402 (benchmarks/ on the path first)
+from train_throughput import Case, baseline_for, build, flops_per_image, measure, sync  # noqa: E402 (benchmarks/ on the path first)
 
-TRAIN_PRESETS = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-grad"]  # [1] is PGD-AT
+TRAIN_PRESETS = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-grad"]
 CIFAR_PRESETS = ["standard-cifar10", "pgd-at-cifar10", "atgan-cifar10"]
 CPU_CIFAR_BATCH = 16
 # Memory children: glibc serves every block >= 64 KiB with its own mmap and returns it on
@@ -237,13 +237,12 @@ def bench_training(device_name: str, steps: int, repeats: int, quick: bool) -> l
     CIFAR-10 pair (PreAct ResNet-18 D, the paper's CIFAR-10 G) on synthetic 32x32 images,
     where Algorithm 1's cost relative to PGD-AT is set."""
     device = resolve_device(device_name)
-    groups = [(TRAIN_PRESETS, None, steps, repeats)]
+    groups = [(TRAIN_PRESETS, None, steps)]
     if not quick:  # ResNet-18 steps take seconds on a CPU: a small batch, few steps
-        groups.append((CIFAR_PRESETS, None if device.type == "cuda" else CPU_CIFAR_BATCH, 2, repeats))
+        groups.append((CIFAR_PRESETS, None if device.type == "cuda" else CPU_CIFAR_BATCH, 2))
     rows = []
-    for presets, batch_size, n_steps, n_repeats in groups:
-        rates = measure([Case(p, p) for p in presets], n_steps, n_repeats, device, batch_size)
-        base = presets[1]  # the PGD-AT preset of the group
+    for presets, batch_size, n_steps in groups:
+        rates = measure([Case(p, p) for p in presets], n_steps, repeats, device, batch_size)
         flops = {p: flops_per_image(Case(p, p), device, batch_size) for p in presets}
         for preset in presets:
             extra = ["--batch", str(batch_size)] if batch_size else []
@@ -251,11 +250,11 @@ def bench_training(device_name: str, steps: int, repeats: int, quick: bool) -> l
                                    "--device", device_name, *extra], capture_output=True, text=True, check=True,
                                   env=MEMORY_ENV)
             peak = json.loads(done.stdout.strip().splitlines()[-1])
-            r = rates[preset]
+            r, reference = rates[preset], baseline_for(preset)
             rows.append({"preset": preset, "batch": batch_size or "preset", "img_s_min": min(r),
                          "img_s_median": statistics.median(r), "img_s_max": max(r),
-                         "step_time_vs_pgd_at": statistics.median(rates[base]) / statistics.median(r),
-                         "gflop_per_image": flops[preset] / 1e9, "flops_vs_pgd_at": flops[preset] / flops[base],
+                         "step_time_vs_pgd_at": statistics.median(rates[reference]) / statistics.median(r),
+                         "gflop_per_image": flops[preset] / 1e9, "flops_vs_pgd_at": flops[preset] / flops[reference],
                          "gflop_s": flops[preset] * statistics.median(r) / 1e9,
                          "peak_mb": peak["peak_mb"], "memory": peak["memory"]})
     return rows

@@ -141,16 +141,17 @@ def main():
     cases = [Case(p, p) for p in args.presets]
     cases += [Case(f"{p} [{v}]", p, tuple(v.split(","))) for v in args.variant for p in args.presets]
     rates = measure(cases, args.steps, args.repeats, batch_size=args.batch)
-    flops = {c.label: flops_per_image(c, torch.device("cpu"), args.batch) for c in cases}
+    # FLOPs do not depend on layout, precision or compile: one count per preset
+    flops = {p: flops_per_image(Case(p, p), torch.device("cpu"), args.batch) for p in args.presets}
     print("| case | img/s min | median | max | GFLOP/img | step time / PGD-AT | FLOPs / PGD-AT | speed-up by the variant |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in cases:
-        r, plain = rates[case.label], rates[case.preset]
-        base = case.label.replace(case.preset, baseline_for(case.preset), 1)  # PGD-AT with the same overrides
+        r, plain, reference = rates[case.label], rates[case.preset], baseline_for(case.preset)
+        base = case.label.replace(case.preset, reference, 1)  # PGD-AT with the same overrides
         time_ratio = f"{statistics.median(rates[base]) / statistics.median(r):.2f}" if base in rates else "-"
-        flop_ratio = f"{flops[case.label] / flops[base]:.2f}" if base in flops else "-"
+        flop_ratio = f"{flops[case.preset] / flops[reference]:.2f}" if reference in flops else "-"
         print(f"| {case.label} | {min(r):.0f} | {statistics.median(r):.0f} | {max(r):.0f} | "
-              f"{flops[case.label] / 1e9:.3f} | {time_ratio} | {flop_ratio} | "
+              f"{flops[case.preset] / 1e9:.3f} | {time_ratio} | {flop_ratio} | "
               f"{statistics.median(r) / statistics.median(plain):.2f} |")
     print(f"\n{torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} repeats")
 

@@ -49,7 +49,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     if out.exists():
         shutil.rmtree(out)
     device = resolve_device("auto")
-    limit, steps = (32, 3) if quick else (200, 40)  # PGD-20 under-attacked ATGAN by up to 8 points (session 1)
+    limit, steps = (32, 3) if quick else (200, 40)  # PGD-20 under-attacked ATGAN by up to 8 points
     runs = {}
     for i, name in enumerate(RUNS, 1):
         console.rule(f"[bold]{i}/{len(RUNS)}: training {name}")
