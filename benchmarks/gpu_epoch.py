@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import Case, flops_per_image, measure  # noqa: E402 (benchmarks/ on the path first)
 
-from robustgan.train import resolve_device  # noqa: E402
+from robustgan.runtime import resolve_device  # noqa: E402
 
 PRESET = "pgd-at-cifar10"
 EPOCH_IMAGES = 50_000

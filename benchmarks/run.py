@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from robustgan.attacks.threat import attack_mode, loss_and_grad
-from robustgan.train import resolve_device
+from robustgan.runtime import resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import flop_registry
 from robustgan import data
 from robustgan.config import load_config
 from robustgan.methods import method_class
-from robustgan.train import apply_fast_paths, autocast_for, geometry_for
+from robustgan.runtime import apply_fast_paths, autocast_for, geometry_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ["standard-digits", "pgd-at-digits", "atgan-digits", "gan-at-digits-x", "gan-at-digits-xz",

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import robustgan
 from robustgan.cli import app
 from robustgan.config import load_config
-from robustgan.evaluate.checks import CheckSettings, run_checks
+from robustgan.evaluate.checks import CheckSettings, check_model
 from robustgan.evaluate.curves import area
 from robustgan.evaluate.saliency import saliency
 from robustgan.runs import RunDir
@@ -52,7 +52,7 @@ def test_checks_flag_planted_masking(wrapper, digits_runs):
     honest = robustgan.load(digits_runs / "standard")
     x, y = robustgan.data.load("digits", split="test")
     settings = CheckSettings(eps=0.1, steps=5, long_steps=20, restarts=2, autoattack=False)
-    flagged = check_names(run_checks(wrapper(honest).eval(), x[:64], y[:64], settings))
+    flagged = check_names(check_model(wrapper(honest).eval(), x[:64], y[:64], settings))
     assert flagged & {"gradients", "unbounded", "logits", "fgsm_vs_pgd"}, flagged
 
 
@@ -65,8 +65,8 @@ def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, monk
     report = json.loads((digits_runs / "pgd" / "check.json").read_text())
     assert report["passed"] and {c["name"] for c in report["checks"]} >= {"unbounded", "transfer", "long_pgd"}
 
-    real_load = robustgan.runs.load_model
-    monkeypatch.setattr(robustgan.runs, "load_model", lambda run: RoundInputs(real_load(run)).eval())
+    real_load = robustgan.runtime.load_model
+    monkeypatch.setattr(robustgan.runtime, "load_model", lambda run: RoundInputs(real_load(run)).eval())
     masked = runner.invoke(app, ["check", str(digits_runs / "pgd"), *args])
     assert masked.exit_code == 1 and "WARN" in masked.output and "possible gradient masking" in masked.output
 

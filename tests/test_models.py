@@ -21,9 +21,9 @@ def test_every_model_shapes_and_backward(name, channels, size):
         assert out.shape == (2, 7)
     else:
         assert out.shape == x.shape
-    if kind == "generator":
+    if kind == "image_generator":
         assert out.min() >= 0 and out.max() <= 1
-    if kind == "perturbation":
+    if kind == "perturbation_generator":
         assert out.abs().max() <= 16 / 255 + 1e-7
     out.float().pow(2).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -150,7 +150,7 @@ def test_a_training_step_reads_no_tensor_value_on_the_host(preset):
     """Issue 8: no .item() / host sync inside a step. The one exception is torch's Adam
     reading its own step counters, which live on the CPU even when training on a GPU."""
     from robustgan.methods import method_class
-    from robustgan.train import geometry_for
+    from robustgan.runtime import geometry_for
 
     cfg = load_config(CONFIGS / f"{preset}.toml", ["train.batch_size=8"])
     method = method_class(cfg.method.name)(cfg, geometry_for(cfg.data), torch.device("cpu"))

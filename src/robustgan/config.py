@@ -2,8 +2,10 @@
 validation with one-line errors, and a small TOML writer for the resolved config.
 
 A config has fixed sections ``data``, ``model``, ``optim``, ``schedule``, ``train`` and a
-``method`` section whose fields depend on ``method.name`` (each method registers its own
-dataclass, see ``robustgan.methods``)."""
+``method`` section whose fields depend on ``method.name``: each method registers its own
+dataclass in ``METHOD_CONFIGS`` (``robustgan.methods.register_method`` does it; importing
+``robustgan`` imports every method). This layer sits above ``data`` and ``models`` because
+it validates dataset and model names against their registries."""
 
 from __future__ import annotations
 
@@ -16,22 +18,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from robustgan.data import DATASETS
+from robustgan.eps import parse_number
 from robustgan.errors import ConfigError
+from robustgan.models import MODELS
 
-
-def parse_number(value: Any) -> float:
-    """A float from a number or a fraction string like ``"8/255"`` (handy for eps)."""
-    if isinstance(value, bool):
-        raise ValueError("boolean is not a number")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
-    raise ValueError(f"{value!r} is not a number")
+METHOD_CONFIGS: dict[str, type] = {}  # method name -> its config dataclass (filled by robustgan.methods)
 
 
 @dataclass
@@ -43,8 +35,6 @@ class DataConfig:
     train_limit: int = 0  # use only the first N training images (0 = all)
 
     def validate(self):
-        from robustgan.data import DATASETS
-
         if self.name not in DATASETS:
             raise ConfigError(f"data.name: unknown dataset {self.name!r}; choose one of {', '.join(sorted(DATASETS))}")
         _check(self.shift >= 0, "data.shift must be >= 0")
@@ -57,8 +47,6 @@ class ModelConfig:
     dropout: float = 0.5  # cw_cnn's dropout after its first dense layer (C&W 2017: 0.5); others have none
 
     def validate(self):
-        from robustgan.models import MODELS
-
         check_frac(self.dropout, "model.dropout")
         if self.name not in MODELS or MODELS[self.name].kind != "classifier":
             names = sorted(n for n, e in MODELS.items() if e.kind == "classifier")
@@ -211,9 +199,13 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "sch
             "train": TrainConfig}
 
 
-def from_dict(raw: dict) -> Config:
-    from robustgan.methods import method_config_class
+def method_config_class(name: str) -> type:
+    if name not in METHOD_CONFIGS:
+        raise ConfigError(f"method.name: unknown method {name!r}; choose one of {', '.join(sorted(METHOD_CONFIGS))}")
+    return METHOD_CONFIGS[name]
 
+
+def from_dict(raw: dict) -> Config:
     for key in raw:
         if key not in SECTIONS and key != "method":
             raise ConfigError(f"unknown config section [{key}]; valid: {', '.join([*SECTIONS, 'method'])}")

@@ -17,7 +17,8 @@ from robustgan.config import load_config
 from robustgan.evaluate.checks import check_run
 from robustgan.evaluate.curves import compute_curve
 from robustgan.report.html import build_report
-from robustgan.train import fit, resolve_device
+from robustgan.runtime import resolve_device
+from robustgan.train import fit
 
 console = Console()
 EPS_GRID = [0.05, 0.1, 0.2, 0.3]

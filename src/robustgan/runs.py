@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from robustgan import __version__
 from robustgan.config import Config, from_dict, read_toml, to_toml
 from robustgan.errors import ConfigError, RunError
+from robustgan.version import __version__
 
 CONFIG, MODEL, METRICS, CHECKPOINT, VERSION, LOCK = (
     "config.toml", "model.safetensors", "metrics.jsonl", "checkpoint.safetensors", "VERSION", "lock")
@@ -89,8 +89,6 @@ def save_state(path: Path, state: dict) -> None:
 
 
 def load_state(path: Path) -> dict:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -104,8 +102,6 @@ def load_state(path: Path) -> dict:
 
 def checkpoint_step(path: Path) -> int:
     """The global step a checkpoint was saved at, from its header only."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         skeleton = json.loads((handle.metadata() or {})["state"])
     return dict(skeleton["__dict__"])["step"]  # top-level keys and ints stay plain JSON
@@ -122,6 +118,11 @@ class RunDir:
     @property
     def resume_command(self) -> str:
         return f"robustgan train --out {self.path} --resume"
+
+    @property
+    def is_started(self) -> bool:
+        """config.toml is written: ``--resume`` can continue (or restart) this run."""
+        return self.file(CONFIG).is_file()
 
     @property
     def has_checkpoint(self) -> bool:
@@ -209,30 +210,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def load_model(run_dir: str | Path) -> torch.nn.Module:
-    """The run's defended model, rebuilt from config.toml + model.safetensors, eval mode."""
-    from robustgan.methods import method_class
-    from robustgan.train import geometry_for
-
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise RunError(f"run directory {run.path} does not exist")
-    cfg = run.config()
-    weights = run.file(MODEL)
-    if not weights.is_file():
-        pickles = [p.name for p in run.path.glob("*.pt*")] + [p.name for p in run.path.glob("*.pth")]
-        hint = f" (found {', '.join(pickles)}: pickled checkpoints are never loaded)" if pickles else ""
-        raise RunError(f"{run.path} has no {MODEL}{hint}")
-    model = method_class(cfg.method.name).build_defended(cfg, geometry_for(cfg.data))
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as err:
-        raise RunError(f"{weights} is not a valid safetensors file ({err})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise RunError(f"{weights} does not match {CONFIG} ({first})") from None
-    return model.eval()

@@ -8,14 +8,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from robustgan.config import Config, from_dict, to_dict
-from robustgan.evaluate.curves import EPS_T_GRIDS, eps_label
-from robustgan.methods import method_config_class
+from robustgan.config import Config, from_dict, method_config_class, to_dict
+from robustgan.eps import format_eps, grid_for
 from robustgan.runs import RunDir
+from robustgan.train import ensure_trained
 
 
 def run_name(method: str, frac: float, eps_t: float) -> str:
-    return f"{method}{'-frac' if frac < 1 else ''}-eps{eps_label(eps_t).replace('/', '_')}"
+    return f"{method}{'-frac' if frac < 1 else ''}-eps{format_eps(eps_t).replace('/', '_')}"
 
 
 def variant(cfg: Config, method: str, eps_t: float, frac: float | None) -> Config:
@@ -31,7 +31,7 @@ def variant(cfg: Config, method: str, eps_t: float, frac: float | None) -> Confi
 
 
 def plan(cfg: Config, eps_t: list[float] | None, methods: list[str] | None, fracs: list[float | None]) -> list:
-    eps_t = eps_t or EPS_T_GRIDS.get(cfg.data.name, [getattr(cfg.method, "eps", 0.0)])
+    eps_t = eps_t or grid_for(cfg.data.name, "eps_t")
     methods = methods or [cfg.method.name]
     out = []
     for method in methods:
@@ -43,8 +43,6 @@ def plan(cfg: Config, eps_t: list[float] | None, methods: list[str] | None, frac
 
 
 def run_sweep(cfg: Config, out: Path, eps_t=None, methods=None, fracs=(None,), quiet=False, log=print) -> list[Path]:
-    from robustgan.train import fit
-
     runs = []
     for name, v in plan(cfg, eps_t, methods, list(fracs)):
         path = Path(out) / name
@@ -53,7 +51,6 @@ def run_sweep(cfg: Config, out: Path, eps_t=None, methods=None, fracs=(None,), q
         if run.is_complete:
             log(f"{name}: done, skipped")
             continue
-        started = run.file("config.toml").is_file()
-        log(f"{name}: {'resuming' if started else 'training'}")
-        fit(None if started else v, path, resume=started, quiet=quiet)
+        log(f"{name}: {'resuming' if run.is_started else 'training'}")
+        ensure_trained(v, path, quiet=quiet)
     return runs

@@ -1,6 +1,9 @@
-"""The one training loop. It knows nothing about any method: it builds the method named by
-the config, feeds it on-device batches, sets learning rates, evaluates, logs, checkpoints
-and resumes."""
+"""The one training loop (the engine). It knows nothing about any method: it trains the
+sub-runs a method declares, builds the method named by the config, feeds it on-device
+batches, sets learning rates, evaluates, logs, checkpoints and resumes.
+
+``fit`` reads top to bottom as the whole story; each part (restore, one epoch, the end of
+an epoch, a checkpoint) is a function of a ``Training`` record passed explicitly."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,59 +21,287 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from robustgan import data, distributed
-from robustgan.config import Config, DataConfig
+from robustgan.attacks import robust_accuracy
+from robustgan.config import Config
 from robustgan.errors import Diverged, Interrupted, RunError
-from robustgan.evaluate import robust_accuracy
-from robustgan.methods import Geometry, method_class
+from robustgan.methods import Method, method_class
 from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state, save_state
+from robustgan.runtime import apply_fast_paths, autocast_for, geometry_for, load_model, load_split, resolve_device
 
 console = Console(stderr=True)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"train.device={name} but CUDA is not available; use train.device=cpu or auto")
-    return device
+@dataclass
+class Training:
+    """What one ``fit`` call trains with, handed explicitly to each part of the loop."""
+
+    cfg: Config
+    run: RunDir
+    method: Method
+    batcher: data.Batcher
+    device: torch.device
+    world: distributed.World
+    logger: Logger
+    epochs: int
+    total_steps: int
+    step: int = 0  # optimisation steps taken so far, across resumes
+
+    @property
+    def writes(self) -> bool:
+        return self.world.is_main  # only rank 0 touches the run directory
 
 
-def autocast_for(amp: str, device: torch.device):
-    """bf16 autocast on CUDA when asked or 'auto'; off on CPU unless 'bf16' is forced."""
-    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use else nullcontext
+# ------------------------------------------------------------------ the story
+def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: bool = False,
+        stop_after: int | None = None, data_root: str | None = None) -> RunDir:
+    """Train ``cfg`` into run directory ``out``; with ``resume`` continue from its
+    checkpoint (using the run's saved config). ``stop_after`` ends this invocation after
+    that many epochs (the run stays resumable). Returns the run directory."""
+    run = RunDir(out)
+    cfg, resume = resolve_start(run, cfg, resume, data_root)
+    here = distributed.setup(resolve_device(cfg.train.device))
+    if here.is_main:  # rank 0 owns the directory and its lock
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.acquire_lock()
+    try:
+        if not resume and here.is_main:
+            run.create(cfg)
+        subrun_models = {} if resume else train_subruns(cfg, run, quiet)  # a resumed method holds them
+        t = build_training(cfg, run, here, quiet)
+        if resume:
+            start_epoch, partial = restore_checkpoint(t)
+        else:
+            t.method.use_subruns(subrun_models)
+            start_epoch, partial = 0, None
+        stopped_after = train_epochs(t, start_epoch, partial, stop_after, load_split(cfg.data, "test"), quiet)
+        if stopped_after is None:
+            if t.writes:
+                run.file("DONE").write_text("")
+            t.logger.message(f"finished: {run.path}")
+        else:
+            t.logger.message(f"stopped after epoch {stopped_after}; continue with: {run.resume_command}")
+        return run
+    finally:
+        if here.is_main:
+            run.release_lock()
+        distributed.barrier()  # a sub-run is read by every rank once it is finished
 
 
-def geometry_for(dcfg: DataConfig) -> Geometry:
-    meta = data.info(dcfg.name)
-    return Geometry(meta.channels, meta.image_size, meta.num_classes)
+def resolve_start(run: RunDir, cfg: Config | None, resume: bool, data_root) -> tuple[Config, bool]:
+    """The config to train and whether a checkpoint is restored; refuses to overwrite a run."""
+    if resume:
+        if not run.is_started:
+            raise RunError(f"nothing to resume: {run.path} has no config.toml")
+        cfg = run.config()
+        resume = run.has_checkpoint  # stopped before its first checkpoint: start over with its config
+        if not resume and distributed.world().is_main:
+            run.file("metrics.jsonl").unlink(missing_ok=True)
+    elif run.has_checkpoint:
+        raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+    assert cfg is not None
+    if data_root is not None:  # recorded in config.toml, so sub-runs, resume and eval find the files
+        cfg.data.root = str(data_root)
+    return cfg, resume
 
 
-def apply_fast_paths(method, cfg: Config) -> None:
-    """``train.channels_last`` and ``train.compile`` on every network of the method (in place:
-    state_dict keys unchanged). The benchmarks call this too, so they time the training path."""
-    for network in method.networks().values():
-        if cfg.train.channels_last:
-            network.to(memory_format=torch.channels_last)
-        if cfg.train.compile:
-            network.compile()
+def ensure_trained(cfg: Config, out: str | Path, *, quiet: bool = True) -> Path:
+    """Finish the run in ``out``: nothing if complete, resume if started, else train ``cfg``
+    (sub-runs, a sweep's runs, the check's surrogate)."""
+    run = RunDir(out)
+    if not run.is_complete:
+        fit(None if run.is_started else cfg, out, resume=run.is_started, quiet=quiet)
+    return run.path
 
 
-def load_split(dcfg: DataConfig, split: str, root=None):
-    x, y = data.load(dcfg.name, root if root is not None else dcfg.root, split)
-    if split == "train" and dcfg.train_limit:
-        x, y = x[:dcfg.train_limit], y[:dcfg.train_limit]
-    return x, y
+def train_subruns(cfg: Config, run: RunDir, quiet: bool) -> dict[str, torch.nn.Module]:
+    """Train (or finish) each sub-run the method declares, inside the run directory, and
+    return their defended models. Resuming the outer run resumes an interrupted sub-run."""
+    trained = {}
+    for name, spec in method_class(cfg.method.name).subruns(cfg).items():
+        if isinstance(spec, Config):
+            path = run.path / name
+            if not RunDir(path).is_complete and distributed.world().is_main and not quiet:
+                console.print(f"training sub-run {name} ({spec.model.name}, {spec.method.name}, "
+                              f"{spec.train.epochs} epochs) -> {path}")
+            try:
+                spec = ensure_trained(spec, path, quiet=quiet)
+            except Interrupted:
+                raise Interrupted(f"interrupted while training {path}; checkpoint saved. "
+                                  f"Resume with: {run.resume_command}") from None
+        trained[name] = load_model(spec)
+    return trained
 
 
+def build_training(cfg: Config, run: RunDir, here: distributed.World, quiet: bool) -> Training:
+    """Seed, data on the device, the method (same initial weights on every rank), the batcher."""
+    torch.manual_seed(cfg.train.seed)
+    device = distributed.device_for(resolve_device(cfg.train.device), here)
+    x_train, y_train = load_split(cfg.data, "train")
+    method = method_class(cfg.method.name)(cfg, geometry_for(cfg.data), device)
+    distributed.broadcast_state(method.networks().values())
+    apply_fast_paths(method, cfg)
+    if here.enabled:  # each rank's own stream for random starts, noise...
+        torch.manual_seed(cfg.train.seed + 7919 * here.rank)
+    batcher = data.Batcher(x_train, y_train, cfg.train.batch_size, device=device, flip=cfg.data.flip,
+                           shift=cfg.data.shift, seed=cfg.train.seed, rank=here.rank, world_size=here.size,
+                           channels_last=cfg.train.channels_last)
+    epochs = cfg.train.epochs if not cfg.train.steps else math.ceil(cfg.train.steps / len(batcher))
+    logger = Logger(run, quiet, cfg.train.tensorboard, here.is_main)
+    return Training(cfg, run, method, batcher, device, here, logger, epochs,
+                    total_steps=cfg.train.steps or epochs * len(batcher))
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(t: Training, epoch: int, partial: EpochStats | None = None) -> None:
+    """Epoch ``epoch`` finished (``partial`` None), or ``partial.steps`` steps into it. Rank 0 only."""
+    if not t.writes:
+        return
+    rng = {"torch": torch.get_rng_state()}
+    if t.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(t.device)
+    state = {"epoch": epoch if partial is None else epoch - 1, "step": t.step, "method": t.method.state_dict(),
+             "batcher": t.batcher.state_dict(), "rng": rng}
+    if partial is not None:
+        state["partial_epoch"] = partial.state_dict()
+    save_state(t.run.file(CHECKPOINT), state)
+
+
+def restore_checkpoint(t: Training) -> tuple[int, dict | None]:
+    """Networks, optimizers, batcher position and RNG from the checkpoint; returns the epoch
+    to continue with and that epoch's saved statistics (None at an epoch boundary)."""
+    state = load_state(t.run.file(CHECKPOINT))
+    t.method.load_state_dict(state["method"])
+    t.batcher.load_state_dict(state["batcher"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if t.device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], t.device)
+    t.step = state["step"]
+    if t.world.enabled:  # rank 0's saved streams are re-split per rank
+        torch.manual_seed(t.cfg.train.seed + 7919 * t.world.rank + t.step)
+    if t.writes:
+        t.run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
+    start_epoch = state["epoch"] + 1
+    t.logger.message(f"resuming {t.run.path} at epoch {start_epoch + 1}/{t.epochs}, step {t.step}")
+    return start_epoch, state.get("partial_epoch")
+
+
+# ------------------------------------------------------------------ epochs
+def train_epochs(t: Training, start_epoch: int, partial: dict | None, stop_after: int | None, test_split,
+                 quiet: bool) -> int | None:
+    """Epochs from ``start_epoch`` to the end. Returns None when the run is finished, or the
+    last epoch done (counted from 1) when ``stop_after`` epochs came first. Ctrl-C raises
+    Interrupted after a checkpoint."""
+    progress = None if quiet or not t.writes else Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"), console=console, transient=True)
+    with progress or nullcontext(), StopFlag(t.logger.message) as stop:
+        for done, epoch in enumerate(range(start_epoch, t.epochs), 1):
+            lr_factor = set_learning_rates(t.method, t.cfg, epoch, t.epochs)
+            t.method.on_epoch_start(epoch, t.epochs)
+            stats = EpochStats(t.device, **(partial or {}))
+            partial = None
+            run_epoch(t, epoch, stats, stop, progress)
+            end_epoch(t, epoch, stats, lr_factor, test_split)
+            last = epoch + 1 == t.epochs
+            if distributed.any_rank(stop.requested, t.device) and not last:
+                raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
+                                  f"Resume with: {t.run.resume_command}")
+            if stop_after is not None and done >= stop_after and not last:
+                return epoch + 1
+    return None
+
+
+def run_epoch(t: Training, epoch: int, stats: EpochStats, stop: StopFlag, progress) -> None:
+    """The steps of one epoch (from ``stats.steps`` when resuming mid-epoch), with
+    mid-epoch checkpoints every ``train.checkpoint_every`` steps and on Ctrl-C."""
+    autocast, every = autocast_for(t.cfg.train.amp, t.device), t.cfg.train.checkpoint_every
+    remaining = min(len(t.batcher) - stats.steps, t.total_steps - t.step)
+    task = progress.add_task(f"epoch {epoch + 1}/{t.epochs}", total=len(t.batcher), completed=stats.steps,
+                             info="") if progress else None
+    started = time.perf_counter()
+    for x, y in itertools.islice(t.batcher, remaining):
+        with autocast():
+            metrics = t.method.step(x, y)
+        t.step += 1
+        stats.add(metrics, t.step, len(y))
+        at_log = t.step % t.cfg.train.log_every == 0
+        if progress is not None:
+            progress.advance(task)
+            if at_log:
+                shown = " ".join(f"{k}={v:.3f}" for k, v in stats.averages(across_ranks=False).items())
+                rate = t.world.size * stats.images / (stats.seconds + time.perf_counter() - started)
+                progress.update(task, info=f"{shown} {rate:.0f} img/s")
+        if at_log:
+            stats.check_finite(epoch, t.run)
+        # data-parallel ranks agree on stopping (a collective) at log steps only
+        stop_now = (at_log or not t.world.enabled) and distributed.any_rank(stop.requested, t.device)
+        if t.batcher.position != 0 and (stop_now or (every and t.step % every == 0)):
+            stats.check_finite(epoch, t.run)
+            stats.seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            save_checkpoint(t, epoch, stats)
+            if stop_now:
+                raise Interrupted(f"interrupted at step {t.step} (epoch {epoch + 1}); checkpoint saved. "
+                                  f"Resume with: {t.run.resume_command}")
+    stats.seconds += time.perf_counter() - started
+    stats.check_finite(epoch, t.run)
+    if progress is not None:
+        progress.remove_task(task)
+
+
+def end_epoch(t: Training, epoch: int, stats: EpochStats, lr_factor: float, test_split) -> None:
+    """Log the epoch's averages (and collapse warnings), evaluate on held-out data when due,
+    save the model and a checkpoint."""
+    averages = stats.averages()
+    record = {"epoch": epoch + 1, "step": t.step, "split": "train", **averages, "lr_factor": lr_factor,
+              "epoch_seconds": stats.seconds, "images_per_s": t.world.size * stats.images / max(stats.seconds, 1e-9)}
+    warnings = t.method.collapse_warnings(averages)
+    if warnings:
+        record["warnings"] = warnings
+        for text in warnings:
+            t.logger.message(f"[yellow]warning:[/] {text}")
+    t.logger.log(record)
+    distributed.average_buffers(t.method.networks().values())  # BatchNorm statistics of every shard
+    if t.writes and ((epoch + 1) % t.cfg.train.eval_every == 0 or epoch + 1 == t.epochs):
+        t.logger.log({"epoch": epoch + 1, "step": t.step, **evaluate_heldout(t.method, t.cfg, *test_split, t.device)})
+    if t.writes:
+        t.run.save_model(t.method.defended_model())
+    save_checkpoint(t, epoch)
+    distributed.barrier()
+
+
+def evaluate_heldout(method: Method, cfg: Config, x_test, y_test, device) -> dict:
+    """Clean and PGD accuracy on the first ``train.eval_limit`` test images (metrics.jsonl)."""
+    model = method.defended_model()
+    was_training = model.training
+    limit = cfg.train.eval_limit or len(y_test)
+    x, y = x_test[:limit], y_test[:limit]
+    kw = dict(device=device, batch_size=cfg.train.batch_size * 2, num_classes=method.geometry.num_classes)
+    result = {"split": "test", "n": len(y), "clean_acc": robust_accuracy(model, x, y, attack="none", **kw)}
+    if cfg.train.eval_eps > 0:
+        result[f"pgd{cfg.train.eval_steps}_acc"] = robust_accuracy(
+            model, x, y, attack="pgd", eps=cfg.train.eval_eps, steps=cfg.train.eval_steps, **kw)
+        result["eval_eps"] = cfg.train.eval_eps
+    model.train(was_training)
+    return result
+
+
+def set_learning_rates(method: Method, cfg: Config, epoch: int, epochs: int) -> float:
+    factor = cfg.schedule.factor(epoch, epochs)
+    for opt in method.scheduled_optimizers():
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+    return factor
+
+
+# ------------------------------------------------------------------ logging, statistics, Ctrl-C
 class Logger:
     """metrics.jsonl always; the console unless quiet; TensorBoard when asked."""
 
     def __init__(self, run: RunDir, quiet: bool, tensorboard: bool, writes: bool = True):
         self.run, self.quiet, self.writer, self.writes = run, quiet or not writes, None, writes
         if tensorboard and writes:
-            try:
+            try:  # optional dependency
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise RunError("train.tensorboard=true needs the tensorboard package (pip install tensorboard)") from None
@@ -176,210 +408,3 @@ class StopFlag:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-
-
-def evaluate_heldout(method, cfg: Config, x_test, y_test, device) -> dict:
-    model = method.defended_model()
-    was_training = model.training
-    limit = cfg.train.eval_limit or len(y_test)
-    x, y = x_test[:limit], y_test[:limit]
-    result = {"split": "test", "n": len(y), "clean_acc": robust_accuracy(model, x, y, attack="none", device=device,
-                                                                           batch_size=cfg.train.batch_size * 2)}
-    if cfg.train.eval_eps > 0:
-        result[f"pgd{cfg.train.eval_steps}_acc"] = robust_accuracy(
-            model, x, y, attack="pgd", eps=cfg.train.eval_eps, steps=cfg.train.eval_steps, device=device,
-            batch_size=cfg.train.batch_size * 2, num_classes=method.geometry.num_classes)
-        result["eval_eps"] = cfg.train.eval_eps
-    model.train(was_training)
-    return result
-
-
-def set_learning_rates(method, cfg: Config, epoch: int, epochs: int) -> float:
-    factor = cfg.schedule.factor(epoch, epochs)
-    for opt in method.scheduled_optimizers():
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-    return factor
-
-
-def _progress(quiet: bool):
-    if quiet:
-        return None
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"), console=console, transient=True)
-
-
-def fit_clean_subrun(cfg: Config, out: Path, epochs: int, seed: int, quiet: bool = True, data_root=None) -> Path:
-    """Train (or finish) a `standard` run of ``cfg``'s data, backbone and optimizer into
-    ``out``: ATGAN's loss network and the transfer check's surrogate. Returns ``out``."""
-    from robustgan.config import from_dict, to_dict
-
-    run = RunDir(out)
-    if not run.is_complete:
-        raw = to_dict(cfg)
-        raw["method"] = {"name": "standard"}
-        raw["schedule"] = {}
-        raw["train"] = {**raw["train"], "epochs": epochs, "steps": 0, "seed": seed}
-        sub = from_dict({k: {f: v for f, v in section.items() if v is not None} for k, section in raw.items()})
-        started = run.file("config.toml").is_file()
-        fit(None if started else sub, out, resume=started, quiet=quiet, data_root=data_root)
-    return Path(out)
-
-
-def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: bool = False,
-        stop_after: int | None = None, data_root: str | None = None) -> RunDir:
-    """Train ``cfg`` into run directory ``out``; with ``resume`` continue from its
-    checkpoint (using the run's saved config). ``stop_after`` ends this invocation after
-    that many epochs (the run stays resumable). Returns the run directory."""
-    run = RunDir(out)
-    if resume:
-        if not run.file("config.toml").is_file():
-            raise RunError(f"nothing to resume: {run.path} has no config.toml")
-        cfg = run.config()
-        # stopped before its first checkpoint: nothing to restore, start over with its config
-        resume = run.has_checkpoint
-        if not resume and distributed.world().is_main:
-            run.file("metrics.jsonl").unlink(missing_ok=True)
-    elif run.has_checkpoint:
-        raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
-    assert cfg is not None
-    if data_root is not None:  # recorded in config.toml, so sub-runs, resume and eval find the files
-        cfg.data.root = str(data_root)
-    here = distributed.setup(resolve_device(cfg.train.device))
-    if here.is_main:  # rank 0 owns the directory and its lock
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.acquire_lock()
-    try:
-        return _fit_locked(cfg, run, resume, quiet, stop_after, data_root)
-    finally:
-        if here.is_main:
-            run.release_lock()
-        distributed.barrier()  # sub-runs (ATGAN's loss network) are read by every rank next
-
-
-def _fit_locked(cfg: Config, run: RunDir, resume: bool, quiet: bool, stop_after, data_root) -> RunDir:
-    here = distributed.world()
-    writes = here.is_main  # only rank 0 touches the run directory
-    torch.manual_seed(cfg.train.seed)
-    device = distributed.device_for(resolve_device(cfg.train.device), here)
-    x_train, y_train = load_split(cfg.data, "train", data_root)
-    x_test, y_test = load_split(cfg.data, "test", data_root)
-    geometry = geometry_for(cfg.data)
-    method = method_class(cfg.method.name)(cfg, geometry, device)
-    distributed.broadcast_state(method.networks().values())
-    apply_fast_paths(method, cfg)
-    if here.enabled:  # each rank's own stream for random starts, noise...
-        torch.manual_seed(cfg.train.seed + 7919 * here.rank)
-    batcher = data.Batcher(x_train, y_train, cfg.train.batch_size, device=device, flip=cfg.data.flip,
-                           shift=cfg.data.shift, seed=cfg.train.seed, rank=here.rank, world_size=here.size,
-                           channels_last=cfg.train.channels_last)
-    epochs = cfg.train.epochs if not cfg.train.steps else math.ceil(cfg.train.steps / len(batcher))
-    total_steps = cfg.train.steps or epochs * len(batcher)
-    logger = Logger(run, quiet, cfg.train.tensorboard, writes)
-    start_epoch, global_step, partial = 0, 0, None
-    if resume:
-        state = load_state(run.file(CHECKPOINT))
-        method.load_state_dict(state["method"])
-        batcher.load_state_dict(state["batcher"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start_epoch, global_step, partial = state["epoch"] + 1, state["step"], state.get("partial_epoch")
-        if here.enabled:  # rank 0's saved streams are re-split per rank
-            torch.manual_seed(cfg.train.seed + 7919 * here.rank + global_step)
-        if writes:
-            run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
-        logger.message(f"resuming {run.path} at epoch {start_epoch + 1}/{epochs}, step {global_step}")
-    else:
-        if writes:
-            run.create(cfg)
-        try:
-            method.prepare(run.path, logger.message, quiet or not writes)
-        except Interrupted:  # inside a sub-run (ATGAN's loss network): resuming this run resumes it
-            raise Interrupted(f"interrupted while preparing {run.path}; checkpoint saved. "
-                              f"Resume with: {run.resume_command}") from None
-    autocast = autocast_for(cfg.train.amp, device)
-    progress = _progress(quiet or not writes)
-    every = cfg.train.checkpoint_every
-    done_this_call = 0
-
-    def checkpoint(epoch: int, stats: EpochStats | None) -> None:
-        """Epoch ``epoch`` finished (stats None), or ``stats.steps`` steps into it (rank 0 only)."""
-        if not writes:
-            return
-        rng = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        state = {"epoch": epoch if stats is None else epoch - 1, "step": global_step, "method": method.state_dict(),
-                 "batcher": batcher.state_dict(), "rng": rng}
-        if stats is not None:
-            state["partial_epoch"] = stats.state_dict()
-        save_state(run.file(CHECKPOINT), state)
-
-    with progress or nullcontext(), StopFlag(logger.message) as stop:
-        for epoch in range(start_epoch, epochs):
-            lr_factor = set_learning_rates(method, cfg, epoch, epochs)
-            method.on_epoch_start(epoch, epochs)
-            stats = EpochStats(device, **(partial or {}))
-            partial = None
-            remaining = min(len(batcher) - stats.steps, total_steps - global_step)
-            task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(batcher), completed=stats.steps,
-                                     info="") if progress else None
-            started = time.perf_counter()
-            for x, y in itertools.islice(batcher, remaining):
-                with autocast():
-                    metrics = method.step(x, y)
-                global_step += 1
-                stats.add(metrics, global_step, len(y))
-                if progress is not None:
-                    progress.advance(task)
-                at_log = global_step % cfg.train.log_every == 0
-                if at_log:
-                    stats.check_finite(epoch, run)
-                    if progress is not None:
-                        shown = " ".join(f"{k}={v:.3f}" for k, v in stats.averages(across_ranks=False).items())
-                        rate = here.size * stats.images / (stats.seconds + time.perf_counter() - started)
-                        progress.update(task, info=f"{shown} {rate:.0f} img/s")
-                # data-parallel ranks agree on stopping (a collective) at log steps only
-                stop_now = (at_log or not here.enabled) and distributed.any_rank(stop.requested, device)
-                if batcher.position != 0 and (stop_now or (every and global_step % every == 0)):
-                    stats.check_finite(epoch, run)
-                    stats.seconds += time.perf_counter() - started
-                    started = time.perf_counter()
-                    checkpoint(epoch, stats)
-                    if stop_now:
-                        raise Interrupted(f"interrupted at step {global_step} (epoch {epoch + 1}); checkpoint saved. "
-                                          f"Resume with: {run.resume_command}")
-            stats.seconds += time.perf_counter() - started
-            stats.check_finite(epoch, run)
-            if progress is not None:
-                progress.remove_task(task)
-            averages = stats.averages()
-            record = {"epoch": epoch + 1, "step": global_step, "split": "train", **averages, "lr_factor": lr_factor,
-                      "epoch_seconds": stats.seconds,
-                      "images_per_s": here.size * stats.images / max(stats.seconds, 1e-9)}
-            warnings = method.collapse_warnings(averages)
-            if warnings:
-                record["warnings"] = warnings
-                for text in warnings:
-                    logger.message(f"[yellow]warning:[/] {text}")
-            logger.log(record)
-            distributed.average_buffers(method.networks().values())  # BatchNorm statistics of every shard
-            if writes and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs):
-                logger.log({"epoch": epoch + 1, "step": global_step,
-                            **evaluate_heldout(method, cfg, x_test, y_test, device)})
-            if writes:
-                run.save_model(method.defended_model())
-            checkpoint(epoch, None)
-            distributed.barrier()
-            done_this_call += 1
-            if distributed.any_rank(stop.requested, device) and epoch + 1 < epochs:
-                raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
-                                  f"Resume with: {run.resume_command}")
-            if stop_after is not None and done_this_call >= stop_after and epoch + 1 < epochs:
-                logger.message(f"stopped after epoch {epoch + 1}; continue with: {run.resume_command}")
-                return run
-    if writes:
-        run.file("DONE").write_text("")
-    logger.message(f"finished: {run.path}")
-    return run

@@ -13,7 +13,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square), L-inf, pixels in [0, 1]."""
     eps = check_eps(eps)
     try:
-        import torchattacks
+        import torchattacks  # optional dependency
     except ImportError:
         raise AttackError("autoattack needs torchattacks: pip install --no-deps torchattacks==3.5.1") from None
     with attack_mode(model):

@@ -17,7 +17,7 @@ def load_digits(root, split: str, **_):
     """scikit-learn's 1797 8x8 handwritten digits (values 0..16), bilinearly upsampled to
     28x28 so the MNIST architectures apply. The train/test split is a fixed permutation
     (seed 0): 1438 train, 359 test."""
-    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.datasets import load_digits as sk_digits  # here: scikit-learn takes a second to import
 
     bunch = sk_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8) in [0, 1]

@@ -160,7 +160,7 @@ def load_cifar10(root, split: str, **_):
 @register_dataset("svhn", channels=3, image_size=32, num_classes=10, source=SVHN_URL)
 def load_svhn(root, split: str, **_):
     """SVHN format 2: X is (32, 32, 3, N) uint8, y is (N, 1) with label 10 meaning digit 0."""
-    import scipy.io
+    import scipy.io  # here: SciPy takes a second to import, and only SVHN needs it
 
     root = _need_root(root, "svhn", "train_32x32.mat and test_32x32.mat", SVHN_URL)
     path = root / f"{split}_32x32.mat"

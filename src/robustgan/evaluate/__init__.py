@@ -1,5 +1,7 @@
-"""Evaluation: accuracy under attack, robustness curves, gradient-masking checks."""
+"""Evaluation of trained runs: robustness curves, gradient-masking checks, saliency maps,
+logit trends, and classifying image files. Accuracy under one attack is
+``robustgan.attacks.robust_accuracy`` (re-exported here)."""
 
-from robustgan.evaluate.robustness import ATTACKS, attack_batch, evaluate_accuracy, robust_accuracy
+from robustgan.attacks import robust_accuracy
 
-__all__ = ["ATTACKS", "attack_batch", "evaluate_accuracy", "robust_accuracy"]
+__all__ = ["robust_accuracy"]

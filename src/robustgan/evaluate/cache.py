@@ -9,6 +9,9 @@ import json
 import math
 from pathlib import Path
 
+import torch
+
+from robustgan.attacks import default_step_size, robust_accuracy
 from robustgan.runs import MODEL, RunDir, atomic_write
 
 CACHE = "eval_cache.json"
@@ -42,3 +45,27 @@ class EvalCache:
         self.entries[cache_key(**settings)] = value
         payload = json.dumps({"weights": self.digest, "entries": self.entries}, indent=0)
         atomic_write(self.path, payload)
+
+
+def cached_accuracy(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0, steps: int = 10,
+                    step_size: float | None = None, restarts: int = 1, seed: int = 0, **kw) -> float:
+    """``robust_accuracy`` through a run's evaluation cache (same settings, same weights:
+    same number, computed once). The seed fixes random starts."""
+    if attack == "none" or eps == 0:
+        attack, eps, steps, step_size, restarts = "none", 0.0, 0, None, 1
+    elif attack != "pgd":
+        steps, step_size, restarts = 0, None, 1
+    elif step_size is None:
+        step_size = default_step_size(eps, steps)
+    settings = dict(attack=attack, eps=float(eps), steps=steps, step_size=step_size, restarts=restarts, n=len(y),
+                    seed=seed)
+    hit = cache.get(**settings)
+    if hit is not None:
+        if kw.get("progress") is not None:
+            kw["progress"].advance(kw["task"], len(y))
+        return hit
+    torch.manual_seed(seed)
+    value = robust_accuracy(model, x, y, attack=attack, eps=eps, steps=max(steps, 1), step_size=step_size,
+                            restarts=restarts, **kw)
+    cache.put(value, **settings)
+    return value

@@ -17,14 +17,21 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import pgd
-from robustgan.evaluate.robustness import default_step_size, robust_accuracy
+from robustgan.attacks import attack_mode, default_step_size, robust_accuracy
+from robustgan.attacks.threat import loss_and_grad
+from robustgan.errors import RobustganError
+from robustgan.methods.standard import clean_config
+from robustgan.runs import RunDir, atomic_write
+from robustgan.runtime import default_eps, geometry_for, load_model, open_run
+from robustgan.train import ensure_trained
 
 
 @dataclass
@@ -54,7 +61,7 @@ class CheckSettings:
 
 def _acc(model, x, y, s: CheckSettings, device, seed=0, **kw) -> float:
     """Accuracy under an attack, measured once per (settings, n) within one check run."""
-    key = (len(y), seed, tuple(sorted(kw.items())))
+    key = (len(y), seed, tuple((k, id(v) if isinstance(v, nn.Module) else v) for k, v in sorted(kw.items())))
     if key not in s.memo:
         torch.manual_seed(seed)
         s.memo[key] = robust_accuracy(model, x, y, batch_size=s.batch_size, device=device, **kw)
@@ -81,9 +88,6 @@ def check_logits(model, x, y, s, device) -> CheckResult:
 
 
 def check_gradients(model, x, y, s, device) -> CheckResult:
-    from robustgan.attacks import attack_mode
-    from robustgan.attacks.threat import loss_and_grad
-
     xb, yb = x[:256].float().div(255).to(device), y[:256].to(device)
     with attack_mode(model):
         _, grad = loss_and_grad(model, xb.clone().requires_grad_(True), yb)
@@ -121,31 +125,18 @@ def check_fgsm_vs_pgd(model, x, y, s, device) -> CheckResult:
                        {"fgsm": acc_fgsm, "pgd": acc_pgd})
 
 
-def transfer_accuracy(target, surrogate, x, y, s, device) -> float:
-    target.eval()
-    correct = 0
-    torch.manual_seed(0)
-    for start in range(0, len(y), s.batch_size):
-        xb = x[start:start + s.batch_size].float().div(255).to(device)
-        yb = y[start:start + s.batch_size].to(device)
-        x_adv = pgd(surrogate, xb, yb, s.eps, s.steps, default_step_size(s.eps, s.steps))
-        with torch.no_grad():
-            correct += (target(x_adv).argmax(1) == yb).sum().item()
-    return correct / max(1, len(y))
-
-
 def check_transfer(model, x, y, s, device, surrogate: nn.Module | None) -> CheckResult:
     if surrogate is None:
         return CheckResult("transfer", True, "skipped: no surrogate (--surrogate RUN)", {"skipped": True})
     white = _acc(model, x, y, s, device, attack="pgd", eps=s.eps, steps=s.steps)
-    transfer = transfer_accuracy(model, surrogate.to(device).eval(), x, y, s, device)
+    transfer = _acc(model, x, y, s, device, attack="pgd", eps=s.eps, steps=s.steps, source=surrogate.to(device))
     return CheckResult("transfer", transfer >= white - s.tol,
                        f"transfer from surrogate {transfer:.1%} vs white-box {white:.1%} (transfer must not win)",
                        {"transfer": transfer, "white_box": white})
 
 
 def check_autoattack(model, x, y, s, device, num_classes) -> CheckResult:
-    try:
+    try:  # optional dependency
         import torchattacks  # noqa: F401
     except ImportError:
         return CheckResult("autoattack", True, "skipped: torchattacks not installed", {"skipped": True})
@@ -164,14 +155,14 @@ def check_graybox(model, x, y, s, device) -> CheckResult | None:
     if not (isinstance(model, nn.Sequential) and len(model) == 2 and hasattr(model[1], "both")):
         return None
     white = _acc(model, x, y, s, device, attack="pgd", eps=s.eps, steps=s.steps)
-    gray = transfer_accuracy(model, model[1], x, y, s, device)
+    gray = _acc(model, x, y, s, device, attack="pgd", eps=s.eps, steps=s.steps, source=model[1])
     return CheckResult("graybox", gray >= white - s.tol,
                        f"gray-box (PGD on D alone) {gray:.1%} vs white-box on D(G(x)) {white:.1%}",
                        {"graybox": gray, "white_box": white})
 
 
-def run_checks(model, x, y, settings: CheckSettings, device="cpu", surrogate=None, num_classes=10,
-               on_result=None) -> list[CheckResult]:
+def check_model(model, x, y, settings: CheckSettings, device="cpu", surrogate=None, num_classes=10,
+                on_result=None) -> list[CheckResult]:
     """All checks on (x uint8, y); ``on_result(result)`` is called as each one finishes."""
     model = model.to(device).eval()
     plan = [
@@ -201,34 +192,26 @@ def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps:
               limit: int = 0, surrogate: str | None = None, surrogate_epochs: int = 5, autoattack: bool = True,
               autoattack_limit: int = 200, tol: float = 0.05, device="cpu", data_root=None,
               on_result=None) -> list[CheckResult]:
-    """The `robustgan check` command: run every check on a run's defended model and save
+    """The `robustgan check` command: every check on a run's defended model, saved to
     <run>/check.json. ``surrogate`` is a run directory, or 'auto' to train a standard model
     of the same backbone into <run>/surrogate (independent seed) first."""
-    import json
-
-    from robustgan.errors import RobustganError
-    from robustgan.runs import RunDir, atomic_write, load_model
-    from robustgan.train import fit_clean_subrun, geometry_for, load_split
-
     run = RunDir(run_dir)
-    cfg = run.config()
-    eps = eps if eps is not None else (cfg.train.eval_eps or getattr(cfg.method, "eps", 0.0))
+    cfg, model, x, y = open_run(run_dir, limit=limit, data_root=data_root, device=device)
+    eps = eps if eps is not None else default_eps(cfg)
     if not eps > 0:
         raise RobustganError("check needs an eps: pass --eps (the run has no eval or training eps)")
-    model = load_model(run_dir)
-    x, y = load_split(cfg.data, "test", data_root)
-    if limit:
-        x, y = x[:limit], y[:limit]
     surrogate_model = None
     if surrogate == "auto":
-        path = fit_clean_subrun(cfg, run.path / "surrogate", surrogate_epochs, cfg.train.seed + 1000,  # independent
-                                data_root=data_root)
-        surrogate_model = load_model(path)
+        sub = clean_config(cfg, surrogate_epochs, cfg.train.seed + 1000)  # an independent seed
+        if data_root is not None:
+            sub.data.root = str(data_root)
+        surrogate_model = load_model(ensure_trained(sub, run.path / "surrogate"))
     elif surrogate:
-        surrogate_model = load_model(surrogate)
+        surrogate_model = load_model(Path(surrogate))
     settings = CheckSettings(eps=eps, steps=steps, long_steps=long_steps, restarts=restarts, autoattack=autoattack,
                              autoattack_limit=autoattack_limit, tol=tol)
-    results = run_checks(model, x, y, settings, device, surrogate_model, geometry_for(cfg.data).num_classes, on_result)
+    results = check_model(model, x, y, settings, device, surrogate_model, geometry_for(cfg.data).num_classes,
+                          on_result)
     report = {"eps": eps, "n": len(y), "tol": tol, "steps": steps, "long_steps": long_steps, "restarts": restarts,
               "passed": all(r.passed for r in results), "checks": [r.as_dict() for r in results]}
     atomic_write(run.file("check.json"), json.dumps(report, indent=1))

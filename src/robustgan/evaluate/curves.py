@@ -11,24 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-EPS_I_GRIDS = {  # paper 000 Sec. 4.2
-    "mnist": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5],
-    "svhn": [k / 255 for k in range(2, 21, 2)],
-    "cifar10": [k / 255 for k in range(2, 21, 2)],
-}
-EPS_T_GRIDS = {
-    "mnist": [0.1, 0.15, 0.2, 0.25, 0.3],
-    "svhn": [k / 255 for k in range(2, 11, 2)],
-    "cifar10": [k / 255 for k in range(2, 11, 2)],
-}
-for _small in ("digits", "synthetic"):
-    EPS_I_GRIDS[_small], EPS_T_GRIDS[_small] = EPS_I_GRIDS["mnist"], EPS_T_GRIDS["mnist"]
-
-
-def eps_label(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and eps < 0.1 and eps > 0 else f"{eps:g}"
-
+from robustgan.eps import format_eps
+from robustgan.evaluate.cache import EvalCache, cached_accuracy
+from robustgan.runtime import geometry_for, open_run
+from robustgan.plotting import pyplot
 
 @dataclass
 class Curve:
@@ -62,24 +48,19 @@ def method_label(cfg) -> str:
     return cfg.method.name + ("-frac" if frac < 1 else "")
 
 
-def compute_curve(run_dir, eps_grid, *, attack="pgd", steps=40, step_size=None, restarts=1, limit=0,
-                  device="cpu", data_root=None, batch_size=256, progress=None) -> Curve:
-    from robustgan.evaluate.cache import EvalCache
-    from robustgan.evaluate.robustness import run_accuracy
-    from robustgan.runs import RunDir, load_model
-    from robustgan.train import geometry_for, load_split
-
-    cfg = RunDir(run_dir).config()
-    model = load_model(run_dir).to(device)
-    x, y = load_split(cfg.data, "test", data_root)
-    if limit:
-        x, y = x[:limit], y[:limit]
+def compute_curve(run_dir, eps_grid, *, attack="pgd", steps=40, step_size=None, restarts=1, limit=0, seed=0,
+                  device="cpu", data_root=None, batch_size=256, channels_last=False, progress=None) -> Curve:
+    """Clean accuracy and accuracy under ``attack`` at each eps of ``eps_grid`` for one run
+    (its first ``limit`` test images), through the run's evaluation cache. ``eval`` prints
+    one of these; ``curve`` and ``report`` plot several."""
+    cfg, model, x, y = open_run(run_dir, limit=limit, data_root=data_root, device=device)
     cache = EvalCache(run_dir)
-    kw = dict(device=device, batch_size=batch_size, num_classes=geometry_for(cfg.data).num_classes, cache=cache)
+    kw = dict(device=device, batch_size=batch_size, num_classes=geometry_for(cfg.data).num_classes, seed=seed,
+              channels_last=channels_last)
     task = progress.add_task(f"{Path(run_dir).name}", total=len(y) * (1 + len(eps_grid))) if progress else None
-    clean = run_accuracy(run_dir, model, x, y, attack="none", progress=progress, task=task, **kw)
-    acc = [run_accuracy(run_dir, model, x, y, attack=attack, eps=e, steps=steps, step_size=step_size,
-                        restarts=restarts, progress=progress, task=task, **kw) for e in eps_grid]
+    clean = cached_accuracy(cache, model, x, y, attack="none", progress=progress, task=task, **kw)
+    acc = [cached_accuracy(cache, model, x, y, attack=attack, eps=e, steps=steps, step_size=step_size,
+                           restarts=restarts, progress=progress, task=task, **kw) for e in eps_grid]
     return Curve(str(run_dir), method_label(cfg), float(getattr(cfg.method, "eps", 0.0)), list(eps_grid), acc, clean,
                  len(y), {"attack": attack, "steps": steps, "restarts": restarts})
 
@@ -92,10 +73,7 @@ def caption(curves: list[Curve]) -> str:
 
 
 def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     eps_ts = sorted({c.eps_t for c in curves})
     methods = list(dict.fromkeys(c.method for c in curves))
@@ -106,7 +84,7 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for c in curves:
         ax.plot(c.eps, c.acc, ls=styles[c.method], color=colours[c.eps_t], marker="o", ms=3, lw=1.6,
-                label=f"{c.method}, eps_t={eps_label(c.eps_t)} (area {c.auc:.3f})")
+                label=f"{c.method}, eps_t={format_eps(c.eps_t)} (area {c.auc:.3f})")
     ax.set_xlabel("eps_i (test perturbation, L-inf)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -138,7 +116,7 @@ def pointwise_tables(curves: list[Curve], table_eps: list[float]) -> tuple[str, 
     lookup = {(c.method, c.eps_t): c for c in curves}
     md, rows = [], [["eps_i", "eps_t", *methods]]
     for e in table_eps:
-        md += [f"**eps_i = {eps_label(e)}** ({caption(curves)})", "",
+        md += [f"**eps_i = {format_eps(e)}** ({caption(curves)})", "",
                "| eps_t | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for t in eps_ts:
             cells = []
@@ -146,13 +124,13 @@ def pointwise_tables(curves: list[Curve], table_eps: list[float]) -> tuple[str, 
                 c = lookup.get((m, t))
                 value = next((a for ce, a in zip(c.eps, c.acc) if abs(ce - e) < 1e-9), None) if c else None
                 cells.append("" if value is None else f"{100 * value:.1f}")
-            md.append(f"| {eps_label(t)} | " + " | ".join(cells) + " |")
+            md.append(f"| {format_eps(t)} | " + " | ".join(cells) + " |")
             rows.append([e, t, *cells])
         md.append("")
     md += ["**area under the curve** (mean accuracy over the eps_i range)", "",
            "| eps_t | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for t in eps_ts:
-        md.append(f"| {eps_label(t)} | " + " | ".join(f"{lookup[(m, t)].auc:.3f}" if (m, t) in lookup else ""
+        md.append(f"| {format_eps(t)} | " + " | ".join(f"{lookup[(m, t)].auc:.3f}" if (m, t) in lookup else ""
                                                   for m in methods) + " |")
     out = io.StringIO()
     csv.writer(out).writerows(rows)

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import torch
 
-from robustgan.attacks import attack_mode, pgd
-from robustgan.evaluate.robustness import default_step_size
+from robustgan.attacks import attack_mode, default_step_size, pgd
+from robustgan.eps import format_eps
+from robustgan.evaluate.curves import method_label
+from robustgan.runtime import open_run
+from robustgan.plotting import pyplot
 
 
 def saliency(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -23,22 +26,13 @@ def saliency(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_root=None) -> Path:
     """One PNG: a row pair per run (images, saliency), a column per eps_i (0 = clean)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from robustgan.evaluate.curves import eps_label, method_label
-    from robustgan.runs import RunDir, load_model
-    from robustgan.train import load_split
+    plt = pyplot()
 
     eps_cols = [0.0, *eps_list]
     fig, axes = plt.subplots(2 * len(runs), len(eps_cols), figsize=(1.6 * len(eps_cols), 3.3 * len(runs)),
                              squeeze=False)
     for r, run in enumerate(runs):
-        cfg = RunDir(run).config()
-        model = load_model(run)
-        x_all, y_all = load_split(cfg.data, "test", data_root)
+        cfg, model, x_all, y_all = open_run(run, data_root=data_root)
         x, y = x_all[index:index + 1].float() / 255, y_all[index:index + 1]
         for c, eps in enumerate(eps_cols):
             torch.manual_seed(0)
@@ -50,13 +44,13 @@ def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_r
             img = x_adv[0].permute(1, 2, 0).squeeze(-1).numpy()
             img_ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
             sal_ax.imshow(sal.numpy(), cmap="hot")
-            img_ax.set_title(("clean" if eps == 0 else f"eps_i={eps_label(eps)}") + f"\npred {pred}", fontsize=7,
+            img_ax.set_title(("clean" if eps == 0 else f"eps_i={format_eps(eps)}") + f"\npred {pred}", fontsize=7,
                              color="black" if pred == int(y) else "red")
             for ax in (img_ax, sal_ax):
                 ax.set_xticks([])
                 ax.set_yticks([])
         eps_t = getattr(cfg.method, "eps", 0.0)
-        axes[2 * r, 0].set_ylabel(f"{method_label(cfg)}\neps_t={eps_label(eps_t)}", fontsize=7)
+        axes[2 * r, 0].set_ylabel(f"{method_label(cfg)}\neps_t={format_eps(eps_t)}", fontsize=7)
         axes[2 * r + 1, 0].set_ylabel("saliency", fontsize=7)
     fig.suptitle(f"test image {index}: PGD-{steps} adversarial images and gradient saliency", fontsize=9)
     fig.tight_layout()

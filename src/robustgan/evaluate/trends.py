@@ -18,6 +18,11 @@ import torch
 
 from robustgan.attacks import attack_mode, pgd
 from robustgan.attacks.threat import loss_and_grad
+from robustgan.errors import RobustganError
+from robustgan.methods import method_class
+from robustgan.runs import CHECKPOINT, RunDir, load_state
+from robustgan.runtime import default_eps, geometry_for, open_run
+from robustgan.plotting import pyplot
 
 
 @dataclass
@@ -75,10 +80,7 @@ def write_csv(trends: list[Trend], path: Path) -> None:
 
 
 def plot(trends: list[Trend], x: torch.Tensor, y: int, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = len(trends)
     fig, axes = plt.subplots(rows, 2, figsize=(9, 2.4 * rows), gridspec_kw={"width_ratios": [1, 3]})
@@ -106,19 +108,14 @@ def plot(trends: list[Trend], x: torch.Tensor, y: int, path: Path, title: str) -
 
 def run_trends(run_dir, index: int = 0, eps_max: float | None = None, out: Path | None = None,
                data_root=None) -> tuple[Path, Path, list[Trend]]:
-    """The `robustgan trends` command: PNG + CSV for test image ``index`` of the run's data."""
-    from robustgan.errors import RobustganError
-    from robustgan.runs import RunDir, load_model
-    from robustgan.train import geometry_for, load_split
-
+    """The `robustgan trends` command: PNG + CSV for test image ``index`` of the run's data.
+    ``eps_max`` defaults to the run's eps (``runtime.default_eps``), else 0.1."""
     run = RunDir(run_dir)
-    cfg = run.config()
-    model = load_model(run_dir)
-    x_all, y_all = load_split(cfg.data, "test", data_root)
+    cfg, model, x_all, y_all = open_run(run_dir, data_root=data_root)
     if not 0 <= index < len(y_all):
         raise RobustganError(f"--index must be in [0, {len(y_all) - 1}], got {index}")
     x, y = x_all[index:index + 1].float() / 255, y_all[index:index + 1]
-    eps_max = eps_max or getattr(cfg.method, "eps", None) or cfg.train.eval_eps or 0.1
+    eps_max = eps_max or default_eps(cfg) or 0.1
     delta = generator_perturbation(run, cfg, geometry_for(cfg.data), x, y)
     trends = logit_trends(model, x, y, directions(model, x, y, eps_max, delta), eps_max)
     out = Path(out) if out else run.path / "trends"
@@ -133,9 +130,6 @@ def generator_perturbation(run, cfg, geometry, x, y) -> torch.Tensor | None:
     """The first trained generator's perturbation for x (gan_at runs), else None."""
     if cfg.method.name != "gan_at" or not run.has_checkpoint:
         return None
-    from robustgan.methods import method_class
-    from robustgan.runs import CHECKPOINT, load_state
-
     method = method_class("gan_at")(cfg, geometry, torch.device("cpu"))
     method.load_state_dict(load_state(run.file(CHECKPOINT))["method"])
     method.generators[0].eval()

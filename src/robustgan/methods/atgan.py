@@ -14,7 +14,6 @@ L_f = ||phi(G(x_adv)) - phi(x)||^2 / (C H W) on the loss network's first conv (e
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +22,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robustgan import models
-from robustgan.attacks.threat import no_param_grads
-from robustgan.config import OptimConfig
 from robustgan.errors import ConfigError
-from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method, update
-from robustgan.methods.pgd_at import PGDAttackConfig, make_adversarial
+from robustgan.methods.base import (GeneratorOptimConfig, Method, batch_accuracy, build_classifier, frozen,
+                                    make_optimizer, register_method, update)
+from robustgan.methods.pgd_at import InnerAttackConfig, make_adversarial
+from robustgan.methods.standard import clean_config
 
 GENERATOR_FOR_DATASET = {"mnist": "atgan_g_mnist", "digits": "atgan_g_mnist", "synthetic": "atgan_g_mnist",
                          "svhn": "atgan_g_svhn", "cifar10": "atgan_g_cifar10"}
 
 
 @dataclass
-class ATGANConfig(PGDAttackConfig):
+class ATGANConfig(InnerAttackConfig, GeneratorOptimConfig):
     name: str = "atgan"
     generator: str = "auto"  # atgan_g_mnist | atgan_g_svhn | atgan_g_cifar10; auto = by dataset (Table 1)
     alpha1: float = 1.0  # weight of L_c in the D loss (Algorithm 1)
@@ -47,34 +46,20 @@ class ATGANConfig(PGDAttackConfig):
     loss_net_epochs: int = 5  # epochs of clean training for the loss network when none is given
 
     def validate(self):
-        super().validate()
-        if self.generator != "auto" and (self.generator not in models.MODELS or models.kind(self.generator) != "generator"):
+        super().validate()  # the inner attack's and the generator optimizer's settings
+        if self.generator != "auto" and (self.generator not in models.MODELS
+                                         or models.kind(self.generator) != "image_generator"):
             raise ConfigError(f"method.generator: {self.generator!r} is not an image generator "
                               f"(atgan_g_mnist, atgan_g_svhn, atgan_g_cifar10 or auto)")
         for key in ("alpha1", "alpha2", "beta", "gamma"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"method.{key} must be >= 0, got {getattr(self, key)}")
-        OptimConfig("adam", self.g_lr, self.g_betas).validate("method.g")
         if self.loss_net_epochs <= 0:
             raise ConfigError(f"method.loss_net_epochs must be positive, got {self.loss_net_epochs}")
 
 
 def generator_name(cfg) -> str:
     return cfg.method.generator if cfg.method.generator != "auto" else GENERATOR_FOR_DATASET.get(cfg.data.name, "atgan_g_cifar10")
-
-
-@contextmanager
-def frozen(module: nn.Module):
-    """Parameters get no gradient and buffers (BN running statistics) are restored on exit:
-    the module acts as a fixed function in its current mode."""
-    buffers = [b.clone() for b in module.buffers()]
-    try:
-        with no_param_grads(module):
-            yield module
-    finally:
-        with torch.no_grad():
-            for b, saved in zip(module.buffers(), buffers):
-                b.copy_(saved)
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -96,7 +81,7 @@ class ATGAN(Method):
         self.G, self.D = self.pipeline[0], self.pipeline[1]
         self.loss_net = build_classifier(cfg, geometry).to(device).eval().requires_grad_(False)
         self.opt_d = make_optimizer(self.D.parameters(), cfg.optim)
-        self.opt_g = make_optimizer(self.G.parameters(), OptimConfig("adam", cfg.method.g_lr, cfg.method.g_betas))
+        self.opt_g = make_optimizer(self.G.parameters(), cfg.method.generator_optim())
 
     @classmethod
     def build_defended(cls, cfg, geometry):
@@ -117,22 +102,20 @@ class ATGAN(Method):
         return [self.opt_d]  # paper 000 Sec. 4.4: only D's learning rate decays
 
     # ------------------------------------------------------------------ loss network
-    def prepare(self, run_dir, log, quiet):
-        """Load the loss network from ``loss_net_run`` or train it on clean data first, as
-        its own run in <run>/loss_net (same loop, resumable), then freeze it."""
-        from robustgan.runs import RunDir, load_model
-        from robustgan.train import fit_clean_subrun
+    @classmethod
+    def subruns(cls, cfg):
+        """The loss network: ``loss_net_run`` if given, else a clean run of D's backbone
+        trained first into <run>/loss_net (the loop trains it, resumably)."""
+        if cfg.method.loss_net_run:
+            return {"loss_net": Path(cfg.method.loss_net_run)}
+        return {"loss_net": clean_config(cfg, cfg.method.loss_net_epochs, cfg.train.seed)}
 
-        mcfg = self.cfg.method
-        source = Path(mcfg.loss_net_run) if mcfg.loss_net_run else Path(run_dir) / "loss_net"
-        if not mcfg.loss_net_run and not RunDir(source).is_complete:
-            log(f"training the loss network ({self.cfg.model.name}, {mcfg.loss_net_epochs} epochs, clean) -> {source}")
-            fit_clean_subrun(self.cfg, source, mcfg.loss_net_epochs, self.cfg.train.seed, quiet)
-        trained = load_model(source)
+    def use_subruns(self, trained):
         try:
-            self.loss_net.load_state_dict(trained.state_dict())
+            self.loss_net.load_state_dict(trained["loss_net"].state_dict())
         except RuntimeError:
-            raise ConfigError(f"method.loss_net_run: {source} is not a {self.cfg.model.name} classifier run") from None
+            raise ConfigError(f"method.loss_net_run: {self.cfg.method.loss_net_run} is not a "
+                              f"{self.cfg.model.name} classifier run") from None
         self.loss_net.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ Algorithm 1
@@ -152,7 +135,7 @@ class ATGAN(Method):
         loss_D = m.alpha1 * (loss_a + m.beta * loss_b) - loss_d
         update(self.opt_d, loss_D)
         return {"L_D": loss_D.detach(), "L_a": loss_a.detach(), "L_b": loss_b.detach(), "L_d": loss_d.detach(),
-                "clean_acc": accuracy(logits_real.detach(), y), "D_real_acc": (rf_real.detach() > 0).float().mean(),
+                "clean_acc": batch_accuracy(logits_real.detach(), y), "D_real_acc": (rf_real.detach() > 0).float().mean(),
                 "D_fake_acc": (rf_fake.detach() < 0).float().mean()}
 
     def g_step(self, x, x_gen, y, loss_a: torch.Tensor) -> dict:
@@ -170,7 +153,7 @@ class ATGAN(Method):
             loss_G = m.alpha2 * m.beta * loss_b - loss_g + m.gamma * loss_f
             update(self.opt_g, loss_G)
         return {"L_G": (loss_G + m.alpha2 * loss_a).detach(), "L_g": loss_g.detach(), "L_f": loss_f.detach(),
-                "adv_acc": accuracy(logits_gen.detach(), y)}
+                "adv_acc": batch_accuracy(logits_gen.detach(), y)}
 
     def step(self, x, y):
         x_adv, n_adv = self.attack(x, y)

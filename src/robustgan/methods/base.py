@@ -1,17 +1,20 @@
-"""The method interface and registry."""
+"""The method interface, its registry, and helpers shared by methods."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
-from robustgan.config import Config, OptimConfig
-from robustgan.errors import ConfigError
 from robustgan import models
+from robustgan.attacks.threat import no_param_grads
+from robustgan.config import METHOD_CONFIGS, Config, OptimConfig
 from robustgan.distributed import average_gradients
+from robustgan.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,38 @@ class Geometry:
     num_classes: int
 
 
+@dataclass
+class MethodConfig:
+    """Base of every ``[method]`` section: the method's registered name."""
+
+    name: str = ""
+
+    def validate(self):
+        pass
+
+
+@dataclass
+class GeneratorOptimConfig(MethodConfig):
+    """Adam settings of a method's generator(s) (ATGAN's G, GAN-AT's perturbation
+    generators); the discriminator / classifier uses ``[optim]``."""
+
+    g_lr: float = 2e-4
+    g_betas: tuple[float, float] = (0.5, 0.9)
+
+    def generator_optim(self) -> OptimConfig:
+        return OptimConfig("adam", self.g_lr, self.g_betas)
+
+    def validate(self):
+        super().validate()
+        self.generator_optim().validate("method.g")
+
+
 class Method:
-    """Base class. Subclasses set ``name`` and ``Config`` (a dataclass with a ``name``
-    field and ``validate()``), build their networks and optimizers in ``__init__``, and
-    implement ``step`` and ``build_defended``."""
+    """Base class. Subclasses set ``name`` and ``Config`` (a ``MethodConfig`` dataclass),
+    build their networks and optimizers in ``__init__``, and implement ``step`` and
+    ``build_defended``. A method that needs trained models before its first step (ATGAN's
+    loss network) declares them in ``subruns``; the training loop trains them first and
+    hands them to ``use_subruns``."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -44,15 +75,20 @@ class Method:
     def defended_model(self) -> nn.Module:
         raise NotImplementedError
 
+    # --- models trained before this one
+    @classmethod
+    def subruns(cls, cfg: Config) -> dict[str, Config | Path]:
+        """{name: a Config to train as the run <run>/<name>, or the Path of a finished run}."""
+        return {}
+
+    def use_subruns(self, trained: dict[str, nn.Module]) -> None:
+        """Receive the sub-runs' defended models (eval mode), by the names ``subruns`` gave."""
+
     # --- training
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step on a batch x (B, C, H, W) in [0, 1], y (B,). Returns 0-d
         detached tensors (no host sync); the loop averages and logs them."""
         raise NotImplementedError
-
-    def prepare(self, run_dir, log, quiet: bool) -> None:
-        """Optional phase before the main loop (e.g. ATGAN's loss network). ``run_dir`` is
-        the run's directory (a sub-run may live inside it), ``log`` prints a message."""
 
     def collapse_warnings(self, averages: dict[str, float]) -> list[str]:
         """Signs that adversarial training between networks has collapsed, from one epoch's
@@ -88,7 +124,10 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: the method under ``cls.name``, its config dataclass in config.py's
+    registry (so ``[method] name = ...`` parses into it)."""
     METHODS[cls.name] = cls
+    METHOD_CONFIGS[cls.name] = cls.Config
     return cls
 
 
@@ -96,10 +135,6 @@ def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise ConfigError(f"method.name: unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
     return METHODS[name]
-
-
-def method_config_class(name: str) -> type:
-    return method_class(name).Config
 
 
 # ------------------------------------------------------------------ helpers shared by methods
@@ -131,8 +166,23 @@ def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.step()
 
 
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Fraction correct as a 0-d tensor (no host sync)."""
+def batch_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction of a batch classified correctly, as a 0-d tensor (no host sync)."""
     if len(y) == 0:
         return torch.zeros((), device=y.device)
     return (logits.argmax(1) == y).float().mean()
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """Parameters get no gradient and buffers (BN running statistics) are restored on exit:
+    the module acts as a fixed function in its current mode (the other network's step in a
+    GAN)."""
+    buffers = [b.clone() for b in module.buffers()]
+    try:
+        with no_param_grads(module):
+            yield module
+    finally:
+        with torch.no_grad():
+            for b, saved in zip(module.buffers(), buffers):
+                b.copy_(saved)

@@ -17,28 +17,26 @@ import torch
 import torch.nn.functional as F
 
 from robustgan import models
-from robustgan.attacks import attack_mode
-from robustgan.attacks.threat import loss_and_grad
-from robustgan.config import OptimConfig, check_eps_value
+from robustgan.attacks.threat import attack_mode, loss_and_grad
+from robustgan.config import check_eps_value
 from robustgan.errors import ConfigError
-from robustgan.methods.atgan import frozen
-from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method, update
+from robustgan.methods.base import (GeneratorOptimConfig, Method, batch_accuracy, build_classifier, frozen,
+                                    make_optimizer, register_method, update)
 
 FORMULATIONS = ("x", "x,z", "grad", "grad,x")
 
 
 @dataclass
-class GANATConfig:
+class GANATConfig(GeneratorOptimConfig):  # generators: Adam 2e-4 (0.5, 0.9), the default
     name: str = "gan_at"
     inputs: str = "grad"  # x (G1) | x,z (G2) | grad (G3) | grad,x (G4)
     eps: float = 16 / 255  # bound of the generator's perturbation
     generators: int = 1  # 1, or 2 for dual generators
     width: int = 1  # generator filters x1 (128 residual channels) or x2 (256)
     z_channels: int = 4  # latent noise channels for x,z (not given in the paper)
-    g_lr: float = 2e-4  # generators: Adam 2e-4 (0.5, 0.9); the classifier uses [optim]
-    g_betas: tuple[float, float] = (0.5, 0.9)
 
     def validate(self):
+        super().validate()
         if self.inputs not in FORMULATIONS:
             raise ConfigError(f"method.inputs must be one of {', '.join(FORMULATIONS)}; got {self.inputs!r}")
         check_eps_value(self.eps, "method.eps")
@@ -48,7 +46,6 @@ class GANATConfig:
             raise ConfigError(f"method.width must be 1 or 2, got {self.width}")
         if self.z_channels <= 0:
             raise ConfigError(f"method.z_channels must be positive, got {self.z_channels}")
-        OptimConfig("adam", self.g_lr, self.g_betas).validate("method.g")
 
 
 def generator_in_channels(mcfg: GANATConfig, channels: int) -> int:
@@ -69,7 +66,7 @@ class GANAT(Method):
                          out_channels=geometry.channels, eps=m.eps, width=m.width).to(device)
             for _ in range(m.generators)]
         self.opt_c = make_optimizer(self.classifier.parameters(), cfg.optim)
-        self.opt_g = [make_optimizer(g.parameters(), OptimConfig("adam", m.g_lr, m.g_betas)) for g in self.generators]
+        self.opt_g = [make_optimizer(g.parameters(), m.generator_optim()) for g in self.generators]
 
     @classmethod
     def build_defended(cls, cfg, geometry):
@@ -119,9 +116,9 @@ class GANAT(Method):
         losses = [F.cross_entropy(p, y) for p in parts]
         loss = sum(losses)
         update(self.opt_c, loss)
-        out = {"L_C": loss.detach(), "clean_acc": accuracy(parts[0].detach(), y)}
+        out = {"L_C": loss.detach(), "clean_acc": batch_accuracy(parts[0].detach(), y)}
         for k, p in enumerate(parts[1:]):
-            out[f"G{k}_acc"] = accuracy(p.detach(), y)
+            out[f"G{k}_acc"] = batch_accuracy(p.detach(), y)
         return out
 
     def generator_step(self, k: int, x_adv, y) -> dict:

@@ -11,15 +11,15 @@ import torch
 from robustgan.attacks import pgd
 from robustgan.config import check_eps_value, check_frac
 from robustgan.errors import ConfigError
-from robustgan.methods.base import accuracy, register_method
+from robustgan.methods.base import MethodConfig, batch_accuracy, register_method
 from robustgan.methods.standard import Standard
 
 
 @dataclass
-class PGDAttackConfig:
-    """The inner maximisation's settings, shared by every adversarially trained method."""
+class InnerAttackConfig(MethodConfig):
+    """The inner maximisation's settings (PGD on the defended model), shared by every
+    PGD-trained method: pgd_at and atgan."""
 
-    name: str = "pgd_at"
     eps: float = 0.3  # eps_t, pixel scale
     steps: int = 40
     step_size: float = 0.0  # 0 = 2.5 * eps / steps (Madry et al.)
@@ -28,6 +28,7 @@ class PGDAttackConfig:
     ramp_epochs: int = 0  # grow eps linearly from 0 over the first epochs
 
     def validate(self):
+        super().validate()
         check_eps_value(self.eps, "method.eps")
         check_frac(self.frac, "method.frac")
         if self.steps <= 0:
@@ -38,23 +39,23 @@ class PGDAttackConfig:
             raise ConfigError(f"method.ramp_epochs must be >= 0, got {self.ramp_epochs}")
 
 
-def eps_now(mcfg: PGDAttackConfig, epoch: int) -> float:
+def eps_now(mcfg: InnerAttackConfig, epoch: int) -> float:
     """eps_t with the optional linear ramp-up over the first ``ramp_epochs`` epochs."""
     if mcfg.ramp_epochs <= 0:
         return mcfg.eps
     return mcfg.eps * min(1.0, (epoch + 1) / mcfg.ramp_epochs)
 
 
-def step_size_for(mcfg: PGDAttackConfig, eps: float) -> float:
+def step_size_for(mcfg: InnerAttackConfig, eps: float) -> float:
     return mcfg.step_size if mcfg.step_size > 0 else 2.5 * eps / mcfg.steps
 
 
-def split_adversarial(mcfg: PGDAttackConfig, batch_size: int) -> int:
+def split_adversarial(mcfg: InnerAttackConfig, batch_size: int) -> int:
     """Number of adversarial samples in a batch of ``batch_size`` (FracAT)."""
     return int(math.floor(mcfg.frac * batch_size + 0.5))
 
 
-def make_adversarial(model, x, y, mcfg: PGDAttackConfig, epoch: int) -> tuple[torch.Tensor, int]:
+def make_adversarial(model, x, y, mcfg: InnerAttackConfig, epoch: int) -> tuple[torch.Tensor, int]:
     """Attack the first ``frac`` of the batch (eval mode, parameters untouched); return the
     mixed batch (adversarial first, then clean) and the number of adversarial samples."""
     n_adv = split_adversarial(mcfg, len(y))
@@ -66,16 +67,21 @@ def make_adversarial(model, x, y, mcfg: PGDAttackConfig, epoch: int) -> tuple[to
     return torch.cat([x_adv, x[n_adv:]]), n_adv
 
 
+@dataclass
+class PGDATConfig(InnerAttackConfig):
+    name: str = "pgd_at"
+
+
 @register_method
 class PGDAT(Standard):
     name = "pgd_at"
-    Config = PGDAttackConfig
+    Config = PGDATConfig
 
     def step(self, x, y):
         mcfg = self.cfg.method
         x_mix, n_adv = make_adversarial(self.model, x, y, mcfg, self.epoch)
         logits, loss = self.train_on(x_mix, y)
-        metrics = {"loss": loss, "adv_acc": accuracy(logits[:n_adv], y[:n_adv])}
+        metrics = {"loss": loss, "adv_acc": batch_accuracy(logits[:n_adv], y[:n_adv])}
         if n_adv < len(y):
-            metrics["clean_acc"] = accuracy(logits[n_adv:], y[n_adv:])
+            metrics["clean_acc"] = batch_accuracy(logits[n_adv:], y[n_adv:])
         return metrics

@@ -7,15 +7,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustgan.methods.base import Method, accuracy, build_classifier, make_optimizer, register_method, update
+from robustgan.config import Config, from_dict, to_dict
+from robustgan.methods.base import (Method, MethodConfig, batch_accuracy, build_classifier, make_optimizer,
+                                    register_method, update)
 
 
 @dataclass
-class StandardConfig:
+class StandardConfig(MethodConfig):
     name: str = "standard"
 
-    def validate(self):
-        pass
+
+def clean_config(cfg: Config, epochs: int, seed: int) -> Config:
+    """A `standard` run of ``cfg``'s data, backbone and optimizer, with no schedule: ATGAN's
+    loss network, and the transfer check's surrogate (with another seed)."""
+    raw = to_dict(cfg)
+    raw["method"] = {"name": "standard"}
+    raw["schedule"] = {}
+    raw["train"] = {**raw["train"], "epochs": epochs, "steps": 0, "seed": seed}
+    return from_dict({k: {f: v for f, v in section.items() if v is not None} for k, section in raw.items()})
 
 
 @register_method
@@ -51,4 +60,4 @@ class Standard(Method):
 
     def step(self, x, y):
         logits, loss = self.train_on(x, y)
-        return {"loss": loss, "acc": accuracy(logits, y)}
+        return {"loss": loss, "acc": batch_accuracy(logits, y)}

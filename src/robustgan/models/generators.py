@@ -51,7 +51,7 @@ class ImageGenerator(nn.Module):
         return (torch.tanh(self.body(x)) + 1) / 2
 
 
-@register_model("generator")
+@register_model("image_generator")
 def atgan_g_mnist(in_channels=1, **_):
     """Table 1, MNIST column. The last Conv has as many filters as the image has channels."""
     c = in_channels
@@ -63,7 +63,7 @@ def atgan_g_mnist(in_channels=1, **_):
     ])
 
 
-@register_model("generator")
+@register_model("image_generator")
 def atgan_g_svhn(in_channels=3, **_):
     """Table 1, SVHN column."""
     c = in_channels
@@ -74,7 +74,7 @@ def atgan_g_svhn(in_channels=3, **_):
     ])
 
 
-@register_model("generator")
+@register_model("image_generator")
 def atgan_g_cifar10(in_channels=3, **_):
     """Table 1, CIFAR-10 column."""
     c = in_channels
@@ -106,6 +106,6 @@ class PerturbationGenerator(nn.Module):
         return self.eps * torch.tanh(self.body(inp))
 
 
-@register_model("perturbation")
+@register_model("perturbation_generator")
 def perturbation_g(in_channels=3, out_channels=None, eps=16 / 255, width=1, **_):
     return PerturbationGenerator(in_channels, out_channels or in_channels, eps, width)

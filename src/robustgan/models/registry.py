@@ -9,13 +9,13 @@ import torch.nn as nn
 
 from robustgan.errors import ConfigError
 
-KINDS = ("classifier", "generator", "perturbation")
+KINDS = ("classifier", "image_generator", "perturbation_generator")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    kind: str  # classifier: image -> logits; generator: image -> image; perturbation: input -> delta
+    kind: str  # classifier: image -> logits; image_generator: image -> image; perturbation_generator: input -> delta
     fn: Callable[..., nn.Module]
 
 

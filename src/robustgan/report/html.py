@@ -11,9 +11,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from robustgan import __version__
-from robustgan.evaluate.curves import Curve, caption, eps_label, plot_curves
+from robustgan.eps import format_eps, grid_for
+from robustgan.evaluate.curves import Curve, caption, compute_curve, method_label, plot_curves
+from robustgan.evaluate.saliency import saliency_grid
+from robustgan.evaluate.trends import run_trends
 from robustgan.runs import RunDir
+from robustgan.version import __version__
+from robustgan.plotting import pyplot
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -48,10 +52,7 @@ def img(uri: str, alt: str) -> str:
 
 
 def training_figure(run: RunDir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = run.metrics()
     train = [r for r in records if r.get("split") == "train"]
@@ -80,12 +81,12 @@ def curves_tables_html(curves: list[Curve]) -> str:
     methods = list(dict.fromkeys(c.method for c in curves))
     eps_ts = sorted({c.eps_t for c in curves})
     lookup = {(c.method, c.eps_t): c for c in curves}
-    head = "<tr><th>eps_i \\ eps_t</th>" + "".join(f"<th>{m}<br>eps_t={eps_label(t)}</th>" for m in methods
+    head = "<tr><th>eps_i \\ eps_t</th>" + "".join(f"<th>{m}<br>eps_t={format_eps(t)}</th>" for m in methods
                                                    for t in eps_ts if (m, t) in lookup) + "</tr>"
     rows = []
     for i, e in enumerate(curves[0].eps):
         cells = "".join(f"<td>{100 * lookup[(m, t)].acc[i]:.1f}</td>" for m in methods for t in eps_ts if (m, t) in lookup)
-        rows.append(f"<tr><td>{eps_label(e)}</td>{cells}</tr>")
+        rows.append(f"<tr><td>{format_eps(e)}</td>{cells}</tr>")
     area = "".join(f"<td>{lookup[(m, t)].auc:.3f}</td>" for m in methods for t in eps_ts if (m, t) in lookup)
     return (f"<table>{head}{''.join(rows)}<tr><th>area</th>{area}</tr></table>"
             f'<p class="caption">Accuracy (%) per test eps_i; {caption(curves)}. Area: mean accuracy over the eps_i range.</p>')
@@ -101,26 +102,22 @@ def check_html(run: RunDir) -> str:
         f"{'pass' if c['passed'] else 'WARN'}</td><td style=\"text-align:left\">{html.escape(c['detail'])}</td></tr>"
         for c in report["checks"])
     return (f"<table><tr><th>check</th><th>status</th><th>numbers</th></tr>{rows}</table>"
-            f'<p class="caption">eps = {eps_label(report["eps"])}, n = {report["n"]} test images, '
+            f'<p class="caption">eps = {format_eps(report["eps"])}, n = {report["n"]} test images, '
             f'PGD-{report["steps"]} / PGD-{report["long_steps"]}, {report["restarts"]} restarts.</p>')
 
 
 def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20, limit: int = 0, index: int = 0,
                  device="cpu", data_root=None, progress=None) -> Path:
-    from robustgan.evaluate.curves import EPS_I_GRIDS, compute_curve, method_label
-    from robustgan.evaluate.saliency import saliency_grid
-    from robustgan.evaluate.trends import run_trends
-
     runs = [Path(r) for r in runs]
     configs = [RunDir(r).config() for r in runs]
     dataset = configs[0].data.name
-    grid = eps_grid or EPS_I_GRIDS[dataset]
+    grid = eps_grid or grid_for(dataset)
     curves = [compute_curve(r, grid, steps=steps, limit=limit, device=device, data_root=data_root, progress=progress)
               for r in runs]
     parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
     summary = "".join(
-        f"<tr><td>{html.escape(str(r))}</td><td>{method_label(c)}</td><td>{eps_label(getattr(c.method, 'eps', 0.0))}</td>"
+        f"<tr><td>{html.escape(str(r))}</td><td>{method_label(c)}</td><td>{format_eps(getattr(c.method, 'eps', 0.0))}</td>"
         f"<td>{100 * cv.clean:.1f}</td><td>{cv.auc:.3f}</td><td>{_check_status(RunDir(r))}</td></tr>"
         for r, c, cv in zip(runs, configs, curves))
     parts.append("<h2>Summary</h2><table><tr><th>run</th><th>method</th><th>eps_t</th><th>clean %</th>"

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from robustgan.errors import RobustganError
+from robustgan.runs import RunDir
+from robustgan.runtime import geometry_for, load_model
 
 
 def load_image(path: Path, channels: int, size: int) -> torch.Tensor:
     """An image file as a (1, C, size, size) float tensor in [0, 1]: converted to grey or
     RGB as the run's dataset needs and resized (bilinear) to the run's image size."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
@@ -29,11 +30,7 @@ def load_image(path: Path, channels: int, size: int) -> torch.Tensor:
 
 def predict(run_dir, paths: list[Path]) -> list[tuple[Path, int, float]]:
     """(path, class, confidence) for each image, from the run's defended model."""
-    from robustgan.runs import RunDir, load_model
-    from robustgan.train import geometry_for
-
-    cfg = RunDir(run_dir).config()
-    geometry = geometry_for(cfg.data)
+    geometry = geometry_for(RunDir(run_dir).config().data)  # no dataset files needed
     model = load_model(run_dir)
     results = []
     for path in paths:

@@ -1,0 +1,32 @@
+"""The ``robustgan`` command line (typer): one module per command group, registered here.
+Errors a user can cause print one line and exit 2 (``main``)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from robustgan.cli import demo, evaluation, reports, training
+from robustgan.cli.common import err_console
+from robustgan.errors import Interrupted, RobustganError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train and evaluate GAN-based adversarial defenses (ATGAN, GAN-AT) and their baselines.")
+app.command()(training.train)
+app.command("eval")(evaluation.eval_)
+for command in (evaluation.curve, evaluation.check, evaluation.saliency, training.sweep, reports.report,
+                evaluation.trends, evaluation.predict, demo.demo):
+    app.command()(command)
+
+
+def main():
+    try:
+        app()
+    except RobustganError as err:
+        text = str(err) if isinstance(err, Interrupted) else f"error: {err}"
+        err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,223 @@
+"""Evaluation commands: eval, curve, check, saliency, trends, predict."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from robustgan.cli.common import (ATTACK, DATA_ROOT, DEVICE, LIMIT, STEPS, check_attack, eps_grid, err_console,
+                                  json_eps, out_console, parse_eps_list, parse_one_eps, require)
+from robustgan.eps import format_eps, grid_for
+from robustgan.evaluate.checks import check_run
+from robustgan.evaluate.curves import compute_curve, curves_csv, plot_curves, pointwise_tables
+from robustgan.evaluate.predict import predict as classify
+from robustgan.evaluate.saliency import saliency_grid
+from robustgan.evaluate.trends import run_trends
+from robustgan.runs import RunDir
+from robustgan.runtime import default_eps, resolve_device
+
+STEP_SIZE = typer.Option(None, "--step-size", help="PGD step (default 2.5*eps/steps)")
+RESTARTS = typer.Option(1, help="PGD random restarts (each sample keeps its worst case)")
+
+
+def eval_(
+    run: Path = typer.Argument(..., help="Run directory"),
+    attack: str = ATTACK,
+    eps: str = typer.Option("", help="Comma-separated eps values in pixel scale (8/255 allowed); default: the run's eval eps"),
+    steps: int = STEPS,
+    step_size: Optional[float] = STEP_SIZE,
+    restarts: int = RESTARTS,
+    data_root: Optional[Path] = DATA_ROOT,
+    limit: int = LIMIT,
+    batch_size: int = typer.Option(256, "--batch-size"),
+    device: str = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout"),
+    seed: int = typer.Option(0, help="Seed for random starts"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (faster convolutions)"),
+):
+    """Clean and adversarial accuracy of a run's full defended model, per eps.
+
+    Examples:
+
+      robustgan eval runs/pgd-digits --attack pgd --eps 0.1,0.2,0.3 --steps 40
+
+      robustgan eval runs/atgan-cifar10 --eps 2/255,8/255 --restarts 5 --limit 1000 --json
+    """
+    check_attack(attack)
+    require(steps > 0 and restarts > 0 and limit >= 0 and batch_size > 0,
+            "--steps, --restarts and --batch-size must be positive, --limit >= 0")
+    require(step_size is None or step_size > 0, f"--step-size must be positive, got {step_size}")
+    eps_list = parse_eps_list(eps) if eps else [default_eps(RunDir(run).config())]
+    with Progress(console=err_console, transient=True) as progress:
+        curve = compute_curve(run, eps_list, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
+                              limit=limit, seed=seed, device=resolve_device(device), data_root=data_root,
+                              batch_size=batch_size, channels_last=channels_last, progress=progress)
+    is_pgd = attack == "pgd"
+    table = Table(title=f"{run}: {attack}" + (f"-{steps} x{restarts}" if is_pgd else "") + f", n={curve.n}")
+    table.add_column("eps")
+    table.add_column("accuracy", justify="right")
+    table.add_row("clean", f"{curve.clean:.2%}")
+    for e, acc in zip(curve.eps, curve.acc):
+        table.add_row(format_eps(e), f"{acc:.2%}")
+    if not as_json:
+        out_console.print(table)
+        return
+    err_console.print(table)
+    result = {"run": str(run), "n": curve.n, "attack": attack, "steps": steps if is_pgd else None,
+              "restarts": restarts if is_pgd else None, "clean": curve.clean,
+              "results": [{"eps": json_eps(e), "accuracy": acc} for e, acc in zip(curve.eps, curve.acc)]}
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+def curve(
+    runs: List[Path] = typer.Argument(..., help="Run directories (e.g. a sweep's runs)"),
+    eps: str = typer.Option("", help="eps_i grid, comma-separated (default: the paper's grid for the dataset)"),
+    attack: str = ATTACK,
+    steps: int = STEPS,
+    step_size: Optional[float] = STEP_SIZE,
+    restarts: int = RESTARTS,
+    table_eps: str = typer.Option("", "--table-eps", help="eps_i values for the point-wise tables (default: all)"),
+    limit: int = LIMIT,
+    out: Path = typer.Option(Path("runs/curves"), "--out", help="Output folder"),
+    device: str = DEVICE,
+    data_root: Optional[Path] = DATA_ROOT,
+):
+    """Robustness curves (accuracy vs eps_i, paper 000 Figs. 2-4), their areas, and the
+    point-wise tables (Tables 2-4). Writes curves.png, curves.csv, tables.md, tables.csv.
+    Results are cached in each run, so re-plotting costs nothing.
+
+    Examples:
+
+      robustgan curve runs/sweep-mnist/* --steps 40 --table-eps 0.1,0.3
+
+      robustgan curve runs/atgan-digits runs/pgd-digits --eps 0.05,0.1,0.2,0.3 --limit 200
+    """
+    check_attack(attack)
+    require(steps > 0 and restarts > 0 and limit >= 0, "--steps and --restarts must be positive, --limit >= 0")
+    dataset = RunDir(runs[0]).config().data.name
+    grid = eps_grid(eps, dataset)
+    table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
+    with Progress(console=err_console, transient=True) as progress:
+        curves = [compute_curve(r, grid, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
+                                limit=limit, device=resolve_device(device), data_root=data_root, progress=progress)
+                  for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(curves, out / "curves.png", f"{dataset}: robustness curves")
+    (out / "curves.csv").write_text(curves_csv(curves))
+    md, table_csv = pointwise_tables(curves, table_grid)
+    (out / "tables.md").write_text(md)
+    (out / "tables.csv").write_text(table_csv)
+    table = Table(title=f"area under the robustness curve (n={curves[0].n})")
+    for col in ("run", "method", "eps_t", "clean", "area"):
+        table.add_column(col)
+    for c in curves:
+        table.add_row(str(c.run), c.method, format_eps(c.eps_t), f"{c.clean:.1%}", f"{c.auc:.3f}")
+    out_console.print(table)
+    out_console.print(f"wrote {out}/curves.png, curves.csv, tables.md, tables.csv")
+
+
+def check(
+    run: Path = typer.Argument(..., help="Run directory"),
+    eps: Optional[str] = typer.Option(None, help="eps for the checks, e.g. 0.3 or 8/255 (default: the run's eval / training eps)"),
+    steps: int = typer.Option(40, help="PGD steps of the reference attack"),
+    long_steps: int = typer.Option(1000, "--long-steps", help="Steps of the long PGD"),
+    restarts: int = typer.Option(5, help="Random restarts for the restart check"),
+    surrogate: Optional[str] = typer.Option(None, help="Surrogate run for the transfer check, or 'auto' to train one"),
+    autoattack: bool = typer.Option(True, "--autoattack/--no-autoattack", help="Run AutoAttack (needs torchattacks)"),
+    autoattack_limit: int = typer.Option(200, "--autoattack-limit", help="Images for AutoAttack"),
+    limit: int = LIMIT,
+    tol: float = typer.Option(0.05, help="Accuracy difference tolerated as attack noise"),
+    device: str = DEVICE,
+    data_root: Optional[Path] = DATA_ROOT,
+):
+    """Gradient-masking checks (paper 000 Table 5 and more). Exits 1 if any check warns.
+
+    Examples:
+
+      robustgan check runs/atgan-digits --surrogate auto
+
+      robustgan check runs/pgd-mnist --eps 0.3 --long-steps 200 --limit 1000 --no-autoattack
+    """
+    eps_value = parse_one_eps(eps, "--eps") if eps is not None else None
+    require(min(steps, long_steps, restarts) > 0 and limit >= 0 and 0 <= tol <= 1,
+            "--steps, --long-steps and --restarts must be positive, --tol in [0, 1]")
+
+    def show(result):
+        mark = "[green]pass[/green]" if result.passed else "[bold red]WARN[/bold red]"
+        out_console.print(f"{mark}  {result.name:<14} {result.detail}")
+
+    results = check_run(run, eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, limit=limit,
+                        surrogate=surrogate, autoattack=autoattack, autoattack_limit=autoattack_limit,
+                        tol=tol, device=resolve_device(device), data_root=data_root, on_result=show)
+    failed = [r.name for r in results if not r.passed]
+    if failed:
+        out_console.print(f"[bold red]possible gradient masking[/bold red]: {', '.join(failed)} (saved {run}/check.json)")
+        raise typer.Exit(1)
+    out_console.print(f"all {len(results)} checks passed (saved {run}/check.json)")
+
+
+def saliency(
+    runs: List[Path] = typer.Argument(..., help="Run directories, one row pair each"),
+    index: int = typer.Option(0, "--index", "-i", help="Test image index"),
+    eps_i: str = typer.Option("", "--eps-i", help="Test eps values (default: 3 from the dataset's grid)"),
+    steps: int = STEPS,
+    out: Path = typer.Option(Path("runs/saliency.png"), "--out", help="Output PNG"),
+    data_root: Optional[Path] = DATA_ROOT,
+):
+    """Adversarial images and gradient saliency maps per (eps_t, eps_i) (paper 000 Figs. 5-7).
+
+    Examples:
+
+      robustgan saliency runs/sweep/atgan-eps0.1 runs/sweep/atgan-eps0.3 --index 7 --eps-i 0.1,0.2,0.3
+    """
+    require(steps > 0, "--steps must be positive")
+    dataset = RunDir(runs[0]).config().data.name
+    grid = parse_eps_list(eps_i, "--eps-i") if eps_i else grid_for(dataset)[::4][:3]
+    path = saliency_grid(runs, index, grid, out, steps, data_root)
+    out_console.print(f"wrote {path}")
+
+
+def trends(
+    run: Path = typer.Argument(..., help="Run directory"),
+    index: int = typer.Option(0, "--index", "-i", help="Test image index"),
+    eps_max: Optional[str] = typer.Option(None, "--eps-max", help="Largest perturbation, e.g. 0.3 or 16/255 (default: the run's eps)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/trends)"),
+    data_root: Optional[Path] = DATA_ROOT,
+):
+    """Logit trends along random, FGSM, PGD and generator directions (paper 002, Fig. 5).
+
+    Writes trends_<index>.png and trends_<index>.csv (one row per direction and scale).
+
+    Examples:
+
+      robustgan trends runs/gan-at-digits-grad --index 3
+
+      robustgan trends runs/pgd-digits --eps-max 0.3 --out figures/
+    """
+    value = parse_one_eps(eps_max, "--eps-max") if eps_max is not None else None
+    png, csv_path, found = run_trends(run, index, value, out, data_root)
+    for t in found:
+        where = f"overtaken at +{t.crossing:.3f}" if t.crossing is not None else "never overtaken"
+        out_console.print(f"{t.name:>10}: {where}")
+    out_console.print(f"wrote {png} and {csv_path}")
+
+
+def predict(
+    run: Path = typer.Argument(..., help="Run directory"),
+    images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...)"),
+):
+    """Classify image files with a run's defended model (converted to grey/RGB and resized
+    to the run's dataset as needed).
+
+    Examples:
+
+      robustgan predict runs/demo/atgan digit.png another.png
+    """
+    for path, label, confidence in classify(run, images):
+        sys.stdout.write(f"{path}\t{label}\t{confidence:.3f}\n")  # tab-separated: path, class, confidence

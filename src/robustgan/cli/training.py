@@ -1,0 +1,96 @@
+"""Training commands: train, sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from robustgan.cli.common import DATA_ROOT, err_console, out_console, parse_eps_list, require
+from robustgan.config import check_frac, load_config
+from robustgan.errors import RobustganError
+from robustgan.sweep import run_sweep
+from robustgan.train import fit
+
+
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML preset, e.g. configs/pgd-at-digits.toml"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a key: --set method.eps=0.3 (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<config name>)"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint"),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this many epochs (resumable)"),
+    data_root: Optional[Path] = DATA_ROOT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines"),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (runs torchrun --nproc_per_node=N)"),
+):
+    """Train a model into a run directory.
+
+    Examples:
+
+      robustgan train --config configs/pgd-at-digits.toml --out runs/pgd-digits
+
+      robustgan train -c configs/pgd-at-mnist.toml --data-root ~/data --set method.eps=0.2
+
+      robustgan train --out runs/pgd-digits --resume
+
+      robustgan train -c configs/pgd-at-cifar10.toml --data-root ~/data --nproc 4
+    """
+    require(nproc >= 1, f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        relaunch_with_torchrun(nproc)
+    if resume:
+        if out is None:
+            raise RobustganError("--resume needs --out RUN_DIR")
+        fit(None, out, resume=True, quiet=quiet, stop_after=stop_after, data_root=data_root)
+        return
+    if config is None:
+        raise RobustganError("give --config PRESET (see configs/) or --resume --out RUN_DIR")
+    cfg = load_config(config, set_)
+    fit(cfg, out or Path("runs") / config.stem, quiet=quiet, stop_after=stop_after, data_root=data_root)
+
+
+def relaunch_with_torchrun(nproc: int) -> None:
+    """Run this same ``train`` command under torchrun with ``nproc`` processes on this machine."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "robustgan", *args]
+    raise SystemExit(subprocess.run(cmd).returncode)
+
+
+def sweep(
+    config: Path = typer.Option(..., "--config", "-c", help="Base preset"),
+    eps_t: str = typer.Option("", "--eps-t", help="Training eps values (default: the paper's grid for the dataset)"),
+    methods: str = typer.Option("", help="Comma-separated methods (default: the config's), e.g. pgd_at,atgan"),
+    frac: Optional[float] = typer.Option(None, help="Also train FracAT variants with this fraction"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a key of the base config"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<config>)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train one run per (method, eps_t); finished runs are skipped, interrupted ones resume.
+
+    Examples:
+
+      robustgan sweep -c configs/atgan-mnist.toml --methods pgd_at,atgan --frac 0.5 --set data.root=~/data
+
+      robustgan sweep -c configs/atgan-digits.toml --eps-t 0.1,0.2,0.3 --methods pgd_at,atgan
+    """
+    grid = parse_eps_list(eps_t, "--eps-t") if eps_t else None
+    if frac is not None:
+        check_frac(frac, "--frac")
+    cfg = load_config(config, set_)
+    method_list = [m.strip() for m in methods.split(",") if m.strip()] or None
+    out = out or Path("runs") / f"sweep-{config.stem}"
+    runs = run_sweep(cfg, out, grid, method_list, [None] if frac is None else [None, frac], quiet,
+                     log=lambda m: err_console.print(m))
+    out_console.print(f"{len(runs)} runs in {out}; plot them with: robustgan curve {out}/*")

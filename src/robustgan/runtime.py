@@ -1,0 +1,100 @@
+"""Where a model runs and what it runs on: the device, autocast, the fast paths, the data
+geometry, a dataset split, and a run's defended model. ``open_run`` is how every
+evaluation command starts: config, model on the device, test images."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from robustgan import data
+from robustgan.config import Config, DataConfig
+from robustgan.errors import RunError
+from robustgan.methods import Geometry, method_class
+from robustgan.runs import CONFIG, MODEL, RunDir
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when available, else the CPU; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device {name} asked for, but CUDA is not available; use cpu or auto")
+    return device
+
+
+def autocast_for(amp: str, device: torch.device):
+    """bf16 autocast on CUDA when asked or 'auto'; off on CPU unless 'bf16' is forced."""
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use else nullcontext
+
+
+def apply_fast_paths(method, cfg: Config) -> None:
+    """``train.channels_last`` and ``train.compile`` on every network of the method (in place:
+    state_dict keys unchanged). The benchmarks call this too, so they time the training path."""
+    for network in method.networks().values():
+        if cfg.train.channels_last:
+            network.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            network.compile()
+
+
+def geometry_for(dcfg: DataConfig) -> Geometry:
+    meta = data.info(dcfg.name)
+    return Geometry(meta.channels, meta.image_size, meta.num_classes)
+
+
+def load_split(dcfg: DataConfig, split: str, root=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x uint8 (N, C, H, W), y int64 (N,)) of a split; ``root`` overrides ``data.root``;
+    the train split honours ``data.train_limit``."""
+    x, y = data.load(dcfg.name, root if root is not None else dcfg.root, split)
+    if split == "train" and dcfg.train_limit:
+        x, y = x[:dcfg.train_limit], y[:dcfg.train_limit]
+    return x, y
+
+
+def default_eps(cfg: Config) -> float:
+    """The eps a run is evaluated at when none is given: its held-out evaluation eps, else
+    its training eps (0 when it has neither, e.g. a standard run without eval_eps)."""
+    return cfg.train.eval_eps or getattr(cfg.method, "eps", 0.0)
+
+
+def load_model(run_dir: str | Path) -> torch.nn.Module:
+    """The run's defended model, rebuilt from config.toml + model.safetensors, eval mode.
+    This is ``robustgan.load``."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunError(f"run directory {run.path} does not exist")
+    cfg = run.config()
+    weights = run.file(MODEL)
+    if not weights.is_file():
+        pickles = [p.name for p in run.path.glob("*.pt*")] + [p.name for p in run.path.glob("*.pth")]
+        hint = f" (found {', '.join(pickles)}: pickled checkpoints are never loaded)" if pickles else ""
+        raise RunError(f"{run.path} has no {MODEL}{hint}")
+    model = method_class(cfg.method.name).build_defended(cfg, geometry_for(cfg.data))
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise RunError(f"{weights} is not a valid safetensors file ({err})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise RunError(f"{weights} does not match {CONFIG} ({first})") from None
+    return model.eval()
+
+
+def open_run(run_dir: str | Path, *, limit: int = 0, data_root=None, device="cpu"):
+    """(cfg, model, x, y) for evaluating a run: its config, its defended model on ``device``
+    in eval mode, and the first ``limit`` test images (all when 0) as uint8, with labels."""
+    cfg = RunDir(run_dir).config()
+    model = load_model(run_dir).to(device)
+    x, y = load_split(cfg.data, "test", data_root)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    return cfg, model, x, y
