@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,16 @@ import torch.nn.functional as F
 import robustgan
 
 torch.set_num_threads(2)
+
+
+FULL_PRESET_FIXTURES = {"digits_runs", "atgan_run", "gan_runs"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need a full digits preset trained are `slow` (make test runs them too)."""
+    for item in items:
+        if FULL_PRESET_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def tiny_cnn(num_classes=10, in_channels=1):
@@ -73,3 +85,28 @@ def snapshot(module) -> dict:
 def changed(before: dict, module) -> set:
     """Names of the parameters and buffers that differ from ``before``."""
     return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+ROOT = Path(__file__).parent.parent
+
+
+def run_main(args, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """The CLI's entry point in this process (same code path as the console script, no
+    interpreter start-up): the exit code and what it printed."""
+    from robustgan.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["robustgan", *map(str, args)])
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exit_info.value.code or 0, captured.out, captured.err)
+
+
+def assert_one_line(done, message, code=2):
+    """Exit ``code`` and exactly one stderr line, an ``error:`` naming ``message``."""
+    assert done.returncode == code, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert message in lines[0], lines[0]

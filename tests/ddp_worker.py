@@ -19,13 +19,14 @@ real_method_class = train.method_class
 
 
 def capturing(name):
-    cls = real_method_class(name)
+    """The method class, recording each instance the loop builds."""
 
-    def make(*args, **kw):
-        built.append(cls(*args, **kw))
-        return built[-1]
+    class Captured(real_method_class(name)):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            built.append(self)
 
-    return make
+    return Captured
 
 
 train.method_class = capturing

@@ -75,7 +75,7 @@ def test_restarts_keep_worst_case(trained_tiny, digits):
     single = accuracy(trained_tiny, pgd(trained_tiny, xt, yt, 0.08, 5, 0.02), yt)
     torch.manual_seed(1)  # the first restart replays the single run, so restarts can only help
     multi = accuracy(trained_tiny, pgd(trained_tiny, xt, yt, 0.08, 5, 0.02, restarts=4), yt)
-    assert multi <= single
+    assert multi < single - 0.01, (single, multi)  # and here they do: other random starts find more
 
 
 def test_pgd_agrees_with_torchattacks(trained_tiny, digits):

@@ -47,9 +47,9 @@ def test_predict_returns_the_models_own_prediction(digits_runs, tmp_path):
     assert all(0 < float(line[2]) <= 1 for line in lines)
 
 
-def test_predict_bad_image_is_one_line(digits_runs, tmp_path):
+def test_predict_bad_image_is_one_line(digits_runs, tmp_path, monkeypatch, capsys):
+    from tests.conftest import assert_one_line, run_main
+
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    done = CliRunner().invoke(app, ["predict", str(digits_runs / "pgd"), str(bad)])
-    assert done.exit_code != 0
-    assert "not a readable image" in str(done.exception) or "not a readable image" in done.output
+    assert_one_line(run_main(["predict", digits_runs / "pgd", bad], monkeypatch, capsys), "bad.png: not a readable image")

@@ -78,7 +78,7 @@ def test_steps_touch_only_their_network(batch):
 def gan_runs(tmp_path_factory):
     """One short run per formulation (and dual), plus the full digits preset for 'grad'."""
     root = tmp_path_factory.mktemp("gan")
-    short = ["train.epochs=1", "data.train_limit=256", *FAST]
+    short = ["train.epochs=1", "data.train_limit=64", *FAST]
     for name in ("x", "xz", "gradx", "grad-dual"):
         fit(load_config(CONFIGS / f"gan-at-digits-{name}.toml", short), root / name, quiet=True)
     fit(load_config(CONFIGS / "gan-at-digits-grad.toml", FAST), root / "grad", quiet=True)

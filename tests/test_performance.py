@@ -41,7 +41,9 @@ def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(tmp_path):
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))  # written by rank 0 only
     assert single.keys() == saved.keys()
     for k in single:
-        assert torch.allclose(single[k], saved[k], atol=1e-5, rtol=1e-4), k
+        # float rounding differs between a batch of 64 and two of 32 and grows over 6 steps (measured up
+        # to 1.9e-5 here); a wrong reduction (a sum, one shard) is off by a whole update, ~1e-3
+        assert torch.allclose(single[k], saved[k], atol=1e-4, rtol=1e-4), (k, (single[k] - saved[k]).abs().max())
         assert torch.equal(saved[k], rank0[f"model.{k}"])
     assert (tmp_path / "run" / "DONE").is_file() and not (tmp_path / "run" / "lock").exists()
 
@@ -115,7 +117,7 @@ def test_gpu_epoch_benchmark_runs_on_cpu():
     """The H200 measurement's script, on the CPU path: counted FLOPs, the limit, the table."""
     import gpu_epoch
 
-    variants = {k: gpu_epoch.VARIANTS[k] for k in ("fp32", "bf16, channels_last")}  # the full set is slow on a CPU
+    variants = {k: gpu_epoch.VARIANTS[k] for k in ("fp32",)}  # bf16 is slow on a CPU
     result = gpu_epoch.run(torch.device("cpu"), [2], steps=1, repeats=1, compile_=False, peak_tflops=100.0,
                            variants=variants)
     assert 18 < result["gflop_per_image"] < 20  # PGD-7 AT of PreAct ResNet-18 at 32x32: 7 x 2.2 + 3.3
