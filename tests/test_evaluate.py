@@ -49,7 +49,7 @@ def check_names(results):
 @pytest.mark.parametrize("wrapper,trips", [
     (None, set()),  # the honest model trips nothing
     (RoundInputs, {"gradients", "unbounded"}),  # zero input gradients almost everywhere
-    (SaturatedSoftmax, {"logits", "gradients"}),  # probabilities, and a softmax that underflows
+    (SaturatedSoftmax, {"logits", "gradients", "unbounded"}),  # probabilities; the softmax underflows
 ])
 def test_checks_flag_planted_masking(wrapper, trips, digits_runs):
     honest = robustgan.load(digits_runs / "standard")
