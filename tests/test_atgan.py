@@ -151,3 +151,19 @@ def test_atgan_resume_equals_uninterrupted(tmp_path):
     fit(None, tmp_path / "split", resume=True, quiet=True)
     full, split = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
     assert all(torch.equal(full[k], split[k]) for k in full)
+
+
+def test_training_its_loss_network_first_does_not_change_the_run(tmp_path):
+    """Sub-runs are trained before the method is built and seeded: a run that trains its
+    loss network gives the same weights as one that finds it already trained."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    cfg = load_config(CONFIGS / "atgan-digits.toml", ["train.epochs=1", "data.train_limit=64", "method.steps=2",
+                                                      "method.loss_net_epochs=1", *FAST])
+    fit(cfg, tmp_path / "fresh", quiet=True)
+    shutil.copytree(tmp_path / "fresh" / "loss_net", tmp_path / "found" / "loss_net")
+    fit(cfg, tmp_path / "found", quiet=True)
+    fresh, found = (load_file(tmp_path / name / "model.safetensors") for name in ("fresh", "found"))
+    assert all(torch.equal(fresh[k], found[k]) for k in fresh)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from robustgan.errors import ConfigError
+
 # paper 000 Sec. 4.2: test-time eps_i and training eps_t grids per dataset
 EPS_I_GRIDS = {
     "mnist": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5],
@@ -47,5 +49,8 @@ def format_eps(eps: float) -> str:
 
 def grid_for(dataset: str, kind: str = "eps_i") -> list[float]:
     """The paper's grid of test (``eps_i``) or training (``eps_t``) eps for a dataset."""
-    return list((EPS_I_GRIDS if kind == "eps_i" else EPS_T_GRIDS)[dataset])
+    grids = EPS_I_GRIDS if kind == "eps_i" else EPS_T_GRIDS
+    if dataset not in grids:
+        raise ConfigError(f"no default {kind} grid for dataset {dataset!r}; give the eps values (--eps)")
+    return list(grids[dataset])
 

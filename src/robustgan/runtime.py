@@ -24,7 +24,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"device {name} asked for, but CUDA is not available; use cpu or auto")
+        raise RunError(f"device {name} (train.device or --device) needs CUDA, which is not available; "
+                       f"use cpu or auto")
     return device
 
 

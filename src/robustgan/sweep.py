@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from robustgan.config import Config, from_dict, method_config_class, to_dict
-from robustgan.eps import format_eps, grid_for
+from robustgan.eps import EPS_T_GRIDS, format_eps
 from robustgan.runs import RunDir
 from robustgan.train import ensure_trained
 
@@ -31,7 +31,7 @@ def variant(cfg: Config, method: str, eps_t: float, frac: float | None) -> Confi
 
 
 def plan(cfg: Config, eps_t: list[float] | None, methods: list[str] | None, fracs: list[float | None]) -> list:
-    eps_t = eps_t or grid_for(cfg.data.name, "eps_t")
+    eps_t = eps_t or EPS_T_GRIDS.get(cfg.data.name, [getattr(cfg.method, "eps", 0.0)])  # no paper grid: the config's
     methods = methods or [cfg.method.name]
     out = []
     for method in methods:

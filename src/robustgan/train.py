@@ -64,22 +64,23 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
         run.path.mkdir(parents=True, exist_ok=True)
         run.acquire_lock()
     try:
+        train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")  # bad data: no run
         if not resume and here.is_main:
             run.create(cfg)
         subrun_models = {} if resume else train_subruns(cfg, run, quiet)  # a resumed method holds them
-        t = build_training(cfg, run, here, quiet)
+        training = build_training(cfg, run, here, quiet, train_split)
         if resume:
-            start_epoch, partial = restore_checkpoint(t)
+            start_epoch, partial = restore_checkpoint(training)
         else:
-            t.method.use_subruns(subrun_models)
+            training.method.use_subruns(subrun_models)
             start_epoch, partial = 0, None
-        stopped_after = train_epochs(t, start_epoch, partial, stop_after, load_split(cfg.data, "test"), quiet)
+        stopped_after = train_epochs(training, start_epoch, partial, stop_after, test_split, quiet)
         if stopped_after is None:
-            if t.writes:
+            if training.writes:
                 run.file("DONE").write_text("")
-            t.logger.message(f"finished: {run.path}")
+            training.logger.message(f"finished: {run.path}")
         else:
-            t.logger.message(f"stopped after epoch {stopped_after}; continue with: {run.resume_command}")
+            training.logger.message(f"stopped after epoch {stopped_after}; continue with: {run.resume_command}")
         return run
     finally:
         if here.is_main:
@@ -104,12 +105,12 @@ def resolve_start(run: RunDir, cfg: Config | None, resume: bool, data_root) -> t
     return cfg, resume
 
 
-def ensure_trained(cfg: Config, out: str | Path, *, quiet: bool = True) -> Path:
+def ensure_trained(cfg: Config, out: str | Path, *, quiet: bool = True, data_root=None) -> Path:
     """Finish the run in ``out``: nothing if complete, resume if started, else train ``cfg``
-    (sub-runs, a sweep's runs, the check's surrogate)."""
+    (sub-runs, a sweep's runs, the check's surrogate). ``data_root`` as for ``fit``."""
     run = RunDir(out)
     if not run.is_complete:
-        fit(None if run.is_started else cfg, out, resume=run.is_started, quiet=quiet)
+        fit(None if run.is_started else cfg, out, resume=run.is_started, quiet=quiet, data_root=data_root)
     return run.path
 
 
@@ -118,25 +119,27 @@ def train_subruns(cfg: Config, run: RunDir, quiet: bool) -> dict[str, torch.nn.M
     return their defended models. Resuming the outer run resumes an interrupted sub-run."""
     trained = {}
     for name, spec in method_class(cfg.method.name).subruns(cfg).items():
+        path = spec
         if isinstance(spec, Config):
             path = run.path / name
             if not RunDir(path).is_complete and distributed.world().is_main and not quiet:
                 console.print(f"training sub-run {name} ({spec.model.name}, {spec.method.name}, "
                               f"{spec.train.epochs} epochs) -> {path}")
-            try:
-                spec = ensure_trained(spec, path, quiet=quiet)
+            try:  # the outer run's data root: a resumed sub-run finds moved files too
+                ensure_trained(spec, path, quiet=quiet, data_root=cfg.data.root)
             except Interrupted:
                 raise Interrupted(f"interrupted while training {path}; checkpoint saved. "
                                   f"Resume with: {run.resume_command}") from None
-        trained[name] = load_model(spec)
+        trained[name] = load_model(path)
     return trained
 
 
-def build_training(cfg: Config, run: RunDir, here: distributed.World, quiet: bool) -> Training:
-    """Seed, data on the device, the method (same initial weights on every rank), the batcher."""
+def build_training(cfg: Config, run: RunDir, here: distributed.World, quiet: bool, train_split) -> Training:
+    """Seed, the method (same initial weights on every rank), the batcher with the training
+    set on the device."""
     torch.manual_seed(cfg.train.seed)
     device = distributed.device_for(resolve_device(cfg.train.device), here)
-    x_train, y_train = load_split(cfg.data, "train")
+    x_train, y_train = train_split
     method = method_class(cfg.method.name)(cfg, geometry_for(cfg.data), device)
     distributed.broadcast_state(method.networks().values())
     apply_fast_paths(method, cfg)
@@ -152,121 +155,124 @@ def build_training(cfg: Config, run: RunDir, here: distributed.World, quiet: boo
 
 
 # ------------------------------------------------------------------ checkpoints
-def save_checkpoint(t: Training, epoch: int, partial: EpochStats | None = None) -> None:
+def save_checkpoint(training: Training, epoch: int, partial: EpochStats | None = None) -> None:
     """Epoch ``epoch`` finished (``partial`` None), or ``partial.steps`` steps into it. Rank 0 only."""
-    if not t.writes:
+    if not training.writes:
         return
     rng = {"torch": torch.get_rng_state()}
-    if t.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(t.device)
-    state = {"epoch": epoch if partial is None else epoch - 1, "step": t.step, "method": t.method.state_dict(),
-             "batcher": t.batcher.state_dict(), "rng": rng}
+    if training.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(training.device)
+    state = {"epoch": epoch if partial is None else epoch - 1, "step": training.step,
+             "method": training.method.state_dict(), "batcher": training.batcher.state_dict(), "rng": rng}
     if partial is not None:
         state["partial_epoch"] = partial.state_dict()
-    save_state(t.run.file(CHECKPOINT), state)
+    save_state(training.run.file(CHECKPOINT), state)
 
 
-def restore_checkpoint(t: Training) -> tuple[int, dict | None]:
+def restore_checkpoint(training: Training) -> tuple[int, dict | None]:
     """Networks, optimizers, batcher position and RNG from the checkpoint; returns the epoch
     to continue with and that epoch's saved statistics (None at an epoch boundary)."""
-    state = load_state(t.run.file(CHECKPOINT))
-    t.method.load_state_dict(state["method"])
-    t.batcher.load_state_dict(state["batcher"])
+    state = load_state(training.run.file(CHECKPOINT))
+    training.method.load_state_dict(state["method"])
+    training.batcher.load_state_dict(state["batcher"])
     torch.set_rng_state(state["rng"]["torch"])
-    if t.device.type == "cuda" and "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], t.device)
-    t.step = state["step"]
-    if t.world.enabled:  # rank 0's saved streams are re-split per rank
-        torch.manual_seed(t.cfg.train.seed + 7919 * t.world.rank + t.step)
-    if t.writes:
-        t.run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
+    if training.device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], training.device)
+    training.step = state["step"]
+    if training.world.enabled:  # rank 0's saved streams are re-split per rank
+        torch.manual_seed(training.cfg.train.seed + 7919 * training.world.rank + training.step)
+    if training.writes:
+        training.run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
     start_epoch = state["epoch"] + 1
-    t.logger.message(f"resuming {t.run.path} at epoch {start_epoch + 1}/{t.epochs}, step {t.step}")
+    training.logger.message(f"resuming {training.run.path} at epoch {start_epoch + 1}/{training.epochs}, "
+                            f"step {training.step}")
     return start_epoch, state.get("partial_epoch")
 
 
 # ------------------------------------------------------------------ epochs
-def train_epochs(t: Training, start_epoch: int, partial: dict | None, stop_after: int | None, test_split,
+def train_epochs(training: Training, start_epoch: int, partial: dict | None, stop_after: int | None, test_split,
                  quiet: bool) -> int | None:
     """Epochs from ``start_epoch`` to the end. Returns None when the run is finished, or the
     last epoch done (counted from 1) when ``stop_after`` epochs came first. Ctrl-C raises
     Interrupted after a checkpoint."""
-    progress = None if quiet or not t.writes else Progress(
+    progress = None if quiet or not training.writes else Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"), console=console, transient=True)
-    with progress or nullcontext(), StopFlag(t.logger.message) as stop:
-        for done, epoch in enumerate(range(start_epoch, t.epochs), 1):
-            lr_factor = set_learning_rates(t.method, t.cfg, epoch, t.epochs)
-            t.method.on_epoch_start(epoch, t.epochs)
-            stats = EpochStats(t.device, **(partial or {}))
+    with progress or nullcontext(), StopFlag(training.logger.message) as stop:
+        for done, epoch in enumerate(range(start_epoch, training.epochs), 1):
+            lr_factor = set_learning_rates(training.method, training.cfg, epoch, training.epochs)
+            training.method.on_epoch_start(epoch, training.epochs)
+            stats = EpochStats(training.device, **(partial or {}))
             partial = None
-            run_epoch(t, epoch, stats, stop, progress)
-            end_epoch(t, epoch, stats, lr_factor, test_split)
-            last = epoch + 1 == t.epochs
-            if distributed.any_rank(stop.requested, t.device) and not last:
+            run_epoch(training, epoch, stats, stop, progress)
+            end_epoch(training, epoch, stats, lr_factor, test_split)
+            last = epoch + 1 == training.epochs
+            if distributed.any_rank(stop.requested, training.device) and not last:
                 raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
-                                  f"Resume with: {t.run.resume_command}")
+                                  f"Resume with: {training.run.resume_command}")
             if stop_after is not None and done >= stop_after and not last:
                 return epoch + 1
     return None
 
 
-def run_epoch(t: Training, epoch: int, stats: EpochStats, stop: StopFlag, progress) -> None:
+def run_epoch(training: Training, epoch: int, stats: EpochStats, stop: StopFlag, progress) -> None:
     """The steps of one epoch (from ``stats.steps`` when resuming mid-epoch), with
     mid-epoch checkpoints every ``train.checkpoint_every`` steps and on Ctrl-C."""
-    autocast, every = autocast_for(t.cfg.train.amp, t.device), t.cfg.train.checkpoint_every
-    remaining = min(len(t.batcher) - stats.steps, t.total_steps - t.step)
-    task = progress.add_task(f"epoch {epoch + 1}/{t.epochs}", total=len(t.batcher), completed=stats.steps,
-                             info="") if progress else None
+    autocast, every = autocast_for(training.cfg.train.amp, training.device), training.cfg.train.checkpoint_every
+    remaining = min(len(training.batcher) - stats.steps, training.total_steps - training.step)
+    task = progress.add_task(f"epoch {epoch + 1}/{training.epochs}", total=len(training.batcher),
+                             completed=stats.steps, info="") if progress else None
     started = time.perf_counter()
-    for x, y in itertools.islice(t.batcher, remaining):
+    for x, y in itertools.islice(training.batcher, remaining):
         with autocast():
-            metrics = t.method.step(x, y)
-        t.step += 1
-        stats.add(metrics, t.step, len(y))
-        at_log = t.step % t.cfg.train.log_every == 0
+            metrics = training.method.step(x, y)
+        training.step += 1
+        stats.add(metrics, training.step, len(y))
+        at_log = training.step % training.cfg.train.log_every == 0
         if progress is not None:
             progress.advance(task)
             if at_log:
                 shown = " ".join(f"{k}={v:.3f}" for k, v in stats.averages(across_ranks=False).items())
-                rate = t.world.size * stats.images / (stats.seconds + time.perf_counter() - started)
+                rate = training.world.size * stats.images / (stats.seconds + time.perf_counter() - started)
                 progress.update(task, info=f"{shown} {rate:.0f} img/s")
         if at_log:
-            stats.check_finite(epoch, t.run)
+            stats.check_finite(epoch, training.run)
         # data-parallel ranks agree on stopping (a collective) at log steps only
-        stop_now = (at_log or not t.world.enabled) and distributed.any_rank(stop.requested, t.device)
-        if t.batcher.position != 0 and (stop_now or (every and t.step % every == 0)):
-            stats.check_finite(epoch, t.run)
+        stop_now = (at_log or not training.world.enabled) and distributed.any_rank(stop.requested, training.device)
+        if training.batcher.position != 0 and (stop_now or (every and training.step % every == 0)):
+            stats.check_finite(epoch, training.run)
             stats.seconds += time.perf_counter() - started
             started = time.perf_counter()
-            save_checkpoint(t, epoch, stats)
+            save_checkpoint(training, epoch, stats)
             if stop_now:
-                raise Interrupted(f"interrupted at step {t.step} (epoch {epoch + 1}); checkpoint saved. "
-                                  f"Resume with: {t.run.resume_command}")
+                raise Interrupted(f"interrupted at step {training.step} (epoch {epoch + 1}); checkpoint saved. "
+                                  f"Resume with: {training.run.resume_command}")
     stats.seconds += time.perf_counter() - started
-    stats.check_finite(epoch, t.run)
+    stats.check_finite(epoch, training.run)
     if progress is not None:
         progress.remove_task(task)
 
 
-def end_epoch(t: Training, epoch: int, stats: EpochStats, lr_factor: float, test_split) -> None:
+def end_epoch(training: Training, epoch: int, stats: EpochStats, lr_factor: float, test_split) -> None:
     """Log the epoch's averages (and collapse warnings), evaluate on held-out data when due,
     save the model and a checkpoint."""
     averages = stats.averages()
-    record = {"epoch": epoch + 1, "step": t.step, "split": "train", **averages, "lr_factor": lr_factor,
-              "epoch_seconds": stats.seconds, "images_per_s": t.world.size * stats.images / max(stats.seconds, 1e-9)}
-    warnings = t.method.collapse_warnings(averages)
+    record = {"epoch": epoch + 1, "step": training.step, "split": "train", **averages, "lr_factor": lr_factor,
+              "epoch_seconds": stats.seconds,
+              "images_per_s": training.world.size * stats.images / max(stats.seconds, 1e-9)}
+    warnings = training.method.collapse_warnings(averages)
     if warnings:
         record["warnings"] = warnings
         for text in warnings:
-            t.logger.message(f"[yellow]warning:[/] {text}")
-    t.logger.log(record)
-    distributed.average_buffers(t.method.networks().values())  # BatchNorm statistics of every shard
-    if t.writes and ((epoch + 1) % t.cfg.train.eval_every == 0 or epoch + 1 == t.epochs):
-        t.logger.log({"epoch": epoch + 1, "step": t.step, **evaluate_heldout(t.method, t.cfg, *test_split, t.device)})
-    if t.writes:
-        t.run.save_model(t.method.defended_model())
-    save_checkpoint(t, epoch)
+            training.logger.message(f"[yellow]warning:[/] {text}")
+    training.logger.log(record)
+    distributed.average_buffers(training.method.networks().values())  # BatchNorm statistics of every shard
+    if training.writes and ((epoch + 1) % training.cfg.train.eval_every == 0 or epoch + 1 == training.epochs):
+        heldout = evaluate_heldout(training.method, training.cfg, *test_split, training.device)
+        training.logger.log({"epoch": epoch + 1, "step": training.step, **heldout})
+    if training.writes:
+        training.run.save_model(training.method.defended_model())
+    save_checkpoint(training, epoch)
     distributed.barrier()
 
 

@@ -203,9 +203,7 @@ def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps:
     surrogate_model = None
     if surrogate == "auto":
         sub = clean_config(cfg, surrogate_epochs, cfg.train.seed + 1000)  # an independent seed
-        if data_root is not None:
-            sub.data.root = str(data_root)
-        surrogate_model = load_model(ensure_trained(sub, run.path / "surrogate"))
+        surrogate_model = load_model(ensure_trained(sub, run.path / "surrogate", data_root=data_root))
     elif surrogate:
         surrogate_model = load_model(Path(surrogate))
     settings = CheckSettings(eps=eps, steps=steps, long_steps=long_steps, restarts=restarts, autoattack=autoattack,

@@ -13,8 +13,9 @@ import numpy as np
 
 from robustgan.eps import format_eps
 from robustgan.evaluate.cache import EvalCache, cached_accuracy
-from robustgan.runtime import geometry_for, open_run
 from robustgan.plotting import pyplot
+from robustgan.runtime import geometry_for, open_run
+
 
 @dataclass
 class Curve:

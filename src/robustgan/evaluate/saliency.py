@@ -10,8 +10,8 @@ import torch
 from robustgan.attacks import attack_mode, default_step_size, pgd
 from robustgan.eps import format_eps
 from robustgan.evaluate.curves import method_label
-from robustgan.runtime import open_run
 from robustgan.plotting import pyplot
+from robustgan.runtime import open_run
 
 
 def saliency(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,9 @@ from robustgan.attacks import attack_mode, pgd
 from robustgan.attacks.threat import loss_and_grad
 from robustgan.errors import RobustganError
 from robustgan.methods import method_class
+from robustgan.plotting import pyplot
 from robustgan.runs import CHECKPOINT, RunDir, load_state
 from robustgan.runtime import default_eps, geometry_for, open_run
-from robustgan.plotting import pyplot
 
 
 @dataclass

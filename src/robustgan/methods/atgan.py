@@ -114,8 +114,8 @@ class ATGAN(Method):
         try:
             self.loss_net.load_state_dict(trained["loss_net"].state_dict())
         except RuntimeError:
-            raise ConfigError(f"method.loss_net_run: {self.cfg.method.loss_net_run} is not a "
-                              f"{self.cfg.model.name} classifier run") from None
+            source = self.cfg.method.loss_net_run or "the loss_net sub-run"
+            raise ConfigError(f"method.loss_net_run: {source} is not a {self.cfg.model.name} classifier run") from None
         self.loss_net.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ Algorithm 1

@@ -15,9 +15,9 @@ from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.curves import Curve, caption, compute_curve, method_label, plot_curves
 from robustgan.evaluate.saliency import saliency_grid
 from robustgan.evaluate.trends import run_trends
+from robustgan.plotting import pyplot
 from robustgan.runs import RunDir
 from robustgan.version import __version__
-from robustgan.plotting import pyplot
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
