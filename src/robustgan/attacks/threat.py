@@ -43,11 +43,29 @@ def check_eps(eps: float) -> float:
     return eps
 
 
-def ball(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds of {x' : |x' - x|_inf <= eps, 0 <= x' <= 1}."""
-    if math.isinf(eps):
+def ball(x: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of {x' : |x' - x|_inf <= eps, 0 <= x' <= 1}. ``eps`` is one
+    number or one per sample (shape (N,)); inf keeps only the [0, 1] box."""
+    if isinstance(eps, torch.Tensor):
+        eps = eps.to(x.dtype).view(-1, *[1] * (x.ndim - 1))
+    elif math.isinf(eps):
         return torch.zeros_like(x), torch.ones_like(x)
     return (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
+
+
+def sample_noise(like: torch.Tensor, seed: int, ids: torch.Tensor | None = None, stream: int = 0) -> torch.Tensor:
+    """Uniform noise in [-1, 1] shaped like ``like``, drawn per sample from a stream fixed by
+    (seed, stream, the sample's index in the test set ``ids``): a sample's random start does
+    not depend on its batch, shard or which other samples are still being attacked, so a
+    sharded or early-stopped evaluation draws what a single process would."""
+    ids = torch.arange(len(like)) if ids is None else ids.cpu()
+    gen = torch.Generator()
+    rows = []
+    for i in ids.tolist():
+        gen.manual_seed(((seed * 1_000_003 + stream) * 10_000_019 + i) % (1 << 63))
+        rows.append(torch.rand(like.shape[1:], generator=gen))
+    noise = torch.stack(rows) if rows else torch.empty(like.shape)
+    return noise.to(like.device, like.dtype).mul_(2).sub_(1)
 
 
 @contextmanager
@@ -76,11 +94,13 @@ def attack_mode(model: nn.Module):
         model.train(was_training)
 
 
-def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, logits: bool = False):
     """Per-sample cross-entropy (float32, even under AMP) and its gradient w.r.t. x_adv.
 
-    x_adv must be a leaf with requires_grad=True; returns (loss (N,), grad like x_adv)."""
+    x_adv must be a leaf with requires_grad=True; returns (loss (N,), grad like x_adv), and
+    the logits (float32, detached) third when ``logits``."""
     with torch.enable_grad():
-        loss = F.cross_entropy(model(x_adv).float(), y, reduction="none")
+        out = model(x_adv).float()
+        loss = F.cross_entropy(out, y, reduction="none")
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-    return loss.detach(), grad
+    return (loss.detach(), grad, out.detach()) if logits else (loss.detach(), grad)

@@ -46,7 +46,7 @@ def directions(model, x, y, eps_max: float, generator_delta: torch.Tensor | None
         _, grad = loss_and_grad(model, x.clone().requires_grad_(True), y)
     out["fgsm"] = grad.sign()
     torch.manual_seed(seed)
-    out["pgd"] = unit(pgd(model, x, y, eps_max, steps=100, step_size=eps_max / 40) - x)
+    out["pgd"] = unit(pgd(model, x, y, eps_max, steps=100, step_size=eps_max / 40, best=False) - x)
     if generator_delta is not None:
         out["generator"] = unit(generator_delta)
     return out

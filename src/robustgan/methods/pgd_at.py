@@ -63,7 +63,7 @@ def make_adversarial(model, x, y, mcfg: InnerAttackConfig, epoch: int) -> tuple[
     if n_adv == 0 or eps == 0:
         return x, n_adv
     x_adv = pgd(model, x[:n_adv], y[:n_adv], eps, mcfg.steps, step_size_for(mcfg, eps), mcfg.random_start,
-                check=False)
+                best=False, check=False)  # Madry et al. train on the last iterate
     return torch.cat([x_adv, x[n_adv:]]), n_adv
 
 

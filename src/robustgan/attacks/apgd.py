@@ -1,0 +1,217 @@
+"""APGD, Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks", Sec. 3, Alg. 1), L-inf, pixels in [0, 1].
+
+Written here from the paper. Per sample: the step starts at eta = 2 eps; every step is
+eq. (3), a sign-gradient step z = P(x_k + eta sign(grad)) followed by momentum
+x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})) with a = 0.75; at the checkpoints
+w_j (Sec. 3.2) the step is halved and the iterate restarted from the best point when
+fewer than rho = 75% of the steps since the last checkpoint raised the loss (condition 1)
+or when the step was not halved at the last checkpoint and the best loss has not moved
+since (condition 2). Each sample returns its best iterate: the first misclassified one,
+else the one with the highest loss.
+
+Losses: cross-entropy; the difference of logits ratio DLR (eq. 6), invariant to shifting
+and scaling the logits, so a saturated softmax cannot hide its gradient; and targeted DLR
+(Sec. 4, the loss of APGD-T) towards the ``target_rank``-th most likely other class of the
+clean image. Our reading where the paper is open: one gradient evaluation per step
+(``steps`` evaluations in all, the first at the start point); after a restart from the best
+point the momentum term starts at zero; samples that are misclassified stop being attacked
+(their result cannot change), which saves cost and changes no sample's result."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, sample_noise
+
+ALPHA = 0.75  # momentum weight of eq. (3)
+RHO = 0.75  # condition 1: fraction of steps since the last checkpoint that must raise the loss
+LOSSES = ("ce", "dlr", "dlr-targeted")
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations w_j = ceil(p_j * steps) where the step size is reconsidered:
+    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Sec. 3.2)."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(pj * steps) for pj in p})
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. (6): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), z sorted descending (needs >= 3 classes)."""
+    top = logits.sort(1, descending=True).values
+    z_y = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], -math.inf).max(1).values
+    return -(z_y - other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Sec. 4): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) (needs >= 4 classes)."""
+    top = logits.sort(1, descending=True).values
+    z_y, z_t = logits.gather(1, y[:, None])[:, 0], logits.gather(1, target[:, None])[:, 0]
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{i != y} z_i - z_y: positive exactly when the sample is misclassified."""
+    return logits.scatter(1, y[:, None], -math.inf).max(1).values - logits.gather(1, y[:, None])[:, 0]
+
+
+def ranked_targets(logits: torch.Tensor, y: torch.Tensor, rank: int) -> torch.Tensor:
+    """The ``rank``-th most likely class other than y (rank 1 = the runner-up)."""
+    return logits.scatter(1, y[:, None], -math.inf).sort(1, descending=True).indices[:, rank - 1]
+
+
+@dataclass
+class APGDResult:
+    x_adv: torch.Tensor  # (N, C, H, W): each sample's best iterate
+    fooled: torch.Tensor  # (N,) bool: x_adv is misclassified
+    grad_evals: int  # forward-backward passes, summed over samples
+
+
+def _loss_fn(loss: str):
+    if loss == "ce":
+        return lambda logits, y, t: F.cross_entropy(logits, y, reduction="none")
+    if loss == "dlr":
+        return lambda logits, y, t: dlr_loss(logits, y)
+    return dlr_targeted_loss
+
+
+def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop) -> APGDResult:
+    """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample."""
+    lo, hi = ball(x, eps)
+    eta = 2 * eps.view(-1, 1, 1, 1).to(x.dtype)
+    out = start.clone()
+    out_loss = torch.full((len(x),), -math.inf, device=x.device)
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    live = torch.arange(len(x), device=x.device)  # batch positions still attacked
+
+    def evaluate(point):
+        point = point.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(point).float()
+            value = loss_fn(logits, y[live], None if target is None else target[live])
+            (grad,) = torch.autograd.grad(value.sum(), point)
+        return value.detach(), grad, logits.argmax(1) != y[live]
+
+    def record(hit):  # misclassified: this iterate is the sample's result
+        out[live[hit]], out_loss[live[hit]], fooled[live[hit]] = cur[hit].detach(), loss[hit], True
+
+    cur = start[live]
+    prev = cur
+    loss, grad, hit = evaluate(cur)
+    record(hit)
+    best_x, best_loss, best_grad = cur.clone(), loss.clone(), grad
+    evals = len(live)
+    marks = checkpoints(steps)
+    mark = 1
+    success = torch.zeros_like(loss)
+    reduced_last = torch.zeros_like(loss, dtype=torch.bool)
+    best_last = best_loss.clone()
+    for k in range(1, steps):
+        if early_stop and hit.any():  # a fooled sample's result cannot change: stop attacking it
+            keep = ~hit
+            live, cur, prev, loss, grad, best_x, best_loss, best_grad, success, reduced_last, best_last, eta, lo, hi = (
+                t[keep] for t in (live, cur, prev, loss, grad, best_x, best_loss, best_grad, success, reduced_last,
+                                  best_last, eta, lo, hi))
+            if not len(live):
+                break
+        with torch.no_grad():  # eq. (3)
+            z = (cur + eta * grad.sign()).clamp_(lo, hi)
+            step = 1.0 if k == 1 else ALPHA  # the first step has no momentum (Alg. 1, line 3)
+            prev, cur = cur, (cur + step * (z - cur) + (1 - step) * (cur - prev)).clamp_(lo, hi)
+        new_loss, grad, hit = evaluate(cur)
+        evals += len(live)
+        success += (new_loss > loss).float()
+        loss = new_loss
+        record(hit & ~fooled[live])  # the first misclassified iterate
+        better = loss > best_loss
+        best_x = torch.where(better[:, None, None, None], cur, best_x)
+        best_grad = torch.where(better[:, None, None, None], grad, best_grad)
+        best_loss = torch.where(better, loss, best_loss)
+        if mark < len(marks) and k == marks[mark]:  # Sec. 3.2: halve the step, restart from the best point
+            since = marks[mark] - marks[mark - 1]
+            reduce = (success < RHO * since) | (~reduced_last & (best_loss <= best_last))
+            eta = torch.where(reduce[:, None, None, None], eta / 2, eta)
+            back = reduce[:, None, None, None]
+            cur, prev = torch.where(back, best_x, cur), torch.where(back, best_x, prev)
+            grad, loss = torch.where(back, best_grad, grad), torch.where(reduce, best_loss, loss)
+            reduced_last, best_last = reduce, best_loss.clone()
+            success = torch.zeros_like(success)
+            mark += 1
+    left = ~fooled[live]
+    out[live[left]], out_loss[live[left]] = best_x[left].detach(), best_loss[left]
+    return APGDResult(out, fooled, evals), out_loss
+
+
+def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: int = 100, loss: str = "ce",
+             target_rank: int | None = None, restarts: int = 1, seed: int = 0, x_init: torch.Tensor | None = None,
+             ids: torch.Tensor | None = None, early_stop: bool = True) -> APGDResult:
+    """APGD on a batch with everything the evaluation engine needs: per-sample eps (a number
+    or an (N,) tensor), a warm start ``x_init`` for the first run, the samples' test-set
+    indices ``ids`` (their random starts do not depend on the batch), whether each sample
+    was fooled, and the number of gradient evaluations. Inputs are not checked here."""
+    if loss not in LOSSES:
+        raise AttackError(f"APGD loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if int(steps) <= 0 or int(restarts) <= 0:
+        raise AttackError(f"APGD steps and restarts must be positive, got {steps} and {restarts}")
+    x, y = x.detach(), y.detach()
+    eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device).expand(len(x)).clone()
+    eps = torch.where(torch.isinf(eps), torch.ones_like(eps), eps)  # on [0, 1] images the unbounded ball is eps = 1
+    with attack_mode(model):
+        target = None
+        if loss == "dlr-targeted" or loss == "dlr":
+            with torch.no_grad():
+                logits = model(x).float()
+            need = 4 if loss == "dlr-targeted" else 3
+            if logits.shape[1] < need:
+                raise AttackError(f"APGD with {loss} loss needs at least {need} classes, got {logits.shape[1]}")
+            if loss == "dlr-targeted":
+                rank = 1 if target_rank is None else int(target_rank)
+                if not 1 <= rank < logits.shape[1]:
+                    raise AttackError(f"target_rank must be in 1..{logits.shape[1] - 1}, got {target_rank}")
+                target = ranked_targets(logits, y, rank)
+        best = APGDResult(x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device), 0)
+        best_loss = torch.full((len(x),), -math.inf, device=x.device)
+        todo = torch.arange(len(x), device=x.device)
+        sample_ids = torch.arange(len(x)) if ids is None else ids
+        for r in range(int(restarts)):
+            if r == 0 and x_init is not None:
+                start = x_init.detach()[todo]
+            else:
+                noise = sample_noise(x[todo], seed, sample_ids[todo.cpu()], stream=r)
+                lo, hi = ball(x[todo], eps[todo])
+                start = (x[todo] + eps[todo].view(-1, 1, 1, 1) * noise).clamp_(lo, hi)
+            got, got_loss = _apgd_once(model, x[todo], y[todo], None if target is None else target[todo], eps[todo],
+                                       start, int(steps), _loss_fn(loss), early_stop)
+            better = got.fooled | (got_loss > best_loss[todo])
+            idx = todo[better]
+            best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]
+            best.grad_evals += got.grad_evals
+            todo = todo[~best.fooled[todo]]
+            if not len(todo):
+                break
+        return best
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 100, loss: str = "ce",
+         target_rank: int | None = None, restarts: int = 1, seed: int = 0, *, check: bool = True) -> torch.Tensor:
+    """APGD (Croce & Hein 2020), L-inf. x: (N, C, H, W) in [0, 1]; y: (N,) int64; eps in
+    pixel scale (inf: only the [0, 1] box). ``loss``: "ce", "dlr" (eq. 6) or
+    "dlr-targeted" towards each image's ``target_rank``-th most likely other class (1 by
+    default). ``restarts`` random starts; each sample keeps its best iterate (the first
+    misclassified, else the highest loss). The model runs in eval mode with frozen
+    parameters; both are restored. Returns x_adv within the eps-ball and [0, 1]."""
+    eps = check_eps(eps)
+    if check:
+        check_images(x, y)
+    if eps == 0:
+        return x.detach().clone()
+    return apgd_run(model, x, y, eps, steps=steps, loss=loss, target_rank=target_rank, restarts=restarts,
+                    seed=seed).x_adv

@@ -1,0 +1,118 @@
+"""The worst-case ensemble: robustgan's default evaluation (issue 15, docs/evaluation.md).
+
+For each eps in ascending order and each test point still classified correctly: APGD-CE,
+then targeted APGD-DLR towards the point's ``targets`` most likely other classes (APGD-T,
+Croce & Hein 2020 Sec. 4), each attack only on the points every earlier attack failed on,
+each point keeping its worst case (the first misclassified example, else the one with the
+largest margin max_{i != y} z_i - z_y). As in AutoAttack, a point counts as robust only if
+every attack fails on it.
+
+Two savings that change cost, not results:
+- monotonicity: a point fooled at eps_k is fooled at every larger eps (the same example lies
+  in the larger ball), so only still-robust points are attacked at the next eps;
+- warm start: those points start from their worst point at the previous eps (inside the
+  larger ball) instead of from a random one.
+Both can be turned off (``warm_start``, ``early_stop``) to check that claim."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from robustgan.attacks.apgd import apgd_run, margin
+from robustgan.attacks.threat import AttackError, attack_mode, check_eps
+
+ATTACK_VERSION = 2  # bump whenever an attack's numbers change: part of every evaluation cache key
+
+
+@dataclass
+class WorstCase:
+    """Per-sample results of the ensemble: ``correct[i, k]`` says test point i withstood
+    every attack at ``eps[k]`` (ascending); accuracies, curves and paired statistics all
+    come from this one matrix."""
+
+    eps: list[float]
+    correct: torch.Tensor  # (n, len(eps)) bool, on the CPU
+    clean: torch.Tensor  # (n,) bool
+    attacks: list[str]
+    grad_evals: int  # forward-backward passes, summed over points and attacks
+    seconds: float
+    examples: torch.Tensor | None = None  # (len(eps), n, C, H, W): each point's worst example, on request
+
+    @property
+    def accuracy(self) -> list[float]:
+        return self.correct.float().mean(0).tolist() if len(self.clean) else [0.0] * len(self.eps)
+
+    def min_eps(self) -> torch.Tensor:
+        """Each point's smallest eps of the grid at which it is fooled (0 when the clean image
+        is already misclassified, inf when never): accuracy(eps) = P(min_eps > eps)."""
+        grid = torch.tensor([0.0, *self.eps, math.inf])
+        table = torch.cat([self.clean[:, None], self.correct, torch.zeros(len(self.clean), 1, dtype=torch.bool)], 1)
+        return grid[(~table).float().argmax(1)]
+
+
+def ensemble_names(targets: int) -> list[str]:
+    return ["apgd-ce"] + ([f"apgd-t({targets} targets)"] if targets else [])
+
+
+def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *, steps: int = 100,
+               targets: int = 3, restarts: int = 1, seed: int = 0, warm_start: bool = True, early_stop: bool = True,
+               keep_examples: bool = False, batch_size: int = 256, device="cpu", ids: torch.Tensor | None = None,
+               known_fooled: torch.Tensor | None = None, progress=None, task=None) -> WorstCase:
+    """Run the ensemble on x (uint8 or float in [0, 1]) at every eps of ``eps`` (sorted here).
+
+    ``ids`` are the points' indices in the test set (their random starts are drawn from
+    them, so a shard or a batch gets what one process would); ``known_fooled`` (n, len(eps))
+    marks points already known to be fooled at an eps (from cached smaller eps): they are
+    not attacked there. ``progress`` / ``task`` advance by points per eps."""
+    start = time.perf_counter()
+    eps = sorted(check_eps(e) for e in eps)
+    if int(steps) <= 0 or int(targets) < 0 or int(restarts) <= 0:
+        raise AttackError(f"steps and restarts must be positive and targets >= 0, got {steps}, {targets}, {restarts}")
+    if keep_examples and known_fooled is not None:
+        raise AttackError("keep_examples needs every eps attacked (no known_fooled)")
+    ids = torch.arange(len(y)) if ids is None else ids.cpu()
+    correct = torch.zeros(len(y), len(eps), dtype=torch.bool)
+    clean = torch.zeros(len(y), dtype=torch.bool)
+    examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
+    grad_evals = 0
+    # (loss, target rank, seed): APGD-CE, then APGD-T per target; each its own random starts
+    runs = [("ce", None, seed)] + [("dlr-targeted", r, seed + 7919 * r) for r in range(1, int(targets) + 1)]
+    with attack_mode(model):
+        for lo in range(0, len(y), batch_size):
+            sl = slice(lo, lo + batch_size)
+            xb, yb = x[sl].to(device), y[sl].to(device)
+            xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
+            with torch.no_grad():
+                logits = model(xb).float()
+            fooled = logits.argmax(1) != yb
+            clean[sl] = ~fooled.cpu()
+            worst, worst_margin = xb.clone(), margin(logits, yb)
+            for k, e in enumerate(eps):
+                if known_fooled is not None:
+                    fooled |= known_fooled[sl, k].to(device)
+                for loss, rank, run_seed in runs if e > 0 else []:
+                    idx = (~fooled).nonzero()[:, 0] if early_stop else torch.arange(len(yb), device=device)
+                    if not len(idx):
+                        break
+                    got = apgd_run(model, xb[idx], yb[idx], e, steps=steps, loss=loss, target_rank=rank,
+                                   restarts=restarts, seed=run_seed, ids=ids[sl][idx.cpu()], early_stop=early_stop,
+                                   x_init=worst[idx] if warm_start else None)
+                    grad_evals += got.grad_evals
+                    with torch.no_grad():
+                        got_margin = margin(model(got.x_adv).float(), yb[idx])
+                    was = fooled[idx]
+                    better = ~was & (got.fooled | (got_margin > worst_margin[idx]))
+                    worst[idx[better]], worst_margin[idx[better]] = got.x_adv[better], got_margin[better]
+                    fooled[idx] = was | got.fooled
+                correct[sl, k] = ~fooled.cpu()
+                if keep_examples:
+                    examples[k, sl] = worst.cpu()
+                if progress is not None:
+                    progress.advance(task, len(yb))
+    return WorstCase(eps, correct, clean, ensemble_names(int(targets)), grad_evals, time.perf_counter() - start,
+                     examples)
