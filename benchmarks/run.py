@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # everything (about 13 minutes on 2 CPU cores)
     python benchmarks/run.py --quick         # fewer repeats; no memory, CIFAR-10 or demo
     python benchmarks/run.py --only attacks  # or: training, demo
+    python benchmarks/run.py --only eval     # benchmarks/eval_engine.py (hours; not part of everything)
 
 Attacks: our PGD / FGSM against torchattacks' (and ART's, where installed) on the same
 model, data, eps, steps and step size, interleaved in one process (ours, theirs, ours,
@@ -326,7 +327,7 @@ def machine(device: torch.device) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["attacks", "training", "demo"])
+    parser.add_argument("--only", choices=["attacks", "training", "demo", "eval"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -340,6 +341,10 @@ def main():
         return attack_child(int(args.attack_child[0]), args.attack_child[1], args.device)
     if args.child:
         return train_child(args.child, args.steps, args.device, args.batch)
+    if args.only == "eval":  # its own report and benchmarks/results_eval.json
+        from eval_engine import main as eval_main
+
+        return eval_main(["--device", args.device] + (["--quick"] if args.quick else []))
     device = resolve_device(args.device)
     results = {"machine": machine(device), "date": time.strftime("%Y-%m-%d")}
     if args.only in (None, "attacks"):

@@ -135,7 +135,7 @@ def test_cli_train_and_eval_end_to_end(tmp_path, monkeypatch, capsys):
     assert result["n"] == 40 and [r["eps"] for r in result["results"]] == pytest.approx([0.1, 8 / 255])
     assert 0 <= result["results"][0]["accuracy"] <= result["clean"] <= 1
     done = run_main(["eval", out, "--attack", "fgsm", "--eps", "0.1", "--limit", "20"], monkeypatch, capsys)
-    assert done.returncode == 0 and "fgsm" in done.stdout
+    assert done.returncode == 0 and "FGSM" in done.stdout
 
 
 @pytest.mark.parametrize("args,message", [

@@ -121,3 +121,17 @@ def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if world().enabled:
         dist.barrier()
+
+
+def sharded(compute, n: int) -> torch.Tensor:
+    """``compute(ids)`` for the test points ``ids`` returns a tensor with one row per point.
+    One process computes all n; under torchrun each rank computes its contiguous shard and
+    every rank gets the whole (n, ...) result, in order."""
+    here = world()
+    ids = torch.arange(n)
+    if not (here.enabled and dist.is_initialized()):
+        return compute(ids)
+    part = compute(ids.tensor_split(here.size)[here.rank]).cpu()
+    parts = [None] * here.size
+    dist.all_gather_object(parts, part)
+    return torch.cat(parts)

@@ -59,6 +59,34 @@ def ensemble_names(targets: int) -> list[str]:
     return ["apgd-ce"] + ([f"apgd-t({targets} targets)"] if targets else [])
 
 
+def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, runs, steps, restarts, warm_start,
+                   early_stop) -> int:
+    """Every attack of ``runs`` in turn on the points not yet ``fooled`` (all points without
+    early stop), at ``eps`` (a number or one per point); updates ``fooled``, ``worst`` and
+    ``worst_margin`` in place and returns the gradient evaluations spent."""
+    grad_evals = 0
+    for loss, rank, seed in runs:
+        idx = (~fooled).nonzero()[:, 0] if early_stop else torch.arange(len(y), device=y.device)
+        if not len(idx):
+            break
+        got = apgd_run(model, x[idx], y[idx], eps[idx] if isinstance(eps, torch.Tensor) else eps, steps=steps,
+                       loss=loss, target_rank=rank, restarts=restarts, seed=seed, ids=ids[idx.cpu()],
+                       early_stop=early_stop, x_init=worst[idx] if warm_start else None)
+        grad_evals += got.grad_evals
+        with torch.no_grad():
+            got_margin = margin(model(got.x_adv).float(), y[idx])
+        was = fooled[idx]
+        better = ~was & (got.fooled | (got_margin > worst_margin[idx]))
+        worst[idx[better]], worst_margin[idx[better]] = got.x_adv[better], got_margin[better]
+        fooled[idx] = was | got.fooled
+    return grad_evals
+
+
+def attack_runs(targets: int, seed: int) -> list[tuple]:
+    """(loss, target rank, seed) of each attack: APGD-CE, then APGD-T per target rank."""
+    return [("ce", None, seed)] + [("dlr-targeted", r, seed + 7919 * r) for r in range(1, int(targets) + 1)]
+
+
 def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *, steps: int = 100,
                targets: int = 3, restarts: int = 1, seed: int = 0, warm_start: bool = True, early_stop: bool = True,
                keep_examples: bool = False, batch_size: int = 256, device="cpu", ids: torch.Tensor | None = None,
@@ -80,8 +108,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     clean = torch.zeros(len(y), dtype=torch.bool)
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
     grad_evals = 0
-    # (loss, target rank, seed): APGD-CE, then APGD-T per target; each its own random starts
-    runs = [("ce", None, seed)] + [("dlr-targeted", r, seed + 7919 * r) for r in range(1, int(targets) + 1)]
+    runs = attack_runs(targets, seed)
     with attack_mode(model):
         for lo in range(0, len(y), batch_size):
             sl = slice(lo, lo + batch_size)
@@ -95,20 +122,9 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
             for k, e in enumerate(eps):
                 if known_fooled is not None:
                     fooled |= known_fooled[sl, k].to(device)
-                for loss, rank, run_seed in runs if e > 0 else []:
-                    idx = (~fooled).nonzero()[:, 0] if early_stop else torch.arange(len(yb), device=device)
-                    if not len(idx):
-                        break
-                    got = apgd_run(model, xb[idx], yb[idx], e, steps=steps, loss=loss, target_rank=rank,
-                                   restarts=restarts, seed=run_seed, ids=ids[sl][idx.cpu()], early_stop=early_stop,
-                                   x_init=worst[idx] if warm_start else None)
-                    grad_evals += got.grad_evals
-                    with torch.no_grad():
-                        got_margin = margin(model(got.x_adv).float(), yb[idx])
-                    was = fooled[idx]
-                    better = ~was & (got.fooled | (got_margin > worst_margin[idx]))
-                    worst[idx[better]], worst_margin[idx[better]] = got.x_adv[better], got_margin[better]
-                    fooled[idx] = was | got.fooled
+                if e > 0:
+                    grad_evals += _attack_robust(model, xb, yb, ids[sl], e, fooled, worst, worst_margin, runs,
+                                                 steps, restarts, warm_start, early_stop)
                 correct[sl, k] = ~fooled.cpu()
                 if keep_examples:
                     examples[k, sl] = worst.cpu()
@@ -116,3 +132,37 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                     progress.advance(task, len(yb))
     return WorstCase(eps, correct, clean, ensemble_names(int(targets)), grad_evals, time.perf_counter() - start,
                      examples)
+
+
+def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
+                   steps: int = 100, targets: int = 3, seed: int = 0, batch_size: int = 256, device="cpu",
+                   ids: torch.Tensor | None = None, progress=None, task=None) -> torch.Tensor:
+    """Each point's smallest fooling eps, narrowed by bisection between the largest grid eps
+    it withstood and the smallest that fooled it (``rounds`` halvings of that gap, the
+    ensemble at each midpoint): an upper bound on the point's minimal adversarial L-inf
+    norm, within gap / 2**rounds of the best this ensemble finds. inf where never fooled."""
+    upper = found.min_eps().clone()
+    grid = torch.tensor([0.0, *found.eps])
+    lower = grid[(grid[None, :] < upper[:, None]).sum(1) - 1].clamp(min=0)  # the largest grid eps below it
+    ids = torch.arange(len(y)) if ids is None else ids.cpu()
+    runs = attack_runs(targets, seed)
+    with attack_mode(model):
+        for lo in range(0, len(y), batch_size):
+            sl = slice(lo, lo + batch_size)
+            xb, yb = x[sl].to(device), y[sl].to(device)
+            xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
+            low, high = lower[sl].to(device), upper[sl].to(device)
+            open_gap = (high > 0) & torch.isfinite(high)
+            for _ in range(int(rounds)):
+                mid = (low + high) / 2
+                fooled = ~open_gap.clone()
+                with torch.no_grad():
+                    worst_margin = margin(model(xb).float(), yb)
+                _attack_robust(model, xb, yb, ids[sl], mid, fooled, xb.clone(), worst_margin, runs, steps, 1,
+                               False, True)
+                high = torch.where(open_gap & fooled, mid, high)
+                low = torch.where(open_gap & ~fooled, mid, low)
+            upper[sl] = high.cpu()
+            if progress is not None:
+                progress.advance(task, len(yb))
+    return upper

@@ -18,8 +18,12 @@ out_console = Console()
 DEVICE = typer.Option("auto", help="auto | cpu | cuda | cuda:N")
 DATA_ROOT = typer.Option(None, "--data-root", help="Directory with the dataset files")
 LIMIT = typer.Option(0, help="Use only the first N test images (0 = all)")
-STEPS = typer.Option(40, help="PGD steps")
-ATTACK = typer.Option("pgd", help=" | ".join(ATTACK_NAMES))
+STEPS = typer.Option(None, help="Steps per attack (default: 100 for ensemble and APGD, 40 for PGD)")
+ATTACK = typer.Option("ensemble", help=" | ".join(ATTACK_NAMES) + " (ensemble: the worst case of APGD-CE and "
+                      "targeted APGD-DLR per point; pgd --steps 40: the papers' protocol)")
+TARGETS = typer.Option(3, "--targets", help="Target classes of the ensemble's targeted APGD (0: APGD-CE only)")
+PROTOCOL = typer.Option(True, "--protocol/--no-protocol",
+                        help="Also measure the papers' protocol (PGD-40) and show it beside the worst case")
 
 
 def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
@@ -51,9 +55,12 @@ def eps_grid(text: str, dataset: str, option: str = "--eps") -> list[float]:
     return parse_eps_list(text, option) if text else grid_for(dataset)
 
 
-def check_attack(attack: str) -> None:
+def check_attack(attack: str, steps: int | None = None, targets: int = 0) -> None:
+    """One-line errors for --attack, --steps and --targets."""
     if attack not in ATTACK_NAMES:
         raise RobustganError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {attack!r}")
+    require(steps is None or steps > 0, f"--steps must be positive, got {steps}")
+    require(0 <= targets <= 9, f"--targets must be in 0..9, got {targets}")
 
 
 def require(ok: bool, message: str) -> None:

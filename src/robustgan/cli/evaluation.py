@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
+import torch
 import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from robustgan.cli.common import (ATTACK, DATA_ROOT, DEVICE, LIMIT, STEPS, check_attack, eps_grid, err_console,
-                                  json_eps, out_console, parse_eps_list, parse_one_eps, require)
+from robustgan import distributed
+from robustgan.cli.common import (ATTACK, DATA_ROOT, DEVICE, LIMIT, PROTOCOL, STEPS, TARGETS, check_attack, eps_grid,
+                                  err_console, json_eps, out_console, parse_eps_list, parse_one_eps, require)
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import check_run
-from robustgan.evaluate.curves import compute_curve, curves_csv, plot_curves, pointwise_tables
+from robustgan.evaluate.curves import (area, attack_label, compute_curve, curves_csv, min_norm_distances, plot_curves,
+                                      pointwise_tables)
 from robustgan.evaluate.predict import predict as classify
 from robustgan.evaluate.saliency import saliency_grid
 from robustgan.evaluate.trends import run_trends
@@ -30,9 +34,13 @@ def eval_(
     run: Path = typer.Argument(..., help="Run directory"),
     attack: str = ATTACK,
     eps: str = typer.Option("", help="Comma-separated eps values in pixel scale (8/255 allowed); default: the run's eval eps"),
-    steps: int = STEPS,
+    steps: Optional[int] = STEPS,
     step_size: Optional[float] = STEP_SIZE,
     restarts: int = RESTARTS,
+    targets: int = TARGETS,
+    protocol: bool = PROTOCOL,
+    min_norm: bool = typer.Option(False, "--min-norm", help="Also each point's smallest fooling eps (bisection "
+                                  "between grid points, ensemble only); prints its median and quartiles"),
     data_root: Optional[Path] = DATA_ROOT,
     limit: int = LIMIT,
     batch_size: int = typer.Option(256, "--batch-size"),
@@ -43,35 +51,60 @@ def eval_(
 ):
     """Clean and adversarial accuracy of a run's full defended model, per eps.
 
+    By default the worst case over APGD-CE and targeted APGD-DLR per point (docs/evaluation.md),
+    with the papers' PGD-40 beside it. Under `torchrun --nproc_per_node N -m robustgan eval ...`
+    the test points are sharded across the processes (same numbers as one process).
+
     Examples:
 
-      robustgan eval runs/pgd-digits --attack pgd --eps 0.1,0.2,0.3 --steps 40
+      robustgan eval runs/pgd-digits --eps 0.1,0.2,0.3 --json
 
-      robustgan eval runs/atgan-cifar10 --eps 2/255,8/255 --restarts 5 --limit 1000 --json
+      robustgan eval runs/pgd-digits --attack pgd --steps 40 --eps 0.3
+
+      robustgan eval runs/atgan-cifar10 --eps 2/255,8/255 --targets 9 --limit 1000 --min-norm
     """
-    check_attack(attack)
-    require(steps > 0 and restarts > 0 and limit >= 0 and batch_size > 0,
-            "--steps, --restarts and --batch-size must be positive, --limit >= 0")
+    check_attack(attack, steps, targets)
+    require(restarts > 0 and limit >= 0 and batch_size > 0, "--restarts and --batch-size must be positive, --limit >= 0")
     require(step_size is None or step_size > 0, f"--step-size must be positive, got {step_size}")
+    require(not min_norm or attack == "ensemble", "--min-norm needs --attack ensemble")
     eps_list = parse_eps_list(eps) if eps else [default_eps(RunDir(run).config())]
-    with Progress(console=err_console, transient=True) as progress:
+    device = resolve_device(device)
+    here = distributed.setup(device)
+    device = distributed.device_for(device, here)
+    start = time.perf_counter()
+    with Progress(console=err_console, transient=True, disable=not here.is_main) as progress:
         curve = compute_curve(run, eps_list, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
-                              limit=limit, seed=seed, device=resolve_device(device), data_root=data_root,
-                              batch_size=batch_size, channels_last=channels_last, progress=progress)
-    is_pgd = attack == "pgd"
-    table = Table(title=f"{run}: {attack}" + (f"-{steps} x{restarts}" if is_pgd else "") + f", n={curve.n}")
+                              targets=targets, protocol=protocol, limit=limit, seed=seed, device=device,
+                              data_root=data_root, batch_size=batch_size, channels_last=channels_last,
+                              progress=progress)
+        distances = min_norm_distances(run, curve, limit=limit, device=device, data_root=data_root,
+                                       progress=progress) if min_norm else None
+    if not here.is_main:
+        return
+    s = curve.settings
+    table = Table(title=f"{run}: {attack_label(s)}, n={curve.n}")
     table.add_column("eps")
     table.add_column("accuracy", justify="right")
-    table.add_row("clean", f"{curve.clean:.2%}")
-    for e, acc in zip(curve.eps, curve.acc):
-        table.add_row(format_eps(e), f"{acc:.2%}")
+    if curve.protocol is not None:
+        table.add_column(f"{s['protocol'].upper()} (papers' protocol)", justify="right")
+    table.add_row("clean", f"{curve.clean:.2%}", *([""] if curve.protocol is not None else []))
+    for i, (e, acc) in enumerate(zip(curve.eps, curve.acc)):
+        table.add_row(format_eps(e), f"{acc:.2%}", *([f"{curve.protocol[i]:.2%}"] if curve.protocol is not None else []))
+    console = err_console if as_json else out_console
+    console.print(table)
+    if distances is not None:
+        q = distances.quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
+        console.print(f"smallest fooling eps per point: median {q[1]:.4f} (quartiles {q[0]:.4f}, {q[2]:.4f})")
     if not as_json:
-        out_console.print(table)
         return
-    err_console.print(table)
-    result = {"run": str(run), "n": curve.n, "attack": attack, "steps": steps if is_pgd else None,
-              "restarts": restarts if is_pgd else None, "clean": curve.clean,
-              "results": [{"eps": json_eps(e), "accuracy": acc} for e, acc in zip(curve.eps, curve.acc)]}
+    result = {"run": str(run), "n": curve.n, "attack": attack, "attacks": s["attacks"], "steps": s["steps"],
+              "targets": s["targets"], "restarts": restarts, "seed": seed, "protocol": s["protocol"],
+              "seconds": round(time.perf_counter() - start, 3), "clean": curve.clean,
+              "results": [{"eps": json_eps(e), "accuracy": acc,
+                           **({"protocol_accuracy": curve.protocol[i]} if curve.protocol is not None else {})}
+                          for i, (e, acc) in enumerate(zip(curve.eps, curve.acc))]}
+    if distances is not None:
+        result["min_eps"] = [json_eps(d) for d in distances.tolist()]
     sys.stdout.write(json.dumps(result) + "\n")
 
 
@@ -79,9 +112,11 @@ def curve(
     runs: List[Path] = typer.Argument(..., help="Run directories (e.g. a sweep's runs)"),
     eps: str = typer.Option("", help="eps_i grid, comma-separated (default: the paper's grid for the dataset)"),
     attack: str = ATTACK,
-    steps: int = STEPS,
+    steps: Optional[int] = STEPS,
     step_size: Optional[float] = STEP_SIZE,
     restarts: int = RESTARTS,
+    targets: int = TARGETS,
+    protocol: bool = PROTOCOL,
     table_eps: str = typer.Option("", "--table-eps", help="eps_i values for the point-wise tables (default: all)"),
     limit: int = LIMIT,
     out: Path = typer.Option(Path("runs/curves"), "--out", help="Output folder"),
@@ -90,22 +125,27 @@ def curve(
 ):
     """Robustness curves (accuracy vs eps_i, paper 000 Figs. 2-4), their areas, and the
     point-wise tables (Tables 2-4). Writes curves.png, curves.csv, tables.md, tables.csv.
-    Results are cached in each run, so re-plotting costs nothing.
+    By default the worst-case ensemble, with the papers' PGD-40 beside it (x markers, and in
+    parentheses in the tables). Results are cached per point in each run, so re-plotting
+    costs nothing and adding an eps point computes only that point.
 
     Examples:
 
-      robustgan curve runs/sweep-mnist/* --steps 40 --table-eps 0.1,0.3
+      robustgan curve runs/sweep-mnist/* --table-eps 0.1,0.3
 
       robustgan curve runs/atgan-digits runs/pgd-digits --eps 0.05,0.1,0.2,0.3 --limit 200
+
+      robustgan curve runs/sweep-mnist/* --attack pgd --steps 40   # the papers' protocol alone
     """
-    check_attack(attack)
-    require(steps > 0 and restarts > 0 and limit >= 0, "--steps and --restarts must be positive, --limit >= 0")
+    check_attack(attack, steps, targets)
+    require(restarts > 0 and limit >= 0, "--restarts must be positive, --limit >= 0")
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
     table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
     with Progress(console=err_console, transient=True) as progress:
         curves = [compute_curve(r, grid, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
-                                limit=limit, device=resolve_device(device), data_root=data_root, progress=progress)
+                                targets=targets, protocol=protocol, limit=limit, device=resolve_device(device),
+                                data_root=data_root, progress=progress)
                   for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "curves.png", f"{dataset}: robustness curves")
@@ -113,11 +153,13 @@ def curve(
     md, table_csv = pointwise_tables(curves, table_grid)
     (out / "tables.md").write_text(md)
     (out / "tables.csv").write_text(table_csv)
-    table = Table(title=f"area under the robustness curve (n={curves[0].n})")
-    for col in ("run", "method", "eps_t", "clean", "area"):
+    paper = curves[0].protocol is not None
+    table = Table(title=f"area under the robustness curve ({attack_label(curves[0].settings)}, n={curves[0].n})")
+    for col in ("run", "method", "eps_t", "clean", "area", *(["area, PGD-40 (papers' protocol)"] if paper else [])):
         table.add_column(col)
     for c in curves:
-        table.add_row(str(c.run), c.method, format_eps(c.eps_t), f"{c.clean:.1%}", f"{c.auc:.3f}")
+        table.add_row(str(c.run), c.method, format_eps(c.eps_t), f"{c.clean:.1%}", f"{c.auc:.3f}",
+                      *([f"{area(c.eps, c.protocol):.3f}"] if paper else []))
     out_console.print(table)
     out_console.print(f"wrote {out}/curves.png, curves.csv, tables.md, tables.csv")
 
@@ -166,7 +208,7 @@ def saliency(
     runs: List[Path] = typer.Argument(..., help="Run directories, one row pair each"),
     index: int = typer.Option(0, "--index", "-i", help="Test image index"),
     eps_i: str = typer.Option("", "--eps-i", help="Test eps values (default: 3 from the dataset's grid)"),
-    steps: int = STEPS,
+    steps: int = typer.Option(40, help="PGD steps for the adversarial images"),
     out: Path = typer.Option(Path("runs/saliency.png"), "--out", help="Output PNG"),
     data_root: Optional[Path] = DATA_ROOT,
 ):

@@ -19,7 +19,7 @@ def report(
     runs: List[Path] = typer.Argument(..., help="Run directories"),
     out: Path = typer.Option(Path("runs/report.html"), "--out", help="HTML file to write"),
     eps: str = typer.Option("", help="eps_i grid for the curves (default: the paper's grid)"),
-    steps: int = typer.Option(20, help="PGD steps for curves and saliency"),
+    steps: int = typer.Option(20, help="PGD steps of the saliency images (curves: the worst-case ensemble, PGD-40 beside it)"),
     limit: int = LIMIT,
     index: int = typer.Option(0, "--index", help="Test image for saliency and trends"),
     run_checks: bool = typer.Option(False, "--check/--no-check", help="Run the checks first where missing"),
@@ -32,7 +32,7 @@ def report(
 
       robustgan report runs/demo/* --out runs/demo/report.html
 
-      robustgan report runs/sweep-mnist/* --steps 40 --check
+      robustgan report runs/sweep-mnist/* --check
     """
     require(steps > 0 and limit >= 0, "--steps must be positive, --limit >= 0")
     grid = eps_grid(eps, RunDir(runs[0]).config().data.name)

@@ -1,71 +1,149 @@
-"""Evaluation results cached per run: <run>/eval_cache.json maps a key built from
-(attack, eps, steps, step size, restarts, n, seed) and the weights' hash to an accuracy,
-so reports and curves never recompute what ``eval`` / ``curve`` / ``check`` measured."""
+"""Per-sample evaluation results cached per run: <run>/eval_cache.json maps a key built from
+every setting that changes a number (attack, eps, steps, step size, restarts, targets, n,
+seed, and the attacks' version) to which test points stayed correct, for one hash of the
+weights. Reports, curves and checks never recompute what ``eval`` / ``curve`` / ``check``
+measured, and adding an eps point to a curve computes only that point.
+
+Safe under concurrent writers (two ``eval`` processes, torchrun ranks): every write
+re-reads the file under an exclusive lock (``fcntl.flock`` on eval_cache.json.lock), merges
+its entries and replaces the file atomically, so no entry is ever lost. Two results for
+the same key are merged point by point with AND: a point one attack fooled is fooled."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from robustgan.attacks import default_step_size, robust_accuracy
+from robustgan.attacks import ATTACK_VERSION, default_step_size, robust_mask
+from robustgan.distributed import sharded
 from robustgan.runs import MODEL, RunDir, atomic_write
 
 CACHE = "eval_cache.json"
 
 
-def weights_digest(run: RunDir) -> str:
+def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(run.file(MODEL), "rb") as handle:
+    with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def weights_digest(run: RunDir) -> str:
+    return file_digest(run.file(MODEL))[:16]
 
 
 def cache_key(**settings) -> str:
     norm = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in sorted(settings.items())}
-    return json.dumps(norm, sort_keys=True)
+    return json.dumps({**norm, "version": ATTACK_VERSION}, sort_keys=True)
+
+
+def pack(mask: torch.Tensor) -> str:
+    return np.packbits(mask.numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack(text: str, n: int) -> torch.Tensor:
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n]
+    return torch.from_numpy(bits.astype(bool))
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive lock on ``path`` + '.lock' for the block (blocks until it is free)."""
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class EvalCache:
-    def __init__(self, run_dir: str | Path):
-        self.run = RunDir(run_dir)
-        self.path = self.run.file(CACHE)
-        self.digest = weights_digest(self.run)
-        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self.entries = data.get("entries", {}) if data.get("weights") == self.digest else {}
+    """The results for one set of weights, kept in ``path`` (for a run: <run>/eval_cache.json)."""
 
-    def get(self, **settings):
-        return self.entries.get(cache_key(**settings))
+    def __init__(self, run_dir: str | Path | None = None, *, path: Path | None = None, digest: str | None = None):
+        if run_dir is not None:
+            run = RunDir(run_dir)
+            path, digest = run.file(CACHE), weights_digest(run)
+        self.path, self.digest = Path(path), digest
+        self.entries = self._read()
 
-    def put(self, value, **settings) -> None:
-        self.entries[cache_key(**settings)] = value
-        payload = json.dumps({"weights": self.digest, "entries": self.entries}, indent=0)
-        atomic_write(self.path, payload)
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return data.get("entries", {}) if data.get("weights") == self.digest else {}
+
+    def get(self, **settings) -> torch.Tensor | None:
+        """Which of the n points stayed correct (bool (n,)), or None if not measured."""
+        hit = self.entries.get(cache_key(**settings))
+        return None if hit is None else unpack(hit, settings["n"])
+
+    def matching(self, **settings) -> dict[float, torch.Tensor]:
+        """Every cached eps measured with these settings (all but eps): {eps: mask}."""
+        want, found = json.loads(cache_key(**settings)), {}
+        for key, value in self.entries.items():
+            entry = json.loads(key)
+            eps = entry.pop("eps", None)
+            if eps is not None and entry == want:
+                found[math.inf if eps == "inf" else float(eps)] = unpack(value, settings["n"])
+        return found
+
+    def put(self, mask: torch.Tensor, **settings) -> None:
+        self.put_many([(mask, settings)])
+
+    def put_many(self, results: list[tuple[torch.Tensor, dict]]) -> None:
+        """Merge results into the file under the lock (re-read, AND per key, atomic replace)."""
+        with locked(self.path):
+            self.entries = self._read()
+            for mask, settings in results:
+                key, new = cache_key(**settings), mask.bool().cpu()
+                old = self.entries.get(key)
+                if old is not None:
+                    new = new & unpack(old, len(new))
+                self.entries[key] = pack(new)
+            atomic_write(self.path, json.dumps({"weights": self.digest, "entries": self.entries}, indent=0))
 
 
-def cached_accuracy(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0, steps: int = 10,
-                    step_size: float | None = None, restarts: int = 1, seed: int = 0, **kw) -> float:
-    """``robust_accuracy`` through a run's evaluation cache (same settings, same weights:
-    same number, computed once). The seed fixes random starts."""
+def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None = None,
+                  step_size: float | None = None, restarts: int = 1, targets: int = 3) -> dict:
+    """The cache key's settings: only those that change the numbers of ``attack``."""
     if attack == "none" or eps == 0:
-        attack, eps, steps, step_size, restarts = "none", 0.0, 0, None, 1
-    elif attack != "pgd":
-        steps, step_size, restarts = 0, None, 1
-    elif step_size is None:
-        step_size = default_step_size(eps, steps)
-    settings = dict(attack=attack, eps=float(eps), steps=steps, step_size=step_size, restarts=restarts, n=len(y),
-                    seed=seed)
+        return dict(attack="none", eps=0.0, n=n)
+    settings = dict(attack=attack, eps=float(eps), n=n, seed=seed)
+    if attack == "pgd":
+        settings |= dict(steps=steps, step_size=step_size or default_step_size(eps, steps), restarts=restarts)
+    elif attack in ("apgd-ce", "apgd-dlr", "ensemble"):
+        settings |= dict(steps=steps, restarts=restarts) | (dict(targets=targets) if attack == "ensemble" else {})
+    return settings
+
+
+def cached_mask(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0, steps: int | None = None,
+                step_size: float | None = None, restarts: int = 1, targets: int = 3, seed: int = 0, **kw) -> torch.Tensor:
+    """``robust_mask`` through the cache (same settings, same weights: same answer, computed
+    once). Random starts are drawn per sample from ``seed``; under torchrun the points are
+    sharded across the ranks (every rank gets, and merges into the cache, the whole mask)."""
+    settings = mask_settings(attack, eps, len(y), seed, steps, step_size, restarts, targets)
     hit = cache.get(**settings)
     if hit is not None:
         if kw.get("progress") is not None:
             kw["progress"].advance(kw["task"], len(y))
         return hit
-    torch.manual_seed(seed)
-    value = robust_accuracy(model, x, y, attack=attack, eps=eps, steps=max(steps, 1), step_size=step_size,
-                            restarts=restarts, **kw)
-    cache.put(value, **settings)
-    return value
+    mask = sharded(lambda ids: robust_mask(model, x[ids], y[ids], attack=settings["attack"], eps=eps, steps=steps,
+                                           step_size=step_size, restarts=restarts, targets=targets, seed=seed,
+                                           ids=ids, **kw), len(y))
+    cache.put(mask, **settings)
+    return mask
+
+
+def cached_accuracy(cache: EvalCache, model, x, y, **kw) -> float:
+    mask = cached_mask(cache, model, x, y, **kw)
+    return mask.float().mean().item() if len(mask) else 0.0

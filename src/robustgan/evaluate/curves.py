@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from robustgan.attacks import WorstCase, worst_case
+from robustgan.attacks.ensemble import ensemble_names, refine_min_eps
+from robustgan.attacks.accuracy import DEFAULT_STEPS
+from robustgan.distributed import sharded
 from robustgan.eps import format_eps
-from robustgan.evaluate.cache import EvalCache, cached_accuracy
+from robustgan.evaluate.cache import EvalCache, cached_mask, mask_settings
 from robustgan.plotting import pyplot
 from robustgan.runtime import geometry_for, open_run
+
+PROTOCOL_STEPS = 40  # the papers' PGD-40, shown beside the worst case
 
 
 @dataclass
@@ -23,10 +31,13 @@ class Curve:
     method: str  # e.g. "atgan", "pgd_at-frac", "standard"
     eps_t: float
     eps: list[float]
-    acc: list[float]
+    acc: list[float]  # under the chosen attack (by default the worst-case ensemble)
     clean: float
     n: int
     settings: dict = field(default_factory=dict)
+    protocol: list[float] | None = None  # the papers' protocol (PGD-40) beside it, when measured
+    correct: torch.Tensor | None = field(default=None, repr=False)  # (n, len(eps)) bool, per point
+    clean_correct: torch.Tensor | None = field(default=None, repr=False)  # (n,) bool
 
     @property
     def auc(self) -> float:
@@ -49,28 +60,105 @@ def method_label(cfg) -> str:
     return cfg.method.name + ("-frac" if frac < 1 else "")
 
 
-def compute_curve(run_dir, eps_grid, *, attack="pgd", steps=40, step_size=None, restarts=1, limit=0, seed=0,
-                  device="cpu", data_root=None, batch_size=256, channels_last=False, progress=None) -> Curve:
+def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets, restarts, seed, **kw):
+    """(n, len(grid)) per-point results of the worst-case ensemble through the cache. Only
+    eps values not cached are attacked (in one ascending, warm-started pass; points fooled
+    at a smaller cached eps are skipped), and every result is closed upwards over all cached
+    eps: a point fooled at eps' is fooled at every eps >= eps'."""
+    base = mask_settings("ensemble", 1.0, len(y), seed, steps, None, restarts, targets)
+    del base["eps"]
+    known = cache.matching(**base)
+    missing = sorted({e for e in grid if e > 0 and e not in known})
+    if missing:
+        fooled_below = [torch.stack([~m for e2, m in known.items() if e2 < e] or [torch.zeros(len(y), dtype=torch.bool)])
+                        .any(0) for e in missing]
+        known_fooled = torch.stack(fooled_below, 1)
+        found = sharded(lambda ids: worst_case(model, x[ids], y[ids], missing, steps=steps, targets=targets,
+                                               restarts=restarts, seed=seed, ids=ids, known_fooled=known_fooled[ids],
+                                               **kw).correct, len(y))
+        cache.put_many([(found[:, k], base | {"eps": e}) for k, e in enumerate(missing)])
+        known |= {e: found[:, k] for k, e in enumerate(missing)}
+    elif kw.get("progress") is not None:
+        kw["progress"].advance(kw["task"], len(y) * len(grid))
+    closed, running = {0.0: clean}, clean.clone()
+    for e in sorted(known):
+        running &= known[e]
+        closed[e] = running.clone()
+    return torch.stack([closed[e] for e in grid], 1)
+
+
+def compute_curve(run_dir, eps_grid, *, attack="ensemble", steps=None, step_size=None, restarts=1, targets=3,
+                  protocol=True, limit=0, seed=0, device="cpu", data_root=None, batch_size=256, channels_last=False,
+                  progress=None) -> Curve:
     """Clean accuracy and accuracy under ``attack`` at each eps of ``eps_grid`` for one run
-    (its first ``limit`` test images), through the run's evaluation cache. ``eval`` prints
-    one of these; ``curve`` and ``report`` plot several."""
+    (its first ``limit`` test images), through the run's evaluation cache, per point. By
+    default the attack is the worst-case ensemble and the papers' protocol (PGD-40) is
+    measured beside it (``protocol=False`` skips it). Under torchrun the test points are
+    sharded across ranks. ``eval`` prints one of these; ``curve`` and ``report`` plot several."""
+    steps = DEFAULT_STEPS.get(attack, 1) if steps is None else steps
+    protocol = protocol and attack != "pgd"
     cfg, model, x, y = open_run(run_dir, limit=limit, data_root=data_root, device=device)
     cache = EvalCache(run_dir)
-    kw = dict(device=device, batch_size=batch_size, num_classes=geometry_for(cfg.data).num_classes, seed=seed,
-              channels_last=channels_last)
-    task = progress.add_task(f"{Path(run_dir).name}", total=len(y) * (1 + len(eps_grid))) if progress else None
-    clean = cached_accuracy(cache, model, x, y, attack="none", progress=progress, task=task, **kw)
-    acc = [cached_accuracy(cache, model, x, y, attack=attack, eps=e, steps=steps, step_size=step_size,
-                           restarts=restarts, progress=progress, task=task, **kw) for e in eps_grid]
-    return Curve(str(run_dir), method_label(cfg), float(getattr(cfg.method, "eps", 0.0)), list(eps_grid), acc, clean,
-                 len(y), {"attack": attack, "steps": steps, "restarts": restarts})
+    kw = dict(device=device, batch_size=batch_size, progress=progress)
+    mask_kw = kw | dict(num_classes=geometry_for(cfg.data).num_classes, channels_last=channels_last, seed=seed)
+    columns = 1 + len(eps_grid) * (2 if protocol else 1)
+    task = progress.add_task(f"{Path(run_dir).name}", total=len(y) * columns) if progress else None
+    kw["task"] = mask_kw["task"] = task
+
+    def per_eps(**settings):  # one sharded, cached mask per eps
+        return torch.stack([cached_mask(cache, model, x, y, eps=e, **settings, **mask_kw) for e in eps_grid], 1)
+
+    start = time.perf_counter()
+    clean = cached_mask(cache, model, x, y, attack="none", **mask_kw)
+    if attack == "ensemble":
+        correct = ensemble_masks(cache, model, x, y, eps_grid, clean, steps=steps, targets=targets,
+                                 restarts=restarts, seed=seed, **kw)
+    else:
+        correct = per_eps(attack=attack, steps=steps, step_size=step_size, restarts=restarts)
+    paper = per_eps(attack="pgd", steps=PROTOCOL_STEPS) if protocol else None
+    settings = {"attack": attack, "attacks": ensemble_names(targets) if attack == "ensemble" else [attack],
+                "steps": steps if attack in DEFAULT_STEPS else None, "restarts": restarts,
+                "targets": targets if attack == "ensemble" else None,
+                "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": seed,
+                "seconds": time.perf_counter() - start}
+    return Curve(str(run_dir), method_label(cfg), float(getattr(cfg.method, "eps", 0.0)), list(eps_grid),
+                 correct.float().mean(0).tolist() if len(y) else [0.0] * len(eps_grid),
+                 clean.float().mean().item() if len(y) else 0.0, len(y), settings,
+                 paper.float().mean(0).tolist() if paper is not None and len(y) else None, correct, clean)
+
+
+def min_norm_distances(run_dir, curve: Curve, *, limit=0, device="cpu", data_root=None, rounds=4,
+                       progress=None) -> torch.Tensor:
+    """Each point's smallest fooling eps from an ensemble curve: the smallest grid eps that
+    fooled it, narrowed by ``rounds`` bisections (``attacks.ensemble.refine_min_eps``)."""
+    _, model, x, y = open_run(run_dir, limit=limit, data_root=data_root, device=device)
+    order = sorted(range(len(curve.eps)), key=curve.eps.__getitem__)
+    s = curve.settings
+    found = WorstCase([curve.eps[i] for i in order], curve.correct[:, order], curve.clean_correct, s["attacks"], 0, 0.0)
+    task = progress.add_task("min-norm", total=len(y)) if progress else None
+    upper = found.min_eps()
+    return sharded(lambda ids: refine_min_eps(
+        model, x[ids], y[ids], WorstCase(found.eps, found.correct[ids], found.clean[ids], found.attacks, 0, 0.0),
+        rounds=rounds, steps=s["steps"], targets=s["targets"], seed=s["seed"], device=device, ids=ids,
+        progress=progress, task=task), len(y)) if len(y) else upper
+
+
+def attack_label(settings: dict) -> str:
+    """E.g. "worst case of APGD-CE + APGD-T (3 targets), 100 steps" or "PGD-40, 5 restarts"."""
+    attack, restarts = settings["attack"], settings.get("restarts", 1)
+    more = f", {restarts} restarts" if restarts > 1 else ""
+    if attack == "ensemble":
+        targets = f" + APGD-T ({settings['targets']} targets)" if settings.get("targets") else ""
+        return f"worst case of APGD-CE{targets}, {settings['steps']} steps{more}"
+    if attack in ("pgd", "apgd-ce", "apgd-dlr"):
+        return f"{attack.upper()}-{settings['steps']}{more}"
+    return attack.upper()
 
 
 def caption(curves: list[Curve]) -> str:
     s = curves[0].settings
-    attack = f"PGD-{s['steps']}" + (f", {s['restarts']} restarts" if s["restarts"] > 1 else "") if s["attack"] == "pgd" \
-        else s["attack"].upper()
-    return f"{attack}, n = {curves[0].n} test images per point"
+    beside = f"; x: {s['protocol'].upper()} (papers' protocol)" if curves[0].protocol else ""
+    return f"{attack_label(s)}{beside}, n = {curves[0].n} test images per point"
 
 
 def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
@@ -86,6 +174,8 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
     for c in curves:
         ax.plot(c.eps, c.acc, ls=styles[c.method], color=colours[c.eps_t], marker="o", ms=3, lw=1.6,
                 label=f"{c.method}, eps_t={format_eps(c.eps_t)} (area {c.auc:.3f})")
+        if c.protocol is not None:  # the papers' protocol beside the worst case, never instead of it
+            ax.plot(c.eps, c.protocol, ls="none", color=colours[c.eps_t], marker="x", ms=5, alpha=0.8)
     ax.set_xlabel("eps_i (test perturbation, L-inf)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -100,12 +190,15 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
 def curves_csv(curves: list[Curve]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["run", "method", "eps_t", "eps_i", "accuracy", "n", "attack", "steps", "restarts"])
+    writer.writerow(["run", "method", "eps_t", "eps_i", "accuracy", "n", "attack", "steps", "restarts", "targets",
+                     "protocol", "protocol_accuracy"])
     for c in curves:
         s = c.settings
-        writer.writerow([c.run, c.method, c.eps_t, 0.0, c.clean, c.n, "none", 0, 1])
-        for e, a in zip(c.eps, c.acc):
-            writer.writerow([c.run, c.method, c.eps_t, e, a, c.n, s["attack"], s["steps"], s["restarts"]])
+        writer.writerow([c.run, c.method, c.eps_t, 0.0, c.clean, c.n, "none", 0, 1, "", "", ""])
+        for i, (e, a) in enumerate(zip(c.eps, c.acc)):
+            writer.writerow([c.run, c.method, c.eps_t, e, a, c.n, s["attack"], s["steps"], s["restarts"],
+                             s.get("targets") or "", s.get("protocol") or "",
+                             "" if c.protocol is None else c.protocol[i]])
     return out.getvalue()
 
 
@@ -117,14 +210,17 @@ def pointwise_tables(curves: list[Curve], table_eps: list[float]) -> tuple[str, 
     lookup = {(c.method, c.eps_t): c for c in curves}
     md, rows = [], [["eps_i", "eps_t", *methods]]
     for e in table_eps:
-        md += [f"**eps_i = {format_eps(e)}** ({caption(curves)})", "",
+        beside = f"; in parentheses {curves[0].settings['protocol'].upper()}, the papers' protocol" \
+            if curves[0].protocol else ""
+        md += [f"**eps_i = {format_eps(e)}** ({attack_label(curves[0].settings)}{beside}; n = {curves[0].n})", "",
                "| eps_t | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for t in eps_ts:
             cells = []
             for m in methods:
                 c = lookup.get((m, t))
-                value = next((a for ce, a in zip(c.eps, c.acc) if abs(ce - e) < 1e-9), None) if c else None
-                cells.append("" if value is None else f"{100 * value:.1f}")
+                k = next((i for i, ce in enumerate(c.eps) if abs(ce - e) < 1e-9), None) if c else None
+                paper = f" ({100 * c.protocol[k]:.1f})" if k is not None and c.protocol is not None else ""
+                cells.append("" if k is None else f"{100 * c.acc[k]:.1f}{paper}")
             md.append(f"| {format_eps(t)} | " + " | ".join(cells) + " |")
             rows.append([e, t, *cells])
         md.append("")

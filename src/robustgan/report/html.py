@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from robustgan.eps import format_eps, grid_for
-from robustgan.evaluate.curves import Curve, caption, compute_curve, method_label, plot_curves
+from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
 from robustgan.evaluate.saliency import saliency_grid
 from robustgan.evaluate.trends import run_trends
 from robustgan.plotting import pyplot
@@ -77,6 +77,12 @@ def training_figure(run: RunDir):
     return uri
 
 
+def _cell(curve: Curve, i: int) -> str:
+    """Worst-case accuracy, with the papers' protocol in parentheses when measured."""
+    paper = f" ({100 * curve.protocol[i]:.1f})" if curve.protocol is not None else ""
+    return f"{100 * curve.acc[i]:.1f}{paper}"
+
+
 def curves_tables_html(curves: list[Curve]) -> str:
     methods = list(dict.fromkeys(c.method for c in curves))
     eps_ts = sorted({c.eps_t for c in curves})
@@ -85,11 +91,12 @@ def curves_tables_html(curves: list[Curve]) -> str:
                                                    for t in eps_ts if (m, t) in lookup) + "</tr>"
     rows = []
     for i, e in enumerate(curves[0].eps):
-        cells = "".join(f"<td>{100 * lookup[(m, t)].acc[i]:.1f}</td>" for m in methods for t in eps_ts if (m, t) in lookup)
+        cells = "".join(f"<td>{_cell(lookup[(m, t)], i)}</td>" for m in methods for t in eps_ts if (m, t) in lookup)
         rows.append(f"<tr><td>{format_eps(e)}</td>{cells}</tr>")
     area = "".join(f"<td>{lookup[(m, t)].auc:.3f}</td>" for m in methods for t in eps_ts if (m, t) in lookup)
     return (f"<table>{head}{''.join(rows)}<tr><th>area</th>{area}</tr></table>"
-            f'<p class="caption">Accuracy (%) per test eps_i; {caption(curves)}. Area: mean accuracy over the eps_i range.</p>')
+            f'<p class="caption">Accuracy (%) per test eps_i{"; in parentheses the papers&#39; protocol" if curves[0].protocol else ""}; '
+            f'{caption(curves)}. Area: mean accuracy over the eps_i range.</p>')
 
 
 def check_html(run: RunDir) -> str:
@@ -107,21 +114,25 @@ def check_html(run: RunDir) -> str:
 
 
 def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20, limit: int = 0, index: int = 0,
-                 device="cpu", data_root=None, progress=None) -> Path:
+                 device="cpu", data_root=None, progress=None, curve_steps: int | None = None) -> Path:
+    """The HTML page for ``runs``: curves by the worst-case ensemble (``curve_steps`` per
+    attack, default 100) with PGD-40 beside it, saliency maps by PGD-``steps``."""
     runs = [Path(r) for r in runs]
     configs = [RunDir(r).config() for r in runs]
     dataset = configs[0].data.name
     grid = eps_grid or grid_for(dataset)
-    curves = [compute_curve(r, grid, steps=steps, limit=limit, device=device, data_root=data_root, progress=progress)
-              for r in runs]
+    curves = [compute_curve(r, grid, steps=curve_steps, limit=limit, device=device, data_root=data_root, progress=progress)
+              for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
     parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
     summary = "".join(
         f"<tr><td>{html.escape(str(r))}</td><td>{method_label(c)}</td><td>{format_eps(getattr(c.method, 'eps', 0.0))}</td>"
-        f"<td>{100 * cv.clean:.1f}</td><td>{cv.auc:.3f}</td><td>{_check_status(RunDir(r))}</td></tr>"
+        f"<td>{100 * cv.clean:.1f}</td><td>{cv.auc:.3f}</td><td>{area(cv.eps, cv.protocol) if cv.protocol else float('nan'):.3f}</td>"
+        f"<td>{_check_status(RunDir(r))}</td></tr>"
         for r, c, cv in zip(runs, configs, curves))
     parts.append("<h2>Summary</h2><table><tr><th>run</th><th>method</th><th>eps_t</th><th>clean %</th>"
-                 f"<th>curve area</th><th>checks</th></tr>{summary}</table>")
+                 "<th>curve area (worst case)</th><th>curve area (PGD-40, papers' protocol)</th>"
+                 f"<th>checks</th></tr>{summary}</table>")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         plot_curves(curves, tmp / "curves.png", f"{dataset}: robustness curves")

@@ -1,0 +1,295 @@
+"""Issue 15: the worst-case evaluation engine against torchattacks' APGD-CE + APGD-T, Foolbox's
+PGD and our PGD-40, on trained digits models: as strong, and cheaper per accuracy curve.
+
+    python benchmarks/eval_engine.py             # both digits presets, 359 images, 3 repeats (hours on 2 CPU cores)
+    python benchmarks/eval_engine.py --quick --limit 24 --repeats 1 --aa-limit 0 --eps 0.1,0.3   # smoke test, ~2 min
+    python benchmarks/run.py --only eval         # the same as the first (--quick passes through)
+
+Models: configs/pgd-at-digits.toml and configs/atgan-digits.toml, trained into --runs (default
+runs/bench-eval) or reused where <runs>/<preset>/DONE exists. ``--quick`` trains short
+versions (2 epochs) into runs/bench-eval-quick instead: a smoke test, not a
+result. The attack settings are the same in both modes.
+
+Curves, each over the whole eps grid (default the digits grid 0.1..0.5), same model and images:
+- ours: one ``worst_case`` call (APGD-CE, then APGD-T towards 3 target classes, 100 steps,
+  ascending eps with warm start and early stop);
+- torchattacks 3.5.1: APGD-CE (100 steps) then APGD-T (100 steps, all 9 target classes, its
+  only setting) on the points APGD-CE left correct, as AutoAttack chains them, once per eps;
+- Foolbox 3 LinfPGD, 40 steps of 2.5 eps / 40 with a random start, all eps in one call (only
+  if foolbox imports; `make bench` installs it);
+- our PGD-40 (``robust_mask``, step 2.5 eps / 40, one seeded random start), once per eps:
+  the protocol before issue 15.
+
+Strength: robust accuracy per eps from those curves (repeats are checked to agree), and
+torchattacks' full AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) on the first
+--aa-limit images at --aa-eps. Goal: ours never more than 0.5 point above torchattacks.
+
+Cost: the curves in interleaved repeats (ours, torchattacks, foolbox, pgd40, ours...), so
+background load hits all alike; no warm-up run (one curve takes seconds to minutes). Seconds
+min / median / max, time / ours per repeat, and gradient evaluations per test point, counted
+the same way for everyone: the model is wrapped so that every forward pass whose input
+requires grad (one followed by an input gradient) adds its batch size. Goal: ours at least
+3x faster than torchattacks per curve.
+
+Results: a markdown report on stdout and benchmarks/results_eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import robustgan
+from robustgan.attacks.accuracy import robust_mask
+from robustgan.attacks.ensemble import worst_case
+from robustgan.config import load_config
+from robustgan.eps import format_eps, grid_for, parse_number
+from robustgan.runtime import resolve_device
+from robustgan.train import ensure_trained
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import machine  # noqa: E402 (benchmarks/ on the path first)
+
+PRESETS = ["pgd-at-digits", "atgan-digits"]
+QUICK = ["train.epochs=2"]  # plus method.loss_net_epochs=1 where the method has one: about 80 s of training
+GOAL_POINTS = 0.5  # ours may be at most this many accuracy points above torchattacks at any eps
+GOAL_SPEEDUP = 3.0  # ours at least this many times faster than torchattacks per curve
+
+
+class GradCounter(nn.Module):
+    """The model, counting test points that go through a forward pass followed by an input
+    gradient (grad enabled and the input requires grad): the same count for every library."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.count = model, 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.count += len(x)
+        return self.model(x)
+
+
+# ------------------------------------------------------------------ models
+def trained_run(preset: str, runs: Path, quick: bool) -> Path:
+    """The finished run of ``preset`` in ``runs``: reused when done, else trained (or resumed)."""
+    path = ROOT / "configs" / f"{preset}.toml"
+    cfg = load_config(path)
+    if quick:
+        cfg = load_config(path, QUICK + (["method.loss_net_epochs=1"] if hasattr(cfg.method, "loss_net_epochs")
+                                         else []))
+    out = runs / preset
+    if not (out / "DONE").is_file():
+        start = time.perf_counter()
+        ensure_trained(cfg, out, quiet=True)
+        print(f"  trained {preset} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return out
+
+
+# ------------------------------------------------------------------ curves: fn() -> correct (n, len(eps)) bool
+def predicts(model, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return (model(x_adv).argmax(1) == y).cpu()
+
+
+def torchattacks_curve(model, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> torch.Tensor:
+    """APGD-CE, then APGD-T on the points it left correct (AutoAttack's chaining), per eps."""
+    import torchattacks
+
+    columns = []
+    for e in eps:
+        ok = predicts(model, torchattacks.APGD(model, norm="Linf", eps=e, steps=100, loss="ce", n_restarts=1,
+                                               seed=0)(x, y), y)
+        idx = ok.nonzero()[:, 0]
+        if len(idx):
+            apgdt = torchattacks.APGDT(model, norm="Linf", eps=e, steps=100, n_restarts=1, n_classes=10, seed=0)
+            ok[idx] = predicts(model, apgdt(x[idx], y[idx]), y[idx])
+        columns.append(ok)
+    return torch.stack(columns, 1)
+
+
+def foolbox_curve(model, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> torch.Tensor:
+    """Foolbox's LinfPGD, PGD-40 with our step size (2.5 eps / 40); it returns the last iterate."""
+    import foolbox
+
+    attack = foolbox.attacks.LinfPGD(rel_stepsize=2.5 / 40, steps=40, random_start=True)
+    _, _, success = attack(foolbox.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)
+    return (~success).T.cpu()  # success: (len(eps), n)
+
+
+def curves(model, x: torch.Tensor, y: torch.Tensor, eps: list[float], device, found: dict) -> dict:
+    """{implementation: fn() -> correct (n, len(eps)) bool}; x uint8 on the CPU. Ours also
+    leaves its WorstCase in ``found["ours"]`` (for its own count of gradient evaluations)."""
+    xf, yd = x.to(device).float().div(255), y.to(device)  # (N, C, H, W) in [0, 1], for the peers
+
+    def ours():
+        found["ours"] = worst_case(model, x, y, eps, device=device)
+        return found["ours"].correct
+
+    runs = {"ours": ours, "torchattacks": lambda: torchattacks_curve(model, xf, yd, eps)}
+    try:
+        import foolbox  # noqa: F401
+
+        runs["foolbox"] = lambda: foolbox_curve(model, xf, yd, eps)
+    except ImportError:
+        pass
+    runs["pgd40"] = lambda: torch.stack([robust_mask(model, x, y, attack="pgd", eps=e, steps=40, seed=0,
+                                                     device=device) for e in eps], 1)
+    return runs
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(counter: GradCounter, runs: dict, repeats: int, device) -> tuple[dict, dict, dict, dict]:
+    """Interleaved repeats: (seconds per repeat, grad evals per point, the first repeat's
+    correct matrix, whether every repeat gave the same one), each keyed by implementation."""
+    times, evals, correct, same = {k: [] for k in runs}, {}, {}, {k: True for k in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            torch.manual_seed(0)  # foolbox's random start (the others seed themselves)
+            counter.count = 0
+            sync(device)
+            start = time.perf_counter()
+            got = fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+            evals[name] = counter.count
+            same[name] &= torch.equal(correct.setdefault(name, got), got)
+            print(f"    {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
+    return times, evals, correct, same
+
+
+def autoattack_subset(model, x: torch.Tensor, y: torch.Tensor, eps: list[float], device) -> dict:
+    """{eps: (correct (n,) bool, seconds)} under torchattacks' AutoAttack, standard version."""
+    import torchattacks
+
+    xf, yd = x.to(device).float().div(255), y.to(device)
+    found = {}
+    for e in eps:
+        start = time.perf_counter()
+        attack = torchattacks.AutoAttack(model, norm="Linf", eps=e, version="standard", n_classes=10, seed=0)
+        found[e] = (predicts(model, attack(xf, yd), yd), time.perf_counter() - start)
+        print(f"    autoattack eps {e:g}: {found[e][1]:.0f} s", file=sys.stderr, flush=True)
+    return found
+
+
+# ------------------------------------------------------------------ one preset
+def bench_preset(run: Path, args, eps: list[float], device) -> dict:
+    model = robustgan.load(run).to(device)
+    counter = GradCounter(model).eval()
+    x, y = robustgan.data.load("digits", split="test")
+    x, y = x[:args.limit or None], y[:args.limit or None]
+    n = len(y)
+    found = {}
+    times, evals, correct, same = measure(counter, curves(counter, x, y, eps, device, found), args.repeats, device)
+    clean = predicts(model, x.to(device).float().div(255), y.to(device)).float().mean().item()
+
+    aa_eps = [e for e in eps if any(abs(e - a) < 1e-9 for a in args.aa_eps)] if args.aa_limit else []
+    aa = autoattack_subset(counter, x[:args.aa_limit], y[:args.aa_limit], aa_eps, device) if aa_eps else {}
+    acc = {k: (100 * c.float().mean(0)).tolist() for k, c in correct.items()}
+    strength = []
+    for j, e in enumerate(eps):
+        ours, theirs = correct["ours"][:, j], correct["torchattacks"][:, j]
+        row = {"eps": e, "ours": acc["ours"][j], "torchattacks": acc["torchattacks"][j],
+               "ours_minus_theirs": acc["ours"][j] - acc["torchattacks"][j],
+               "fooled_by_theirs_only": int((ours & ~theirs).sum()), "fooled_by_ours_only": int((~ours & theirs).sum()),
+               "pgd40": acc["pgd40"][j], "foolbox_pgd40": acc["foolbox"][j] if "foolbox" in acc else None}
+        if e in aa:
+            row |= {"autoattack_subset": 100 * aa[e][0].float().mean().item(), "autoattack_seconds": aa[e][1],
+                    "ours_on_subset": 100 * ours[:args.aa_limit].float().mean().item()}
+        strength.append(row)
+    cost = []
+    for name in times:
+        ratios = [t / o for t, o in zip(times[name], times["ours"])]
+        cost.append({"implementation": name, "seconds_min": min(times[name]),
+                     "seconds_median": statistics.median(times[name]), "seconds_max": max(times[name]),
+                     "vs_ours_min": min(ratios), "vs_ours_median": statistics.median(ratios),
+                     "vs_ours_max": max(ratios), "grad_evals_per_point": evals[name] / n,
+                     "repeats_agree": same[name]})
+    speedup = next(r["vs_ours_median"] for r in cost if r["implementation"] == "torchattacks")
+    return {"n": n, "clean": 100 * clean, "aa_n": min(args.aa_limit, n), "strength": strength, "cost": cost,
+            "ours_own_grad_evals_per_point": found["ours"].grad_evals / n,
+            "strength_goal_met": all(r["ours_minus_theirs"] <= GOAL_POINTS for r in strength),
+            "speed_goal_met": speedup >= GOAL_SPEEDUP}
+
+
+# ------------------------------------------------------------------ report
+def report(results: dict) -> str:
+    lines = [f"Machine: {results['machine']}", ""]
+    for preset, r in results["presets"].items():
+        aa_n = r["aa_n"]
+        lines += [f"### {preset}: {r['n']} test images, clean accuracy {r['clean']:.1f}%", "",
+                  ("| eps | ours ensemble | torchattacks APGD-CE+APGD-T | ours - theirs (points) | fooled by theirs "
+                   f"only / ours only | PGD-40 | Foolbox PGD-40 | AutoAttack (first {aa_n}) | ours on those {aa_n} |"),
+                  "| --- " * 9 + "|"]
+        cell = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731 (not measured)
+        for s in r["strength"]:
+            lines.append(f"| {format_eps(s['eps'])} | {s['ours']:.1f} | {s['torchattacks']:.1f} | "
+                         f"{s['ours_minus_theirs']:+.1f} | {s['fooled_by_theirs_only']} / {s['fooled_by_ours_only']} "
+                         f"| {s['pgd40']:.1f} | {cell(s['foolbox_pgd40'])} | {cell(s.get('autoattack_subset'))} | "
+                         f"{cell(s.get('ours_on_subset'))} |")
+        worst = max(s["ours_minus_theirs"] for s in r["strength"])
+        lines += ["", (f"Strength goal (ours at most {GOAL_POINTS} point above torchattacks at every eps): "
+                       f"{'met' if r['strength_goal_met'] else 'NOT met'} (worst {worst:+.1f})"), "",
+                  ("| curve | seconds min | median | max | time / ours min | median | max | grad evals per point "
+                   "| repeats agree |"), "| --- " * 9 + "|"]
+        for c in r["cost"]:
+            lines.append(f"| {c['implementation']} | {c['seconds_min']:.1f} | {c['seconds_median']:.1f} | "
+                         f"{c['seconds_max']:.1f} | {c['vs_ours_min']:.2f} | {c['vs_ours_median']:.2f} | "
+                         f"{c['vs_ours_max']:.2f} | {c['grad_evals_per_point']:.0f} | "
+                         f"{'yes' if c['repeats_agree'] else 'NO'} |")
+        lines += ["", (f"Speed goal (ours at least {GOAL_SPEEDUP:g}x faster than torchattacks per curve, median): "
+                       f"{'met' if r['speed_goal_met'] else 'NOT met'}. Ours counts "
+                       f"{r['ours_own_grad_evals_per_point']:.0f} grad evals per point itself."), ""]
+    if not results["foolbox"]:
+        lines.append("Foolbox: not installed (it installs with `make bench`), skipped.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=PRESETS)
+    parser.add_argument("--runs", help="where the runs are trained or reused (default runs/bench-eval, "
+                                       "runs/bench-eval-quick with --quick)")
+    parser.add_argument("--limit", type=int, default=0, help="test images (0 = all 359)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eps", type=lambda s: [parse_number(v) for v in s.split(",")], default=grid_for("digits"))
+    parser.add_argument("--aa-limit", type=int, default=100, help="images for AutoAttack (0 = skip it)")
+    parser.add_argument("--aa-eps", type=lambda s: [parse_number(v) for v in s.split(",")], default=[0.2, 0.3],
+                        help="eps of the grid where AutoAttack runs")
+    parser.add_argument("--quick", action="store_true", help="short training runs (a smoke test)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    runs = Path(args.runs or ROOT / "runs" / ("bench-eval-quick" if args.quick else "bench-eval"))
+    eps = sorted(args.eps)
+    try:
+        import foolbox
+    except ImportError:
+        foolbox = None
+    import torchattacks
+
+    results = {"machine": f"{machine(device)}; torchattacks {torchattacks.__version__}"
+                          + (f", foolbox {foolbox.__version__}" if foolbox else ""),
+               "date": time.strftime("%Y-%m-%d"), "args": {**vars(args), "eps": eps, "runs": str(runs)},
+               "foolbox": foolbox is not None, "presets": {}}
+    for preset in args.presets:
+        print(f"  {preset}", file=sys.stderr, flush=True)
+        results["presets"][preset] = bench_preset(trained_run(preset, runs, args.quick), args, eps, device)
+    (ROOT / "benchmarks" / "results_eval.json").write_text(json.dumps(results, indent=1))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
