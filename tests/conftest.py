@@ -56,6 +56,26 @@ def trained_tiny(digits):
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def robust_tiny(digits):
+    """The tiny CNN after 8 epochs of PGD-5 adversarial training at eps 0.2 (about 3 s):
+    a model with real robustness for the attack-strength tests (measured on the 359 test
+    images: clean 87%, PGD-40 at eps 0.2 42%, APGD-CE 37%, the ensemble 33%)."""
+    from robustgan.attacks import pgd
+
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for epoch in range(8):
+        for idx in torch.randperm(len(y)).split(64):
+            x_adv = pgd(model, x[idx], y[idx], 0.2 * min(1, (epoch + 1) / 4), 5, 0.06, best=False, check=False)
+            opt.zero_grad()
+            F.cross_entropy(model.train()(x_adv), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
 def accuracy(model, x, y) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()

@@ -40,7 +40,7 @@ def checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(pj * steps) for pj in p})
+    return sorted({math.ceil(round(pj * steps, 6)) for pj in p})  # round: 0.57 * 100 is 57.000000001
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

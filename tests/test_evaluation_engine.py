@@ -1,0 +1,202 @@
+"""The worst-case evaluation engine (issue 15): APGD, the ensemble, the per-sample cache under
+concurrent writers, and sharded evaluation under torchrun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from robustgan.attacks import apgd, dlr_loss, dlr_targeted_loss, fgsm, pgd, robust_accuracy, worst_case
+from robustgan.attacks.apgd import checkpoints
+from robustgan.attacks.ensemble import refine_min_eps
+from robustgan.evaluate.cache import EvalCache, cache_key
+from tests.conftest import CONFIGS, accuracy, run_main, tiny_cnn
+
+
+class Scaled(torch.nn.Module):
+    """Logits times a constant: the same classifier, a saturated softmax."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+def test_dlr_losses_ignore_shifting_and_scaling_the_logits():
+    z, y, t = torch.randn(32, 10), torch.randint(0, 10, (32,)), torch.randint(0, 10, (32,))
+    assert torch.allclose(dlr_loss(z * 37 + 5, y), dlr_loss(z, y), atol=1e-5)
+    assert torch.allclose(dlr_targeted_loss(z * 0.01 - 2, y, t), dlr_targeted_loss(z, y, t), atol=1e-4)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    # Sec. 3.2: p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 of 100 iterations
+    assert checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
+def test_apgd_stays_in_ball_and_box_and_leaves_the_model_alone(loss):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(tiny_cnn(), torch.nn.Dropout(0.5)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for eps in (0.0, 0.05, 0.3, float("inf")):
+        x_adv = apgd(model, x, y, eps, steps=12, loss=loss, restarts=2)
+        assert (x_adv - x).abs().max() <= min(eps, 1) + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_best_iterate_never_loses_a_fooled_point(robust_tiny, digits):
+    _, _, xt, yt = digits
+    x, y = xt[:150], yt[:150]
+    with torch.no_grad():
+        wrong = robust_tiny(x).argmax(1) != y
+    kept = fgsm(robust_tiny, x, y, 0.1)
+    assert torch.equal(kept[wrong], x[wrong])  # already fooled: FGSM keeps the clean point
+    last = pgd(robust_tiny, x, y, 0.2, 10, 0.05, best=False, seed=3)
+    best = pgd(robust_tiny, x, y, 0.2, 10, 0.05, seed=3)
+    with torch.no_grad():
+        fooled_last, fooled_best = robust_tiny(last).argmax(1) != y, robust_tiny(best).argmax(1) != y
+    assert (fooled_best | ~fooled_last).all() and fooled_best.sum() >= fooled_last.sum()
+
+
+def test_ensemble_invariants(robust_tiny, digits):
+    """Every example within its ball and [0, 1]; per-sample monotone in eps; every point
+    counted as fooled has a stored example the model misclassifies."""
+    _, _, xt, yt = digits
+    x, y = xt[:96], yt[:96]
+    grid = [0.05, 0.15, 0.25, 0.3]
+    found = worst_case(robust_tiny, x, y, grid[::-1], steps=20, targets=2, keep_examples=True)
+    assert found.eps == grid
+    assert (found.correct[:, 1:] <= found.correct[:, :-1]).all() and (found.correct[:, 0] <= found.clean).all()
+    for k, eps in enumerate(grid):
+        ex = found.examples[k]
+        assert (ex - x).abs().max() <= eps + 1e-6 and ex.min() >= 0 and ex.max() <= 1
+        with torch.no_grad():
+            assert torch.equal(robust_tiny(ex).argmax(1) != y, ~found.correct[:, k])
+    assert found.accuracy == pytest.approx(found.correct.float().mean(0).tolist())
+    distances = found.min_eps()
+    for k, eps in enumerate(grid):  # the curve is 1 - CDF of the per-point distances
+        assert found.accuracy[k] == pytest.approx((distances > eps).float().mean().item())
+    refined = refine_min_eps(robust_tiny, x, y, found, rounds=2, steps=10, targets=1)
+    assert (refined <= distances).all() and (refined[torch.isinf(distances)] == float("inf")).all()
+
+
+def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits):
+    _, _, x, y = digits
+    eps = 0.2
+    acc_pgd = robust_accuracy(robust_tiny, x, y, attack="pgd", eps=eps, steps=40, seed=0)
+    acc_apgd = robust_accuracy(robust_tiny, x, y, attack="apgd-ce", eps=eps, seed=0)
+    acc_ensemble = robust_accuracy(robust_tiny, x, y, attack="ensemble", eps=eps, seed=0)
+    assert acc_apgd <= acc_pgd and acc_ensemble <= min(acc_apgd, acc_pgd)
+    assert acc_pgd - acc_ensemble >= 0.03, (acc_pgd, acc_apgd, acc_ensemble)  # measured 0.42 vs 0.33
+
+
+def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tiny, digits):
+    _, _, xt, yt = digits
+    x, y = xt[:200], yt[:200]
+    saturated = Scaled(robust_tiny, 1e4).eval()
+    assert accuracy(saturated, x, y) == accuracy(robust_tiny, x, y)
+    pgd_plain = robust_accuracy(robust_tiny, x, y, attack="pgd", eps=0.2, steps=40, seed=0)
+    pgd_saturated = robust_accuracy(saturated, x, y, attack="pgd", eps=0.2, steps=40, seed=0)
+    plain = robust_accuracy(robust_tiny, x, y, eps=0.2, steps=50, seed=0)
+    ensemble = robust_accuracy(saturated, x, y, eps=0.2, steps=50, seed=0)
+    assert pgd_saturated >= pgd_plain + 0.1, (pgd_plain, pgd_saturated)  # the CE gradient underflows
+    assert abs(ensemble - plain) <= 0.02, (plain, ensemble)  # DLR is scale-invariant
+
+
+def test_warm_start_and_early_stop_change_cost_not_results(robust_tiny, digits):
+    _, _, xt, yt = digits
+    x, y = xt[:120], yt[:120]
+    grid = [0.1, 0.15, 0.2]
+    fast = worst_case(robust_tiny, x, y, grid, steps=30, targets=2)
+    slow = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, warm_start=False, early_stop=False)
+    assert fast.grad_evals < 0.7 * slow.grad_evals  # measured 16772 vs 32400
+    assert max(abs(a - b) for a, b in zip(fast.accuracy, slow.accuracy)) <= 0.03, (fast.accuracy, slow.accuracy)
+
+
+def test_cache_key_holds_the_attack_version():
+    from robustgan.attacks import ATTACK_VERSION
+
+    assert json.loads(cache_key(attack="pgd", eps=0.1))["version"] == ATTACK_VERSION
+
+
+WRITER = """
+import sys, torch
+from robustgan.evaluate.cache import EvalCache
+cache = EvalCache(path=sys.argv[1], digest="w")
+for i in range(int(sys.argv[3])):
+    cache.put(torch.rand(50) > 0.5, attack="pgd", eps=0.01 * i, n=50, writer=sys.argv[2])
+"""
+
+
+def test_cache_keeps_every_entry_under_concurrent_writers(tmp_path):
+    path = tmp_path / "eval_cache.json"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w), "25"]) for w in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    cache = EvalCache(path=path, digest="w")
+    assert len(cache.entries) == 75
+    assert all(cache.get(attack="pgd", eps=0.01 * i, n=50, writer=str(w)) is not None for i in range(25) for w in range(3))
+
+
+def test_cache_merges_two_results_for_one_key_pointwise(tmp_path):
+    path = tmp_path / "eval_cache.json"
+    EvalCache(path=path, digest="w").put(torch.tensor([True, True, False, True]), attack="x", n=4)
+    EvalCache(path=path, digest="w").put(torch.tensor([True, False, True, True]), attack="x", n=4)
+    assert EvalCache(path=path, digest="w").get(attack="x", n=4).tolist() == [True, False, False, True]
+    assert EvalCache(path=path, digest="other weights").get(attack="x", n=4) is None
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine") / "run"
+    from robustgan.config import load_config
+    from robustgan.train import fit
+
+    fit(load_config(CONFIGS / "pgd-at-digits.toml", ["train.epochs=1", "data.train_limit=256", "train.eval_limit=16",
+                                                     "train.device=cpu"]), out, quiet=True)
+    return out
+
+
+def test_adding_an_eps_point_attacks_only_that_point(small_run, monkeypatch):
+    from robustgan.evaluate import curves
+
+    first = curves.compute_curve(small_run, [0.1, 0.3], steps=5, limit=32, protocol=False)
+    asked = []
+    real = curves.worst_case
+    monkeypatch.setattr(curves, "worst_case", lambda *a, **kw: asked.append(list(a[3])) or real(*a, **kw))
+    second = curves.compute_curve(small_run, [0.1, 0.2, 0.3], steps=5, limit=32, protocol=False)
+    assert asked == [[0.2]]
+    assert second.acc[0] == first.acc[0] and second.acc[2] <= first.acc[1]
+    assert second.acc[0] >= second.acc[1] >= second.acc[2]
+
+
+def test_eval_json_says_which_attacks_ran(small_run, monkeypatch, capsys):
+    done = run_main(["eval", small_run, "--eps", "0.1,0.2", "--steps", "5", "--targets", "2", "--limit", "24",
+                     "--json", "--min-norm"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["attack"] == "ensemble" and result["attacks"] == ["apgd-ce", "apgd-t(2 targets)"]
+    assert result["steps"] == 5 and result["targets"] == 2 and result["n"] == 24 and result["seconds"] > 0
+    assert result["protocol"] == "pgd-40" and len(result["min_eps"]) == 24
+    for row in result["results"]:
+        assert 0 <= row["accuracy"] <= row["protocol_accuracy"] + 0.25 and row["accuracy"] <= result["clean"]
+    assert "PGD-40 (papers' protocol)" in done.stderr
+
+
+def test_sharded_eval_under_torchrun_matches_one_process(small_run, monkeypatch, capsys):
+    args = ["eval", str(small_run), "--eps", "0.1,0.2", "--steps", "5", "--limit", "30", "--json", "--device", "cpu",
+            "--seed", "1"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "robustgan", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    (small_run / "eval_cache.json").unlink()
+    single = json.loads(run_main(args, monkeypatch, capsys).stdout)
+    assert sharded["results"] == single["results"] and sharded["clean"] == single["clean"]
