@@ -287,8 +287,8 @@ def main(argv: list[str] | None = None):
     for preset in args.presets:
         print(f"  {preset}", file=sys.stderr, flush=True)
         results["presets"][preset] = bench_preset(trained_run(preset, runs, args.quick), args, eps, device)
-    (ROOT / "benchmarks" / "results_eval.json").write_text(json.dumps(results, indent=1))
-    print(report(results))
+        (ROOT / "benchmarks" / "results_eval.json").write_text(json.dumps(results, indent=1))  # after each preset
+        print(report({**results, "presets": {preset: results["presets"][preset]}}), flush=True)
 
 
 if __name__ == "__main__":
