@@ -90,7 +90,7 @@ def test_curve_csv_equals_eval(digits_runs, tmp_path, monkeypatch, capsys):
     lines = (tmp_path / "curves" / "curves.csv").read_text().splitlines()
     rows = [line.split(",") for line in lines[1:]]
     curve = {float(r[3]): float(r[4]) for r in rows}
-    assert "n = 100 test images" in (tmp_path / "curves" / "tables.md").read_text()
+    assert "n = 100)" in (tmp_path / "curves" / "tables.md").read_text()
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 10_000
     done = run_main(["eval", b, "--eps", "0.1,0.2", "--steps", "10", "--limit", "100", "--json"], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
