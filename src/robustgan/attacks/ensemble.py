@@ -82,6 +82,14 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, runs, ste
     return grad_evals
 
 
+def batches(x, y, batch_size, device):
+    """(slice, float images in [0, 1] on device, labels on device) per batch of the set."""
+    for lo in range(0, len(y), batch_size):
+        sl = slice(lo, lo + batch_size)
+        xb, yb = x[sl].to(device), y[sl].to(device)
+        yield sl, (xb.float().div(255) if xb.dtype == torch.uint8 else xb), yb
+
+
 def attack_runs(targets: int, seed: int) -> list[tuple]:
     """(loss, target rank, seed) of each attack: APGD-CE, then APGD-T per target rank."""
     return [("ce", None, seed)] + [("dlr-targeted", r, seed + 7919 * r) for r in range(1, int(targets) + 1)]
@@ -110,10 +118,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     grad_evals = 0
     runs = attack_runs(targets, seed)
     with attack_mode(model):
-        for lo in range(0, len(y), batch_size):
-            sl = slice(lo, lo + batch_size)
-            xb, yb = x[sl].to(device), y[sl].to(device)
-            xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
+        for sl, xb, yb in batches(x, y, batch_size, device):
             with torch.no_grad():
                 logits = model(xb).float()
             fooled = logits.argmax(1) != yb
@@ -147,10 +152,7 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
     runs = attack_runs(targets, seed)
     with attack_mode(model):
-        for lo in range(0, len(y), batch_size):
-            sl = slice(lo, lo + batch_size)
-            xb, yb = x[sl].to(device), y[sl].to(device)
-            xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
+        for sl, xb, yb in batches(x, y, batch_size, device):
             low, high = lower[sl].to(device), upper[sl].to(device)
             open_gap = (high > 0) & torch.isfinite(high)
             for _ in range(int(rounds)):

@@ -81,31 +81,41 @@ def eval_(
                                        progress=progress) if min_norm else None
     if not here.is_main:
         return
+    (err_console if as_json else out_console).print(eval_table(run, curve, distances))
+    if as_json:
+        result = eval_json(run, curve, distances, restarts, seed, time.perf_counter() - start)
+        sys.stdout.write(json.dumps(result) + "\n")
+
+
+def eval_table(run, curve, distances) -> Table:
+    """The eval result as a table: accuracy per eps, the papers' protocol beside it."""
     s = curve.settings
     table = Table(title=f"{run}: {attack_label(s)}, n={curve.n}")
     table.add_column("eps")
     table.add_column("accuracy", justify="right")
-    if curve.protocol is not None:
+    paper = curve.protocol is not None
+    if paper:
         table.add_column(f"{s['protocol'].upper()} (papers' protocol)", justify="right")
-    table.add_row("clean", f"{curve.clean:.2%}", *([""] if curve.protocol is not None else []))
+    table.add_row("clean", f"{curve.clean:.2%}", *([""] if paper else []))
     for i, (e, acc) in enumerate(zip(curve.eps, curve.acc)):
-        table.add_row(format_eps(e), f"{acc:.2%}", *([f"{curve.protocol[i]:.2%}"] if curve.protocol is not None else []))
-    console = err_console if as_json else out_console
-    console.print(table)
+        table.add_row(format_eps(e), f"{acc:.2%}", *([f"{curve.protocol[i]:.2%}"] if paper else []))
     if distances is not None:
         q = distances.quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
-        console.print(f"smallest fooling eps per point: median {q[1]:.4f} (quartiles {q[0]:.4f}, {q[2]:.4f})")
-    if not as_json:
-        return
-    result = {"run": str(run), "n": curve.n, "attack": attack, "attacks": s["attacks"], "steps": s["steps"],
+        table.caption = f"smallest fooling eps per point: median {q[1]:.4f} (quartiles {q[0]:.4f}, {q[2]:.4f})"
+    return table
+
+
+def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
+    s = curve.settings
+    result = {"run": str(run), "n": curve.n, "attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"],
               "targets": s["targets"], "restarts": restarts, "seed": seed, "protocol": s["protocol"],
-              "seconds": round(time.perf_counter() - start, 3), "clean": curve.clean,
+              "seconds": round(seconds, 3), "clean": curve.clean,
               "results": [{"eps": json_eps(e), "accuracy": acc,
                            **({"protocol_accuracy": curve.protocol[i]} if curve.protocol is not None else {})}
                           for i, (e, acc) in enumerate(zip(curve.eps, curve.acc))]}
     if distances is not None:
         result["min_eps"] = [json_eps(d) for d in distances.tolist()]
-    sys.stdout.write(json.dumps(result) + "\n")
+    return result
 
 
 def curve(
