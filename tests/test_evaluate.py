@@ -10,53 +10,14 @@ from typer.testing import CliRunner
 import robustgan
 from robustgan.cli import app
 from robustgan.config import load_config
-from robustgan.evaluate.checks import CheckSettings, check_model
 from robustgan.evaluate.curves import area
 from robustgan.evaluate.saliency import saliency
 from robustgan.runs import RunDir
 from robustgan.sweep import run_sweep
 from tests.conftest import CONFIGS, run_main
+from tests.test_checks import RoundInputs
 
 runner = CliRunner()
-
-
-class RoundInputs(nn.Module):
-    """A planted defect: quantised inputs, so input gradients are zero almost everywhere."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(torch.round(x * 4) / 4)
-
-
-class SaturatedSoftmax(nn.Module):
-    """A planted defect: probabilities of a saturated output instead of logits."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return torch.softmax(self.model(x) * 1000, dim=1)
-
-
-def check_names(results):
-    return {r.name for r in results if not r.passed}
-
-
-@pytest.mark.parametrize("wrapper,trips", [
-    (None, set()),  # the honest model trips nothing
-    (RoundInputs, {"gradients", "unbounded"}),  # zero input gradients almost everywhere
-    (SaturatedSoftmax, {"logits", "gradients", "unbounded"}),  # probabilities; the softmax underflows
-])
-def test_checks_flag_planted_masking(wrapper, trips, digits_runs):
-    honest = robustgan.load(digits_runs / "standard")
-    x, y = robustgan.data.load("digits", split="test")
-    settings = CheckSettings(eps=0.1, steps=5, long_steps=20, restarts=2, autoattack=False)
-    model = honest if wrapper is None else wrapper(honest).eval()
-    assert check_names(check_model(model, x[:64], y[:64], settings)) == trips
 
 
 def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, monkeypatch):
@@ -64,14 +25,31 @@ def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, monk
             "--eps", "0.2"]
     honest = runner.invoke(app, ["check", str(digits_runs / "pgd"), "--surrogate", str(digits_runs / "standard"), *args])
     assert honest.exit_code == 0, honest.output
-    assert "all" in honest.output and "passed" in honest.output
+    assert "possible gradient masking" not in honest.output
+    assert "passed, 1 skipped (autoattack: --no-autoattack)" in honest.output
     report = json.loads((digits_runs / "pgd" / "check.json").read_text())
-    assert report["passed"] and {c["name"] for c in report["checks"]} >= {"unbounded", "transfer", "long_pgd"}
+    assert report["status"] == "pass" and {c["name"] for c in report["checks"]} >= {"unbounded", "transfer", "long_pgd"}
+    assert {c["status"] for c in report["checks"]} == {"pass", "skipped"}
 
     real_load = robustgan.runtime.load_model
     monkeypatch.setattr(robustgan.runtime, "load_model", lambda run: RoundInputs(real_load(run)).eval())
     masked = runner.invoke(app, ["check", str(digits_runs / "pgd"), *args])
     assert masked.exit_code == 1 and "WARN" in masked.output and "possible gradient masking" in masked.output
+
+
+def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path):
+    """No surrogate and no AutoAttack: both say skipped (CLI, check.json), and the exit is 0."""
+    run = tmp_path / "pgd"
+    shutil.copytree(digits_runs / "pgd", run, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    done = runner.invoke(app, ["check", str(run), "--limit", "64", "--steps", "5", "--long-steps", "10",
+                               "--restarts", "2", "--no-autoattack", "--eps", "0.2"])
+    assert done.exit_code == 0, done.output
+    assert "skipped  transfer" in done.output and "skipped  autoattack" in done.output
+    assert "2 skipped (transfer: no surrogate" in done.output and "; autoattack: --no-autoattack)" in done.output
+    report = json.loads((run / "check.json").read_text())
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert status["transfer"] == status["autoattack"] == "skipped" and report["status"] == "pass"
+    assert "2 skipped" in report["summary"]
 
 
 def test_area_is_exact():

@@ -203,3 +203,28 @@ def test_sharded_eval_under_torchrun_matches_one_process(small_run, monkeypatch,
     (small_run / "eval_cache.json").unlink()
     single = json.loads(run_main(args, monkeypatch, capsys).stdout)
     assert sharded["results"] == single["results"] and sharded["clean"] == single["clean"]
+
+
+def test_pgd_stops_on_fooled_points_without_changing_any_result(robust_tiny, digits):
+    """PGD (best iterate) drops a sample from the batch once it is misclassified: the same
+    per-sample examples as the plain loop that steps every sample every time."""
+    from robustgan.attacks.gradient import _keep_better, _score, _start
+    from robustgan.attacks.threat import attack_mode, loss_and_grad, sample_noise
+
+    _, _, x, y = digits
+    x, y = x[:200], y[:200]
+    eps, steps, step_size = 0.2, 20, 0.025
+    with attack_mode(robust_tiny):
+        x_adv, lo, hi = _start(x, eps, True, sample_noise(x, 0, None, 0))
+        x_adv.requires_grad_(True)
+        keep = None
+        for _ in range(steps):
+            loss, grad, logits = loss_and_grad(robust_tiny, x_adv, y, logits=True)
+            point = (x_adv.detach().clone(), logits.argmax(1) != y, loss)
+            keep = point if keep is None else _keep_better(*keep, *point)
+            with torch.no_grad():
+                x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
+        plain = _keep_better(*keep, x_adv.detach(), *_score(robust_tiny, x_adv.detach(), y))[0]
+    early = pgd(robust_tiny, x, y, eps, steps, step_size, seed=0)
+    assert 0.1 < (robust_tiny(early).argmax(1) != y).float().mean() < 0.9  # some points fooled, some not
+    assert torch.equal(early, plain)

@@ -151,6 +151,7 @@ def test_cli_errors_are_one_line(args, message, monkeypatch, capsys):
 @pytest.mark.parametrize("args,message", [
     (["eval", "{run}", "--eps", "abc"], "--eps: 'abc' is not a number"),  # reaches the eps parser
     (["check", "{run}", "--steps", "40", "--long-steps", "0"], "--long-steps"),
+    (["check", "{run}", "--steps", "40", "--long-steps", "40"], "--long-steps (40) must exceed --steps (40)"),
     (["trends", "{run}", "--eps-max", "0"], "--eps-max must be in (0, 1]"),
 ])
 def test_cli_errors_on_a_real_run_are_one_line(args, message, digits_runs, monkeypatch, capsys):

@@ -2,7 +2,8 @@
 
 from robustgan.attacks.accuracy import (ATTACK_NAMES, attack_batch, default_step_size, robust_accuracy,
                                         robust_mask)
-from robustgan.attacks.apgd import apgd, dlr_loss, dlr_targeted_loss
+from robustgan.attacks.apgd import apgd
+from robustgan.attacks.losses import dlr_loss, dlr_targeted_loss
 from robustgan.attacks.autoattack import autoattack
 from robustgan.attacks.ensemble import ATTACK_VERSION, WorstCase, worst_case
 from robustgan.attacks.gradient import fgsm, pgd

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from robustgan.attacks.losses import LOSSES
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, sample_noise
 
 ALPHA = 0.75  # momentum weight of eq. (3)
 RHO = 0.75  # condition 1: fraction of steps since the last checkpoint that must raise the loss
-LOSSES = ("ce", "dlr", "dlr-targeted")
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -41,21 +40,6 @@ def checkpoints(steps: int) -> list[int]:
     while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     return sorted({math.ceil(round(pj * steps, 6)) for pj in p})  # round: 0.57 * 100 is 57.000000001
-
-
-def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Eq. (6): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), z sorted descending (needs >= 3 classes)."""
-    top = logits.sort(1, descending=True).values
-    z_y = logits.gather(1, y[:, None])[:, 0]
-    other = logits.scatter(1, y[:, None], -math.inf).max(1).values
-    return -(z_y - other) / (top[:, 0] - top[:, 2] + 1e-12)
-
-
-def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR (Sec. 4): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) (needs >= 4 classes)."""
-    top = logits.sort(1, descending=True).values
-    z_y, z_t = logits.gather(1, y[:, None])[:, 0], logits.gather(1, target[:, None])[:, 0]
-    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -73,14 +57,6 @@ class APGDResult:
     x_adv: torch.Tensor  # (N, C, H, W): each sample's best iterate
     fooled: torch.Tensor  # (N,) bool: x_adv is misclassified
     grad_evals: int  # forward-backward passes, summed over samples
-
-
-def _loss_fn(loss: str):
-    if loss == "ce":
-        return lambda logits, y, t: F.cross_entropy(logits, y, reduction="none")
-    if loss == "dlr":
-        return lambda logits, y, t: dlr_loss(logits, y)
-    return dlr_targeted_loss
 
 
 def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop) -> APGDResult:
@@ -191,7 +167,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
                 lo, hi = ball(x[todo], eps[todo])
                 start = (x[todo] + eps[todo].view(-1, 1, 1, 1) * noise).clamp_(lo, hi)
             got, got_loss = _apgd_once(model, x[todo], y[todo], None if target is None else target[todo], eps[todo],
-                                       start, int(steps), _loss_fn(loss), early_stop)
+                                       start, int(steps), LOSSES[loss], early_stop)
             better = got.fooled | (got_loss > best_loss[todo])
             idx = todo[better]
             best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]

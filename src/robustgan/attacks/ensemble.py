@@ -26,7 +26,7 @@ import torch.nn as nn
 from robustgan.attacks.apgd import apgd_run, margin
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
-ATTACK_VERSION = 2  # bump whenever an attack's numbers change: part of every evaluation cache key
+ATTACK_VERSION = 3  # bump whenever an attack's numbers change: part of every evaluation cache key
 
 
 @dataclass

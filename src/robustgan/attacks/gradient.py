@@ -6,8 +6,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from robustgan.attacks.losses import LOSSES
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, loss_and_grad, sample_noise
 
 
@@ -19,11 +19,11 @@ def _keep_better(best, fooled, loss, x_new, fooled_new, loss_new):
             torch.where(better, loss_new, loss))
 
 
-def _score(model, x_adv, y):
-    """(misclassified, cross-entropy) per sample, without gradients."""
+def _score(model, x_adv, y, loss="ce"):
+    """(misclassified, loss) per sample, without gradients."""
     with torch.no_grad():
         logits = model(x_adv).float()
-        return logits.argmax(1) != y, F.cross_entropy(logits, y, reduction="none")
+        return logits.argmax(1) != y, LOSSES[loss](logits, y, None)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, check: bool = True) -> torch.Tensor:
@@ -45,37 +45,65 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, chec
         return _keep_better(x, logits.argmax(1) != y, loss, x_adv, *_score(model, x_adv, y))[0]
 
 
-def _pgd_once(model, x, y, eps, steps, step_size, random_start, best, noise=None) -> tuple[torch.Tensor, ...]:
-    """One PGD run (Madry et al. 2018, paper 000 eq. 2): x <- Proj(x + a * sign(grad)).
-    With ``best``, returns (each sample's first misclassified iterate, else its highest-loss
-    one; misclassified; loss), else (the last iterate, None, None)."""
+def _start(x, eps, random_start, noise):
+    """The first PGD iterate: x, or x + eps * noise (uniform in [-1, 1]) projected."""
     lo, hi = ball(x, eps)
     x_adv = x.clone()
     if random_start and not math.isinf(eps):
         noise = torch.empty_like(x).uniform_(-1, 1) if noise is None else noise
         x_adv.add_(noise, alpha=eps).clamp_(lo, hi)
+    return x_adv, lo, hi
+
+
+def _pgd_last(model, x, y, eps, steps, step_size, random_start, noise=None) -> torch.Tensor:
+    """One PGD run (Madry et al. 2018, paper 000 eq. 2), x <- Proj(x + a * sign(grad)), on
+    cross-entropy; returns the last iterate. The training attack: no host sync."""
+    x_adv, lo, hi = _start(x, eps, random_start, noise)
     x_adv.requires_grad_(True)
-    keep = None
     for _ in range(steps):
-        loss, grad, logits = loss_and_grad(model, x_adv, y, logits=True)
-        if best:  # the iterate the gradient was taken at
-            point = (x_adv.detach().clone(), logits.argmax(1) != y, loss)
-            keep = point if keep is None else _keep_better(*keep, *point)
+        _, grad = loss_and_grad(model, x_adv, y)
         with torch.no_grad():  # sign, step and projection in place on the leaf
             x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
-    if not best:
-        return x_adv.detach(), None, None
-    return _keep_better(*keep, x_adv.detach(), *_score(model, x_adv.detach(), y))
+    return x_adv.detach()
+
+
+def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce") -> tuple[torch.Tensor, ...]:
+    """One PGD run keeping each sample's best iterate: (the first misclassified iterate, else
+    the highest-loss one; misclassified; loss). A sample stops being attacked once an iterate
+    is misclassified (its result cannot change; the others' steps do not depend on it in
+    eval mode), which saves the cost of fooled points and changes no sample's result."""
+    x_adv, lo, hi = _start(x, eps, random_start, noise)
+    best_x, fooled = x_adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    best_loss = torch.full((len(x),), -math.inf, device=x.device)
+    live = torch.arange(len(x), device=x.device)  # samples still attacked
+    for _ in range(steps):
+        point = x_adv[live].requires_grad_(True)
+        loss, grad, logits = loss_and_grad(model, point, y[live], logits=True, loss=loss_name)
+        point = point.detach()
+        best_x[live], fooled[live], best_loss[live] = _keep_better(best_x[live], fooled[live], best_loss[live],
+                                                                   point, logits.argmax(1) != y[live], loss)
+        with torch.no_grad():
+            x_adv[live] = torch.max(torch.min(point + step_size * grad.sign(), hi[live]), lo[live])
+        live = live[~fooled[live]]
+        if not len(live):
+            break
+    if len(live):  # the last step's iterate, not yet scored
+        last = x_adv[live]
+        best_x[live], fooled[live], best_loss[live] = _keep_better(best_x[live], fooled[live], best_loss[live],
+                                                                   last, *_score(model, last, y[live], loss_name))
+    return best_x, fooled, best_loss
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
         random_start: bool = True, restarts: int = 1, *, best: bool = True, seed: int | None = None,
-        ids: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
-    """Projected Gradient Descent (Madry et al. 2018), L-inf, cross-entropy loss.
+        ids: torch.Tensor | None = None, loss: str = "ce", check: bool = True) -> torch.Tensor:
+    """Projected Gradient Descent (Madry et al. 2018), L-inf, on the cross-entropy (or with
+    ``loss="dlr"`` the scale-invariant DLR loss of Croce & Hein 2020, eq. 6).
 
     x: (N, C, H, W) in [0, 1]; y: (N,) int64; eps in pixel scale, ``float('inf')`` for the
     unbounded attack (only the [0, 1] box is kept). Each sample keeps its best iterate (the
-    first misclassified, else the highest loss) over all steps and restarts; ``best=False``
+    first misclassified, else the highest loss) over all steps and restarts, and is no longer
+    attacked once misclassified (that changes no result, only the cost); ``best=False``
     returns the last iterate of one start instead (Madry et al.'s training attack, one
     forward pass cheaper per step). The model runs in eval mode with frozen parameters;
     both are restored afterwards. Returns x_adv with |x_adv - x|_inf <= eps and x_adv in
@@ -91,13 +119,25 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         raise AttackError(f"PGD step size must be positive, got {step_size}")
     if int(restarts) <= 0:
         raise AttackError(f"PGD restarts must be positive, got {restarts}")
+    if loss not in ("ce", "dlr"):
+        raise AttackError(f"PGD loss must be 'ce' or 'dlr', got {loss!r}")
     x = x.detach()
     with attack_mode(model):
+        if not best and restarts == 1 and loss == "ce":
+            noise = None if seed is None else sample_noise(x, seed, ids, stream=0)
+            return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise)
+        ids = torch.arange(len(x)) if ids is None else ids.cpu()
         keep = None
-        for r in range(int(restarts)):
-            noise = None if seed is None else sample_noise(x, seed, ids, stream=r)
-            run = _pgd_once(model, x, y, eps, int(steps), float(step_size), random_start, best or restarts > 1, noise)
-            if keep is None and restarts == 1:
-                return run[0]
-            keep = run if keep is None else _keep_better(*keep, *run)
+        for r in range(int(restarts)):  # a restart attacks only the samples every earlier run failed on
+            todo = torch.arange(len(x), device=x.device) if keep is None else (~keep[1]).nonzero()[:, 0]
+            if not len(todo):
+                break
+            noise = None if seed is None else sample_noise(x[todo], seed, ids[todo.cpu()], stream=r)
+            run = _pgd_best(model, x[todo], y[todo], eps, int(steps), float(step_size), random_start, noise, loss)
+            if keep is None:
+                keep = run
+            else:
+                merged = _keep_better(*(t[todo] for t in keep), *run)
+                for kept, new in zip(keep, merged):
+                    kept[todo] = new
         return keep[0]

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from robustgan.attacks.losses import LOSSES
 from robustgan.errors import RobustganError
 
 
@@ -94,13 +94,14 @@ def attack_mode(model: nn.Module):
         model.train(was_training)
 
 
-def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, logits: bool = False):
-    """Per-sample cross-entropy (float32, even under AMP) and its gradient w.r.t. x_adv.
+def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, logits: bool = False, loss: str = "ce"):
+    """Per-sample loss (float32, even under AMP; cross-entropy, or "dlr" of ``losses``) and
+    its gradient w.r.t. x_adv.
 
     x_adv must be a leaf with requires_grad=True; returns (loss (N,), grad like x_adv), and
     the logits (float32, detached) third when ``logits``."""
     with torch.enable_grad():
         out = model(x_adv).float()
-        loss = F.cross_entropy(out, y, reduction="none")
+        loss = LOSSES[loss](out, y, None)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
     return (loss.detach(), grad, out.detach()) if logits else (loss.detach(), grad)

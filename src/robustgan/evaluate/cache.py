@@ -97,6 +97,16 @@ class EvalCache:
                 found[math.inf if eps == "inf" else float(eps)] = unpack(value, settings["n"])
         return found
 
+    def results(self) -> list[tuple[dict, torch.Tensor]]:
+        """Every cached result: (its settings, which points stayed correct)."""
+        found = []
+        for key, value in self.entries.items():
+            settings = json.loads(key)
+            if settings.get("eps") == "inf":
+                settings["eps"] = math.inf
+            found.append((settings, unpack(value, settings["n"])))
+        return found
+
     def put(self, mask: torch.Tensor, **settings) -> None:
         self.put_many([(mask, settings)])
 
@@ -119,7 +129,7 @@ def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None 
     if attack == "none" or eps == 0:
         return dict(attack="none", eps=0.0, n=n)
     settings = dict(attack=attack, eps=float(eps), n=n, seed=seed)
-    if attack == "pgd":
+    if attack in ("pgd", "pgd-dlr"):
         settings |= dict(steps=steps, step_size=step_size or default_step_size(eps, steps), restarts=restarts)
     elif attack in ("apgd-ce", "apgd-dlr", "ensemble"):
         settings |= dict(steps=steps, restarts=restarts) | (dict(targets=targets) if attack == "ensemble" else {})

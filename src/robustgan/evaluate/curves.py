@@ -150,7 +150,7 @@ def attack_label(settings: dict) -> str:
     if attack == "ensemble":
         targets = f" + APGD-T ({settings['targets']} targets)" if settings.get("targets") else ""
         return f"worst case of APGD-CE{targets}, {settings['steps']} steps{more}"
-    if attack in ("pgd", "apgd-ce", "apgd-dlr"):
+    if attack in ("pgd", "pgd-dlr", "apgd-ce", "apgd-dlr"):
         return f"{attack.upper()}-{settings['steps']}{more}"
     return attack.upper()
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from robustgan.eps import format_eps, grid_for
+from robustgan.evaluate.paired import ALPHA
+from robustgan.evaluate.checks import status_of, summary_line
 from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
 from robustgan.evaluate.saliency import saliency_grid
 from robustgan.evaluate.trends import run_trends
@@ -24,7 +26,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
-img{max-width:100%;border:1px solid #eee}.pass{color:#107010;font-weight:600}.warn{color:#b00000;font-weight:600}
+img{max-width:100%;border:1px solid #eee}.pass{color:#107010;font-weight:600}.warn{color:#b00000;font-weight:600}.skipped{color:#666;font-style:italic}
 .caption{color:#555;font-size:.85em;margin-top:-.3em}pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow:auto}
 details{margin:.5em 0}
 """
@@ -104,13 +106,16 @@ def check_html(run: RunDir) -> str:
     if not path.is_file():
         return f"<p>No check report: run <code>robustgan check {html.escape(str(run.path))}</code>.</p>"
     report = json.loads(path.read_text())
+    labels = {"pass": "pass", "warn": "WARN", "skipped": "skipped"}
     rows = "".join(
-        f"<tr><td>{html.escape(c['name'])}</td><td class=\"{'pass' if c['passed'] else 'warn'}\">"
-        f"{'pass' if c['passed'] else 'WARN'}</td><td style=\"text-align:left\">{html.escape(c['detail'])}</td></tr>"
+        f"<tr><td>{html.escape(c['name'])}</td><td class=\"{status_of(c)}\">{labels[status_of(c)]}</td>"
+        f"<td style=\"text-align:left\">{html.escape(c['detail'])}</td></tr>"
         for c in report["checks"])
     return (f"<table><tr><th>check</th><th>status</th><th>numbers</th></tr>{rows}</table>"
-            f'<p class="caption">eps = {format_eps(report["eps"])}, n = {report["n"]} test images, '
-            f'PGD-{report["steps"]} / PGD-{report["long_steps"]}, {report["restarts"]} restarts.</p>')
+            f'<p class="caption">{html.escape(summary_line(report["checks"]))}. eps = {format_eps(report["eps"])}, '
+            f'n = {report["n"]} test images, PGD-{report["steps"]} / PGD-{report["long_steps"]}, '
+            f'{report["restarts"]} restarts; paired checks warn at p &lt; {report.get("alpha", ALPHA):g} '
+            "(one-sided sign test) and at least their minimum effect.</p>")
 
 
 def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20, limit: int = 0, index: int = 0,
@@ -166,6 +171,10 @@ def _check_status(run: RunDir) -> str:
     path = run.file("check.json")
     if not path.is_file():
         return "not run"
-    report = json.loads(path.read_text())
-    failed = [c["name"] for c in report["checks"] if not c["passed"]]
-    return '<span class="pass">pass</span>' if not failed else f'<span class="warn">WARN: {", ".join(failed)}</span>'
+    checks = json.loads(path.read_text())["checks"]
+    warned = [c["name"] for c in checks if status_of(c) == "warn"]
+    skips = [c["name"] for c in checks if status_of(c) == "skipped"]
+    skipped = f' <span class="skipped">({len(skips)} skipped: {", ".join(skips)})</span>' if skips else ""
+    if warned:
+        return f'<span class="warn">WARN: {", ".join(warned)}</span>{skipped}'
+    return f'<span class="pass">pass</span>{skipped}'

@@ -1,0 +1,40 @@
+"""Per-sample attack losses on float32 logits (N, K) and labels (N,): cross-entropy and the
+difference of logits ratio of Croce & Hein 2020 (eq. 6; its targeted form, Sec. 4).
+
+DLR is invariant to shifting and scaling the logits, so a saturated softmax or a
+temperature cannot make its gradient vanish where the cross-entropy's does (the
+loss-invariance check compares the two)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. (6): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), z sorted descending (needs >= 3 classes)."""
+    top = logits.sort(1, descending=True).values
+    z_y = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], -math.inf).max(1).values
+    return -(z_y - other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Sec. 4): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) (needs >= 4 classes)."""
+    top = logits.sort(1, descending=True).values
+    z_y, z_t = logits.gather(1, y[:, None])[:, 0], logits.gather(1, target[:, None])[:, 0]
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
+# name -> loss(logits, y, target); target is None except for the targeted loss
+LOSSES = {
+    "ce": lambda logits, y, target: ce_loss(logits, y),
+    "dlr": lambda logits, y, target: dlr_loss(logits, y),
+    "dlr-targeted": dlr_targeted_loss,
+}

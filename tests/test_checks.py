@@ -1,0 +1,216 @@
+"""The gradient-masking checks: a planted-masking suite (each defect trips the checks it
+should, honest models trip none) on the whole digits test split (359 images, so the paired
+statistics run at a realistic n), the paired rule itself, and skipped checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from robustgan.attacks.apgd import margin
+from robustgan.evaluate.checks import (MIN_EFFECT, CheckResult, CheckSettings, _ensemble, _pgd, check_gradients,
+                                       check_model, overall_status, summary_line)
+from robustgan.evaluate.paired import ALPHA, paired, sign_test
+from robustgan.report.html import check_html
+from robustgan.runs import RunDir
+
+
+class Wrapper(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+class RoundInputs(Wrapper):
+    """Input quantisation: input gradients are zero almost everywhere."""
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+class ScaledLogits(Wrapper):
+    """Logits times a constant (a temperature, a missing normalisation): the cross-entropy
+    gradient underflows to exactly zero on points whose margin times the scale is large."""
+
+    def __init__(self, model, scale):
+        super().__init__(model)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+class NoisyInputs(Wrapper):
+    """Test-time randomness: Gaussian noise on the input."""
+
+    def forward(self, x):
+        return self.model((x + 0.1 * torch.randn_like(x)).clamp(0, 1))
+
+
+class SaturatedSoftmax(Wrapper):
+    """Probabilities of a saturated output instead of logits."""
+
+    def forward(self, x):
+        return torch.softmax(self.model(x) * 1000, dim=1)
+
+
+class _RandomBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.randn_like(grad)
+
+
+class ShatteredGradients(Wrapper):
+    """Identity forward, random backward (a non-differentiable preprocessor given a wrong
+    gradient, Athalye et al. 2018 Sec. 4.1): gradients are non-zero and meaningless."""
+
+    def forward(self, x):
+        return self.model(_RandomBackward.apply(x))
+
+
+class NaNGradients(Wrapper):
+    """Outputs unchanged, input gradients NaN (d sqrt(u) / du at u = 0, times 0)."""
+
+    def forward(self, x):
+        return self.model(x) + 0 * torch.sqrt((x - x.detach()).abs()).sum((1, 2, 3))[:, None]
+
+
+def moderate_scale(model, x) -> float:
+    """The constant that makes ~3% of clean points' CE gradients exactly zero: float32
+    softmax gives exp(-m * scale) = 0 once m * scale > ~100, m the point's logit margin.
+    (About 18 for the tiny PGD-AT model; a constant a user could easily have.)"""
+    with torch.no_grad():
+        logits = model(x)
+    return 100 / (-margin(logits, logits.argmax(1))).quantile(0.97).item()
+
+
+# Cheap attacks (the model is tiny) on all 359 test images, at the eps the model trained at
+SETTINGS = dict(eps=0.2, steps=10, long_steps=40, restarts=2, ensemble_steps=20, targets=1, unbounded_steps=50,
+                autoattack=False)
+
+
+def tripped(model, digits, surrogate):
+    *_, x_test, y_test = digits
+    torch.manual_seed(0)  # the noisy and shattered wrappers draw from the global generator
+    results = check_model(model.eval(), (x_test * 255).round().to(torch.uint8), y_test, CheckSettings(**SETTINGS),
+                          surrogate=surrogate)
+    assert {r.name for r in results if r.status == "skipped"} == {"autoattack"}
+    return {r.name for r in results if r.status == "warn"}, results
+
+
+@pytest.mark.parametrize("honest", ["trained_tiny", "robust_tiny"])
+def test_honest_models_trip_no_check(honest, request):
+    model = request.getfixturevalue(honest)
+    other = request.getfixturevalue("robust_tiny" if honest == "trained_tiny" else "trained_tiny")
+    warned, results = tripped(model, request.getfixturevalue("digits"), surrogate=other)
+    assert warned == set(), [r.detail for r in results if r.status == "warn"]
+
+
+@pytest.mark.parametrize("wrap,trips", [
+    (RoundInputs, {"gradients", "unbounded", "bound", "transfer"}),
+    (lambda m: ScaledLogits(m, 1e4), {"gradients", "loss_invariance", "unbounded", "protocol", "transfer"}),
+    (lambda m: ScaledLogits(m, "moderate"), {"loss_invariance"}),  # the subtle one: every other check passes
+    (NoisyInputs, {"deterministic", "unbounded", "protocol"}),
+    (SaturatedSoftmax, {"logits", "gradients", "unbounded", "bound", "transfer"}),
+    (ShatteredGradients, {"unbounded", "bound", "transfer"}),
+], ids=["quantised", "logits-x1e4", "logits-x-moderate", "noise", "softmax", "shattered"])
+def test_planted_masking_trips_its_checks(wrap, trips, robust_tiny, trained_tiny, digits):
+    model = wrap(robust_tiny)
+    if getattr(model, "scale", None) == "moderate":
+        model.scale = moderate_scale(robust_tiny, digits[2])
+        assert 10 < model.scale < 40
+    warned, results = tripped(model, digits, surrogate=trained_tiny)
+    assert warned == trips, {r.name: r.detail for r in results}
+
+
+def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digits):
+    """The case the loss-invariance check exists for: the papers' PGD number rises, the
+    worst-case ensemble (its APGD-T uses DLR) does not move."""
+    *_, x_test, y_test = digits
+    scaled = ScaledLogits(robust_tiny, moderate_scale(robust_tiny, x_test)).eval()
+
+    def acc(model, attack):  # the ensemble's default 3 targets (APGD-T is what cannot be masked by scale)
+        return attack(model, x_test, y_test, CheckSettings(**SETTINGS | {"targets": 3}), "cpu").float().mean().item()
+
+    assert acc(scaled, _pgd) >= acc(robust_tiny, _pgd) + 0.02
+    assert abs(acc(scaled, _ensemble) - acc(robust_tiny, _ensemble)) <= 0.01
+
+
+def test_nan_gradients_fail_the_gradients_check(trained_tiny, digits):
+    *_, x_test, y_test = digits
+    x = (x_test * 255).round().to(torch.uint8)
+    result = check_gradients(NaNGradients(trained_tiny).eval(), x, y_test, CheckSettings(eps=0.2), "cpu")
+    assert result.status == "warn" and result.values["nonfinite_fraction"] == 1.0
+    assert check_gradients(trained_tiny, x, y_test, CheckSettings(eps=0.2), "cpu").status == "pass"
+
+
+def test_sign_test_is_exact():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(1 / 32)
+    assert sign_test(3, 1) == pytest.approx(5 / 16)  # P(X >= 3), X ~ Bin(4, 1/2)
+    assert sign_test(0, 7) == 1.0
+
+
+def test_paired_rule_false_alarm_rate_is_at_most_alpha():
+    """Two attacks of equal strength, each point fooled independently by each with its own
+    probability (far noisier than real attacks: a third of the points discordant): the test
+    alone warns on at most alpha of 2000 test sets of 359 points (exact tests are
+    conservative: 12 here); a minimum effect can only lower that."""
+    gen = torch.Generator().manual_seed(0)
+    alarms = 0
+    for _ in range(2000):
+        p_fooled = torch.rand(359, generator=gen)
+        a, b = (torch.rand(359, generator=gen) >= p_fooled for _ in range(2))
+        alarms += paired(a, b).excess(0.0)
+    assert 0 < alarms <= 2000 * ALPHA
+
+
+def test_paired_rule_warns_on_a_planted_gap_from_n_70():
+    """An attack fooling an extra 10% of points: p = 2^-(n / 10) < 0.01 from n = 70 on."""
+    for n in range(10, 401, 10):
+        ref = torch.ones(n, dtype=torch.bool)
+        alt = ref.clone()
+        alt[: n // 10] = False
+        assert paired(ref, alt).excess(0.05) == (n >= 70), n
+
+
+def test_identical_attacks_never_warn_over_seeds(robust_tiny, digits):
+    """PGD-10 against PGD-10 from other random starts, 12 seeds on the 359 test images: the
+    rule never warns, with the smallest minimum effect of any check or with none at all."""
+    *_, x_test, y_test = digits
+    x = (x_test * 255).round().to(torch.uint8)
+    settings = CheckSettings(eps=0.2, steps=10)
+    for seed in range(12):
+        a = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed)
+        b = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed + 100)
+        result = paired(a, b)
+        assert result.only_alt + result.only_ref > 0  # the two starts do disagree on some points
+        assert not result.excess(0.0) and not result.excess(min(MIN_EFFECT.values())), (seed, result)
+
+
+def test_summary_names_skipped_checks_and_never_counts_them_as_passed():
+    results = [CheckResult("gradients", "pass", "", {}), CheckResult("transfer", "skipped", "", {"reason": "no surrogate"}),
+               CheckResult("autoattack", "skipped", "", {"reason": "--no-autoattack"})]
+    assert summary_line(results) == "1 passed, 2 skipped (transfer: no surrogate; autoattack: --no-autoattack)"
+    assert overall_status(results) == "pass"
+    results.append(CheckResult("restarts", "warn", "", {}))
+    assert overall_status(results) == "warn" and "1 warned (restarts)" in summary_line(results)
+
+
+def test_report_shows_skipped_checks_in_a_neutral_colour(tmp_path):
+    run = RunDir(tmp_path)
+    checks = [CheckResult("gradients", "pass", "ok", {}), CheckResult("transfer", "skipped", "skipped: no surrogate",
+                                                                       {"reason": "no surrogate"})]
+    report = {"eps": 0.2, "n": 10, "steps": 40, "long_steps": 100, "restarts": 2, "alpha": ALPHA,
+              "checks": [c.as_dict() for c in checks]}
+    run.file("check.json").write_text(json.dumps(report))
+    page = check_html(run)
+    assert '<td class="skipped">skipped</td>' in page and '<td class="pass">pass</td>' in page
+    assert page.count('class="pass"') == 1 and "1 passed, 1 skipped (transfer: no surrogate)" in page
