@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 
 from robustgan.attacks.apgd import margin
 from robustgan.evaluate.checks import (MIN_EFFECT, CheckResult, CheckSettings, _ensemble, _pgd, check_gradients,
@@ -16,70 +15,8 @@ from robustgan.evaluate.checks import (MIN_EFFECT, CheckResult, CheckSettings, _
 from robustgan.evaluate.paired import ALPHA, paired, sign_test
 from robustgan.report.html import check_html
 from robustgan.runs import RunDir
-
-
-class Wrapper(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-
-class RoundInputs(Wrapper):
-    """Input quantisation: input gradients are zero almost everywhere."""
-
-    def forward(self, x):
-        return self.model(torch.round(x * 4) / 4)
-
-
-class ScaledLogits(Wrapper):
-    """Logits times a constant (a temperature, a missing normalisation): the cross-entropy
-    gradient underflows to exactly zero on points whose margin times the scale is large."""
-
-    def __init__(self, model, scale):
-        super().__init__(model)
-        self.scale = scale
-
-    def forward(self, x):
-        return self.model(x) * self.scale
-
-
-class NoisyInputs(Wrapper):
-    """Test-time randomness: Gaussian noise on the input."""
-
-    def forward(self, x):
-        return self.model((x + 0.1 * torch.randn_like(x)).clamp(0, 1))
-
-
-class SaturatedSoftmax(Wrapper):
-    """Probabilities of a saturated output instead of logits."""
-
-    def forward(self, x):
-        return torch.softmax(self.model(x) * 1000, dim=1)
-
-
-class _RandomBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return torch.randn_like(grad)
-
-
-class ShatteredGradients(Wrapper):
-    """Identity forward, random backward (a non-differentiable preprocessor given a wrong
-    gradient, Athalye et al. 2018 Sec. 4.1): gradients are non-zero and meaningless."""
-
-    def forward(self, x):
-        return self.model(_RandomBackward.apply(x))
-
-
-class NaNGradients(Wrapper):
-    """Outputs unchanged, input gradients NaN (d sqrt(u) / du at u = 0, times 0)."""
-
-    def forward(self, x):
-        return self.model(x) + 0 * torch.sqrt((x - x.detach()).abs()).sum((1, 2, 3))[:, None]
+from tests.planted import (NaNGradients, NoisyInputs, RoundInputs, SaturatedSoftmax, ScaledLogits,
+                           ShatteredGradients)
 
 
 def moderate_scale(model, x) -> float:
@@ -214,3 +151,25 @@ def test_report_shows_skipped_checks_in_a_neutral_colour(tmp_path):
     page = check_html(run)
     assert '<td class="skipped">skipped</td>' in page and '<td class="pass">pass</td>' in page
     assert page.count('class="pass"') == 1 and "1 passed, 1 skipped (transfer: no surrogate)" in page
+
+
+def test_bound_check_holds_cached_curve_points_to_the_largest_class_share(trained_tiny, digits, tmp_path):
+    """A curve point at eps >= 0.5 above the largest class share (14.2% on digits) is an
+    evaluation bug whatever the attack said: the bound check reads the run's cache for them."""
+    from robustgan.evaluate.cache import EvalCache
+    from robustgan.evaluate.checks import check_bound, reported_accuracies
+
+    *_, x_test, y_test = digits
+    x = (x_test * 255).round().to(torch.uint8)
+    cache = EvalCache(path=tmp_path / "eval_cache.json", digest="w")
+    half = torch.arange(len(y_test)) % 2 == 0  # 50% "correct"
+    cache.put(half, attack="pgd", eps=0.5, n=len(y_test), seed=0, steps=40, step_size=0.03, restarts=1)
+    cache.put(half, attack="pgd", eps=0.3, n=len(y_test), seed=0, steps=40, step_size=0.02, restarts=1)
+    assert reported_accuracies(cache, len(y_test)) == {0.5: pytest.approx(0.5, abs=0.01)}
+    assert reported_accuracies(cache, 100) == {}  # another subset: another bound
+    settings = CheckSettings(**SETTINGS)
+    honest = check_bound(trained_tiny, x, y_test, settings, "cpu", 10)
+    assert honest.status == "pass" and honest.values["bound"] == pytest.approx(0.142, abs=0.001)
+    settings.reported = reported_accuracies(cache, len(y_test))
+    flagged = check_bound(trained_tiny, x, y_test, settings, "cpu", 10)
+    assert flagged.status == "warn" and "exceed it" in flagged.detail

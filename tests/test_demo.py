@@ -14,7 +14,10 @@ def test_demo_quick_covers_all_four_methods(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == set(METHODS)
     assert all({"clean", "0.1", "0.2", "0.3", "area", "checks"} <= set(row) for row in summary.values())
+    # with a surrogate for every run: only AutoAttack (off in the demo) is skipped, and says so
+    assert all("1 skipped (autoattack: --no-autoattack)" in row["checks"] for row in summary.values()), summary
     page = (out / "report.html").read_text()
+    assert '<td class="skipped">skipped</td>' in page
     for name in METHODS:
         assert f"{out / name}" in page and name in done.output
     assert "Logit trends" in page and "report.html" in done.output

@@ -15,7 +15,7 @@ from robustgan.evaluate.saliency import saliency
 from robustgan.runs import RunDir
 from robustgan.sweep import run_sweep
 from tests.conftest import CONFIGS, run_main
-from tests.test_checks import RoundInputs
+from tests.planted import RoundInputs
 
 runner = CliRunner()
 

@@ -228,3 +228,21 @@ def test_pgd_stops_on_fooled_points_without_changing_any_result(robust_tiny, dig
     early = pgd(robust_tiny, x, y, eps, steps, step_size, seed=0)
     assert 0.1 < (robust_tiny(early).argmax(1) != y).float().mean() < 0.9  # some points fooled, some not
     assert torch.equal(early, plain)
+
+
+def test_pgd_restarts_attack_only_surviving_points_without_changing_any_result(robust_tiny, digits):
+    """Restarts after the first attack only the points every earlier start failed on: the
+    same examples as running every restart on every point and keeping each point's best."""
+    from robustgan.attacks.gradient import _keep_better, _pgd_best
+    from robustgan.attacks.threat import attack_mode, sample_noise
+
+    _, _, x, y = digits
+    x, y = x[:150], y[:150]
+    with attack_mode(robust_tiny):
+        runs = [_pgd_best(robust_tiny, x, y, 0.15, 5, 0.04, True, sample_noise(x, 3, None, r)) for r in range(3)]
+    keep = runs[0]
+    for run in runs[1:]:
+        keep = _keep_better(*keep, *run)
+    fooled_later = (~runs[0][1] & keep[1]).sum()
+    assert fooled_later > 0  # later restarts do find more
+    assert torch.equal(pgd(robust_tiny, x, y, 0.15, 5, 0.04, restarts=3, seed=3), keep[0])

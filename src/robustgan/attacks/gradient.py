@@ -10,6 +10,8 @@ import torch.nn as nn
 from robustgan.attacks.losses import LOSSES
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, loss_and_grad, sample_noise
 
+PGD_LOSSES = ("ce", "dlr")  # the untargeted losses of LOSSES
+
 
 def _keep_better(best, fooled, loss, x_new, fooled_new, loss_new):
     """Per sample, the better of two points: a misclassified one wins, and among points
@@ -55,43 +57,47 @@ def _start(x, eps, random_start, noise):
     return x_adv, lo, hi
 
 
-def _pgd_last(model, x, y, eps, steps, step_size, random_start, noise=None) -> torch.Tensor:
-    """One PGD run (Madry et al. 2018, paper 000 eq. 2), x <- Proj(x + a * sign(grad)), on
-    cross-entropy; returns the last iterate. The training attack: no host sync."""
+def _pgd_last(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce") -> torch.Tensor:
+    """One PGD run (Madry et al. 2018, paper 000 eq. 2), x <- Proj(x + a * sign(grad));
+    returns the last iterate. The training attack: no host sync."""
     x_adv, lo, hi = _start(x, eps, random_start, noise)
     x_adv.requires_grad_(True)
     for _ in range(steps):
-        _, grad = loss_and_grad(model, x_adv, y)
+        _, grad = loss_and_grad(model, x_adv, y, loss=loss_name)
         with torch.no_grad():  # sign, step and projection in place on the leaf
             x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
     return x_adv.detach()
 
 
+def _merge_at(keep: tuple, idx: torch.Tensor, *point) -> None:
+    """``keep`` (best x, fooled, loss) at rows ``idx`` becomes the better of it and ``point``, in place."""
+    for kept, new in zip(keep, _keep_better(*(t[idx] for t in keep), *point)):
+        kept[idx] = new
+
+
 def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce") -> tuple[torch.Tensor, ...]:
     """One PGD run keeping each sample's best iterate: (the first misclassified iterate, else
     the highest-loss one; misclassified; loss). A sample stops being attacked once an iterate
-    is misclassified (its result cannot change; the others' steps do not depend on it in
-    eval mode), which saves the cost of fooled points and changes no sample's result."""
+    is misclassified (its result cannot change; in eval mode the others' steps do not depend
+    on it), which saves the cost of fooled points and changes no sample's result (up to the
+    kernels' determinism across batch sizes)."""
     x_adv, lo, hi = _start(x, eps, random_start, noise)
-    best_x, fooled = x_adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    best_loss = torch.full((len(x),), -math.inf, device=x.device)
+    keep = (x_adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device),
+            torch.full((len(x),), -math.inf, device=x.device))
     live = torch.arange(len(x), device=x.device)  # samples still attacked
     for _ in range(steps):
         point = x_adv[live].requires_grad_(True)
         loss, grad, logits = loss_and_grad(model, point, y[live], logits=True, loss=loss_name)
         point = point.detach()
-        best_x[live], fooled[live], best_loss[live] = _keep_better(best_x[live], fooled[live], best_loss[live],
-                                                                   point, logits.argmax(1) != y[live], loss)
+        _merge_at(keep, live, point, logits.argmax(1) != y[live], loss)
         with torch.no_grad():
             x_adv[live] = torch.max(torch.min(point + step_size * grad.sign(), hi[live]), lo[live])
-        live = live[~fooled[live]]
+        live = live[~keep[1][live]]
         if not len(live):
             break
     if len(live):  # the last step's iterate, not yet scored
-        last = x_adv[live]
-        best_x[live], fooled[live], best_loss[live] = _keep_better(best_x[live], fooled[live], best_loss[live],
-                                                                   last, *_score(model, last, y[live], loss_name))
-    return best_x, fooled, best_loss
+        _merge_at(keep, live, x_adv[live], *_score(model, x_adv[live], y[live], loss_name))
+    return keep
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
@@ -103,7 +109,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     x: (N, C, H, W) in [0, 1]; y: (N,) int64; eps in pixel scale, ``float('inf')`` for the
     unbounded attack (only the [0, 1] box is kept). Each sample keeps its best iterate (the
     first misclassified, else the highest loss) over all steps and restarts, and is no longer
-    attacked once misclassified (that changes no result, only the cost); ``best=False``
+    attacked once misclassified (with ``seed``, that changes no result, only the cost); ``best=False``
     returns the last iterate of one start instead (Madry et al.'s training attack, one
     forward pass cheaper per step). The model runs in eval mode with frozen parameters;
     both are restored afterwards. Returns x_adv with |x_adv - x|_inf <= eps and x_adv in
@@ -119,13 +125,13 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         raise AttackError(f"PGD step size must be positive, got {step_size}")
     if int(restarts) <= 0:
         raise AttackError(f"PGD restarts must be positive, got {restarts}")
-    if loss not in ("ce", "dlr"):
-        raise AttackError(f"PGD loss must be 'ce' or 'dlr', got {loss!r}")
+    if loss not in PGD_LOSSES:
+        raise AttackError(f"PGD loss must be one of {', '.join(PGD_LOSSES)}, got {loss!r}")
     x = x.detach()
     with attack_mode(model):
-        if not best and restarts == 1 and loss == "ce":
+        if not best and restarts == 1:
             noise = None if seed is None else sample_noise(x, seed, ids, stream=0)
-            return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise)
+            return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise, loss)
         ids = torch.arange(len(x)) if ids is None else ids.cpu()
         keep = None
         for r in range(int(restarts)):  # a restart attacks only the samples every earlier run failed on
@@ -137,7 +143,5 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
             if keep is None:
                 keep = run
             else:
-                merged = _keep_better(*(t[todo] for t in keep), *run)
-                for kept, new in zip(keep, merged):
-                    kept[todo] = new
+                _merge_at(keep, todo, *run)
         return keep[0]

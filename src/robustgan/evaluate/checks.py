@@ -5,7 +5,7 @@ with its numbers. A warn means the robustness number may be masked.
 Checks (accuracy = fraction correct under the attack, on the full defended model):
   deterministic    two eval-mode forward passes agree (no randomness at test time)
   logits           outputs are not probabilities (rows summing to 1 hide gradients in CE)
-  gradients        input gradients are finite and non-zero for (almost) every sample
+  gradients        input gradients are finite and non-zero for (almost) every sample (first 256)
   fgsm_vs_pgd      one-step FGSM is not stronger than iterative PGD-k
   restarts         PGD-k with R restarts is not stronger than one start
   long_pgd         PGD-long is not stronger than PGD-k
@@ -49,7 +49,7 @@ STATUSES = ("pass", "warn", "skipped")
 # from gaps measured on honest digits models (docs/evaluation.md, "Minimum effects"):
 # restarts and long PGD legitimately find a few points more; a one-step, transferred or
 # gray-box attack, or DLR instead of CE, should find almost nothing more on an honest model.
-MIN_EFFECT = {"fgsm_vs_pgd": 0.02, "restarts": 0.06, "long_pgd": 0.06, "loss_invariance": 0.03,
+MIN_EFFECT = {"fgsm_vs_pgd": 0.02, "restarts": 0.06, "long_pgd": 0.06, "loss_invariance": 0.02,
               "transfer": 0.02, "graybox": 0.02, "protocol": 0.25, "autoattack": 0.02}
 BOUND_EPS = 0.5  # every [0, 1] image lies within 0.5 of the constant 0.5 image
 
@@ -96,7 +96,7 @@ def _mask(model, x, y, s: CheckSettings, device, **kw) -> torch.Tensor:
     """Which points stay correct under an attack (bool (n,)), measured once per check run and,
     for a run, through its evaluation cache. Random starts are drawn per point (seed 0), so
     PGD with restarts starts its first run where plain PGD does."""
-    key = (len(y), tuple(sorted((k, id(v) if isinstance(v, nn.Module) else v) for k, v in kw.items())))
+    key = (id(model), len(y), tuple(sorted((k, id(v) if isinstance(v, nn.Module) else v) for k, v in kw.items())))
     if key not in s.memo:
         kw = {"seed": 0, "batch_size": s.batch_size, "device": device, **kw}
         cacheable = s.cache is not None and "source" not in kw and kw["attack"] != "autoattack"
@@ -214,7 +214,9 @@ def check_bound(model, x, y, s, device, num_classes) -> CheckResult:
 def check_protocol(model, x, y, s, device) -> CheckResult:
     ref, worst = _pgd(model, x, y, s, device), _ensemble(model, x, y, s, device)
     result = compare("protocol", s, ref, worst, f"PGD-{s.steps} (papers' protocol)", "worst-case ensemble")
-    result.detail = f"PGD-{s.steps} overstates by {100 * result.values['gap']:.1f} points: " + result.detail
+    gap = 100 * result.values["gap"]
+    verdict = f"overstates by {gap:.1f} points" if gap >= 0 else f"is {-gap:.1f} points below the ensemble"
+    result.detail = f"PGD-{s.steps} {verdict}: " + result.detail
     return result
 
 
@@ -315,15 +317,16 @@ def _values(result) -> dict:
     return result.values if isinstance(result, CheckResult) else result.get("values", {})
 
 
-def reported_accuracies(cache: EvalCache) -> dict[float, float]:
-    """{eps: accuracy} of every cached result at eps >= 0.5 (the largest over attacks): what
-    the bound check holds a run's curves to."""
-    worst: dict[float, float] = {}
+def reported_accuracies(cache: EvalCache, n: int) -> dict[float, float]:
+    """{eps: accuracy} of every result cached for the first ``n`` test points at eps >= 0.5
+    (the highest over attacks): what the bound check holds a run's curves to (the bound is
+    these n points' largest class share)."""
+    highest: dict[float, float] = {}
     for settings, mask in cache.results():
         eps = settings.get("eps")
-        if isinstance(eps, (int, float)) and BOUND_EPS <= eps <= 1 and len(mask):
-            worst[float(eps)] = max(worst.get(float(eps), 0.0), mask.float().mean().item())
-    return worst
+        if settings.get("n") == n and isinstance(eps, (int, float)) and BOUND_EPS <= eps <= 1 and n:
+            highest[float(eps)] = max(highest.get(float(eps), 0.0), mask.float().mean().item())
+    return highest
 
 
 def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps: int = 1000, restarts: int = 5,
@@ -350,7 +353,7 @@ def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps:
     cache = EvalCache(run_dir)
     settings = CheckSettings(eps=eps, steps=steps, long_steps=long_steps, restarts=restarts, autoattack=autoattack,
                              autoattack_limit=autoattack_limit, tol=tol, ensemble_steps=ensemble_steps,
-                             targets=targets, cache=cache, reported=reported_accuracies(cache))
+                             targets=targets, cache=cache, reported=reported_accuracies(cache, len(y)))
     results = check_model(model, x, y, settings, device, surrogate_model, geometry_for(cfg.data).num_classes,
                           on_result)
     report = {"eps": eps, "n": len(y), "alpha": settings.alpha, "tol": tol,

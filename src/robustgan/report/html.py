@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from robustgan.eps import format_eps, grid_for
-from robustgan.evaluate.paired import ALPHA
 from robustgan.evaluate.checks import status_of, summary_line
 from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
+from robustgan.evaluate.paired import ALPHA
 from robustgan.evaluate.saliency import saliency_grid
 from robustgan.evaluate.trends import run_trends
 from robustgan.plotting import pyplot
@@ -174,7 +174,7 @@ def _check_status(run: RunDir) -> str:
     checks = json.loads(path.read_text())["checks"]
     warned = [c["name"] for c in checks if status_of(c) == "warn"]
     skips = [c["name"] for c in checks if status_of(c) == "skipped"]
-    skipped = f' <span class="skipped">({len(skips)} skipped: {", ".join(skips)})</span>' if skips else ""
+    skipped = f' <span class="skipped">({len(skips)} skipped: {html.escape(", ".join(skips))})</span>' if skips else ""
     if warned:
-        return f'<span class="warn">WARN: {", ".join(warned)}</span>{skipped}'
+        return f'<span class="warn">WARN: {html.escape(", ".join(warned))}</span>{skipped}'
     return f'<span class="pass">pass</span>{skipped}'

@@ -1,0 +1,71 @@
+"""Planted gradient masking: wrappers that make a trained model look more robust than it
+is, each in a way one or more checks must catch (tests/test_checks.py)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Wrapper(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+class RoundInputs(Wrapper):
+    """Input quantisation: input gradients are zero almost everywhere."""
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+class ScaledLogits(Wrapper):
+    """Logits times a constant (a temperature, a missing normalisation): the cross-entropy
+    gradient underflows to exactly zero on points whose margin times the scale is large."""
+
+    def __init__(self, model, scale):
+        super().__init__(model)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+class NoisyInputs(Wrapper):
+    """Test-time randomness: Gaussian noise on the input."""
+
+    def forward(self, x):
+        return self.model((x + 0.1 * torch.randn_like(x)).clamp(0, 1))
+
+
+class SaturatedSoftmax(Wrapper):
+    """Probabilities of a saturated output instead of logits."""
+
+    def forward(self, x):
+        return torch.softmax(self.model(x) * 1000, dim=1)
+
+
+class _RandomBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.randn_like(grad)
+
+
+class ShatteredGradients(Wrapper):
+    """Identity forward, random backward (a non-differentiable preprocessor given a wrong
+    gradient, Athalye et al. 2018 Sec. 4.1): gradients are non-zero and meaningless."""
+
+    def forward(self, x):
+        return self.model(_RandomBackward.apply(x))
+
+
+class NaNGradients(Wrapper):
+    """Outputs unchanged, input gradients NaN (d sqrt(u) / du at u = 0, times 0)."""
+
+    def forward(self, x):
+        return self.model(x) + 0 * torch.sqrt((x - x.detach()).abs()).sum((1, 2, 3))[:, None]
