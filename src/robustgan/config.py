@@ -33,12 +33,23 @@ class DataConfig:
     flip: bool = False  # random horizontal flips
     shift: int = 0  # random shifts of up to this many pixels (zero padding + crop)
     train_limit: int = 0  # use only the first N training images (0 = all)
+    # imagefolder / npz only: grey (1) or RGB (3), and one image size (a given size resizes
+    # every image); 0 = as stored. Training records the resolved values and the class names.
+    channels: int = 0
+    image_size: int = 0
+    classes: tuple[str, ...] = ()
 
     def validate(self):
         if self.name not in DATASETS:
             raise ConfigError(f"data.name: unknown dataset {self.name!r}; choose one of {', '.join(sorted(DATASETS))}")
         _check(self.shift >= 0, "data.shift must be >= 0")
         _check(self.train_limit >= 0, "data.train_limit must be >= 0")
+        _check(self.channels in (0, 1, 3), "data.channels must be 1 (grey), 3 (RGB) or 0 (as stored)")
+        _check(self.image_size >= 0, "data.image_size must be >= 0")
+        user = DATASETS[self.name].user
+        _check(user or not (self.channels or self.image_size or self.classes),
+               f"data.channels, data.image_size and data.classes are for imagefolder and npz; {self.name} has "
+               "its own")
 
 
 @dataclass

@@ -5,6 +5,7 @@ evaluation command starts: config, model on the device, test images."""
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,14 +47,33 @@ def apply_fast_paths(method, cfg: Config) -> None:
 
 
 def geometry_for(dcfg: DataConfig) -> Geometry:
+    """Channels, image size and classes: the dataset's, or for imagefolder / npz the ones
+    training resolved into the config (``resolve_layout``), so no files are needed."""
     meta = data.info(dcfg.name)
-    return Geometry(meta.channels, meta.image_size, meta.num_classes)
+    if not meta.user:
+        return Geometry(meta.channels, meta.image_size, meta.num_classes)
+    if not (dcfg.channels and dcfg.image_size and dcfg.classes):
+        raise RunError(f"{dcfg.name}: data.channels, data.image_size and data.classes are not resolved; "
+                       "train the run first (training reads them from the files)")
+    return Geometry(dcfg.channels, dcfg.image_size, len(dcfg.classes))
+
+
+def resolve_layout(dcfg: DataConfig, root=None) -> DataConfig:
+    """For imagefolder / npz: data.channels, data.image_size and data.classes read from the
+    files where the config leaves them open (the run records them; geometry_for uses them)."""
+    if not data.info(dcfg.name).user:
+        return dcfg
+    layout = data.describe(dcfg.name, root if root is not None else dcfg.root, dcfg.channels, dcfg.image_size)
+    return replace(dcfg, channels=layout.channels, image_size=layout.image_size,
+                   classes=tuple(dcfg.classes or layout.classes))
 
 
 def load_split(dcfg: DataConfig, split: str, root=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x uint8 (N, C, H, W), y int64 (N,)) of a split; ``root`` overrides ``data.root``;
     the train split honours ``data.train_limit``."""
-    x, y = data.load(dcfg.name, root if root is not None else dcfg.root, split)
+    layout = (dict(channels=dcfg.channels, image_size=dcfg.image_size, classes=dcfg.classes)
+              if data.info(dcfg.name).user else {})
+    x, y = data.load(dcfg.name, root if root is not None else dcfg.root, split, **layout)
     if split == "train" and dcfg.train_limit:
         x, y = x[:dcfg.train_limit], y[:dcfg.train_limit]
     return x, y

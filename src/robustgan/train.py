@@ -26,7 +26,8 @@ from robustgan.config import Config
 from robustgan.errors import Diverged, Interrupted, RunError
 from robustgan.methods import Method, method_class
 from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state, save_state
-from robustgan.runtime import apply_fast_paths, autocast_for, geometry_for, load_model, load_split, resolve_device
+from robustgan.runtime import (apply_fast_paths, autocast_for, geometry_for, load_model, load_split, resolve_device,
+                               resolve_layout)
 
 console = Console(stderr=True)
 
@@ -65,6 +66,7 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
         run.acquire_lock()
     try:
         train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")  # bad data: no run
+        cfg.data = resolve_layout(cfg.data)  # imagefolder / npz: the run records channels, size and classes
         if not resume and here.is_main:
             run.create(cfg)
         subrun_models = {} if resume else train_subruns(cfg, run, quiet)  # a resumed method holds them
@@ -150,6 +152,8 @@ def build_training(cfg: Config, run: RunDir, here: distributed.World, quiet: boo
                            channels_last=cfg.train.channels_last)
     epochs = cfg.train.epochs if not cfg.train.steps else math.ceil(cfg.train.steps / len(batcher))
     logger = Logger(run, quiet, cfg.train.tensorboard, here.is_main)
+    for note in method.notes():
+        logger.message(note)
     return Training(cfg, run, method, batcher, device, here, logger, epochs,
                     total_steps=cfg.train.steps or epochs * len(batcher))
 

@@ -269,11 +269,12 @@ def predict(
     images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...)"),
 ):
     """Classify image files with a run's defended model (converted to grey/RGB and resized
-    to the run's dataset as needed).
+    to the run's dataset as needed). Prints path, class index, confidence and class name
+    (an imagefolder run's folder name), tab-separated.
 
     Examples:
 
       robustgan predict runs/demo/atgan digit.png another.png
     """
-    for path, label, confidence in classify(run, images):
-        sys.stdout.write(f"{path}\t{label}\t{confidence:.3f}\n")  # tab-separated: path, class, confidence
+    for path, label, confidence, name in classify(run, images):
+        sys.stdout.write(f"{path}\t{label}\t{confidence:.3f}\t{name}\n")  # tab-separated: path, class, confidence, name

@@ -58,8 +58,29 @@ class ATGANConfig(InnerAttackConfig, GeneratorOptimConfig):
             raise ConfigError(f"method.loss_net_epochs must be positive, got {self.loss_net_epochs}")
 
 
-def generator_name(cfg) -> str:
-    return cfg.method.generator if cfg.method.generator != "auto" else GENERATOR_FOR_DATASET.get(cfg.data.name, "atgan_g_cifar10")
+def generator_name(cfg, geometry) -> str:
+    """method.generator, or by dataset (Table 1); for a user's images by channels: the MNIST G
+    for grey images, the CIFAR-10 G for colour (``build_generator`` checks the size fits)."""
+    if cfg.method.generator != "auto":
+        return cfg.method.generator
+    if cfg.data.name in GENERATOR_FOR_DATASET:
+        return GENERATOR_FOR_DATASET[cfg.data.name]
+    return "atgan_g_mnist" if geometry.channels == 1 else "atgan_g_cifar10"
+
+
+def build_generator(cfg, geometry) -> nn.Module:
+    """G for these images; a one-line error when its strided convolutions do not give back
+    the input size (Table 1's generators are built for 28x28 and 32x32 images)."""
+    name = generator_name(cfg, geometry)
+    G = models.build(name, in_channels=geometry.channels)
+    shape = (1, geometry.channels, geometry.image_size, geometry.image_size)
+    with torch.no_grad():
+        out = G.eval()(torch.zeros(shape)).shape
+    if tuple(out) != shape:
+        raise ConfigError(f"ATGAN generator {name} maps {shape[1]}x{shape[2]}x{shape[3]} images to "
+                          f"{out[1]}x{out[2]}x{out[3]}; set data.image_size to 28 (grey) or 32 (colour), or "
+                          "method.generator")
+    return G.train()
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -85,9 +106,14 @@ class ATGAN(Method):
 
     @classmethod
     def build_defended(cls, cfg, geometry):
-        G = models.build(generator_name(cfg), in_channels=geometry.channels)
+        G = build_generator(cfg, geometry)
         D = models.ACDiscriminator(build_classifier(cfg, geometry))
         return nn.Sequential(G, D)  # D_c(G(x)): D.forward returns the class logits
+
+    def notes(self):
+        g = self.geometry
+        return [f"ATGAN generator: {generator_name(self.cfg, g)} (paper 000 Table 1; for {g.channels}x{g.image_size}x"
+                f"{g.image_size} {self.cfg.data.name} images; method.generator overrides)"]
 
     def defended_model(self):
         return self.pipeline

@@ -72,6 +72,11 @@ class Method:
         """The defended pipeline's architecture (untrained): images in [0, 1] -> logits."""
         raise NotImplementedError
 
+    def notes(self) -> list[str]:
+        """Lines the loop prints when training starts: choices made for the user (e.g. which
+        architecture fits their images)."""
+        return []
+
     def defended_model(self) -> nn.Module:
         raise NotImplementedError
 
