@@ -4,6 +4,7 @@ evaluation command starts: config, model on the device, test images."""
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -13,9 +14,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from robustgan import data
-from robustgan.config import Config, DataConfig
+from robustgan.config import Config, DataConfig, load_config
 from robustgan.errors import RunError
-from robustgan.methods import Geometry, method_class
+from robustgan.methods import Geometry, external, method_class
 from robustgan.runs import CONFIG, MODEL, RunDir
 
 
@@ -92,7 +93,7 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     if not run.path.is_dir():
         raise RunError(f"run directory {run.path} does not exist")
     cfg = run.config()
-    weights = run.file(MODEL)
+    weights = weights_path(run_dir)
     if not weights.is_file():
         pickles = [p.name for p in run.path.glob("*.pt*")] + [p.name for p in run.path.glob("*.pth")]
         hint = f" (found {', '.join(pickles)}: pickled checkpoints are never loaded)" if pickles else ""
@@ -108,6 +109,50 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise RunError(f"{weights} does not match {CONFIG} ({first})") from None
     return model.eval()
+
+
+def weights_path(run_dir: str | Path) -> Path:
+    """The defended model's weights: the run's model.safetensors, or an external model's file."""
+    run = RunDir(run_dir)
+    cfg = run.config()
+    return method_class(cfg.method.name).weights_file(cfg, run) or run.file(MODEL)
+
+
+def model_identity(run_dir: str | Path) -> str:
+    """What the evaluation cache is keyed by: the weights' SHA-256, and for an external model
+    its factory too (two factories over the same weights never share a result)."""
+    cfg = RunDir(run_dir).config()
+    extra = f"+{cfg.method.factory}" if cfg.method.name == "external" else ""
+    return file_sha256(weights_path(run_dir))[:16] + extra
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def external_run(factory: str, weights: str | Path, dataset: str, *, data_root=None, out=None) -> Path:
+    """A run directory for a model trained elsewhere (``methods.external``): its config and,
+    as it is evaluated, its evaluation cache, checks and model card. Default place: next to
+    the weights, ``<weights stem>.<factory>.robustgan/``; ``out`` overrides."""
+    weights = Path(weights).expanduser().resolve()
+    external.check_weights_file(weights)
+    root = str(Path(data_root).expanduser().resolve()) if data_root is not None else None
+    tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in factory.rsplit("/", 1)[-1])
+    path = Path(out) if out is not None else weights.with_name(f"{weights.stem}.{tag}.robustgan")
+    cfg = load_config(None, [f'data.name="{dataset}"', 'method.name="external"', f"method.factory={factory!r}",
+                             f"method.weights={str(weights)!r}"])
+    cfg.data.root = root
+    cfg.data = resolve_layout(cfg.data)
+    run = RunDir(path)
+    if run.file(CONFIG).is_file() and run.config() != cfg:
+        raise RunError(f"{path} holds another model's results ({run.file(CONFIG)} differs); pass --out DIR")
+    if not run.file(CONFIG).is_file():
+        run.create(cfg)
+    return path
 
 
 def open_run(run_dir: str | Path, *, limit: int = 0, data_root=None, device="cpu"):

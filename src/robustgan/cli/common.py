@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from robustgan.attacks import ATTACK_NAMES, check_eps
+from robustgan.runtime import external_run
 from robustgan.eps import grid_for, parse_number
 from robustgan.errors import RobustganError
 
@@ -61,6 +62,28 @@ def check_attack(attack: str, steps: int | None = None, targets: int = 0) -> Non
         raise RobustganError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {attack!r}")
     require(steps is None or steps > 0, f"--steps must be positive, got {steps}")
     require(0 <= targets <= 9, f"--targets must be in 0..9, got {targets}")
+
+
+MODEL = typer.Option(None, "--model", help="Your own classifier instead of a run: MODULE:FACTORY or FILE.py:FACTORY, "
+                     "FACTORY() returning an nn.Module from [0, 1] images to logits")
+WEIGHTS = typer.Option(None, "--weights", help="With --model: its weights, a .safetensors file")
+DATASET = typer.Option(None, "--dataset", help="With --model: the dataset to evaluate on (digits, mnist, cifar10, "
+                       "svhn, imagefolder, npz)")
+RESULTS = typer.Option(None, "--results", help="With --model: where its cache, checks and card go "
+                       "(default: next to the weights)")
+
+
+def subject_runs(runs: list[Path] | None, model: str | None, weights: Path | None, dataset: str | None,
+                 data_root: Path | None, results: Path | None) -> list[Path]:
+    """The run directories a command evaluates: the RUN arguments, and for --model the
+    directory ``runtime.external_run`` keeps for that model (created on first use)."""
+    runs = list(runs or [])
+    if model is None:
+        require(weights is None and dataset is None and results is None, "--weights, --dataset and --results go with --model")
+        require(bool(runs), "give a run directory, or --model MODULE:FACTORY --weights FILE.safetensors --dataset NAME")
+        return runs
+    require(weights is not None and dataset is not None, "--model needs --weights FILE.safetensors and --dataset NAME")
+    return [*runs, external_run(model, weights, dataset, data_root=data_root, out=results)]
 
 
 def require(ok: bool, message: str) -> None:

@@ -14,8 +14,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from robustgan import distributed
-from robustgan.cli.common import (ATTACK, DATA_ROOT, DEVICE, LIMIT, PROTOCOL, STEPS, TARGETS, check_attack, eps_grid,
-                                  err_console, json_eps, out_console, parse_eps_list, parse_one_eps, require)
+from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, RESULTS, STEPS, TARGETS,
+                                  WEIGHTS, check_attack, eps_grid, err_console, json_eps, out_console, parse_eps_list,
+                                  parse_one_eps, require, subject_runs)
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import check_run, overall_status, summary_line
 from robustgan.evaluate.curves import (area, attack_label, compute_curve, curves_csv, min_norm_distances, plot_curves,
@@ -31,7 +32,7 @@ RESTARTS = typer.Option(1, help="PGD random restarts (each sample keeps its wors
 
 
 def eval_(
-    run: Path = typer.Argument(..., help="Run directory"),
+    run: Optional[Path] = typer.Argument(None, help="Run directory (or --model ...)"),
     attack: str = ATTACK,
     eps: str = typer.Option("", help="Comma-separated eps values in pixel scale (8/255 allowed); default: the run's eval eps"),
     steps: Optional[int] = STEPS,
@@ -48,8 +49,13 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout"),
     seed: int = typer.Option(0, help="Seed for random starts"),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (faster convolutions)"),
+    model: Optional[str] = MODEL,
+    weights: Optional[Path] = WEIGHTS,
+    dataset: Optional[str] = DATASET,
+    results: Optional[Path] = RESULTS,
 ):
-    """Clean and adversarial accuracy of a run's full defended model, per eps.
+    """Clean and adversarial accuracy of a run's full defended model (or your own, with
+    --model), per eps.
 
     By default the worst case over APGD-CE and targeted APGD-DLR per point (docs/evaluation.md),
     with the papers' PGD-40 beside it. Under `torchrun --nproc_per_node N -m robustgan eval ...`
@@ -62,12 +68,16 @@ def eval_(
       robustgan eval runs/pgd-digits --attack pgd --steps 40 --eps 0.3
 
       robustgan eval runs/atgan-cifar10 --eps 2/255,8/255 --targets 9 --limit 1000 --min-norm
+
+      robustgan eval --model mynet.py:build --weights mynet.safetensors --dataset cifar10 --data-root ~/data --eps 8/255
     """
     check_attack(attack, steps, targets)
+    run = subject_runs([run] if run else [], model, weights, dataset, data_root, results)[0]
     require(restarts > 0 and limit >= 0 and batch_size > 0, "--restarts and --batch-size must be positive, --limit >= 0")
     require(step_size is None or step_size > 0, f"--step-size must be positive, got {step_size}")
     require(not min_norm or attack == "ensemble", "--min-norm needs --attack ensemble")
     eps_list = parse_eps_list(eps) if eps else [default_eps(RunDir(run).config())]
+    require(any(e > 0 for e in eps_list), "pass --eps (this model has no eval or training eps)")
     device = resolve_device(device)
     here = distributed.setup(device)
     device = distributed.device_for(device, here)
@@ -119,7 +129,7 @@ def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
 
 
 def curve(
-    runs: List[Path] = typer.Argument(..., help="Run directories (e.g. a sweep's runs)"),
+    runs: Optional[List[Path]] = typer.Argument(None, help="Run directories (e.g. a sweep's runs)"),
     eps: str = typer.Option("", help="eps_i grid, comma-separated (default: the paper's grid for the dataset)"),
     attack: str = ATTACK,
     steps: Optional[int] = STEPS,
@@ -132,6 +142,10 @@ def curve(
     out: Path = typer.Option(Path("runs/curves"), "--out", help="Output folder"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
+    model: Optional[str] = MODEL,
+    weights: Optional[Path] = WEIGHTS,
+    dataset: Optional[str] = DATASET,
+    results: Optional[Path] = RESULTS,
 ):
     """Robustness curves (accuracy vs eps_i, paper 000 Figs. 2-4), their areas, and the
     point-wise tables (Tables 2-4). Writes curves.png, curves.csv, tables.md, tables.csv.
@@ -149,6 +163,7 @@ def curve(
     """
     check_attack(attack, steps, targets)
     require(restarts > 0 and limit >= 0, "--restarts must be positive, --limit >= 0")
+    runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
     table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
@@ -175,7 +190,7 @@ def curve(
 
 
 def check(
-    run: Path = typer.Argument(..., help="Run directory"),
+    run: Optional[Path] = typer.Argument(None, help="Run directory (or --model ...)"),
     eps: Optional[str] = typer.Option(None, help="eps for the checks, e.g. 0.3 or 8/255 (default: the run's eval / training eps)"),
     steps: int = typer.Option(40, help="PGD steps of the reference attack (the papers' protocol)"),
     long_steps: int = typer.Option(1000, "--long-steps", help="Steps of the long PGD (must exceed --steps)"),
@@ -189,6 +204,10 @@ def check(
     targets: int = TARGETS,
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
+    model: Optional[str] = MODEL,
+    weights: Optional[Path] = WEIGHTS,
+    dataset: Optional[str] = DATASET,
+    results: Optional[Path] = RESULTS,
 ):
     """Gradient-masking checks (paper 000 Table 5 and more): each says pass, WARN or skipped.
     Exits 1 if any check warns; skipped checks alone exit 0 (and are named in the summary).
@@ -198,7 +217,10 @@ def check(
       robustgan check runs/atgan-digits --surrogate auto
 
       robustgan check runs/pgd-mnist --eps 0.3 --long-steps 200 --limit 1000 --no-autoattack
+
+      robustgan check --model mynet.py:build --weights mynet.safetensors --dataset mnist --data-root ~/data --eps 0.3
     """
+    run = subject_runs([run] if run else [], model, weights, dataset, data_root, results)[0]
     eps_value = parse_one_eps(eps, "--eps") if eps is not None else None
     require(min(steps, long_steps, restarts) > 0 and limit >= 0 and (tol is None or 0 <= tol <= 1) and targets >= 0,
             "--steps, --long-steps and --restarts must be positive, --targets >= 0, --tol in [0, 1]")
@@ -219,12 +241,16 @@ def check(
 
 
 def saliency(
-    runs: List[Path] = typer.Argument(..., help="Run directories, one row pair each"),
+    runs: Optional[List[Path]] = typer.Argument(None, help="Run directories, one row pair each"),
     index: int = typer.Option(0, "--index", "-i", help="Test image index"),
     eps_i: str = typer.Option("", "--eps-i", help="Test eps values (default: 3 from the dataset's grid)"),
     steps: int = typer.Option(40, help="PGD steps for the adversarial images"),
     out: Path = typer.Option(Path("runs/saliency.png"), "--out", help="Output PNG"),
     data_root: Optional[Path] = DATA_ROOT,
+    model: Optional[str] = MODEL,
+    weights: Optional[Path] = WEIGHTS,
+    dataset: Optional[str] = DATASET,
+    results: Optional[Path] = RESULTS,
 ):
     """Adversarial images and gradient saliency maps per (eps_t, eps_i) (paper 000 Figs. 5-7).
 
@@ -233,6 +259,7 @@ def saliency(
       robustgan saliency runs/sweep/atgan-eps0.1 runs/sweep/atgan-eps0.3 --index 7 --eps-i 0.1,0.2,0.3
     """
     require(steps > 0, "--steps must be positive")
+    runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
     grid = parse_eps_list(eps_i, "--eps-i") if eps_i else grid_for(dataset)[::4][:3]
     path = saliency_grid(runs, index, grid, out, steps, data_root)

@@ -12,7 +12,6 @@ the same key are merged point by point with AND: a point one attack fooled is fo
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import math
 from contextlib import contextmanager
@@ -23,21 +22,14 @@ import torch
 
 from robustgan.attacks import ATTACK_VERSION, default_step_size, robust_mask
 from robustgan.distributed import sharded
-from robustgan.runs import MODEL, RunDir, atomic_write
+from robustgan.runs import RunDir, atomic_write
+from robustgan.runtime import model_identity
 
 CACHE = "eval_cache.json"
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weights_digest(run: RunDir) -> str:
-    return file_digest(run.file(MODEL))[:16]
+    return model_identity(run.path)
 
 
 def cache_key(**settings) -> str:

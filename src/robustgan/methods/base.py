@@ -72,6 +72,11 @@ class Method:
         """The defended pipeline's architecture (untrained): images in [0, 1] -> logits."""
         raise NotImplementedError
 
+    @classmethod
+    def weights_file(cls, cfg: Config, run) -> Path | None:
+        """Where the defended model's weights live, if not the run's model.safetensors."""
+        return None
+
     def notes(self) -> list[str]:
         """Lines the loop prints when training starts: choices made for the user (e.g. which
         architecture fits their images)."""

@@ -154,6 +154,9 @@ def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20,
             parts.append(f"<h2>Run {html.escape(str(r))}</h2>")
             parts.append("<h3>Training</h3>" + img(training_figure(run), f"training curves of {r}"))
             parts.append("<h3>Gradient-masking checks</h3>" + check_html(run))
+            if run.file("model_card.md").is_file():
+                card_uri = html.escape(run.file("model_card.md").resolve().as_uri())
+                parts.append(f'<p>Model card: <a href="{card_uri}">model_card.md</a> (and model_card.json).</p>')
             if c.method.name == "gan_at":
                 png, _, _ = run_trends(r, index=index, out=tmp / f"trends_{len(parts)}", data_root=data_root)
                 parts.append("<h3>Logit trends (paper 002 Fig. 5)</h3>" + img(png_data_uri(png), f"logit trends of {r}"))

@@ -1,0 +1,119 @@
+"""Model cards (`robustgan card`): model_card.json and model_card.md for a run or any model.
+
+The JSON follows RobustBench's model-info fields where one exists (``name``, ``dataset``,
+``threat_model``, ``eps``, ``architecture``, ``clean_acc``, ``additional_data``,
+``number_forward_passes``; accuracies in percent, as RobustBench writes them). Its robust
+accuracy is robustgan's worst-case ensemble, not AutoAttack, so it is ``robust_acc`` with the
+exact protocol beside it, never RobustBench's ``autoattack_acc``. The schema is
+``model_card.schema.json`` beside this file; the numbers are those ``robustgan eval --json``
+prints for the same settings (same cache)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from robustgan.config import to_dict
+from robustgan.eps import format_eps
+from robustgan.evaluate.checks import status_of, summary_line
+from robustgan.evaluate.curves import compute_curve
+from robustgan.runs import RunDir, atomic_write
+from robustgan.runtime import file_sha256, load_split, weights_path
+from robustgan.version import __version__
+
+SCHEMA = Path(__file__).with_name("model_card.schema.json")
+
+
+def _architecture(cfg) -> str:
+    if cfg.method.name == "external":
+        return cfg.method.factory
+    if cfg.method.name == "atgan":
+        return f"ATGAN: generator + AC discriminator on {cfg.model.name}"
+    return cfg.model.name
+
+
+def _checks(run: RunDir) -> dict:
+    path = run.file("check.json")
+    if not path.is_file():
+        return {"status": "not run", "summary": f"not run: robustgan check {run.path}", "checks": []}
+    report = json.loads(path.read_text())
+    checks = [{"name": c["name"], "status": status_of(c), "detail": c["detail"]} for c in report["checks"]]
+    return {"status": report.get("status", "warn" if any(c["status"] == "warn" for c in checks) else "pass"),
+            "summary": summary_line(report["checks"]), "eps": report["eps"], "n": report["n"], "checks": checks}
+
+
+def build_card(run_dir, eps: list[float], *, limit: int = 0, steps: int | None = None, targets: int = 3,
+               seed: int = 0, device="cpu", data_root=None, progress=None) -> dict:
+    """The card of one run (or external model's run directory), measuring what is not cached."""
+    run = RunDir(run_dir)
+    cfg = run.config()
+    curve = compute_curve(run_dir, eps, steps=steps, targets=targets, limit=limit, seed=seed, device=device,
+                          data_root=data_root, progress=progress)
+    s = curve.settings
+    n_train = len(load_split(cfg.data, "train", data_root)[1])
+    n_test_all = len(load_split(cfg.data, "test", data_root)[1])
+    return {
+        "name": f"{cfg.method.factory} ({Path(cfg.method.weights).name})" if cfg.method.name == "external"
+                else run.path.name,
+        "dataset": cfg.data.name,
+        "threat_model": "Linf",
+        "eps": [format_eps(e) for e in curve.eps],
+        "architecture": _architecture(cfg),
+        "method": cfg.method.name,
+        "clean_acc": round(100 * curve.clean, 2),
+        "robust_acc": [{"eps": format_eps(e), "worst_case": round(100 * a, 2),
+                        "protocol": round(100 * p, 2) if p is not None else None}
+                       for e, a, p in zip(curve.eps, curve.acc, curve.protocol or [None] * len(curve.eps))],
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "evaluation": {"attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"], "targets": s["targets"],
+                       "restarts": s["restarts"], "seed": s["seed"], "protocol": s["protocol"], "n": curve.n},
+        "splits": {"train": n_train, "test": n_test_all, "evaluated": curve.n},
+        "classes": list(cfg.data.classes),
+        "checks": _checks(run),
+        "training": to_dict(cfg),
+        "software": {"robustgan": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                     "platform": sys.platform},
+        "weights_sha256": file_sha256(weights_path(run_dir)),
+    }
+
+
+def card_markdown(card: dict) -> str:
+    ev = card["evaluation"]
+    lines = [f"# Model card: {card['name']}", "",
+             f"- **Dataset**: {card['dataset']} ({card['splits']['train']} train, {card['splits']['test']} test images; "
+             f"{card['splits']['evaluated']} evaluated)",
+             f"- **Threat model**: L-inf, eps in [0, 1] pixel scale: {', '.join(card['eps'])}",
+             f"- **Architecture / method**: {card['architecture']} / {card['method']}",
+             f"- **Clean accuracy**: {card['clean_acc']:.2f}%",
+             f"- **Weights SHA-256**: `{card['weights_sha256']}`", "",
+             "## Robust accuracy", "",
+             f"Worst case per test point over {' + '.join(ev['attacks'])} ({ev['steps']} steps, {ev['restarts']} "
+             f"restart(s), seed {ev['seed']}, n = {ev['n']}); the papers' protocol ({ev['protocol'] or 'not run'}) "
+             "beside it.", "",
+             "| eps | worst case (%) | papers' protocol (%) |", "| --- | --- | --- |"]
+    for r in card["robust_acc"]:
+        protocol = "-" if r["protocol"] is None else f"{r['protocol']:.2f}"
+        lines.append(f"| {r['eps']} | {r['worst_case']:.2f} | {protocol} |")
+    checks = card["checks"]
+    lines += ["", "## Gradient-masking checks", "", f"{checks['summary']}.", ""]
+    if checks["checks"]:
+        lines += [f"At eps {format_eps(checks['eps'])} on {checks['n']} images:", "",
+                  "| check | status | numbers |", "| --- | --- | --- |"]
+        lines += [f"| {c['name']} | {c['status']} | {c['detail'].replace('|', '/')} |" for c in checks["checks"]]
+    sw = card["software"]
+    lines += ["", "## Training", "", "```json", json.dumps(card["training"], indent=1), "```", "",
+              "## Software", "", f"robustgan {sw['robustgan']}, torch {sw['torch']}, Python {sw['python']} "
+              f"({sw['platform']}).", ""]
+    return "\n".join(lines)
+
+
+def write_card(run_dir, card: dict) -> tuple[Path, Path]:
+    run = RunDir(run_dir)
+    atomic_write(run.file("model_card.json"), json.dumps(card, indent=1))
+    atomic_write(run.file("model_card.md"), card_markdown(card))
+    return run.file("model_card.json"), run.file("model_card.md")

@@ -1,0 +1,124 @@
+"""Bring your own model: a factory module and safetensors weights written here are evaluated
+through the CLI like a run, cached per (factory, weights), refused as a pickle, and carded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jsonschema
+import pytest
+
+from robustgan.evaluate.card import SCHEMA
+from tests.conftest import assert_one_line, run_main
+
+FACTORIES = '''
+import torch.nn as nn
+from robustgan import models
+
+
+def cw_cnn():
+    """The C&W CNN of the digits presets, as a user would build it."""
+    return models.build("cw_cnn", 10, 1, image_size=28)
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = cw_cnn()
+
+    def forward(self, x):
+        return self.net(x) * 1e4
+
+
+def scaled():
+    """The same network with its logits times 1e4: the same weights (state dict under net.)."""
+    return Scaled()
+'''
+EVAL = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "64", "--json"]
+
+
+@pytest.fixture
+def own_model(digits_runs, tmp_path):
+    """(factory file, weights of the digits PGD-AT run, weights with keys under net.)."""
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "mynets.py").write_text(FACTORIES)
+    weights = tmp_path / "pgd.safetensors"
+    shutil.copy(digits_runs / "pgd" / "model.safetensors", weights)
+    state = load_file(weights)
+    save_file({f"net.{k}": v for k, v in state.items()}, tmp_path / "pgd-net.safetensors")
+    return tmp_path / "mynets.py", weights, tmp_path / "pgd-net.safetensors"
+
+
+def test_own_model_gives_the_run_directorys_numbers(own_model, digits_runs, tmp_path, monkeypatch, capsys):
+    factory, weights, _ = own_model
+    run = tmp_path / "pgd-copy"
+    shutil.copytree(digits_runs / "pgd", run, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    ours = run_main(["eval", run, *EVAL], monkeypatch, capsys)
+    theirs = run_main(["eval", "--model", f"{factory}:cw_cnn", "--weights", weights, "--dataset", "digits", *EVAL],
+                      monkeypatch, capsys)
+    assert ours.returncode == theirs.returncode == 0, theirs.stderr
+    a, b = json.loads(ours.stdout), json.loads(theirs.stdout)
+    assert (a["clean"], a["results"]) == (b["clean"], b["results"])
+    assert (weights.parent / f"pgd.mynets_py_cw_cnn.robustgan" / "eval_cache.json").is_file()  # next to the weights
+
+
+def test_two_factories_over_the_same_weights_never_share_results(own_model, tmp_path, monkeypatch, capsys):
+    factory, _, net_weights = own_model
+    shared = tmp_path / "results"
+    first = run_main(["eval", "--model", f"{factory}:scaled", "--weights", net_weights, "--dataset", "digits",
+                      "--attack", "pgd", "--results", shared, *EVAL], monkeypatch, capsys)
+    assert first.returncode == 0, first.stderr
+    other = ["eval", "--model", f"{factory}:cw_cnn", "--weights", net_weights, "--dataset", "digits",
+             "--results", shared, *EVAL]
+    assert_one_line(run_main(other, monkeypatch, capsys), "holds another model's results")
+    from robustgan.runtime import model_identity
+    from robustgan.runs import RunDir
+    assert model_identity(shared).endswith(f"+{factory}:scaled") and RunDir(shared).config().method.factory.endswith(":scaled")
+
+
+def test_pickled_weights_are_refused_with_how_to_convert(own_model, tmp_path, monkeypatch, capsys):
+    factory, weights, _ = own_model
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"not even read")
+    done = run_main(["eval", "--model", f"{factory}:cw_cnn", "--weights", pt, "--dataset", "digits", "--eps", "0.1"],
+                    monkeypatch, capsys)
+    assert_one_line(done, "pickled weights are never loaded")
+    assert "safetensors.torch import save_file" in done.stderr
+    assert_one_line(run_main(["eval", "--weights", weights], monkeypatch, capsys), "go with --model")
+    assert_one_line(run_main(["eval", "--model", f"{factory}:nope", "--weights", weights, "--dataset", "digits",
+                              "--eps", "0.1"], monkeypatch, capsys), "has no callable 'nope'")
+
+
+def test_model_card_equals_eval_and_validates_against_the_schema(own_model, tmp_path, monkeypatch, capsys):
+    factory, weights, _ = own_model
+    model = ["--model", f"{factory}:cw_cnn", "--weights", weights, "--dataset", "digits"]
+    done = run_main(["card", *model, "--eps", "0.1,0.2", "--steps", "10", "--limit", "64"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    results = weights.parent / "pgd.mynets_py_cw_cnn.robustgan"
+    card = json.loads((results / "model_card.json").read_text())
+    jsonschema.validate(card, json.loads(SCHEMA.read_text()))
+    shutil.rmtree(results)  # measured afresh by eval: the card's numbers are eval's, not a cached copy
+    result = json.loads(run_main(["eval", *model, *EVAL], monkeypatch, capsys).stdout)
+    assert card["clean_acc"] == round(100 * result["clean"], 2)
+    assert [r["worst_case"] for r in card["robust_acc"]] == [round(100 * r["accuracy"], 2) for r in result["results"]]
+    assert [r["protocol"] for r in card["robust_acc"]] == [round(100 * r["protocol_accuracy"], 2)
+                                                           for r in result["results"]]
+    assert card["evaluation"]["n"] == 64 and card["checks"]["status"] == "not run"
+    assert card["splits"] == {"train": 1438, "test": 359, "evaluated": 64} and len(card["weights_sha256"]) == 64
+
+
+def test_run_card_with_checks(digits_runs, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "pgd"
+    shutil.copytree(digits_runs / "pgd", run, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    done = run_main(["check", run, "--eps", "0.2", "--steps", "5", "--long-steps", "10", "--restarts", "2",
+                     "--limit", "64", "--no-autoattack"], monkeypatch, capsys)
+    assert done.returncode in (0, 1), done.stderr
+    done = run_main(["card", run, "--eps", "0.1,0.2", "--steps", "10", "--limit", "64"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    card = json.loads((run / "model_card.json").read_text())
+    jsonschema.validate(card, json.loads(SCHEMA.read_text()))
+    assert card["checks"]["status"] in ("pass", "warn") and len(card["checks"]["checks"]) >= 10
+    text = (run / "model_card.md").read_text()
+    assert "| 0.2 |" in text and "skipped" in text and card["weights_sha256"] in text
