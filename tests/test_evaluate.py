@@ -1,6 +1,7 @@
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -169,3 +170,27 @@ def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
     cfg, parent = surrogate.config(), RunDir(run).config()
     assert cfg.method.name == "standard" and cfg.train.epochs == 1
     assert cfg.train.seed != parent.train.seed and cfg.model.name == parent.model.name
+
+
+def test_sweep_on_devices_trains_one_run_per_device_and_prints_commands(tmp_path, monkeypatch, capsys):
+    """--devices cpu,cpu: two training processes at once; the same weights as training each
+    run alone (a fresh process per run); --print-commands lists only unfinished runs."""
+    base = ["-c", str(CONFIGS / "pgd-at-digits.toml"), "--set", "train.epochs=1", "--set", "data.train_limit=64",
+            "--set", "train.eval_limit=16", "--set", "method.steps=2", "--methods", "pgd_at", "--eps-t", "0.1,0.2",
+            "--out", str(tmp_path / "sweep")]
+    done = run_main(["sweep", *base, "--print-commands"], monkeypatch, capsys)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and len(lines) == 2 and all(line.startswith("robustgan train -c ") for line in lines)
+    done = run_main(["sweep", *base, "--devices", "cpu,cpu"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    runs = [tmp_path / "sweep" / name for name in ("pgd_at-eps0.1", "pgd_at-eps0.2")]
+    assert all(RunDir(r).is_complete for r in runs)
+    alone = tmp_path / "alone"
+    subprocess.run(lines[1].replace("robustgan", f"{sys.executable} -m robustgan", 1).replace(str(runs[1]), str(alone))
+                   .split(), check=True, capture_output=True)
+    from safetensors.torch import load_file
+    a, b = load_file(runs[1] / "model.safetensors"), load_file(alone / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    (runs[0] / "DONE").unlink()  # interrupted: resumed, the finished one skipped
+    done = run_main(["sweep", *base, "--print-commands"], monkeypatch, capsys)
+    assert done.stdout.strip() == f"robustgan train --out {runs[0]} --resume --quiet"

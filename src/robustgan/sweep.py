@@ -6,9 +6,14 @@ where each baseline is the discriminator's backbone without the GAN)."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from robustgan.config import Config, from_dict, method_config_class, to_dict
+from robustgan.config import Config, from_dict, method_config_class, to_dict, to_toml
+from robustgan.errors import RobustganError
 from robustgan.eps import EPS_T_GRIDS, format_eps
 from robustgan.runs import RunDir
 from robustgan.train import ensure_trained
@@ -54,3 +59,60 @@ def run_sweep(cfg: Config, out: Path, eps_t=None, methods=None, fracs=(None,), q
         log(f"{name}: {'resuming' if run.is_started else 'training'}")
         ensure_trained(v, path, quiet=quiet)
     return runs
+
+
+def train_commands(cfg: Config, out: Path, eps_t=None, methods=None, fracs=(None,)) -> list[tuple[str, list[str]]]:
+    """(run name, ``robustgan train`` arguments) for every run not finished yet: a resume
+    for a started run, else training from the run's config, written to <out>/configs/."""
+    commands = []
+    for name, v in plan(cfg, eps_t, methods, list(fracs)):
+        path = Path(out) / name
+        run = RunDir(path)
+        if run.is_complete:
+            continue
+        if run.is_started:
+            commands.append((name, ["train", "--out", str(path), "--resume", "--quiet"]))
+            continue
+        config_file = Path(out) / "configs" / f"{name}.toml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(to_toml(v))
+        commands.append((name, ["train", "-c", str(config_file), "--out", str(path), "--quiet"]))
+    return commands
+
+
+def device_env(device: str) -> dict:
+    """The environment of a run on ``device``: one visible GPU for cuda:N (the run's
+    train.device 'auto' or 'cuda' then means that GPU), none for cpu."""
+    env = dict(os.environ)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif device.startswith("cuda"):
+        env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0"
+    else:
+        raise RobustganError(f"--devices: {device!r} is not cpu, cuda or cuda:N")
+    return env
+
+
+def run_parallel(commands: list[tuple[str, list[str]]], devices: list[str], out: Path, log=print) -> None:
+    """One training process per device at a time (each run's output in <out>/<name>.log);
+    a failed run is named with its log at the end, after the others have finished."""
+    envs = [device_env(d) for d in devices]
+    queue, running, failed = list(commands), {}, []  # running: device index -> (name, process, log file)
+    while queue or running:
+        for i in [i for i in range(len(devices)) if i not in running][:len(queue)]:
+            name, args = queue.pop(0)
+            log_file = open(Path(out) / f"{name}.log", "w")
+            log(f"{name}: training on {devices[i]} (log: {Path(out) / f'{name}.log'})")
+            running[i] = (name, subprocess.Popen([sys.executable, "-m", "robustgan", *args], env=envs[i],
+                                                 stdout=log_file, stderr=subprocess.STDOUT), log_file)
+        for i, (name, process, log_file) in list(running.items()):
+            if process.poll() is not None:
+                log_file.close()
+                del running[i]
+                if process.returncode != 0:
+                    failed.append(f"{name} (exit {process.returncode}, see {log_file.name})")
+                else:
+                    log(f"{name}: done")
+        time.sleep(0.2)
+    if failed:
+        raise RobustganError(f"{len(failed)} sweep run(s) failed: {'; '.join(failed)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import typer
 from robustgan.cli.common import DATA_ROOT, err_console, out_console, parse_eps_list, require
 from robustgan.config import check_frac, load_config
 from robustgan.errors import RobustganError
-from robustgan.sweep import run_sweep
+from robustgan.sweep import run_parallel, run_sweep, train_commands
 from robustgan.train import fit
 
 
@@ -75,6 +76,10 @@ def sweep(
     frac: Optional[float] = typer.Option(None, help="Also train FracAT variants with this fraction"),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a key of the base config"),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<config>)"),
+    devices: str = typer.Option("", "--devices", help="Train one run per device at a time, e.g. cuda:0,cuda:1 "
+                                "(cpu allowed); default: one run after another in this process"),
+    print_commands: bool = typer.Option(False, "--print-commands", help="Print one `robustgan train ...` line per "
+                                        "unfinished run (e.g. for a scheduler's job array) instead of training"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train one run per (method, eps_t); finished runs are skipped, interrupted ones resume.
@@ -84,6 +89,10 @@ def sweep(
       robustgan sweep -c configs/atgan-mnist.toml --methods pgd_at,atgan --frac 0.5 --set data.root=~/data
 
       robustgan sweep -c configs/atgan-digits.toml --eps-t 0.1,0.2,0.3 --methods pgd_at,atgan
+
+      robustgan sweep -c configs/atgan-cifar10.toml --data-root ~/data --devices cuda:0,cuda:1,cuda:2,cuda:3
+
+      robustgan sweep -c configs/atgan-mnist.toml --set data.root=~/data --print-commands > jobs.txt
     """
     grid = parse_eps_list(eps_t, "--eps-t") if eps_t else None
     if frac is not None:
@@ -91,6 +100,17 @@ def sweep(
     cfg = load_config(config, set_)
     method_list = [m.strip() for m in methods.split(",") if m.strip()] or None
     out = out or Path("runs") / f"sweep-{config.stem}"
-    runs = run_sweep(cfg, out, grid, method_list, [None] if frac is None else [None, frac], quiet,
-                     log=lambda m: err_console.print(m))
+    fracs = [None] if frac is None else [None, frac]
+    if print_commands or devices:
+        commands = train_commands(cfg, out, grid, method_list, fracs)
+        if print_commands:
+            for _, args in commands:
+                sys.stdout.write(shlex.join(["robustgan", *args]) + "\n")
+            return
+        device_list = [d.strip() for d in devices.split(",") if d.strip()]
+        require(bool(device_list), "--devices needs at least one device, e.g. cuda:0,cuda:1")
+        run_parallel(commands, device_list, out, log=lambda m: err_console.print(m))
+        out_console.print(f"{len(commands)} runs trained in {out}; plot them with: robustgan curve {out}/*")
+        return
+    runs = run_sweep(cfg, out, grid, method_list, fracs, quiet, log=lambda m: err_console.print(m))
     out_console.print(f"{len(runs)} runs in {out}; plot them with: robustgan curve {out}/*")
