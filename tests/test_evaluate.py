@@ -1,5 +1,6 @@
 import json
 import shutil
+import shlex
 import subprocess
 import sys
 
@@ -164,7 +165,7 @@ def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
     results = check_run(run, eps=0.2, steps=3, long_steps=5, restarts=2, limit=32, surrogate="auto",
                         surrogate_epochs=1, autoattack=False)
     transfer = next(r for r in results if r.name == "transfer")
-    assert "skipped" not in transfer.values and 0 <= transfer.values["transfer"] <= 1
+    assert transfer.status != "skipped" and 0 <= transfer.values["alt"] <= 1  # alt: accuracy under the transfer
     surrogate = RunDir(run / "surrogate")
     assert surrogate.is_complete
     cfg, parent = surrogate.config(), RunDir(run).config()
@@ -186,11 +187,26 @@ def test_sweep_on_devices_trains_one_run_per_device_and_prints_commands(tmp_path
     runs = [tmp_path / "sweep" / name for name in ("pgd_at-eps0.1", "pgd_at-eps0.2")]
     assert all(RunDir(r).is_complete for r in runs)
     alone = tmp_path / "alone"
-    subprocess.run(lines[1].replace("robustgan", f"{sys.executable} -m robustgan", 1).replace(str(runs[1]), str(alone))
-                   .split(), check=True, capture_output=True)
+    command = shlex.split(lines[1])
+    command[command.index("--out") + 1] = str(alone)  # the printed command, into another directory
+    subprocess.run([sys.executable, "-m", *command], check=True, capture_output=True)
     from safetensors.torch import load_file
     a, b = load_file(runs[1] / "model.safetensors"), load_file(alone / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     (runs[0] / "DONE").unlink()  # interrupted: resumed, the finished one skipped
     done = run_main(["sweep", *base, "--print-commands"], monkeypatch, capsys)
     assert done.stdout.strip() == f"robustgan train --out {runs[0]} --resume --quiet"
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["pgd_at-eps0.1", "pgd_at-eps0.2"]  # runs only
+    assert (runs[1] / "train.log").is_file()
+
+
+def test_sweep_devices_map_through_the_visible_gpus():
+    from robustgan.sweep import device_env
+
+    assert device_env("cuda:1", {"CUDA_VISIBLE_DEVICES": "2,3"})["CUDA_VISIBLE_DEVICES"] == "3"
+    assert device_env("cuda:1", {})["CUDA_VISIBLE_DEVICES"] == "1"
+    assert device_env("cpu", {"CUDA_VISIBLE_DEVICES": "0"})["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(robustgan.errors.RobustganError, match="shows 2 GPU"):
+        device_env("cuda:2", {"CUDA_VISIBLE_DEVICES": "2,3"})
+    with pytest.raises(robustgan.errors.RobustganError, match="is not cpu, cuda or cuda:N"):
+        device_env("tpu:0", {})

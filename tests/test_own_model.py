@@ -75,7 +75,27 @@ def test_two_factories_over_the_same_weights_never_share_results(own_model, tmp_
     assert_one_line(run_main(other, monkeypatch, capsys), "holds another model's results")
     from robustgan.runtime import model_identity
     from robustgan.runs import RunDir
-    assert model_identity(shared).endswith(f"+{factory}:scaled") and RunDir(shared).config().method.factory.endswith(":scaled")
+    assert f"+{factory}:scaled@" in model_identity(shared)
+    assert RunDir(shared).config().method.factory == f"{factory}:scaled"
+
+
+def test_an_edited_factory_or_a_new_data_root_keeps_results_apart(own_model, monkeypatch, capsys):
+    """The cache identity holds the factory file's hash; --data-root updates the record."""
+    from robustgan.runs import RunDir
+    from robustgan.runtime import model_identity
+
+    factory, weights, _ = own_model
+    args = ["eval", "--model", f"{factory}:cw_cnn", "--weights", weights, "--dataset", "digits", *EVAL]
+    assert run_main(args, monkeypatch, capsys).returncode == 0
+    results = weights.parent / "pgd.mynets_py_cw_cnn.robustgan"
+    before = model_identity(results)
+    factory.write_text(factory.read_text() + "\n# edited\n")
+    assert model_identity(results) != before  # an edited factory: cached results no longer apply
+    done = run_main([*args, "--data-root", weights.parent], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    assert RunDir(results).config().data.root == str(weights.parent.resolve())
+    done = run_main(["eval", results, "--model", f"{factory}:cw_cnn"], monkeypatch, capsys)
+    assert_one_line(done, "give a run directory or --model, not both")
 
 
 def test_pickled_weights_are_refused_with_how_to_convert(own_model, tmp_path, monkeypatch, capsys):
@@ -106,7 +126,8 @@ def test_model_card_equals_eval_and_validates_against_the_schema(own_model, tmp_
     assert [r["protocol"] for r in card["robust_acc"]] == [round(100 * r["protocol_accuracy"], 2)
                                                            for r in result["results"]]
     assert card["evaluation"]["n"] == 64 and card["checks"]["status"] == "not run"
-    assert card["splits"] == {"train": 1438, "test": 359, "evaluated": 64} and len(card["weights_sha256"]) == 64
+    assert card["splits"] == {"train": None, "test": 359, "evaluated": 64} and len(card["weights_sha256"]) == 64
+    assert card["training"] is None and card["additional_data"] is None  # trained elsewhere: unknown here
 
 
 def test_run_card_with_checks(digits_runs, tmp_path, monkeypatch, capsys):
@@ -120,5 +141,6 @@ def test_run_card_with_checks(digits_runs, tmp_path, monkeypatch, capsys):
     card = json.loads((run / "model_card.json").read_text())
     jsonschema.validate(card, json.loads(SCHEMA.read_text()))
     assert card["checks"]["status"] in ("pass", "warn") and len(card["checks"]["checks"]) >= 10
+    assert card["splits"]["train"] == 1438 and card["training"]["method"]["name"] == "pgd_at"
     text = (run / "model_card.md").read_text()
     assert "| 0.2 |" in text and "skipped" in text and card["weights_sha256"] in text

@@ -135,5 +135,36 @@ def test_atgan_picks_a_table_1_generator_by_channels_and_says_which():
     assert len(method_class("atgan").build_defended(cfg, grey)[0].body[-1].weight) == 1  # MNIST G, 1 channel out
     model = method_class("atgan").build_defended(cfg, colour)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    with pytest.raises(ConfigError, match="maps 1x20x20 images to 1x20x20|set data.image_size to 28"):
+    with pytest.raises(ConfigError, match="atgan_g_mnist maps 1x30x30 images to 1x32x32; set data.image_size to 28"):
         method_class("atgan").build_defended(cfg, Geometry(1, 30, 10))
+
+
+def test_npz_layouts_and_channel_conversion(tmp_path):
+    """NCHW, NHWC and NHW arrays load alike; RGB -> grey uses Pillow's "L" weights."""
+    x, y = robustgan.data.load("digits", split="test")
+    x, y = x[:40], y[:40]
+    grey = x.numpy()
+    for name, images in {"nchw": grey, "nhwc": grey.transpose(0, 2, 3, 1), "nhw": grey[:, 0]}.items():
+        np.savez(tmp_path / f"{name}.npz", x_train=images, y_train=y.numpy(), x_test=images, y_test=y.numpy())
+        loaded, labels = robustgan.data.load("npz", tmp_path / f"{name}.npz", "test")
+        assert torch.equal(loaded, x) and torch.equal(labels, y), name
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 3, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x_train=rgb, y_train=np.arange(4), x_test=rgb, y_test=np.arange(4))
+    as_grey, _ = robustgan.data.load("npz", tmp_path / "rgb.npz", "test", channels=1)
+    pillow = np.stack([np.asarray(Image.fromarray(im.transpose(1, 2, 0)).convert("L")) for im in rgb])
+    assert np.abs(as_grey[:, 0].numpy().astype(int) - pillow).max() <= 1
+    single = tmp_path / "one.npy"
+    np.save(single, grey)
+    with pytest.raises(robustgan.errors.DataError, match="is a single array, not an .npz archive"):
+        robustgan.data.load("npz", single, "test")
+
+
+def test_a_test_only_folder_is_enough_once_the_layout_is_known(user_files, tmp_path):
+    test_only = tmp_path / "folder"
+    shutil.copytree(user_files[0] / "test", test_only / "test")
+    classes = tuple(f"digit-{c}" for c in range(10))
+    x, y = robustgan.data.load("imagefolder", test_only, "test", channels=1, image_size=28, classes=classes)
+    assert len(y) == N_TEST
+    reordered = classes[::-1]  # data.classes in another order: labels follow it
+    _, y2 = robustgan.data.load("imagefolder", test_only, "test", channels=1, image_size=28, classes=reordered)
+    assert torch.equal(y2, 9 - y)

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from robustgan import data
-from robustgan.config import Config, DataConfig, load_config
+from robustgan.config import Config, DataConfig
 from robustgan.errors import RunError
 from robustgan.methods import Geometry, external, method_class
 from robustgan.runs import CONFIG, MODEL, RunDir
@@ -120,10 +120,14 @@ def weights_path(run_dir: str | Path) -> Path:
 
 def model_identity(run_dir: str | Path) -> str:
     """What the evaluation cache is keyed by: the weights' SHA-256, and for an external model
-    its factory too (two factories over the same weights never share a result)."""
+    its factory and the SHA-256 of the factory's source file (two factories over the same
+    weights, or an edited factory, never share a result)."""
     cfg = RunDir(run_dir).config()
-    extra = f"+{cfg.method.factory}" if cfg.method.name == "external" else ""
-    return file_sha256(weights_path(run_dir))[:16] + extra
+    identity = file_sha256(weights_path(run_dir))[:16]
+    if cfg.method.name == "external":
+        source = external.factory_source(cfg.method.factory)
+        identity += f"+{cfg.method.factory}" + (f"@{file_sha256(source)[:16]}" if source else "")
+    return identity
 
 
 def file_sha256(path: Path) -> str:
@@ -137,21 +141,26 @@ def file_sha256(path: Path) -> str:
 def external_run(factory: str, weights: str | Path, dataset: str, *, data_root=None, out=None) -> Path:
     """A run directory for a model trained elsewhere (``methods.external``): its config and,
     as it is evaluated, its evaluation cache, checks and model card. Default place: next to
-    the weights, ``<weights stem>.<factory>.robustgan/``; ``out`` overrides."""
+    the weights, ``<weights stem>.<factory, as a file name>.robustgan/``; ``out`` overrides.
+    A later call with another --data-root updates the recorded root."""
     weights = Path(weights).expanduser().resolve()
     external.check_weights_file(weights)
-    root = str(Path(data_root).expanduser().resolve()) if data_root is not None else None
+    factory = external.absolute_factory(factory)
     tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in factory.rsplit("/", 1)[-1])
     path = Path(out) if out is not None else weights.with_name(f"{weights.stem}.{tag}.robustgan")
-    cfg = load_config(None, [f'data.name="{dataset}"', 'method.name="external"', f"method.factory={factory!r}",
-                             f"method.weights={str(weights)!r}"])
-    cfg.data.root = root
-    cfg.data = resolve_layout(cfg.data)
+    root = str(Path(data_root).expanduser().resolve()) if data_root is not None else None
+    cfg = Config(data=DataConfig(name=dataset, root=root),
+                 method=external.ExternalConfig(factory=factory, weights=str(weights))).validate()
     run = RunDir(path)
-    if run.file(CONFIG).is_file() and run.config() != cfg:
-        raise RunError(f"{path} holds another model's results ({run.file(CONFIG)} differs); pass --out DIR")
-    if not run.file(CONFIG).is_file():
-        run.create(cfg)
+    if run.file(CONFIG).is_file():
+        saved = run.config()
+        if (saved.method, saved.data.name) != (cfg.method, cfg.data.name):
+            raise RunError(f"{path} holds another model's results ({run.file(CONFIG)} differs); pass --results DIR")
+        if data_root is None:
+            return path
+        cfg.data = replace(saved.data, root=cfg.data.root)
+    cfg.data = resolve_layout(cfg.data)
+    run.create(cfg)
     return path
 
 

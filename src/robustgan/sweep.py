@@ -18,6 +18,9 @@ from robustgan.eps import EPS_T_GRIDS, format_eps
 from robustgan.runs import RunDir
 from robustgan.train import ensure_trained
 
+REQUESTED = "requested.toml"  # a sweep run's config before it starts (the run writes config.toml itself)
+LOG = "train.log"  # a run's output under `sweep --devices`
+
 
 def run_name(method: str, frac: float, eps_t: float) -> str:
     return f"{method}{'-frac' if frac < 1 else ''}-eps{format_eps(eps_t).replace('/', '_')}"
@@ -63,7 +66,8 @@ def run_sweep(cfg: Config, out: Path, eps_t=None, methods=None, fracs=(None,), q
 
 def train_commands(cfg: Config, out: Path, eps_t=None, methods=None, fracs=(None,)) -> list[tuple[str, list[str]]]:
     """(run name, ``robustgan train`` arguments) for every run not finished yet: a resume
-    for a started run, else training from the run's config, written to <out>/configs/."""
+    for a started run, else training from the run's config, written to <run>/requested.toml
+    (inside the run directory, so ``<out>/*`` stays the sweep's runs)."""
     commands = []
     for name, v in plan(cfg, eps_t, methods, list(fracs)):
         path = Path(out) / name
@@ -73,46 +77,60 @@ def train_commands(cfg: Config, out: Path, eps_t=None, methods=None, fracs=(None
         if run.is_started:
             commands.append((name, ["train", "--out", str(path), "--resume", "--quiet"]))
             continue
-        config_file = Path(out) / "configs" / f"{name}.toml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(to_toml(v))
-        commands.append((name, ["train", "-c", str(config_file), "--out", str(path), "--quiet"]))
+        path.mkdir(parents=True, exist_ok=True)
+        run.file(REQUESTED).write_text(to_toml(v))
+        commands.append((name, ["train", "-c", str(run.file(REQUESTED)), "--out", str(path), "--quiet"]))
     return commands
 
 
-def device_env(device: str) -> dict:
-    """The environment of a run on ``device``: one visible GPU for cuda:N (the run's
+def device_env(device: str, env: dict | None = None) -> dict:
+    """The environment of a run on ``device``: only that GPU visible for cuda:N (N counts the
+    GPUs this process sees, so a CUDA_VISIBLE_DEVICES already set is respected; the run's
     train.device 'auto' or 'cuda' then means that GPU), none for cpu."""
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    elif device.startswith("cuda"):
-        env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0"
-    else:
+        return env
+    index = device.partition(":")[2] or "0"
+    if not device.startswith("cuda") or not index.isdigit():
         raise RobustganError(f"--devices: {device!r} is not cpu, cuda or cuda:N")
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or None
+    if visible is not None and int(index) >= len(visible):
+        raise RobustganError(f"--devices: {device} but CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} shows "
+                             f"{len(visible)} GPU(s)")
+    env["CUDA_VISIBLE_DEVICES"] = visible[int(index)] if visible else index
     return env
 
 
 def run_parallel(commands: list[tuple[str, list[str]]], devices: list[str], out: Path, log=print) -> None:
-    """One training process per device at a time (each run's output in <out>/<name>.log);
-    a failed run is named with its log at the end, after the others have finished."""
+    """One training process per device at a time (each run's output appended to
+    <run>/train.log); a failed run is named with its log at the end, after the others have
+    finished. Ctrl-C (or any error here) stops the running processes."""
     envs = [device_env(d) for d in devices]
     queue, running, failed = list(commands), {}, []  # running: device index -> (name, process, log file)
-    while queue or running:
-        for i in [i for i in range(len(devices)) if i not in running][:len(queue)]:
-            name, args = queue.pop(0)
-            log_file = open(Path(out) / f"{name}.log", "w")
-            log(f"{name}: training on {devices[i]} (log: {Path(out) / f'{name}.log'})")
-            running[i] = (name, subprocess.Popen([sys.executable, "-m", "robustgan", *args], env=envs[i],
-                                                 stdout=log_file, stderr=subprocess.STDOUT), log_file)
-        for i, (name, process, log_file) in list(running.items()):
-            if process.poll() is not None:
-                log_file.close()
-                del running[i]
-                if process.returncode != 0:
-                    failed.append(f"{name} (exit {process.returncode}, see {log_file.name})")
-                else:
-                    log(f"{name}: done")
-        time.sleep(0.2)
+    try:
+        while queue or running:
+            for i in [i for i in range(len(devices)) if i not in running][:len(queue)]:
+                name, args = queue.pop(0)
+                log_path = RunDir(Path(out) / name).file(LOG)
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log_file = open(log_path, "a")
+                log(f"{name}: training on {devices[i]} (log: {log_path})")
+                running[i] = (name, subprocess.Popen([sys.executable, "-m", "robustgan", *args], env=envs[i],
+                                                     stdout=log_file, stderr=subprocess.STDOUT), log_file)
+            for i, (name, process, log_file) in list(running.items()):
+                if process.poll() is not None:
+                    log_file.close()
+                    del running[i]
+                    if process.returncode != 0:
+                        failed.append(f"{name} (exit {process.returncode}, see {log_file.name})")
+                    else:
+                        log(f"{name}: done")
+            time.sleep(0.2)
+    finally:
+        for name, process, log_file in running.values():
+            process.terminate()
+            process.wait()
+            log_file.close()
     if failed:
         raise RobustganError(f"{len(failed)} sweep run(s) failed: {'; '.join(failed)}")

@@ -86,6 +86,13 @@ def subject_runs(runs: list[Path] | None, model: str | None, weights: Path | Non
     return [*runs, external_run(model, weights, dataset, data_root=data_root, out=results)]
 
 
+def single_subject(run: Path | None, model: str | None, weights: Path | None, dataset: str | None,
+                   data_root: Path | None, results: Path | None) -> Path:
+    """The one run directory a single-subject command (eval, check, card) works on: RUN or --model."""
+    require(run is None or model is None, "give a run directory or --model, not both")
+    return subject_runs([run] if run else [], model, weights, dataset, data_root, results)[0]
+
+
 def require(ok: bool, message: str) -> None:
     """A one-line error for an option value out of range."""
     if not ok:

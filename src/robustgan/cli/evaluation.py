@@ -16,7 +16,7 @@ from rich.table import Table
 from robustgan import distributed
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, RESULTS, STEPS, TARGETS,
                                   WEIGHTS, check_attack, eps_grid, err_console, json_eps, out_console, parse_eps_list,
-                                  parse_one_eps, require, subject_runs)
+                                  parse_one_eps, require, single_subject, subject_runs)
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import check_run, overall_status, summary_line
 from robustgan.evaluate.curves import (area, attack_label, compute_curve, curves_csv, min_norm_distances, plot_curves,
@@ -72,7 +72,7 @@ def eval_(
       robustgan eval --model mynet.py:build --weights mynet.safetensors --dataset cifar10 --data-root ~/data --eps 8/255
     """
     check_attack(attack, steps, targets)
-    run = subject_runs([run] if run else [], model, weights, dataset, data_root, results)[0]
+    run = single_subject(run, model, weights, dataset, data_root, results)
     require(restarts > 0 and limit >= 0 and batch_size > 0, "--restarts and --batch-size must be positive, --limit >= 0")
     require(step_size is None or step_size > 0, f"--step-size must be positive, got {step_size}")
     require(not min_norm or attack == "ensemble", "--min-norm needs --attack ensemble")
@@ -123,6 +123,9 @@ def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
               "results": [{"eps": json_eps(e), "accuracy": acc,
                            **({"protocol_accuracy": curve.protocol[i]} if curve.protocol is not None else {})}
                           for i, (e, acc) in enumerate(zip(curve.eps, curve.acc))]}
+    cfg = RunDir(run).config()
+    if cfg.method.name == "external":  # a model trained elsewhere (--model): say which
+        result |= {"model": cfg.method.factory, "weights": cfg.method.weights}
     if distances is not None:
         result["min_eps"] = [json_eps(d) for d in distances.tolist()]
     return result
@@ -220,7 +223,7 @@ def check(
 
       robustgan check --model mynet.py:build --weights mynet.safetensors --dataset mnist --data-root ~/data --eps 0.3
     """
-    run = subject_runs([run] if run else [], model, weights, dataset, data_root, results)[0]
+    run = single_subject(run, model, weights, dataset, data_root, results)
     eps_value = parse_one_eps(eps, "--eps") if eps is not None else None
     require(min(steps, long_steps, restarts) > 0 and limit >= 0 and (tol is None or 0 <= tol <= 1) and targets >= 0,
             "--steps, --long-steps and --restarts must be positive, --targets >= 0, --tol in [0, 1]")

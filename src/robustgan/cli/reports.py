@@ -9,7 +9,7 @@ import typer
 from rich.progress import Progress
 
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
-                                  err_console, out_console, require, subject_runs)
+                                  err_console, out_console, require, single_subject)
 from robustgan.evaluate.card import build_card, write_card
 from robustgan.evaluate.checks import check_run
 from robustgan.report.html import build_report
@@ -78,7 +78,7 @@ def card(
     """
     require(limit >= 0 and (steps is None or steps > 0) and 0 <= targets <= 9,
             "--limit >= 0, --steps positive, --targets in 0..9")
-    run = subject_runs([run] if run else [], model, weights, dataset, data_root, results)[0]
+    run = single_subject(run, model, weights, dataset, data_root, results)
     grid = eps_grid(eps, RunDir(run).config().data.name)
     device = resolve_device(device)
     if run_checks and not RunDir(run).file("check.json").is_file():

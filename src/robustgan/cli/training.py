@@ -76,6 +76,7 @@ def sweep(
     frac: Optional[float] = typer.Option(None, help="Also train FracAT variants with this fraction"),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a key of the base config"),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<config>)"),
+    data_root: Optional[Path] = DATA_ROOT,
     devices: str = typer.Option("", "--devices", help="Train one run per device at a time, e.g. cuda:0,cuda:1 "
                                 "(cpu allowed); default: one run after another in this process"),
     print_commands: bool = typer.Option(False, "--print-commands", help="Print one `robustgan train ...` line per "
@@ -98,6 +99,8 @@ def sweep(
     if frac is not None:
         check_frac(frac, "--frac")
     cfg = load_config(config, set_)
+    if data_root is not None:  # recorded in every run's config
+        cfg.data.root = str(data_root)
     method_list = [m.strip() for m in methods.split(",") if m.strip()] or None
     out = out or Path("runs") / f"sweep-{config.stem}"
     fracs = [None] if frac is None else [None, frac]

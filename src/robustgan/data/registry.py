@@ -74,8 +74,9 @@ def load(name: str, root=None, split: str = "train", **kw) -> tuple[torch.Tensor
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
     root = Path(root).expanduser() if root is not None else None
-    if meta.user:  # the layout from the files, unless given (data.channels / image_size / classes)
-        layout = meta.describe(root, kw.get("channels", 0), kw.get("image_size", 0))
+    if meta.user:  # the layout from the files, unless all given (data.channels / image_size / classes)
+        given = Layout(kw.get("channels", 0), kw.get("image_size", 0), tuple(kw.get("classes") or ()))
+        layout = given if all(given.__dict__.values()) else meta.describe(root, given.channels, given.image_size)
         kw = kw | {"channels": layout.channels, "image_size": layout.image_size, "resize": bool(kw.get("image_size")),
                    "classes": tuple(kw.get("classes") or layout.classes)}
     x, y = meta.loader(root, split, **kw)

@@ -77,13 +77,14 @@ def load_folder(root: Path | None, split: str, *, channels: int, image_size: int
     than ``image_size`` are resized (bilinear) only when data.image_size was set (``resize``);
     otherwise a size that differs from the first image's is an error naming both files."""
     dirs = _class_dirs(root, split)
-    names = tuple(d.name for d in dirs)
-    if names != tuple(classes):
+    names = [d.name for d in dirs]
+    if sorted(names) != sorted(classes):
         problems = ([f"no folder {root / split / c}" for c in classes if c not in names]
                     + [f"{root / split / n} is not a class of train/" for n in names if n not in classes])
         raise DataError(f"imagefolder: the classes of {root / split} differ from train/'s: {'; '.join(problems)}")
     mode, arrays, labels, first = ("L" if channels == 1 else "RGB"), [], [], None
-    for label, class_dir in enumerate(dirs):
+    for class_dir in dirs:
+        label = list(classes).index(class_dir.name)  # the run's class order (sorted names unless data.classes says)
         for path in _files(class_dir):
             image = _open(path).convert(mode)
             if image.size != (image_size, image_size):
@@ -105,14 +106,19 @@ def _read_npz(root: Path | None) -> dict[str, np.ndarray]:
     if not root.is_file():
         raise DataError(f"npz: {root} is not a file; pass --data-root FILE.npz holding {', '.join(NPZ_KEYS)}")
     try:
-        with np.load(root, allow_pickle=False) as archive:
+        archive = np.load(root, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"npz: {root} is a single array, not an .npz archive of {', '.join(NPZ_KEYS)}")
+        with archive:
             missing = [k for k in NPZ_KEYS if k not in archive.files]
             if missing:
                 raise DataError(f"npz: {root} has no {', '.join(missing)} (it holds {', '.join(archive.files) or 'nothing'})")
             return {k: archive[k] for k in NPZ_KEYS}
-    except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
-        raise DataError(f"npz: {root} holds Python objects, which are never unpickled; save plain uint8 "
-                        f"image and integer label arrays ({err})") from None
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+            raise DataError(f"npz: {root} holds Python objects, which are never unpickled; save plain uint8 "
+                            "image and integer label arrays") from None
+        raise DataError(f"npz: {root} is not a readable .npz file ({err})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"npz: {root} is not a readable .npz file ({err.__class__.__name__})") from None
 
@@ -144,6 +150,8 @@ def describe_npz(root: Path | None, channels: int = 0, image_size: int = 0) -> L
     if x.shape[2] != x.shape[3] and not image_size:
         raise DataError(f"npz: {root}: x_train images are {x.shape[3]}x{x.shape[2]}, not square; set data.image_size")
     y = _labels(arrays["y_train"], "y_train", root, len(x))
+    if not len(y):
+        raise DataError(f"npz: {root}: x_train holds no images")
     return Layout(channels or x.shape[1], image_size or x.shape[2], tuple(str(c) for c in range(int(y.max()) + 1)))
 
 
@@ -156,10 +164,12 @@ def load_npz(root: Path | None, split: str, *, channels: int, image_size: int, c
         raise DataError(f"npz: {root}: y_{split} has label {y.max()}, out of range for the {len(classes)} classes "
                         f"of y_train (0..{len(classes) - 1})")
     images = torch.from_numpy(np.ascontiguousarray(x))
-    if images.shape[1] != channels:  # grey <-> RGB as data.channels asks
-        images = images.float().mean(1, keepdim=True) if channels == 1 else images.expand(-1, 3, -1, -1).float()
-        images = images.round().to(torch.uint8)
-    if images.shape[2:] != (image_size, image_size):
-        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)
+    if images.shape[1] != channels:  # grey <-> RGB as data.channels asks, with Pillow's "L" weights (ITU-R 601-2)
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * luma).sum(1, keepdim=True) if channels == 1 else images.expand(-1, 3, -1, -1).float()
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    if images.shape[2:] != (image_size, image_size):  # data.image_size asked for another size (one array: one size)
+        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
+                               antialias=True)
         images = images.clamp(0, 255).round().to(torch.uint8)
     return images.contiguous(), torch.from_numpy(y)

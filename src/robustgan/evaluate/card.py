@@ -54,7 +54,8 @@ def build_card(run_dir, eps: list[float], *, limit: int = 0, steps: int | None =
     curve = compute_curve(run_dir, eps, steps=steps, targets=targets, limit=limit, seed=seed, device=device,
                           data_root=data_root, progress=progress)
     s = curve.settings
-    n_train = len(load_split(cfg.data, "train", data_root)[1])
+    external = cfg.method.name == "external"  # trained elsewhere: its training set and config are unknown here
+    n_train = None if external else len(load_split(cfg.data, "train", data_root)[1])
     n_test_all = len(load_split(cfg.data, "test", data_root)[1])
     return {
         "name": f"{cfg.method.factory} ({Path(cfg.method.weights).name})" if cfg.method.name == "external"
@@ -68,14 +69,14 @@ def build_card(run_dir, eps: list[float], *, limit: int = 0, steps: int | None =
         "robust_acc": [{"eps": format_eps(e), "worst_case": round(100 * a, 2),
                         "protocol": round(100 * p, 2) if p is not None else None}
                        for e, a, p in zip(curve.eps, curve.acc, curve.protocol or [None] * len(curve.eps))],
-        "additional_data": False,
+        "additional_data": None if external else False,
         "number_forward_passes": 1,
         "evaluation": {"attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"], "targets": s["targets"],
                        "restarts": s["restarts"], "seed": s["seed"], "protocol": s["protocol"], "n": curve.n},
         "splits": {"train": n_train, "test": n_test_all, "evaluated": curve.n},
         "classes": list(cfg.data.classes),
         "checks": _checks(run),
-        "training": to_dict(cfg),
+        "training": None if external else to_dict(cfg),
         "software": {"robustgan": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      "platform": sys.platform},
         "weights_sha256": file_sha256(weights_path(run_dir)),
@@ -85,8 +86,8 @@ def build_card(run_dir, eps: list[float], *, limit: int = 0, steps: int | None =
 def card_markdown(card: dict) -> str:
     ev = card["evaluation"]
     lines = [f"# Model card: {card['name']}", "",
-             f"- **Dataset**: {card['dataset']} ({card['splits']['train']} train, {card['splits']['test']} test images; "
-             f"{card['splits']['evaluated']} evaluated)",
+             f"- **Dataset**: {card['dataset']} ({card['splits']['train'] or 'unknown'} train, "
+             f"{card['splits']['test']} test images; {card['splits']['evaluated']} evaluated)",
              f"- **Threat model**: L-inf, eps in [0, 1] pixel scale: {', '.join(card['eps'])}",
              f"- **Architecture / method**: {card['architecture']} / {card['method']}",
              f"- **Clean accuracy**: {card['clean_acc']:.2f}%",
@@ -106,7 +107,9 @@ def card_markdown(card: dict) -> str:
                   "| check | status | numbers |", "| --- | --- | --- |"]
         lines += [f"| {c['name']} | {c['status']} | {c['detail'].replace('|', '/')} |" for c in checks["checks"]]
     sw = card["software"]
-    lines += ["", "## Training", "", "```json", json.dumps(card["training"], indent=1), "```", "",
+    training = (["```json", json.dumps(card["training"], indent=1), "```"] if card["training"] is not None
+                else ["Trained elsewhere (an external model): its training set and settings are not known here."])
+    lines += ["", "## Training", "", *training, "",
               "## Software", "", f"robustgan {sw['robustgan']}, torch {sw['torch']}, Python {sw['python']} "
               f"({sw['platform']}).", ""]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from robustgan.methods.base import Method, MethodConfig, register_method
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
 CONVERT = ("convert it once where you trust the file: `from safetensors.torch import save_file; "
-           "save_file(torch.load(FILE), 'model.safetensors')`")
+           "save_file(torch.load(FILE, weights_only=True), 'model.safetensors')`")
 
 
 @dataclass
@@ -46,6 +46,27 @@ def check_weights_file(path: Path) -> None:
         raise ConfigError(f"{path}: no such weights file")
 
 
+def absolute_factory(spec: str) -> str:
+    """FILE.py:FACTORY with FILE made absolute (a run keeps working from any directory);
+    MODULE:FACTORY as given."""
+    where, _, attr = spec.rpartition(":")
+    return f"{Path(where).expanduser().resolve()}:{attr}" if where.endswith(".py") else spec
+
+
+def factory_source(spec: str) -> Path | None:
+    """The file that defines the factory (FILE.py, or MODULE's file when it has one)."""
+    where = spec.rpartition(":")[0]
+    if where.endswith(".py"):
+        return Path(where) if Path(where).is_file() else None
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        found = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        return None
+    return Path(found.origin) if found is not None and found.origin and Path(found.origin).is_file() else None
+
+
 def import_factory(spec: str):
     """The callable named by MODULE:FACTORY (MODULE importable from the working directory)
     or FILE.py:FACTORY."""
@@ -58,6 +79,7 @@ def import_factory(spec: str):
             if module_spec is None or not path.is_file():
                 raise RobustganError(f"--model: no such file {where}")
             module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module  # before running it, as importlib's recipe says (dataclasses need it)
             module_spec.loader.exec_module(module)
         else:
             if "" not in sys.path:

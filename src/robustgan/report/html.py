@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -155,7 +156,7 @@ def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20,
             parts.append("<h3>Training</h3>" + img(training_figure(run), f"training curves of {r}"))
             parts.append("<h3>Gradient-masking checks</h3>" + check_html(run))
             if run.file("model_card.md").is_file():
-                card_uri = html.escape(run.file("model_card.md").resolve().as_uri())
+                card_uri = html.escape(os.path.relpath(run.file("model_card.md").resolve(), Path(out).resolve().parent))
                 parts.append(f'<p>Model card: <a href="{card_uri}">model_card.md</a> (and model_card.json).</p>')
             if c.method.name == "gan_at":
                 png, _, _ = run_trends(r, index=index, out=tmp / f"trends_{len(parts)}", data_root=data_root)
