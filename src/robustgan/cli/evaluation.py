@@ -71,11 +71,8 @@ def eval_(
 
       robustgan eval --model mynet.py:build --weights mynet.safetensors --dataset cifar10 --data-root ~/data --eps 8/255
     """
-    check_attack(attack, steps, targets)
+    check_eval_options(attack, steps, targets, restarts, limit, batch_size, step_size, min_norm)
     run = single_subject(run, model, weights, dataset, data_root, results)
-    require(restarts > 0 and limit >= 0 and batch_size > 0, "--restarts and --batch-size must be positive, --limit >= 0")
-    require(step_size is None or step_size > 0, f"--step-size must be positive, got {step_size}")
-    require(not min_norm or attack == "ensemble", "--min-norm needs --attack ensemble")
     eps_list = parse_eps_list(eps) if eps else [default_eps(RunDir(run).config())]
     require(any(e > 0 for e in eps_list), "pass --eps (this model has no eval or training eps)")
     device = resolve_device(device)
@@ -95,6 +92,14 @@ def eval_(
     if as_json:
         result = eval_json(run, curve, distances, restarts, seed, time.perf_counter() - start)
         sys.stdout.write(json.dumps(result) + "\n")
+
+
+def check_eval_options(attack, steps, targets, restarts, limit, batch_size, step_size, min_norm) -> None:
+    """One-line errors for eval's attack settings."""
+    check_attack(attack, steps, targets)
+    require(restarts > 0 and limit >= 0 and batch_size > 0, "--restarts and --batch-size must be positive, --limit >= 0")
+    require(step_size is None or step_size > 0, f"--step-size must be positive, got {step_size}")
+    require(not min_norm or attack == "ensemble", "--min-norm needs --attack ensemble")
 
 
 def eval_table(run, curve, distances) -> Table:
