@@ -25,7 +25,7 @@ demo: $(STAMP)
 # `.venv/bin/python -m pytest -m "not slow"` skips the tests that train full digits presets.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
 # ART is a benchmark peer only (not a dependency): pinned, without its optional extras.
 bench: $(STAMP)

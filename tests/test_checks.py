@@ -50,21 +50,26 @@ def test_honest_models_trip_no_check(honest, request):
     assert warned == set(), [r.detail for r in results if r.status == "warn"]
 
 
-@pytest.mark.parametrize("wrap,trips", [
-    (RoundInputs, {"gradients", "unbounded", "bound", "transfer"}),
-    (lambda m: ScaledLogits(m, 1e4), {"gradients", "loss_invariance", "unbounded", "protocol", "transfer"}),
-    (lambda m: ScaledLogits(m, "moderate"), {"loss_invariance"}),  # the subtle one: every other check passes
-    (NoisyInputs, {"deterministic", "unbounded", "protocol"}),
-    (SaturatedSoftmax, {"logits", "gradients", "unbounded", "bound", "transfer"}),
-    (ShatteredGradients, {"unbounded", "bound", "transfer"}),
+# Under test-time noise every attack scores against fresh noise draws, so more starts or steps
+# may legitimately win (a true finding, but one that depends on the draws): allowed, not required.
+NOISE_MAY_TRIP = {"restarts", "long_pgd"}
+
+
+@pytest.mark.parametrize("wrap,trips,may_trip", [
+    (RoundInputs, {"gradients", "unbounded", "bound", "transfer"}, set()),
+    (lambda m: ScaledLogits(m, 1e4), {"gradients", "loss_invariance", "unbounded", "protocol", "transfer"}, set()),
+    (lambda m: ScaledLogits(m, "moderate"), {"loss_invariance"}, set()),  # the subtle one: every other check passes
+    (NoisyInputs, {"deterministic", "unbounded", "protocol"}, NOISE_MAY_TRIP),
+    (SaturatedSoftmax, {"logits", "gradients", "unbounded", "bound", "transfer"}, set()),
+    (ShatteredGradients, {"unbounded", "bound", "transfer"}, set()),
 ], ids=["quantised", "logits-x1e4", "logits-x-moderate", "noise", "softmax", "shattered"])
-def test_planted_masking_trips_its_checks(wrap, trips, robust_tiny, trained_tiny, digits):
+def test_planted_masking_trips_its_checks(wrap, trips, may_trip, robust_tiny, trained_tiny, digits):
     model = wrap(robust_tiny)
     if getattr(model, "scale", None) == "moderate":
         model.scale = moderate_scale(robust_tiny, digits[2])
         assert 10 < model.scale < 40
     warned, results = tripped(model, digits, surrogate=trained_tiny)
-    assert warned == trips, {r.name: r.detail for r in results}
+    assert trips <= warned <= trips | may_trip, {r.name: r.detail for r in results}
 
 
 def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digits):

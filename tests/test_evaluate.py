@@ -16,33 +16,34 @@ from robustgan.evaluate.curves import area
 from robustgan.evaluate.saliency import saliency
 from robustgan.runs import RunDir
 from robustgan.sweep import run_sweep
-from tests.conftest import CONFIGS, run_main
+from tests.conftest import CONFIGS, copy_run, run_main
 from tests.planted import RoundInputs
 
 runner = CliRunner()
 
 
-def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, monkeypatch):
+def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_path, monkeypatch):
     args = ["--limit", "100", "--long-steps", "50", "--steps", "20", "--restarts", "2", "--no-autoattack",
             "--eps", "0.2"]
-    honest = runner.invoke(app, ["check", str(digits_runs / "pgd"), "--surrogate", str(digits_runs / "standard"), *args])
+    run = copy_run(digits_runs / "pgd", tmp_path / "pgd")
+    honest = runner.invoke(app, ["check", str(run), "--surrogate", str(digits_runs / "standard"), *args])
     assert honest.exit_code == 0, honest.output
     assert "possible gradient masking" not in honest.output
     assert "passed, 1 skipped (autoattack: --no-autoattack)" in honest.output
-    report = json.loads((digits_runs / "pgd" / "check.json").read_text())
+    report = json.loads((run / "check.json").read_text())
     assert report["status"] == "pass" and {c["name"] for c in report["checks"]} >= {"unbounded", "transfer", "long_pgd"}
     assert {c["status"] for c in report["checks"]} == {"pass", "skipped"}
 
     real_load = robustgan.runtime.load_model
     monkeypatch.setattr(robustgan.runtime, "load_model", lambda run: RoundInputs(real_load(run)).eval())
-    masked = runner.invoke(app, ["check", str(digits_runs / "pgd"), *args])
+    masked = runner.invoke(app, ["check", str(run), *args])
     assert masked.exit_code == 1 and "WARN" in masked.output and "possible gradient masking" in masked.output
 
 
 def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path):
     """No surrogate and no AutoAttack: both say skipped (CLI, check.json), and the exit is 0."""
     run = tmp_path / "pgd"
-    shutil.copytree(digits_runs / "pgd", run, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    copy_run(digits_runs / "pgd", run)
     done = runner.invoke(app, ["check", str(run), "--limit", "64", "--steps", "5", "--long-steps", "10",
                                "--restarts", "2", "--no-autoattack", "--eps", "0.2"])
     assert done.exit_code == 0, done.output
@@ -63,7 +64,7 @@ def test_area_is_exact():
 def test_curve_csv_equals_eval(digits_runs, tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"  # separate copies: separate caches, independent computations
     for copy in (a, b):
-        shutil.copytree(digits_runs / "pgd", copy, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+        copy_run(digits_runs / "pgd", copy)
     done = runner.invoke(app, ["curve", str(a), "--eps", "0.1,0.2", "--steps", "10", "--limit", "100",
                                "--out", str(tmp_path / "curves")])
     assert done.exit_code == 0, done.output
@@ -132,7 +133,8 @@ def chromium():
 
 def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
     out = tmp_path / "report.html"
-    done = runner.invoke(app, ["report", str(digits_runs / "standard"), str(digits_runs / "pgd"), "--out", str(out),
+    runs = [str(copy_run(digits_runs / name, tmp_path / name)) for name in ("standard", "pgd")]  # it writes caches
+    done = runner.invoke(app, ["report", *runs, "--out", str(out),
                                "--eps", "0.1,0.2,0.3", "--steps", "5", "--limit", "60"])
     assert done.exit_code == 0, done.output
     page = out.read_text()
@@ -161,7 +163,7 @@ def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
     from robustgan.evaluate.checks import check_run
 
     run = tmp_path / "pgd"
-    shutil.copytree(digits_runs / "pgd", run, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    copy_run(digits_runs / "pgd", run)
     results = check_run(run, eps=0.2, steps=3, long_steps=5, restarts=2, limit=32, surrogate="auto",
                         surrogate_epochs=1, autoattack=False)
     transfer = next(r for r in results if r.name == "transfer")

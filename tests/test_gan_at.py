@@ -11,8 +11,7 @@ from robustgan.evaluate import robust_accuracy
 from robustgan.evaluate.trends import run_trends
 from robustgan.methods import Geometry, method_class
 from robustgan.methods.gan_at import FORMULATIONS
-from robustgan.train import fit
-from tests.conftest import CONFIGS, FAST, changed, snapshot
+from tests.conftest import changed, snapshot, train_preset, trained_once
 
 
 def make_method(inputs="grad", generators=1, eps=0.1):
@@ -77,12 +76,12 @@ def test_steps_touch_only_their_network(batch):
 @pytest.fixture(scope="module")
 def gan_runs(tmp_path_factory):
     """One short run per formulation (and dual), plus the full digits preset for 'grad'."""
-    root = tmp_path_factory.mktemp("gan")
-    short = ["train.epochs=1", "data.train_limit=64", *FAST]
-    for name in ("x", "xz", "gradx", "grad-dual"):
-        fit(load_config(CONFIGS / f"gan-at-digits-{name}.toml", short), root / name, quiet=True)
-    fit(load_config(CONFIGS / "gan-at-digits-grad.toml", FAST), root / "grad", quiet=True)
-    return root
+    def train(root):
+        for name in ("x", "xz", "gradx", "grad-dual"):
+            train_preset(f"gan-at-digits-{name}", root / name, "train.epochs=1", "data.train_limit=64")
+        train_preset("gan-at-digits-grad", root / "grad")
+
+    return trained_once(tmp_path_factory, "gan", train)
 
 
 @pytest.mark.parametrize("name", ["x", "xz", "gradx", "grad-dual"])
@@ -100,7 +99,7 @@ def test_grad_formulation_is_robust_and_not_masked(gan_runs, digits_runs):
     torch.manual_seed(0)
     acc_gan = robust_accuracy(gan, x, y, attack="pgd", eps=0.2, steps=20)
     acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
-    assert acc_gan > acc_standard + 0.1, (acc_gan, acc_standard)
+    assert acc_gan > acc_standard + 0.1, (acc_gan, acc_standard)  # measured 0.20 vs 0.01 (TEST_SIZE)
     assert robust_accuracy(gan, x[:200], y[:200], attack="pgd", eps=math.inf, steps=100) < 0.05
 
 

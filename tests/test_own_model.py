@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from robustgan.evaluate.card import SCHEMA
-from tests.conftest import assert_one_line, run_main
+from tests.conftest import assert_one_line, copy_run, run_main
 
 FACTORIES = '''
 import torch.nn as nn
@@ -54,7 +54,7 @@ def own_model(digits_runs, tmp_path):
 def test_own_model_gives_the_run_directorys_numbers(own_model, digits_runs, tmp_path, monkeypatch, capsys):
     factory, weights, _ = own_model
     run = tmp_path / "pgd-copy"
-    shutil.copytree(digits_runs / "pgd", run, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    copy_run(digits_runs / "pgd", run)
     ours = run_main(["eval", run, *EVAL], monkeypatch, capsys)
     theirs = run_main(["eval", "--model", f"{factory}:cw_cnn", "--weights", weights, "--dataset", "digits", *EVAL],
                       monkeypatch, capsys)
@@ -132,7 +132,7 @@ def test_model_card_equals_eval_and_validates_against_the_schema(own_model, tmp_
 
 def test_run_card_with_checks(digits_runs, tmp_path, monkeypatch, capsys):
     run = tmp_path / "pgd"
-    shutil.copytree(digits_runs / "pgd", run, ignore=shutil.ignore_patterns("eval_cache.json", "check.json"))
+    copy_run(digits_runs / "pgd", run)
     done = run_main(["check", run, "--eps", "0.2", "--steps", "5", "--long-steps", "10", "--restarts", "2",
                      "--limit", "64", "--no-autoattack"], monkeypatch, capsys)
     assert done.returncode in (0, 1), done.stderr

