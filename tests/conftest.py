@@ -48,39 +48,58 @@ def digits():
     return x.float() / 255, y, xt.float() / 255, yt
 
 
-@pytest.fixture(scope="session")
-def trained_tiny(digits):
-    """A tiny CNN trained with plain ERM on digits (clean test accuracy > 90%)."""
-    x, y, _, _ = digits
-    torch.manual_seed(0)
+def tiny_once(tmp_path_factory, name: str, train) -> nn.Module:
+    """A tiny CNN trained by ``train(model)`` once per session (``trained_once``; every
+    worker loads the same weights, whatever its thread count), in eval mode."""
+    from safetensors.torch import load_file, save_file
+
+    def fit_and_save(root):
+        root.mkdir(parents=True)
+        torch.manual_seed(0)
+        model = tiny_cnn()
+        train(model)
+        save_file(model.state_dict(), root / "model.safetensors")
+
     model = tiny_cnn()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(15):
-        for idx in torch.randperm(len(y)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+    model.load_state_dict(load_file(trained_once(tmp_path_factory, name, fit_and_save) / "model.safetensors"))
     return model.eval()
 
 
 @pytest.fixture(scope="session")
-def robust_tiny(digits):
+def trained_tiny(digits, tmp_path_factory):
+    """A tiny CNN trained with plain ERM on digits (clean test accuracy > 90%)."""
+    x, y, _, _ = digits
+
+    def train(model):
+        opt = torch.optim.Adam(model.parameters(), 3e-3)
+        for _ in range(15):
+            for idx in torch.randperm(len(y)).split(64):
+                opt.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+
+    return tiny_once(tmp_path_factory, "tiny-erm", train)
+
+
+@pytest.fixture(scope="session")
+def robust_tiny(digits, tmp_path_factory):
     """The tiny CNN after 8 epochs of PGD-5 adversarial training at eps 0.2 (about 3 s):
     a model with real robustness for the attack-strength tests (measured on the 359 test
     images: clean 87%, PGD-40 at eps 0.2 42%, APGD-CE 37%, the ensemble 33%)."""
     from robustgan.attacks import pgd
 
     x, y, _, _ = digits
-    torch.manual_seed(0)
-    model = tiny_cnn()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for epoch in range(8):
-        for idx in torch.randperm(len(y)).split(64):
-            x_adv = pgd(model, x[idx], y[idx], 0.2 * min(1, (epoch + 1) / 4), 5, 0.06, best=False, check=False)
-            opt.zero_grad()
-            F.cross_entropy(model.train()(x_adv), y[idx]).backward()
-            opt.step()
-    return model.eval()
+
+    def train(model):
+        opt = torch.optim.Adam(model.parameters(), 3e-3)
+        for epoch in range(8):
+            for idx in torch.randperm(len(y)).split(64):
+                x_adv = pgd(model, x[idx], y[idx], 0.2 * min(1, (epoch + 1) / 4), 5, 0.06, best=False, check=False)
+                opt.zero_grad()
+                F.cross_entropy(model.train()(x_adv), y[idx]).backward()
+                opt.step()
+
+    return tiny_once(tmp_path_factory, "tiny-pgd-at", train)
 
 
 def accuracy(model, x, y) -> float:

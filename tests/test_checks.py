@@ -125,16 +125,21 @@ def test_paired_rule_warns_on_a_planted_gap_from_n_70():
 
 def test_identical_attacks_never_warn_over_seeds(robust_tiny, digits):
     """PGD-10 against PGD-10 from other random starts, 12 seeds on the 359 test images: the
-    rule never warns, with the smallest minimum effect of any check or with none at all."""
+    rule never warns with the smallest minimum effect of any check. The test alone (no minimum
+    effect) may false-alarm with probability <= alpha per seed, so at most one of 12 may
+    (two or more: probability < 12 choose 2 * alpha^2 < 0.7% on any machine)."""
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
     settings = CheckSettings(eps=0.2, steps=10)
+    alarms = 0
     for seed in range(12):
         a = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed)
         b = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed + 100)
         result = paired(a, b)
         assert result.only_alt + result.only_ref > 0  # the two starts do disagree on some points
-        assert not result.excess(0.0) and not result.excess(min(MIN_EFFECT.values())), (seed, result)
+        assert not result.excess(min(MIN_EFFECT.values())), (seed, result)
+        alarms += result.excess(0.0)
+    assert alarms <= 1
 
 
 def test_summary_names_skipped_checks_and_never_counts_them_as_passed():

@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_path, monkeypatch):
-    args = ["--limit", "100", "--long-steps", "50", "--steps", "20", "--restarts", "2", "--no-autoattack",
+    args = ["--limit", "64", "--long-steps", "40", "--steps", "20", "--restarts", "2", "--no-autoattack",
             "--eps", "0.2"]
     run = copy_run(digits_runs / "pgd", tmp_path / "pgd")
     honest = runner.invoke(app, ["check", str(run), "--surrogate", str(digits_runs / "standard"), *args])
@@ -44,7 +44,7 @@ def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path):
     """No surrogate and no AutoAttack: both say skipped (CLI, check.json), and the exit is 0."""
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
-    done = runner.invoke(app, ["check", str(run), "--limit", "64", "--steps", "5", "--long-steps", "10",
+    done = runner.invoke(app, ["check", str(run), "--limit", "32", "--steps", "5", "--long-steps", "10",
                                "--restarts", "2", "--no-autoattack", "--eps", "0.2"])
     assert done.exit_code == 0, done.output
     assert "skipped  transfer" in done.output and "skipped  autoattack" in done.output
@@ -65,15 +65,15 @@ def test_curve_csv_equals_eval(digits_runs, tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"  # separate copies: separate caches, independent computations
     for copy in (a, b):
         copy_run(digits_runs / "pgd", copy)
-    done = runner.invoke(app, ["curve", str(a), "--eps", "0.1,0.2", "--steps", "10", "--limit", "100",
+    done = runner.invoke(app, ["curve", str(a), "--eps", "0.1,0.2", "--steps", "10", "--limit", "40",
                                "--out", str(tmp_path / "curves")])
     assert done.exit_code == 0, done.output
     lines = (tmp_path / "curves" / "curves.csv").read_text().splitlines()
     rows = [line.split(",") for line in lines[1:]]
     curve = {float(r[3]): float(r[4]) for r in rows}
-    assert "n = 100)" in (tmp_path / "curves" / "tables.md").read_text()
+    assert "n = 40)" in (tmp_path / "curves" / "tables.md").read_text()
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 10_000
-    done = run_main(["eval", b, "--eps", "0.1,0.2", "--steps", "10", "--limit", "100", "--json"], monkeypatch, capsys)
+    done = run_main(["eval", b, "--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--json"], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert curve[0.0] == result["clean"]
@@ -135,12 +135,12 @@ def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
     out = tmp_path / "report.html"
     runs = [str(copy_run(digits_runs / name, tmp_path / name)) for name in ("standard", "pgd")]  # it writes caches
     done = runner.invoke(app, ["report", *runs, "--out", str(out),
-                               "--eps", "0.1,0.2,0.3", "--steps", "5", "--limit", "60"])
+                               "--eps", "0.1,0.3", "--steps", "5", "--limit", "32"])
     assert done.exit_code == 0, done.output
     page = out.read_text()
     # curves + saliency + one training figure per run
     assert page.count("<img ") == 4 and "src=\"http" not in page and "Robustness curves" in page
-    assert "n = 60 test images" in page
+    assert "n = 32 test images" in page
     browser = chromium()
     if browser is None:
         pytest.skip("no chromium on this machine (CI installs Debian's chromium)")

@@ -79,10 +79,11 @@ def finish(out: Path) -> None:
 
 
 # ------------------------------------------------------------------ crash safety
-@pytest.mark.parametrize("seed", [1, 2])
-def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(reference, tmp_path, seed):
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(reference, tmp_path):
+    """Two kills at random moments (one seed: a second seed, once here, cost 20 s of the suite
+    for the same path; the most dangerous moment, mid-write, is its own test below)."""
     ref, wall = reference
-    rng = random.Random(seed)
+    rng = random.Random(1)
     out = tmp_path / "run"
     for _ in range(2):
         proc = subprocess.Popen(train_cmd(out, (out / "config.toml").is_file()), stdout=subprocess.DEVNULL,
