@@ -28,13 +28,19 @@ def moderate_scale(model, x) -> float:
     return 100 / (-margin(logits, logits.argmax(1))).quantile(0.97).item()
 
 
-# Cheap attacks (the model is tiny) on all 359 test images, at the eps the model trained at
+# Cheap attacks (the model is tiny) at the eps the model trained at
 SETTINGS = dict(eps=0.2, steps=10, long_steps=40, restarts=2, ensemble_steps=20, targets=1, unbounded_steps=50,
                 autoattack=False)
+# Deterministic gross masking (quantised, x1e4, softmax, shattered) moves accuracy by tens of
+# points: the paired rule sees a 10% gap from n = 70, so 200 images suffice. The moderate scale
+# moves CE-PGD by a few points and noise's protocol gap is near its minimum effect: those keep all
+# 359 (the honest models too: no warn at the largest n we test).
+GROSS_N = 200
 
 
-def tripped(model, digits, surrogate):
+def tripped(model, digits, surrogate, n=None):
     *_, x_test, y_test = digits
+    x_test, y_test = x_test[:n], y_test[:n]
     torch.manual_seed(0)  # the noisy and shattered wrappers draw from the global generator
     results = check_model(model.eval(), (x_test * 255).round().to(torch.uint8), y_test, CheckSettings(**SETTINGS),
                           surrogate=surrogate)
@@ -55,20 +61,21 @@ def test_honest_models_trip_no_check(honest, request):
 NOISE_MAY_TRIP = {"restarts", "long_pgd"}
 
 
-@pytest.mark.parametrize("wrap,trips,may_trip", [
-    (RoundInputs, {"gradients", "unbounded", "bound", "transfer"}, set()),
-    (lambda m: ScaledLogits(m, 1e4), {"gradients", "loss_invariance", "unbounded", "protocol", "transfer"}, set()),
-    (lambda m: ScaledLogits(m, "moderate"), {"loss_invariance"}, set()),  # the subtle one: every other check passes
-    (NoisyInputs, {"deterministic", "unbounded", "protocol"}, NOISE_MAY_TRIP),
-    (SaturatedSoftmax, {"logits", "gradients", "unbounded", "bound", "transfer"}, set()),
-    (ShatteredGradients, {"unbounded", "bound", "transfer"}, set()),
+@pytest.mark.parametrize("wrap,trips,may_trip,n", [
+    (RoundInputs, {"gradients", "unbounded", "bound", "transfer"}, set(), GROSS_N),
+    (lambda m: ScaledLogits(m, 1e4), {"gradients", "loss_invariance", "unbounded", "protocol", "transfer"}, set(),
+     GROSS_N),
+    (lambda m: ScaledLogits(m, "moderate"), {"loss_invariance"}, set(), None),  # subtle: every other check passes
+    (NoisyInputs, {"deterministic", "unbounded", "protocol"}, NOISE_MAY_TRIP, None),
+    (SaturatedSoftmax, {"logits", "gradients", "unbounded", "bound", "transfer"}, set(), GROSS_N),
+    (ShatteredGradients, {"unbounded", "bound", "transfer"}, set(), GROSS_N),
 ], ids=["quantised", "logits-x1e4", "logits-x-moderate", "noise", "softmax", "shattered"])
-def test_planted_masking_trips_its_checks(wrap, trips, may_trip, robust_tiny, trained_tiny, digits):
+def test_planted_masking_trips_its_checks(wrap, trips, may_trip, n, robust_tiny, trained_tiny, digits):
     model = wrap(robust_tiny)
     if getattr(model, "scale", None) == "moderate":
         model.scale = moderate_scale(robust_tiny, digits[2])
         assert 10 < model.scale < 40
-    warned, results = tripped(model, digits, surrogate=trained_tiny)
+    warned, results = tripped(model, digits, surrogate=trained_tiny, n=n)
     assert trips <= warned <= trips | may_trip, {r.name: r.detail for r in results}
 
 
