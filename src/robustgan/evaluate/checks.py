@@ -17,7 +17,8 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
                    worst-case ensemble; warns only far beyond what honest models show
   transfer         PGD from an independently trained surrogate is not stronger than white-box
   graybox          (ATGAN) PGD on D alone, evaluated on D(G(.)), is not stronger than white-box
-  autoattack       torchattacks' AutoAttack is not stronger than the ensemble (optional)
+  autoattack       standard AutoAttack (published arguments, 100 steps) is not stronger than the
+                   ensemble (optional: needs torchattacks)
 
 The comparisons of two attacks are paired on the same points (``evaluate.paired``): a check
 warns when the stronger-than-allowed attack's extra successes are more than chance explains
