@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/robustgan demo
 
 # lint-imports checks the layers contract in pyproject.toml (an upward import fails here).
-# `.venv/bin/python -m pytest -m "not slow"` skips the tests that train full digits presets.
+# `.venv/bin/python -m pytest -m "not slow"` skips the tests that train digits presets (at test size).
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --dist worksteal

@@ -27,7 +27,7 @@ FULL_PRESET_FIXTURES = {"digits_runs", "atgan_run", "gan_runs"}
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that need a full digits preset trained are `slow` (make test runs them too)."""
+    """Tests that need a digits preset trained are `slow` (make test runs them too)."""
     for item in items:
         if FULL_PRESET_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
