@@ -115,14 +115,14 @@ def test_autoattack_runs_the_published_standard_version():
     """Standard AutoAttack as published (100 iterations, 9 targets, Square 5000 queries), not
     torchattacks' AutoAttack, whose parts keep their default 10 iterations (its issue #196)."""
     pytest.importorskip("torchattacks")
-    from robustgan.attacks.autoattack import autoattack, standard_parts
+    from robustgan.attacks.autoattack import autoattack, standard_autoattack
 
-    apgd_ce, apgd_t, fab_t, square = standard_parts(tiny_cnn(), 0.1, num_classes=10)
+    apgd_ce, apgd_t, fab_t, square = standard_autoattack(tiny_cnn(), 0.1, num_classes=10).attacks
     assert (apgd_ce.loss, apgd_ce.steps, apgd_ce.n_restarts) == ("ce", 100, 1)
     assert (apgd_t.steps, apgd_t.n_target_classes, apgd_t.n_restarts) == (100, 9, 1)
     assert (fab_t.steps, fab_t.multi_targeted, fab_t.n_target_classes) == (100, True, 9)
     assert (square.n_queries, square.p_init) == (5000, 0.8)
-    assert standard_parts(tiny_cnn(20), 0.1, num_classes=20)[1].n_target_classes == 9  # capped as in the paper
+    assert standard_autoattack(tiny_cnn(20), 0.1, num_classes=20).attacks[1].n_target_classes == 9  # capped as in the paper
     torch.manual_seed(0)
     model, x = tiny_cnn().eval(), torch.rand(6, 1, 28, 28)
     with torch.no_grad():

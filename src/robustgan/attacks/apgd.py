@@ -61,7 +61,7 @@ class APGDResult:
 
 def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop) -> APGDResult:
     """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample. One function
-    on purpose (65 lines): its state is the algorithm's, and splitting it would pass fourteen
+    on purpose (67 lines): its state is the algorithm's, and splitting it would pass fourteen
     per-sample tensors between the pieces."""
     lo, hi = ball(x, eps)
     eta = 2 * eps.view(-1, 1, 1, 1).to(x.dtype)

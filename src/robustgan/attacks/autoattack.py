@@ -22,8 +22,9 @@ SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
 
 
-def standard_parts(model: nn.Module, eps: float, num_classes: int = 10, seed: int = 0) -> list:
-    """The four attacks of standard AutoAttack with the published arguments (torchattacks objects)."""
+def standard_autoattack(model: nn.Module, eps: float, num_classes: int = 10, seed: int = 0):
+    """Standard AutoAttack with the published arguments: a torchattacks ``MultiAttack`` whose
+    ``attacks`` are APGD-CE, APGD-T, FAB-T and Square, in that order."""
     try:
         import torchattacks  # optional dependency
     except ImportError:
@@ -39,7 +40,7 @@ def standard_parts(model: nn.Module, eps: float, num_classes: int = 10, seed: in
     ]
     for targeted in parts[1:3]:  # torchattacks targets all n - 1 other classes; the paper caps it at 9
         targeted.n_target_classes = min(TARGETS, num_classes - 1)
-    return parts
+    return torchattacks.MultiAttack(parts)
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int = 10,
@@ -47,8 +48,5 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     """Standard AutoAttack on a batch: x (N, C, H, W) in [0, 1], y (N,); returns x_adv in the
     eps-ball and [0, 1] (each point's first successful example, else x)."""
     eps = check_eps(eps)
-    import torchattacks  # standard_parts has said how to install it when it is missing
-
     with attack_mode(model):
-        attack = torchattacks.MultiAttack(standard_parts(model, eps, num_classes, seed))
-        return attack(x, y).detach()
+        return standard_autoattack(model, eps, num_classes, seed)(x, y).detach()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 
 import torch
 
@@ -55,7 +54,7 @@ def sign_test(only_alt: int, only_ref: int) -> float:
     Summed in exact integers (SciPy's binom would cost every CLI start 0.6 s of import)."""
     discordant = only_alt + only_ref
     tail = sum(math.comb(discordant, k) for k in range(max(only_alt, 0), discordant + 1))
-    return float(Fraction(tail, 2 ** discordant))
+    return tail / 2 ** discordant  # int / int: correctly rounded, however large
 
 
 def paired(ref_correct: torch.Tensor, alt_correct: torch.Tensor) -> Paired:
