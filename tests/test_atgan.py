@@ -119,14 +119,14 @@ def atgan_run(tmp_path_factory):
 
 def test_atgan_digits_end_to_end(atgan_run, digits_runs):
     x, y = robustgan.data.load("digits", split="test")
-    x, y = x[:200], y[:200]  # the bars below leave 29 and 20 of these images to spare
+    x, y = x[:200], y[:200]  # the bars below leave 22 and 20 of these images to spare
     atgan, standard = robustgan.load(atgan_run), robustgan.load(digits_runs / "standard")
     assert isinstance(atgan, torch.nn.Sequential) and not atgan.training
-    assert robust_accuracy(atgan, x, y, attack="none") >= 0.80  # measured 0.90 (TEST_SIZE): 35 images to spare
+    assert robust_accuracy(atgan, x, y, attack="none") >= 0.80  # measured 0.91 (TEST_SIZE)
     torch.manual_seed(0)
     acc_atgan = robust_accuracy(atgan, x, y, attack="pgd", eps=0.2, steps=20)
     acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
-    assert acc_atgan > acc_standard + 0.2, (acc_atgan, acc_standard)  # measured 0.35 vs 0.01
+    assert acc_atgan > acc_standard + 0.2, (acc_atgan, acc_standard)  # measured 0.315 vs 0.01
     acc_unbounded = robust_accuracy(atgan, x[:100], y[:100], attack="pgd", eps=math.inf, steps=100)  # measured 0
     assert acc_unbounded < 0.05, "unbounded PGD-100 must break any model: gradient masking?"
 

@@ -228,6 +228,20 @@ def test_digits_embedded_fixed_split():
     assert torch.equal(x, x2)
 
 
+def test_digits_are_scikit_learns_digits():
+    """The loader reads scikit-learn's file without importing it: the same images and labels."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype("float32") / 16)[:, None]
+    expected = (F.interpolate(images, size=(28, 28), mode="bilinear").clamp(0, 1) * 255).round().to(torch.uint8)
+    x, y = robustgan.data.load("digits", split="train")
+    xt, yt = robustgan.data.load("digits", split="test")
+    ours = sorted(zip(torch.cat([x, xt]).flatten(1).tolist(), torch.cat([y, yt]).tolist()))
+    assert ours == sorted(zip(expected.flatten(1).tolist(), bunch.target.tolist()))
+
+
 def test_synthetic_any_size():
     x, y = robustgan.data.load("synthetic", split="train", n=20, image_size=32, channels=3)
     assert x.shape == (20, 3, 32, 32) and y.shape == (20,)
