@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
-from robustgan.attacks import apgd, dlr_loss, dlr_targeted_loss, fgsm, pgd, robust_accuracy, worst_case
+from robustgan.attacks import apgd, dlr_loss, dlr_targeted_loss, fgsm, pgd, robust_mask, worst_case
 from robustgan.attacks.apgd import checkpoints
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.evaluate.cache import EvalCache, cache_key
+from robustgan.evaluate.paired import paired
 from tests.conftest import CONFIGS, accuracy, run_main, tiny_cnn
 
 
@@ -94,11 +95,13 @@ def test_ensemble_invariants(robust_tiny, digits):
 def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits):
     _, _, x, y = digits
     eps = 0.2
-    acc_pgd = robust_accuracy(robust_tiny, x, y, attack="pgd", eps=eps, steps=40, seed=0)
-    acc_apgd = robust_accuracy(robust_tiny, x, y, attack="apgd-ce", eps=eps, seed=0)
-    acc_ensemble = robust_accuracy(robust_tiny, x, y, attack="ensemble", eps=eps, seed=0)
-    assert acc_apgd <= acc_pgd and acc_ensemble <= min(acc_apgd, acc_pgd)
-    assert acc_pgd - acc_ensemble >= 0.03, (acc_pgd, acc_apgd, acc_ensemble)  # measured 0.42 vs 0.33
+    after_pgd = robust_mask(robust_tiny, x, y, attack="pgd", eps=eps, steps=40, seed=0)
+    after_apgd = robust_mask(robust_tiny, x, y, attack="apgd-ce", eps=eps, seed=0)
+    after_ensemble = robust_mask(robust_tiny, x, y, attack="ensemble", eps=eps, seed=0)
+    assert not paired(after_apgd, after_pgd).excess(0.0)  # PGD-40 never significantly stronger (measured: 2 vs 15)
+    assert (after_ensemble <= after_apgd).all()  # the ensemble's first attack is this APGD-CE run
+    assert paired(after_apgd, after_ensemble).excess(0.0)  # measured 17 vs 0 discordant of 359
+    assert paired(after_pgd, after_ensemble).excess(0.03)  # measured 30 vs 0: 40.4% vs 32.0%
 
 
 def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tiny, digits):
@@ -106,12 +109,13 @@ def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tin
     x, y = xt[:200], yt[:200]
     saturated = Scaled(robust_tiny, 1e4).eval()
     assert accuracy(saturated, x, y) == accuracy(robust_tiny, x, y)
-    pgd_plain = robust_accuracy(robust_tiny, x, y, attack="pgd", eps=0.2, steps=40, seed=0)
-    pgd_saturated = robust_accuracy(saturated, x, y, attack="pgd", eps=0.2, steps=40, seed=0)
-    plain = robust_accuracy(robust_tiny, x, y, eps=0.2, steps=50, seed=0)
-    ensemble = robust_accuracy(saturated, x, y, eps=0.2, steps=50, seed=0)
-    assert pgd_saturated >= pgd_plain + 0.1, (pgd_plain, pgd_saturated)  # the CE gradient underflows
-    assert abs(ensemble - plain) <= 0.02, (plain, ensemble)  # DLR is scale-invariant
+    pgd_plain = robust_mask(robust_tiny, x, y, attack="pgd", eps=0.2, steps=40, seed=0)
+    pgd_saturated = robust_mask(saturated, x, y, attack="pgd", eps=0.2, steps=40, seed=0)
+    plain = robust_mask(robust_tiny, x, y, eps=0.2, steps=50, seed=0)
+    ensemble = robust_mask(saturated, x, y, eps=0.2, steps=50, seed=0)
+    assert paired(pgd_saturated, pgd_plain).excess(0.1)  # the CE gradient underflows: measured 94 vs 0 of 200
+    # DLR is scale-invariant: neither finds significantly more (measured: the same points)
+    assert not paired(plain, ensemble).excess(0.0) and not paired(ensemble, plain).excess(0.0)
 
 
 def test_warm_start_and_early_stop_change_cost_not_results(robust_tiny, digits):
@@ -120,8 +124,10 @@ def test_warm_start_and_early_stop_change_cost_not_results(robust_tiny, digits):
     grid = [0.1, 0.15, 0.2]
     fast = worst_case(robust_tiny, x, y, grid, steps=30, targets=2)
     slow = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, warm_start=False, early_stop=False)
-    assert fast.grad_evals < 0.7 * slow.grad_evals  # measured 16772 vs 32400
-    assert max(abs(a - b) for a, b in zip(fast.accuracy, slow.accuracy)) <= 0.03, (fast.accuracy, slow.accuracy)
+    assert fast.grad_evals < 0.7 * slow.grad_evals  # measured 16746 vs 32400
+    for k in range(len(grid)):  # measured: the same points at every eps
+        a, b = fast.correct[:, k], slow.correct[:, k]
+        assert not paired(a, b).excess(0.0) and not paired(b, a).excess(0.0), k
 
 
 def test_cache_key_holds_the_attack_version():

@@ -61,7 +61,7 @@ def test_own_model_gives_the_run_directorys_numbers(own_model, digits_runs, tmp_
     assert ours.returncode == theirs.returncode == 0, theirs.stderr
     a, b = json.loads(ours.stdout), json.loads(theirs.stdout)
     assert (a["clean"], a["results"]) == (b["clean"], b["results"])
-    assert (weights.parent / f"pgd.mynets_py_cw_cnn.robustgan" / "eval_cache.json").is_file()  # next to the weights
+    assert (weights.parent / "pgd.mynets_py_cw_cnn.robustgan" / "eval_cache.json").is_file()  # next to the weights
 
 
 def test_two_factories_over_the_same_weights_never_share_results(own_model, tmp_path, monkeypatch, capsys):

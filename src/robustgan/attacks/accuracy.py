@@ -17,8 +17,9 @@ from robustgan.attacks.gradient import fgsm, pgd
 from robustgan.attacks.threat import AttackError, check_images
 
 # what `--attack` accepts ("none" means clean accuracy); the first is the default
-ATTACK_NAMES = ("ensemble", "apgd-ce", "apgd-dlr", "pgd", "pgd-dlr", "fgsm", "autoattack")
-DEFAULT_STEPS = {"ensemble": 100, "apgd-ce": 100, "apgd-dlr": 100, "pgd": 40, "pgd-dlr": 40}
+ATTACK_NAMES = ("ensemble", "apgd-ce", "apgd-dlr", "pgd", "pgd-dlr", "pgd-unsaturated", "fgsm", "autoattack")
+PGD_ATTACKS = {"pgd": "ce", "pgd-dlr": "dlr", "pgd-unsaturated": "ce-unsaturated"}  # name -> loss
+DEFAULT_STEPS = {"ensemble": 100, "apgd-ce": 100, "apgd-dlr": 100, **{name: 40 for name in PGD_ATTACKS}}
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -35,9 +36,9 @@ def attack_batch(model, x, y, attack: str, eps: float, steps: int = 10, step_siz
         return x
     if attack == "fgsm":
         return fgsm(model, x, y, eps, check=check)
-    if attack in ("pgd", "pgd-dlr"):
+    if attack in PGD_ATTACKS:
         return pgd(model, x, y, eps, steps, step_size or default_step_size(eps, steps), True, restarts, seed=seed,
-                   ids=ids, loss="dlr" if attack == "pgd-dlr" else "ce", check=check)
+                   ids=ids, loss=PGD_ATTACKS[attack], check=check)
     if attack in ("apgd-ce", "apgd-dlr"):
         return apgd_run(model, x, y, eps, steps=steps, loss=attack[5:], restarts=restarts, seed=seed or 0,
                         ids=ids).x_adv

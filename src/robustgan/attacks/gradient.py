@@ -10,7 +10,7 @@ import torch.nn as nn
 from robustgan.attacks.losses import LOSSES
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, loss_and_grad, sample_noise
 
-PGD_LOSSES = ("ce", "dlr")  # the untargeted losses of LOSSES
+PGD_LOSSES = ("ce", "ce-unsaturated", "dlr")  # the untargeted losses of LOSSES
 
 
 def _keep_better(best, fooled, loss, x_new, fooled_new, loss_new):
@@ -104,7 +104,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         random_start: bool = True, restarts: int = 1, *, best: bool = True, seed: int | None = None,
         ids: torch.Tensor | None = None, loss: str = "ce", check: bool = True) -> torch.Tensor:
     """Projected Gradient Descent (Madry et al. 2018), L-inf, on the cross-entropy (or with
-    ``loss="dlr"`` the scale-invariant DLR loss of Croce & Hein 2020, eq. 6).
+    ``loss="dlr"`` the scale-invariant DLR loss of Croce & Hein 2020, eq. 6, or with
+    ``loss="ce-unsaturated"`` the cross-entropy's direction without float32 saturation).
 
     x: (N, C, H, W) in [0, 1]; y: (N,) int64; eps in pixel scale, ``float('inf')`` for the
     unbounded attack (only the [0, 1] box is kept). Each sample keeps its best iterate (the

@@ -1,9 +1,12 @@
-"""Per-sample attack losses on float32 logits (N, K) and labels (N,): cross-entropy and the
-difference of logits ratio of Croce & Hein 2020 (eq. 6; its targeted form, Sec. 4).
+"""Per-sample attack losses on float32 logits (N, K) and labels (N,): cross-entropy, the
+cross-entropy computed without saturation, and the difference of logits ratio of Croce &
+Hein 2020 (eq. 6; its targeted form, Sec. 4).
 
 DLR is invariant to shifting and scaling the logits, so a saturated softmax or a
 temperature cannot make its gradient vanish where the cross-entropy's does (the
-loss-invariance check compares the two)."""
+loss-invariance check compares the two). The unsaturated cross-entropy has the
+cross-entropy's gradient direction exactly, so it is the like-for-like reference of the
+scale check."""
 
 from __future__ import annotations
 
@@ -15,6 +18,18 @@ import torch.nn.functional as F
 
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="none")
+
+
+def ce_unsaturated_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """M = logsumexp_{i != y} z_i - z_y, with CE = log(1 + exp(M)) = softplus(M).
+
+    dCE/dz = p - e_y = (1 - p_y) dM/dz: the two gradients differ by a positive factor per
+    sample, so sign-gradient attacks (PGD, APGD) take the same steps, and M is increasing in
+    CE, so they keep the same best iterates. Except in float32: once the logit margin
+    exceeds ~17 (logits times a constant, a temperature) p_y rounds to 1, the cross-entropy
+    loses its -dz_y term and underflows to zero further on; M keeps the exact direction at
+    any scale (Tramer et al. 2020, "On adaptive attacks": unsaturate the softmax)."""
+    return logits.scatter(1, y[:, None], -math.inf).logsumexp(1) - logits.gather(1, y[:, None])[:, 0]
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -35,6 +50,7 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
 # name -> loss(logits, y, target); target is None except for the targeted loss
 LOSSES = {
     "ce": lambda logits, y, target: ce_loss(logits, y),
+    "ce-unsaturated": lambda logits, y, target: ce_unsaturated_loss(logits, y),
     "dlr": lambda logits, y, target: dlr_loss(logits, y),
     "dlr-targeted": dlr_targeted_loss,
 }

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from robustgan.attacks import ATTACK_VERSION, default_step_size, robust_mask
+from robustgan.attacks.accuracy import PGD_ATTACKS
 from robustgan.distributed import sharded
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import model_identity
@@ -121,7 +122,7 @@ def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None 
     if attack == "none" or eps == 0:
         return dict(attack="none", eps=0.0, n=n)
     settings = dict(attack=attack, eps=float(eps), n=n, seed=seed)
-    if attack in ("pgd", "pgd-dlr"):
+    if attack in PGD_ATTACKS:
         settings |= dict(steps=steps, step_size=step_size or default_step_size(eps, steps), restarts=restarts)
     elif attack in ("apgd-ce", "apgd-dlr", "ensemble"):
         settings |= dict(steps=steps, restarts=restarts) | (dict(targets=targets) if attack == "ensemble" else {})

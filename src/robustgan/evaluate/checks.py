@@ -10,6 +10,9 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
   restarts         PGD-k with R restarts is not stronger than one start
   long_pgd         PGD-long is not stronger than PGD-k
   loss_invariance  PGD-k with the scale-invariant DLR loss is not stronger than with CE
+  scale            PGD-k on the cross-entropy computed without saturation (the same direction
+                   in exact arithmetic) is not stronger than PGD-k on the float32 cross-entropy:
+                   catches logits times a constant (k from 4 up) that DLR's noise hides
   unbounded        unbounded PGD-100 (step 0.01) drives accuracy to <= `zero_tol`
   bound            at eps 0.5 accuracy is at most the largest class share (the constant 0.5
                    image lies in every ball), for the ensemble and every cached curve point
@@ -50,7 +53,7 @@ STATUSES = ("pass", "warn", "skipped")
 # from gaps measured on honest digits models (docs/evaluation.md, "Minimum effects"):
 # restarts and long PGD legitimately find a few points more; a one-step, transferred or
 # gray-box attack, or DLR instead of CE, should find almost nothing more on an honest model.
-MIN_EFFECT = {"fgsm_vs_pgd": 0.02, "restarts": 0.06, "long_pgd": 0.06, "loss_invariance": 0.02,
+MIN_EFFECT = {"fgsm_vs_pgd": 0.02, "restarts": 0.06, "long_pgd": 0.06, "loss_invariance": 0.02, "scale": 0.01,
               "transfer": 0.02, "graybox": 0.02, "protocol": 0.25, "autoattack": 0.02}
 BOUND_EPS = 0.5  # every [0, 1] image lies within 0.5 of the constant 0.5 image
 
@@ -185,6 +188,19 @@ def check_loss_invariance(model, x, y, s, device) -> CheckResult:
                    f"PGD-{s.steps} with DLR")
 
 
+def check_scale(model, x, y, s, device) -> CheckResult:
+    """PGD-k on the unsaturated cross-entropy (``losses.ce_unsaturated_loss``) against PGD-k on
+    the cross-entropy, same steps, step size and starts. The two take the same steps wherever
+    float32 holds the softmax, so an honest model gives (all but) the same points and the
+    minimum effect can be small; logits times k saturate the cross-entropy on the points whose
+    margin times k exceeds ~17, and there the unsaturated attack wins. Comparing like with
+    like is what DLR against CE cannot do: on a PGD-AT model DLR alone is a point or two
+    weaker than CE, which hides a scale that raises CE-PGD by less than that."""
+    unsaturated = _mask(model, x, y, s, device, attack="pgd-unsaturated", eps=s.eps, steps=s.steps)
+    return compare("scale", s, _pgd(model, x, y, s, device), unsaturated, f"PGD-{s.steps} (CE)",
+                   f"PGD-{s.steps} on the unsaturated CE")
+
+
 def check_unbounded(model, x, y, s, device) -> CheckResult:
     acc = _mask(model, x, y, s, device, attack="pgd", eps=math.inf, steps=s.unbounded_steps,
                 step_size=0.01).float().mean().item()
@@ -264,6 +280,7 @@ def check_model(model, x, y, settings: CheckSettings, device="cpu", surrogate=No
         lambda: check_restarts(model, x, y, settings, device),
         lambda: check_long_pgd(model, x, y, settings, device),
         lambda: check_loss_invariance(model, x, y, settings, device),
+        lambda: check_scale(model, x, y, settings, device),
         lambda: check_unbounded(model, x, y, settings, device),
         lambda: check_bound(model, x, y, settings, device, num_classes),
         lambda: check_protocol(model, x, y, settings, device),

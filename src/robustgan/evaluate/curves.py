@@ -15,7 +15,7 @@ import torch
 
 from robustgan.attacks import WorstCase, worst_case
 from robustgan.attacks.ensemble import ensemble_names, refine_min_eps
-from robustgan.attacks.accuracy import DEFAULT_STEPS
+from robustgan.attacks.accuracy import DEFAULT_STEPS, PGD_ATTACKS
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
 from robustgan.evaluate.cache import EvalCache, cached_mask, mask_settings
@@ -150,7 +150,7 @@ def attack_label(settings: dict) -> str:
     if attack == "ensemble":
         targets = f" + APGD-T ({settings['targets']} targets)" if settings.get("targets") else ""
         return f"worst case of APGD-CE{targets}, {settings['steps']} steps{more}"
-    if attack in ("pgd", "pgd-dlr", "apgd-ce", "apgd-dlr"):
+    if attack in (*PGD_ATTACKS, "apgd-ce", "apgd-dlr"):
         return f"{attack.upper()}-{settings['steps']}{more}"
     return attack.upper()
 
