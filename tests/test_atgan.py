@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import robustgan
 from robustgan.config import load_config
 from robustgan.evaluate import robust_accuracy
+from robustgan.evaluate.checks import CheckSettings, check_scale
 from robustgan.methods import Geometry, method_class
 from robustgan.runs import RunDir
 from robustgan.train import fit
@@ -129,6 +130,8 @@ def test_atgan_digits_end_to_end(atgan_run, digits_runs):
     assert acc_atgan > acc_standard + 0.2, (acc_atgan, acc_standard)  # measured 0.315 vs 0.01
     acc_unbounded = robust_accuracy(atgan, x[:100], y[:100], attack="pgd", eps=math.inf, steps=100)  # measured 0
     assert acc_unbounded < 0.05, "unbounded PGD-100 must break any model: gradient masking?"
+    scale = check_scale(atgan, x, y, CheckSettings(eps=0.2, steps=10), "cpu")  # an honest preset: never a warn
+    assert scale.status == "pass", scale.detail
 
 
 def test_atgan_logs_every_loss_and_keeps_loss_net(atgan_run):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import robustgan
 from robustgan.config import load_config
 from robustgan.evaluate import robust_accuracy
+from robustgan.evaluate.checks import CheckSettings, check_scale
 from robustgan.evaluate.trends import run_trends
 from robustgan.methods import Geometry, method_class
 from robustgan.methods.gan_at import FORMULATIONS
@@ -101,6 +102,8 @@ def test_grad_formulation_is_robust_and_not_masked(gan_runs, digits_runs):
     acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
     assert acc_gan > acc_standard + 0.1, (acc_gan, acc_standard)  # measured 0.19 vs 0.01 (TEST_SIZE): 28 images to spare
     assert robust_accuracy(gan, x[:200], y[:200], attack="pgd", eps=math.inf, steps=100) < 0.05
+    scale = check_scale(gan, x[:200], y[:200], CheckSettings(eps=0.2, steps=10), "cpu")  # honest: never a warn
+    assert scale.status == "pass", scale.detail
 
 
 def test_trends_png_and_csv(gan_runs, tmp_path):
