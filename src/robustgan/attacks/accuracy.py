@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from robustgan.attacks.apgd import apgd_run
 from robustgan.attacks.autoattack import autoattack
-from robustgan.attacks.ensemble import worst_case
+from robustgan.attacks.ensemble import DEFAULT_TARGETS, worst_case
 from robustgan.attacks.gradient import fgsm, pgd
 from robustgan.attacks.threat import AttackError, check_images
 
@@ -28,7 +28,7 @@ def default_step_size(eps: float, steps: int) -> float:
 
 
 def attack_batch(model, x, y, attack: str, eps: float, steps: int = 10, step_size: float | None = None,
-                 restarts: int = 1, num_classes: int = 10, check: bool = True, *, targets: int = 3,
+                 restarts: int = 1, num_classes: int = 10, check: bool = True, *, targets: int = DEFAULT_TARGETS,
                  seed: int | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
     """Adversarial images for one batch (x in [0, 1]); ``attack='none'`` (or eps 0) returns x.
     With ``seed``, random starts are drawn per sample from ``ids`` (see ``sample_noise``)."""
@@ -48,7 +48,7 @@ def attack_batch(model, x, y, attack: str, eps: float, steps: int = 10, step_siz
 
 
 def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "ensemble", eps: float = 0.0,
-                steps: int | None = None, step_size: float | None = None, restarts: int = 1, targets: int = 3,
+                steps: int | None = None, step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS,
                 seed: int | None = None, ids: torch.Tensor | None = None, batch_size: int = 256, device="cpu",
                 num_classes: int = 10, progress=None, task=None, channels_last: bool = False,
                 source: nn.Module | None = None) -> torch.Tensor:

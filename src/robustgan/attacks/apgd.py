@@ -129,12 +129,15 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop) -> A
 
 
 def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: int = 100, loss: str = "ce",
-             target_rank: int | None = None, restarts: int = 1, seed: int = 0, x_init: torch.Tensor | None = None,
-             ids: torch.Tensor | None = None, early_stop: bool = True) -> APGDResult:
+             target_rank: int | None = None, target: torch.Tensor | None = None, restarts: int = 1, seed: int = 0,
+             x_init: torch.Tensor | None = None, ids: torch.Tensor | None = None,
+             early_stop: bool = True) -> APGDResult:
     """APGD on a batch with everything the evaluation engine needs: per-sample eps (a number
     or an (N,) tensor), a warm start ``x_init`` for the first run, the samples' test-set
     indices ``ids`` (their random starts do not depend on the batch), whether each sample
-    was fooled, and the number of gradient evaluations. Inputs are not checked here."""
+    was fooled, and the number of gradient evaluations. The targeted loss aims at ``target``
+    (N,) when given, else at each clean image's ``target_rank``-th most likely other class.
+    Inputs are not checked here."""
     if loss not in LOSSES:
         raise AttackError(f"APGD loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if int(steps) <= 0 or int(restarts) <= 0:
@@ -143,8 +146,9 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
     eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device).expand(len(x)).clone()
     eps = torch.where(torch.isinf(eps), torch.ones_like(eps), eps)  # on [0, 1] images the unbounded ball is eps = 1
     with attack_mode(model):
-        target = None
-        if loss == "dlr-targeted" or loss == "dlr":
+        if loss != "dlr-targeted":
+            target = None
+        if target is None and loss in ("dlr-targeted", "dlr"):
             with torch.no_grad():
                 logits = model(x).float()
             need = 4 if loss == "dlr-targeted" else 3

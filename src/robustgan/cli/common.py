@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from robustgan.attacks import ATTACK_NAMES, check_eps
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.runtime import external_run
 from robustgan.eps import grid_for, parse_number
 from robustgan.errors import RobustganError
@@ -23,7 +24,9 @@ LIMIT = typer.Option(0, help="Use only the first N test images (0 = all)")
 STEPS = typer.Option(None, help="Steps per attack (default: 100 for ensemble and APGD, 40 for PGD and PGD-DLR)")
 ATTACK = typer.Option("ensemble", help=" | ".join(ATTACK_NAMES) + " (ensemble: the worst case of APGD-CE and "
                       "targeted APGD-DLR per point; pgd --steps 40: the papers' protocol)")
-TARGETS = typer.Option(3, "--targets", help="Target classes of the ensemble's targeted APGD (0: APGD-CE only)")
+TARGETS = typer.Option(DEFAULT_TARGETS, "--targets",
+                       help="Target classes of the ensemble's targeted APGD, ranked at each point's worst example; "
+                            "targets after the first only on points close to fooled (0: APGD-CE only)")
 PROTOCOL = typer.Option(True, "--protocol/--no-protocol",
                         help="Also measure the papers' protocol (PGD-40) and show it beside the worst case")
 

@@ -22,6 +22,7 @@ import torch
 
 from robustgan.attacks import ATTACK_VERSION, default_step_size, robust_mask
 from robustgan.attacks.accuracy import PGD_ATTACKS
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.distributed import sharded
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import model_identity
@@ -75,6 +76,11 @@ class EvalCache:
             return {}
         return data.get("entries", {}) if data.get("weights") == self.digest else {}
 
+    def partial(self) -> EvalCache:
+        """A second cache beside this one (eval_cache.partial.json) for results on part of the
+        points, e.g. one batch of a curve: what a killed evaluation had finished."""
+        return EvalCache(path=self.path.with_name(self.path.stem + ".partial.json"), digest=self.digest)
+
     def get(self, **settings) -> torch.Tensor | None:
         """Which of the n points stayed correct (bool (n,)), or None if not measured."""
         hit = self.entries.get(cache_key(**settings))
@@ -117,7 +123,7 @@ class EvalCache:
 
 
 def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None = None,
-                  step_size: float | None = None, restarts: int = 1, targets: int = 3) -> dict:
+                  step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS) -> dict:
     """The cache key's settings: only those that change the numbers of ``attack``."""
     if attack == "none" or eps == 0:
         return dict(attack="none", eps=0.0, n=n)
@@ -130,7 +136,8 @@ def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None 
 
 
 def cached_mask(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0, steps: int | None = None,
-                step_size: float | None = None, restarts: int = 1, targets: int = 3, seed: int = 0, **kw) -> torch.Tensor:
+                step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS, seed: int = 0,
+                **kw) -> torch.Tensor:
     """``robust_mask`` through the cache (same settings, same weights: same answer, computed
     once). Random starts are drawn per sample from ``seed``; under torchrun the points are
     sharded across the ranks (every rank gets, and merges into the cache, the whole mask)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import to_dict
 from robustgan.eps import format_eps
 from robustgan.evaluate.checks import status_of, summary_line
@@ -46,7 +47,7 @@ def _checks(run: RunDir) -> dict:
             "summary": summary_line(report["checks"]), "eps": report["eps"], "n": report["n"], "checks": checks}
 
 
-def build_card(run_dir, eps: list[float], *, limit: int = 0, steps: int | None = None, targets: int = 3,
+def build_card(run_dir, eps: list[float], *, limit: int = 0, steps: int | None = None, targets: int = DEFAULT_TARGETS,
                seed: int = 0, device="cpu", data_root=None, progress=None) -> dict:
     """The card of one run (or external model's run directory), measuring what is not cached."""
     run = RunDir(run_dir)

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks import attack_mode, default_step_size, robust_mask
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.threat import loss_and_grad
 from robustgan.errors import RobustganError
 from robustgan.evaluate.cache import EvalCache, cached_mask
@@ -80,7 +81,7 @@ class CheckSettings:
     long_steps: int = 1000
     restarts: int = 5
     ensemble_steps: int = 100  # APGD steps per attack of the worst-case ensemble
-    targets: int = 3
+    targets: int = DEFAULT_TARGETS
     tol: float | None = None  # overrides every check's minimum effect when given
     alpha: float = ALPHA
     zero_tol: float = 0.05
@@ -349,7 +350,7 @@ def reported_accuracies(cache: EvalCache, n: int) -> dict[float, float]:
 
 def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps: int = 1000, restarts: int = 5,
               limit: int = 0, surrogate: str | None = None, surrogate_epochs: int = 5, autoattack: bool = True,
-              autoattack_limit: int = 200, tol: float | None = None, ensemble_steps: int = 100, targets: int = 3,
+              autoattack_limit: int = 200, tol: float | None = None, ensemble_steps: int = 100, targets: int = DEFAULT_TARGETS,
               device="cpu", data_root=None, on_result=None) -> list[CheckResult]:
     """The `robustgan check` command: every check on a run's defended model, saved to
     <run>/check.json. ``surrogate`` is a run directory, or 'auto' to train a standard model

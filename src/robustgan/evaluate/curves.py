@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from robustgan.attacks import WorstCase, worst_case
-from robustgan.attacks.ensemble import ensemble_names, refine_min_eps
+from robustgan.attacks.ensemble import DEFAULT_TARGETS, ensemble_names, refine_min_eps
 from robustgan.attacks.accuracy import DEFAULT_STEPS, PGD_ATTACKS
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
@@ -64,7 +64,12 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
     """(n, len(grid)) per-point results of the worst-case ensemble through the cache. Only
     eps values not cached are attacked (in one ascending, warm-started pass; points fooled
     at a smaller cached eps are skipped), and every result is closed upwards over all cached
-    eps: a point fooled at eps' is fooled at every eps >= eps'."""
+    eps: a point fooled at eps' is fooled at every eps >= eps'.
+
+    Resumable: the points are attacked one batch at a time and each batch's results are
+    saved (``cache.partial()``) before the next starts, so a curve killed mid-way redoes only
+    the batch it was in. The random starts are drawn per test point, so the batches give
+    what one pass over all points gives."""
     base = mask_settings("ensemble", 1.0, len(y), seed, steps, None, restarts, targets)
     del base["eps"]
     known = cache.matching(**base)
@@ -73,9 +78,23 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
         fooled_below = [torch.stack([~m for e2, m in known.items() if e2 < e] or [torch.zeros(len(y), dtype=torch.bool)])
                         .any(0) for e in missing]
         known_fooled = torch.stack(fooled_below, 1)
-        found = sharded(lambda ids: worst_case(model, x[ids], y[ids], missing, steps=steps, targets=targets,
-                                               restarts=restarts, seed=seed, ids=ids, known_fooled=known_fooled[ids],
-                                               **kw).correct, len(y))
+        partial, parts = cache.partial(), []
+        for lo in range(0, len(y), kw["batch_size"]):
+            points = torch.arange(lo, min(lo + kw["batch_size"], len(y)))
+            keys = [base | {"eps": e, "n": len(points), "points": f"{lo}:{lo + len(points)}"} for e in missing]
+            done = [partial.get(**key) for key in keys]
+            if any(mask is None for mask in done):
+                part = sharded(lambda ids: worst_case(model, x[points[ids]], y[points[ids]], missing, steps=steps,
+                                                      targets=targets, restarts=restarts, seed=seed, ids=points[ids],
+                                                      known_fooled=known_fooled[points[ids]], **kw).correct,
+                               len(points))
+                partial.put_many([(part[:, k], key) for k, key in enumerate(keys)])
+            else:
+                part = torch.stack(done, 1)
+                if kw.get("progress") is not None:
+                    kw["progress"].advance(kw["task"], len(points) * len(missing))
+            parts.append(part)
+        found = torch.cat(parts)
         cache.put_many([(found[:, k], base | {"eps": e}) for k, e in enumerate(missing)])
         known |= {e: found[:, k] for k, e in enumerate(missing)}
     elif kw.get("progress") is not None:
@@ -87,7 +106,7 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
     return torch.stack([closed[e] for e in grid], 1)
 
 
-def compute_curve(run_dir, eps_grid, *, attack="ensemble", steps=None, step_size=None, restarts=1, targets=3,
+def compute_curve(run_dir, eps_grid, *, attack="ensemble", steps=None, step_size=None, restarts=1, targets=DEFAULT_TARGETS,
                   protocol=True, limit=0, seed=0, device="cpu", data_root=None, batch_size=256, channels_last=False,
                   progress=None) -> Curve:
     """Clean accuracy and accuracy under ``attack`` at each eps of ``eps_grid`` for one run
