@@ -87,7 +87,7 @@ def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digit
     x = (x_test * 255).round().to(torch.uint8)
     scaled = ScaledLogits(robust_tiny, moderate_scale(robust_tiny, x_test)).eval()
 
-    def mask(model, attack):  # the ensemble's default 3 targets (APGD-T is what cannot be masked by scale)
+    def mask(model, attack):  # 3 targets, all on every point (APGD-T is what cannot be masked by scale)
         return attack(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}), "cpu")
 
     assert paired(mask(scaled, _pgd), mask(robust_tiny, _pgd)).excess(0.02)  # the unscaled PGD fools more

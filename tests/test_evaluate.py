@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_path, monkeypatch):
-    args = ["--limit", "64", "--long-steps", "40", "--steps", "20", "--restarts", "2", "--no-autoattack",
+    args = ["--limit", "64", "--long-steps", "40", "--steps", "20", "--restarts", "2", "--no-autoattack", "--targets", "1",
             "--eps", "0.2"]
     run = copy_run(digits_runs / "pgd", tmp_path / "pgd")
     honest = runner.invoke(app, ["check", str(run), "--surrogate", str(digits_runs / "standard"), *args])
@@ -44,7 +44,7 @@ def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path):
     """No surrogate and no AutoAttack: both say skipped (CLI, check.json), and the exit is 0."""
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
-    done = runner.invoke(app, ["check", str(run), "--limit", "32", "--steps", "5", "--long-steps", "10",
+    done = runner.invoke(app, ["check", str(run), "--limit", "32", "--steps", "5", "--long-steps", "10", "--targets", "1",
                                "--restarts", "2", "--no-autoattack", "--eps", "0.2"])
     assert done.exit_code == 0, done.output
     assert "skipped  transfer" in done.output and "skipped  autoattack" in done.output
@@ -135,7 +135,7 @@ def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
     out = tmp_path / "report.html"
     runs = [str(copy_run(digits_runs / name, tmp_path / name)) for name in ("standard", "pgd")]  # it writes caches
     done = runner.invoke(app, ["report", *runs, "--out", str(out),
-                               "--eps", "0.1,0.3", "--steps", "5", "--limit", "32"])
+                               "--eps", "0.1,0.3", "--steps", "5", "--limit", "32", "--targets", "1"])
     assert done.exit_code == 0, done.output
     page = out.read_text()
     # curves + saliency + one training figure per run
@@ -164,7 +164,7 @@ def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
 
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
-    results = check_run(run, eps=0.2, steps=3, long_steps=5, restarts=2, limit=32, surrogate="auto",
+    results = check_run(run, eps=0.2, steps=3, long_steps=5, restarts=2, limit=32, surrogate="auto", targets=1,
                         surrogate_epochs=1, autoattack=False)
     transfer = next(r for r in results if r.name == "transfer")
     assert transfer.status != "skipped" and 0 <= transfer.values["alt"] <= 1  # alt: accuracy under the transfer

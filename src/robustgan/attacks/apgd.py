@@ -12,8 +12,8 @@ else the one with the highest loss.
 
 Losses: cross-entropy; the difference of logits ratio DLR (eq. 6), invariant to shifting
 and scaling the logits, so a saturated softmax cannot hide its gradient; and targeted DLR
-(Sec. 4, the loss of APGD-T) towards the ``target_rank``-th most likely other class of the
-clean image. Our reading where the paper is open: one gradient evaluation per step
+(Sec. 4, the loss of APGD-T) towards a given ``target`` per sample, or the
+``target_rank``-th most likely other class of the clean image. Our reading where the paper is open: one gradient evaluation per step
 (``steps`` evaluations in all, the first at the start point); after a restart from the best
 point the momentum term starts at zero; samples that are misclassified stop being attacked
 (their result cannot change), which saves cost and changes no sample's result."""

@@ -103,6 +103,10 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
         if rank is not None and order is None:
             with torch.no_grad():
                 order = model(worst).float().scatter(1, y[:, None], -math.inf).argsort(1, descending=True)
+            if order.shape[1] < 4:
+                raise AttackError(f"APGD-T (targeted DLR) needs at least 4 classes, got {order.shape[1]}: --targets 0")
+        if rank is not None and rank >= order.shape[1]:
+            break  # as AutoAttack: at most (classes - 1) targets; the last column is the true class
         idx = todo.nonzero()[:, 0]
         if not len(idx):
             continue

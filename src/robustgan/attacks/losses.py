@@ -24,8 +24,8 @@ def ce_unsaturated_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """M = logsumexp_{i != y} z_i - z_y, with CE = log(1 + exp(M)) = softplus(M).
 
     dCE/dz = p - e_y = (1 - p_y) dM/dz: the two gradients differ by a positive factor per
-    sample, so sign-gradient attacks (PGD, APGD) take the same steps, and M is increasing in
-    CE, so they keep the same best iterates. Except in float32: once the logit margin
+    sample, so sign-gradient attacks (PGD, APGD) take the same steps, and CE is increasing in
+    M, so they keep the same best iterates. Except in float32: once the logit margin
     exceeds ~17 (logits times a constant, a temperature) p_y rounds to 1, the cross-entropy
     loses its -dz_y term and underflows to zero further on; M keeps the exact direction at
     any scale (Tramer et al. 2020, "On adaptive attacks": unsaturate the softmax)."""

@@ -21,7 +21,7 @@ out_console = Console()
 DEVICE = typer.Option("auto", help="auto | cpu | cuda | cuda:N")
 DATA_ROOT = typer.Option(None, "--data-root", help="Directory with the dataset files")
 LIMIT = typer.Option(0, help="Use only the first N test images (0 = all)")
-STEPS = typer.Option(None, help="Steps per attack (default: 100 for ensemble and APGD, 40 for PGD and PGD-DLR)")
+STEPS = typer.Option(None, help="Steps per attack (default: 100 for ensemble and APGD, 40 for pgd, pgd-dlr and pgd-unsaturated)")
 ATTACK = typer.Option("ensemble", help=" | ".join(ATTACK_NAMES) + " (ensemble: the worst case of APGD-CE and "
                       "targeted APGD-DLR per point; pgd --steps 40: the papers' protocol)")
 TARGETS = typer.Option(DEFAULT_TARGETS, "--targets",

@@ -12,7 +12,8 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
   loss_invariance  PGD-k with the scale-invariant DLR loss is not stronger than with CE
   scale            PGD-k on the cross-entropy computed without saturation (the same direction
                    in exact arithmetic) is not stronger than PGD-k on the float32 cross-entropy:
-                   catches logits times a constant (k from 4 up) that DLR's noise hides
+                   catches logits times a constant wherever it weakens CE-PGD (k >= 12 on
+                   the tiny test model), which DLR's own gap to CE hides
   unbounded        unbounded PGD-100 (step 0.01) drives accuracy to <= `zero_tol`
   bound            at eps 0.5 accuracy is at most the largest class share (the constant 0.5
                    image lies in every ball), for the ensemble and every cached curve point

@@ -163,7 +163,7 @@ def min_norm_distances(run_dir, curve: Curve, *, limit=0, device="cpu", data_roo
 
 
 def attack_label(settings: dict) -> str:
-    """E.g. "worst case of APGD-CE + APGD-T (3 targets), 100 steps" or "PGD-40, 5 restarts"."""
+    """E.g. "worst case of APGD-CE + APGD-T (9 targets), 100 steps" or "PGD-40, 5 restarts"."""
     attack, restarts = settings["attack"], settings.get("restarts", 1)
     more = f", {restarts} restarts" if restarts > 1 else ""
     if attack == "ensemble":
