@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -80,11 +81,20 @@ def ensemble_names(targets: int) -> list[str]:
     return ["apgd-ce"] + ([f"apgd-t({targets} targets)"] if targets else [])
 
 
+class AttackRun(NamedTuple):
+    loss: str  # a key of losses.LOSSES
+    rank: int | None  # the target's rank at the worst example (targeted loss only)
+    seed: int
+    threshold: float | None  # only on points ``close_to_fooled`` at this threshold; None: every point
+    warm: bool  # start from each point's worst example instead of a random point
+
+
 def close_to_fooled(worst_margin: torch.Tensor, clean_margin: torch.Tensor, close: float) -> torch.Tensor:
     """Points whose worst example has closed all but ``close`` of the clean logit gap:
-    worst margin / clean margin < close, both negative on a correct point (the ratio is
-    invariant to scaling the logits). Clean-misclassified points count as close."""
-    return (clean_margin >= 0) | (worst_margin > close * clean_margin)
+    worst margin / clean margin <= close, both negative on a correct point (the ratio is
+    invariant to scaling the logits; close=1 takes every point). Clean-misclassified points
+    count as close."""
+    return (clean_margin >= 0) | (worst_margin >= close * clean_margin)
 
 
 def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_margin, runs, steps, restarts,
@@ -96,7 +106,7 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
     point's worst example after the first attack (where the attack has got to)."""
     grad_evals = 0
     order = None
-    for loss, rank, seed, threshold, warm in runs:
+    for loss, rank, seed, threshold, warm in runs:  # AttackRun fields
         todo = ~fooled if early_stop else torch.ones_like(fooled)
         if threshold is not None:
             todo &= close_to_fooled(worst_margin, clean_margin, threshold)
@@ -106,7 +116,7 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
             if order.shape[1] < 4:
                 raise AttackError(f"APGD-T (targeted DLR) needs at least 4 classes, got {order.shape[1]}: --targets 0")
         if rank is not None and rank >= order.shape[1]:
-            break  # as AutoAttack: at most (classes - 1) targets; the last column is the true class
+            continue  # as AutoAttack: at most (classes - 1) targets; the last column is the true class
         idx = todo.nonzero()[:, 0]
         if not len(idx):
             continue
@@ -131,16 +141,15 @@ def batches(x, y, batch_size, device):
         yield sl, (xb.float().div(255) if xb.dtype == torch.uint8 else xb), yb
 
 
-def attack_runs(targets: int, seed: int, warm_start: bool = False, close: float = CLOSE) -> list[tuple]:
-    """(loss, target rank, seed, closeness threshold or None for every point, warm start) of
-    each attack in order: APGD-CE (from the worst point so far with ``warm_start``); APGD-T
+def attack_runs(targets: int, seed: int, warm_start: bool = False, close: float = CLOSE) -> list[AttackRun]:
+    """Each attack of the ensemble in order: APGD-CE (from the worst point so far with ``warm_start``); APGD-T
     per target rank from random starts, ranks above ``FIRST_TARGETS`` only on the points
     closer than ``close``; and with ``warm_start``, APGD-CE once more from its random start on
     the points closer than ``CLOSE_RESTART`` (a warm start can trap a point a fresh start fools)."""
-    targeted = [("dlr-targeted", r, seed + 7919 * r, close if r > FIRST_TARGETS else None, False)
+    targeted = [AttackRun("dlr-targeted", r, seed + 7919 * r, close if r > FIRST_TARGETS else None, False)
                 for r in range(1, int(targets) + 1)]
-    restart = [("ce", None, seed, CLOSE_RESTART, False)] if warm_start else []
-    return [("ce", None, seed, None, warm_start), *targeted, *restart]
+    restart = [AttackRun("ce", None, seed, CLOSE_RESTART, False)] if warm_start else []
+    return [AttackRun("ce", None, seed, None, warm_start), *targeted, *restart]
 
 
 def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *, steps: int = 100,
