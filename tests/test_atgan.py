@@ -123,7 +123,7 @@ def test_atgan_digits_end_to_end(atgan_run, digits_runs):
     x, y = x[:200], y[:200]  # the bars below leave 22 and 20 of these images to spare
     atgan, standard = robustgan.load(atgan_run), robustgan.load(digits_runs / "standard")
     assert isinstance(atgan, torch.nn.Sequential) and not atgan.training
-    assert robust_accuracy(atgan, x, y, attack="none") >= 0.80  # measured 0.91 (TEST_SIZE)
+    assert robust_accuracy(atgan, x, y, attack="none") >= 0.80  # measured 0.90 (TEST_SIZE)
     torch.manual_seed(0)
     acc_atgan = robust_accuracy(atgan, x, y, attack="pgd", eps=0.2, steps=20)
     acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)

@@ -135,7 +135,7 @@ def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
     out = tmp_path / "report.html"
     runs = [str(copy_run(digits_runs / name, tmp_path / name)) for name in ("standard", "pgd")]  # it writes caches
     done = runner.invoke(app, ["report", *runs, "--out", str(out),
-                               "--eps", "0.1,0.3", "--steps", "5", "--limit", "32"])
+                               "--eps", "0.1,0.3", "--steps", "5", "--limit", "32", "--targets", "1"])
     assert done.exit_code == 0, done.output
     page = out.read_text()
     # curves + saliency + one training figure per run

@@ -22,6 +22,7 @@ def report(
     out: Path = typer.Option(Path("runs/report.html"), "--out", help="HTML file to write"),
     eps: str = typer.Option("", help="eps_i grid for the curves (default: the paper's grid)"),
     steps: int = typer.Option(20, help="PGD steps of the saliency images (curves: the worst-case ensemble, PGD-40 beside it)"),
+    targets: int = TARGETS,
     limit: int = LIMIT,
     index: int = typer.Option(0, "--index", help="Test image for saliency and trends"),
     run_checks: bool = typer.Option(False, "--check/--no-check", help="Run the checks first where missing"),
@@ -36,17 +37,18 @@ def report(
 
       robustgan report runs/sweep-mnist/* --check
     """
-    require(steps > 0 and limit >= 0, "--steps must be positive, --limit >= 0")
+    require(steps > 0 and limit >= 0 and 0 <= targets <= 9, "--steps must be positive, --limit >= 0, --targets in 0..9")
     grid = eps_grid(eps, RunDir(runs[0]).config().data.name)
     device = resolve_device(device)
     if run_checks:
         for r in runs:
             if not RunDir(r).file("check.json").is_file():
                 err_console.print(f"checking {r}")
-                check_run(r, limit=limit, device=device, data_root=data_root, autoattack=False, long_steps=200)
+                check_run(r, limit=limit, device=device, data_root=data_root, autoattack=False, long_steps=200,
+                          targets=targets)
     with Progress(console=err_console, transient=True) as progress:
         path = build_report(runs, out, eps_grid=grid, steps=steps, limit=limit, index=index, device=device,
-                            data_root=data_root, progress=progress)
+                            data_root=data_root, progress=progress, targets=targets)
     out_console.print(f"wrote {path}")
 
 

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import status_of, summary_line
 from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
@@ -120,15 +121,17 @@ def check_html(run: RunDir) -> str:
 
 
 def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20, limit: int = 0, index: int = 0,
-                 device="cpu", data_root=None, progress=None, curve_steps: int | None = None) -> Path:
+                 device="cpu", data_root=None, progress=None, curve_steps: int | None = None,
+                 targets: int = DEFAULT_TARGETS) -> Path:
     """The HTML page for ``runs``: curves by the worst-case ensemble (``curve_steps`` per
-    attack, default 100) with PGD-40 beside it, saliency maps by PGD-``steps``."""
+    attack, default 100; APGD-T towards up to ``targets`` classes) with PGD-40 beside it,
+    saliency maps by PGD-``steps``."""
     runs = [Path(r) for r in runs]
     configs = [RunDir(r).config() for r in runs]
     dataset = configs[0].data.name
     grid = eps_grid or grid_for(dataset)
-    curves = [compute_curve(r, grid, steps=curve_steps, limit=limit, device=device, data_root=data_root, progress=progress)
-              for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
+    curves = [compute_curve(r, grid, steps=curve_steps, targets=targets, limit=limit, device=device, data_root=data_root,
+                            progress=progress) for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
     parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
     summary = "".join(
