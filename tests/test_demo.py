@@ -4,10 +4,10 @@ from typer.testing import CliRunner
 
 from robustgan.cli import app
 
-METHODS = ("standard", "pgd_at", "atgan", "gan_at")
+METHODS = ("standard", "pgd_at", "atgan", "gan_at", "fgsm_rs", "trades")
 
 
-def test_demo_quick_covers_all_four_methods(tmp_path):
+def test_demo_quick_covers_every_method_and_the_frontier(tmp_path):
     out = tmp_path / "demo"
     done = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert done.exit_code == 0, done.output
@@ -21,6 +21,10 @@ def test_demo_quick_covers_all_four_methods(tmp_path):
     for name in METHODS:
         assert f"{out / name}" in page and name in done.output
     assert "Logit trends" in page and "report.html" in done.output.replace("\n", "")  # rich wraps long paths
+    # the frontier: printed, plotted, in the report; each run's counted cost in summary.json
+    assert "what robustness costs" in done.output and (out / "frontier.png").stat().st_size > 10_000
+    assert "Robustness against training cost" in page
+    assert summary["trades"]["training_cost"]["passes_per_image"] > summary["fgsm_rs"]["training_cost"]["passes_per_image"]
 
 
 def test_predict_returns_the_models_own_prediction(digits_runs, tmp_path):

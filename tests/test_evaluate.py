@@ -138,8 +138,8 @@ def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
                                "--eps", "0.1,0.3", "--steps", "5", "--limit", "32", "--targets", "1"])
     assert done.exit_code == 0, done.output
     page = out.read_text()
-    # curves + saliency + one training figure per run
-    assert page.count("<img ") == 4 and "src=\"http" not in page and "Robustness curves" in page
+    # curves + frontier + saliency + one training figure per run
+    assert page.count("<img ") == 5 and "src=\"http" not in page and "Robustness curves" in page
     assert "n = 32 test images" in page
     browser = chromium()
     if browser is None:

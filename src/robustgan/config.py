@@ -82,20 +82,33 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"  # constant | multistep | cosine
+    name: str = "constant"  # constant | multistep | cosine | cyclic
     milestones: tuple[int, ...] = ()  # epochs at which multistep multiplies the lr by gamma
     gamma: float = 0.1
+    peak: float = 0.4  # cyclic: the fraction of training at which the lr peaks (Wong et al. 2020: 2/5)
 
     def validate(self):
-        _check(self.name in ("constant", "multistep", "cosine"), "schedule.name must be constant, multistep or cosine")
+        _check(self.name in ("constant", "multistep", "cosine", "cyclic"),
+               "schedule.name must be constant, multistep, cosine or cyclic")
         _check(0 < self.gamma <= 1, "schedule.gamma must be in (0, 1]")
+        _check(0 < self.peak < 1, "schedule.peak must be in (0, 1)")
 
-    def factor(self, epoch: int, epochs: int) -> float:
-        """Learning-rate multiplier for 0-based ``epoch`` of ``epochs``."""
+    @property
+    def per_step(self) -> bool:
+        """The lr changes every step (cyclic), not only at epoch starts."""
+        return self.name == "cyclic"
+
+    def factor(self, epoch: float, epochs: int) -> float:
+        """Learning-rate multiplier at ``epoch`` (0-based; fractional inside an epoch for a
+        per-step schedule) of ``epochs``. Cyclic (Wong, Rice and Kolter 2020, "Fast is better
+        than free"): linear from 0 to the full lr at ``peak`` of training, back to 0 at the end."""
         if self.name == "multistep":
             return self.gamma ** sum(epoch >= m for m in self.milestones)
         if self.name == "cosine":
             return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+        if self.name == "cyclic":
+            t, top = epoch / max(1, epochs), self.peak
+            return t / top if t <= top else max(0.0, (1 - t) / (1 - top))
         return 1.0
 
 
@@ -116,6 +129,13 @@ class TrainConfig:
     eval_steps: int = 10
     log_every: int = 20  # steps between progress-bar refreshes and finiteness checks (the only host syncs)
     checkpoint_every: int = 0  # also checkpoint every this many steps inside an epoch (0 = at epoch ends only)
+    # Catastrophic-overfitting guard (train.OverfitGuard): PGD-10 and FGSM-RS on 256 training images
+    # after every epoch; PGD accuracy falling by more than guard_drop in an epoch (Wong et al. 2020's
+    # early stop), or FGSM-RS accuracy above PGD's by more than guard_gap, stops training and keeps
+    # the previous epoch's weights. auto = on for single-step methods.
+    guard: str = "auto"  # auto | on | off
+    guard_drop: float = 0.2
+    guard_gap: float = 0.5
 
     def validate(self):
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -125,6 +145,9 @@ class TrainConfig:
         _check(self.eval_every > 0 and self.log_every > 0, "train.eval_every and train.log_every must be positive")
         _check(self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         _check(self.eval_steps > 0, f"train.eval_steps must be positive, got {self.eval_steps}")
+        _check(self.guard in ("auto", "on", "off"), f"train.guard must be auto, on or off, got {self.guard!r}")
+        _check(0 < self.guard_drop <= 1 and 0 < self.guard_gap <= 1,
+               f"train.guard_drop and train.guard_gap must be in (0, 1], got {self.guard_drop}, {self.guard_gap}")
         check_eps_value(self.eval_eps, "train.eval_eps")
 
 

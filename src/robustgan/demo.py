@@ -1,7 +1,8 @@
 """`robustgan demo`: the main job. On the embedded digits it trains standard training,
-PGD-AT, ATGAN and GAN-AT (`grad` formulation), evaluates robustness curves (the worst-case
-ensemble, the papers' PGD-40 beside it) and the gradient-masking checks, writes
-<out>/report.html and prints a summary table."""
+PGD-AT, ATGAN, GAN-AT (`grad` formulation) and the baselines FGSM-RS and TRADES, evaluates
+robustness curves (the worst-case ensemble, the papers' PGD-40 beside it) and the
+gradient-masking checks, writes <out>/report.html, prints a summary table and the
+frontier (robustness at eps 0.2 against training cost, <out>/frontier.png)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from rich.table import Table
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import load_config
 from robustgan.evaluate.checks import check_run, overall_status, summary_line
-from robustgan.evaluate.curves import area, attack_label, compute_curve
+from robustgan.evaluate.curves import area, attack_label, caption, compute_curve
+from robustgan.evaluate.frontier import frontier_points, plot_frontier
 from robustgan.report.html import build_report
-from robustgan.runtime import resolve_device
+from robustgan.runtime import resolve_device, training_cost
 from robustgan.train import fit
 
 console = Console()
@@ -28,6 +30,7 @@ SUMMARY_EPS = (0.1, 0.2, 0.3)
 COMMON = ['data.name="digits"', 'model.name="cw_cnn"', "train.batch_size=64", "train.eval_eps=0.2",
           "train.eval_every=100", "train.eval_limit=200", "train.channels_last=true"]  # 1.16-1.19x on a CPU
 ATTACK = ["method.eps=0.2", "method.steps=5", "method.step_size=0.06", "method.ramp_epochs=2"]
+FGSM_STEP = "method.step=0.75"  # at 1.25 eps (Wong et al.) FGSM-RS overfits catastrophically on digits
 # name -> overrides of the digits presets (written out so the installed package needs no files)
 RUNS = {
     "standard": ['method.name="standard"', "train.epochs=6"],
@@ -36,7 +39,11 @@ RUNS = {
               'method.generator="atgan_g_mnist"'],
     "gan_at": ['method.name="gan_at"', 'method.inputs="grad"', "method.eps=0.2", "train.epochs=4",
                "data.shift=3", "optim.betas=[0.5, 0.9]"],
+    "fgsm_rs": ['method.name="fgsm_rs"', "method.eps=0.2", FGSM_STEP, 'schedule.name="cyclic"', "optim.lr=2e-3",
+                "train.epochs=6"],
+    "trades": ['method.name="trades"', *ATTACK, "method.beta=1.0", "train.epochs=6"],
 }
+FRONTIER_EPS = 0.2
 QUICK = ["train.epochs=1", "data.train_limit=64", "train.eval_limit=16", "method.loss_net_epochs=1"]
 
 
@@ -53,6 +60,22 @@ def short_status(summary: str) -> str:
     parts = [p if "warned" in p else p.split(" (")[0] for p in summary.removeprefix("WARN: ").split(", ")
              if p[:1].isdigit()]
     return ("WARN " if summary.startswith("WARN") else "") + ", ".join(parts).replace(" passed", " pass")
+
+
+def frontier_table(curves: dict, out: Path) -> Table:
+    """Robustness at FRONTIER_EPS against training cost, one row per run (cheapest first);
+    the plot goes to <out>/frontier.png."""
+    points = dict(zip(curves, frontier_points(list(curves.values()), FRONTIER_EPS)))
+    plot_frontier(list(points.values()), FRONTIER_EPS, out / "frontier.png", "digits: robustness against training cost",
+                  caption(list(curves.values())))
+    table = Table(title=f"what robustness costs (eps {FRONTIER_EPS}): forward + backward passes per training image "
+                        f"over the whole run; {out / 'frontier.png'}")
+    for col in ("method", "worst case", "clean", "passes / image", "train seconds", "Pareto front"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, p in sorted(points.items(), key=lambda item: item[1].passes):
+        table.add_row(name, f"{p.worst:.1%}", f"{p.clean:.1%}", f"{p.passes:,.0f}", f"{p.seconds:.0f}",
+                      "yes" if p.on_front else "")
+    return table
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:
@@ -97,10 +120,12 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         acc, paper = dict(zip(c.eps, c.acc)), dict(zip(c.eps, c.protocol))
         summary[name] = {"clean": c.clean, **{str(e): acc[e] for e in SUMMARY_EPS}, "area": c.auc,
                          "attack": c.settings["attack"], "attacks": c.settings["attacks"],
-                         "protocol": {str(e): paper[e] for e in SUMMARY_EPS}, "checks": checks[name]}
+                         "protocol": {str(e): paper[e] for e in SUMMARY_EPS}, "checks": checks[name],
+                         "training_cost": training_cost(runs[name])}
         table.add_row(name, f"{c.clean:.1%}", *(f"{acc[e]:.1%} ({paper[e]:.1%})" for e in SUMMARY_EPS),
                       f"{c.auc:.3f} ({area(c.eps, c.protocol):.3f})", short[name])
     console.print(table)
+    console.print(frontier_table(curves, out))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     console.print(f"finished in {time.perf_counter() - start:.0f} s; report: [bold]{report}[/bold]")
     return summary

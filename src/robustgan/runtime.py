@@ -173,3 +173,44 @@ def open_run(run_dir: str | Path, *, limit: int = 0, data_root=None, device="cpu
     if limit:
         x, y = x[:limit], y[:limit]
     return cfg, model, x, y
+
+
+def training_cost(run_dir: str | Path) -> dict | None:
+    """What training ``run_dir`` cost, summed over its epochs (metrics.jsonl, counted by the
+    loop's PassCounter) and its sub-runs (ATGAN's loss network):
+
+    - ``forward_passes`` / ``backward_passes``: image-passes through the method's networks
+      (an image through G and D is two), counting the inner attacks' passes;
+    - ``forward_per_example`` / ``backward_per_example``: the same per training example drawn
+      (this run's own steps: PGD-k AT is k + 1 and k + 1; FGSM-RS 2 and 2);
+    - ``passes_per_image``: (forward + backward) / training-set size over the whole run,
+      sub-runs included: the frontier's cost axis;
+    - ``seconds``: time inside the training steps (no evaluation, no checkpoints).
+
+    None for a model trained elsewhere or a run trained before passes were counted."""
+    run = RunDir(run_dir)
+    if not run.is_started:
+        return None
+    cfg = run.config()
+    records = [r for r in run.metrics() if r.get("split") == "train"]
+    if cfg.method.name == "external" or not records or any("forward_passes" not in r for r in records):
+        return None
+    forward, backward = sum(r["forward_passes"] for r in records), sum(r["backward_passes"] for r in records)
+    drawn = sum(r["images"] for r in records)
+    cost = {"forward_passes": forward, "backward_passes": backward, "train_images": max(r["images"] for r in records),
+            "epochs": len(records), "forward_per_example": forward / drawn, "backward_per_example": backward / drawn,
+            "seconds": sum(r["epoch_seconds"] for r in records), "subruns": {}}
+    for name, spec in method_class(cfg.method.name).subruns(cfg).items():
+        sub = training_cost(run.path / name if isinstance(spec, Config) else spec)
+        if sub is None:
+            return None
+        cost["subruns"][name] = sub
+        for key in ("forward_passes", "backward_passes", "seconds"):
+            cost[key] += sub[key]
+    cost["passes_per_image"] = (cost["forward_passes"] + cost["backward_passes"]) / cost["train_images"]
+    return cost
+
+
+def guard_collapse(run_dir: str | Path) -> dict | None:
+    """The overfitting guard's collapse record of a run (see train.OverfitGuard), or None."""
+    return next((r for r in RunDir(run_dir).metrics() if r.get("split") == "guard" and r.get("collapsed")), None)

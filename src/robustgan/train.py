@@ -1,6 +1,8 @@
 """The one training loop (the engine). It knows nothing about any method: it trains the
 sub-runs a method declares, builds the method named by the config, feeds it on-device
-batches, sets learning rates, evaluates, logs, checkpoints and resumes.
+batches, sets learning rates, counts the passes through its networks (the training cost),
+guards single-step methods against catastrophic overfitting, evaluates, logs, checkpoints
+and resumes.
 
 ``fit`` reads top to bottom as the whole story; each part (restore, one epoch, the end of
 an epoch, a checkpoint) is a function of a ``Training`` record passed explicitly."""
@@ -17,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from robustgan import data, distributed
 from robustgan.attacks import robust_accuracy
 from robustgan.config import Config
-from robustgan.errors import Diverged, Interrupted, RunError
+from robustgan.errors import ConfigError, Diverged, Interrupted, RunError
 from robustgan.methods import Method, method_class
 from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state, save_state
 from robustgan.runtime import (apply_fast_paths, autocast_for, geometry_for, load_model, load_split, resolve_device,
@@ -45,6 +48,8 @@ class Training:
     logger: Logger
     epochs: int
     total_steps: int
+    counter: PassCounter
+    guard: OverfitGuard | None
     step: int = 0  # optimisation steps taken so far, across resumes
 
     @property
@@ -155,7 +160,8 @@ def build_training(cfg: Config, run: RunDir, here: distributed.World, quiet: boo
     for note in method.notes():
         logger.message(note)
     return Training(cfg, run, method, batcher, device, here, logger, epochs,
-                    total_steps=cfg.train.steps or epochs * len(batcher))
+                    total_steps=cfg.train.steps or epochs * len(batcher), counter=PassCounter(method.networks()),
+                    guard=build_guard(cfg, method, x_train, y_train, device))
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -187,6 +193,9 @@ def restore_checkpoint(training: Training) -> tuple[int, dict | None]:
         torch.manual_seed(training.cfg.train.seed + 7919 * training.world.rank + training.step)
     if training.writes:
         training.run.truncate_metrics(state["epoch"] + 1)  # records count epochs from 1
+    if training.guard is not None:  # the guard compares with the last epoch it measured
+        measured = [r["pgd_acc"] for r in training.run.metrics() if r.get("split") == "guard"]
+        training.guard.previous = measured[-1] if measured else None
     start_epoch = state["epoch"] + 1
     training.logger.message(f"resuming {training.run.path} at epoch {start_epoch + 1}/{training.epochs}, "
                             f"step {training.step}")
@@ -205,11 +214,14 @@ def train_epochs(training: Training, start_epoch: int, partial: dict | None, sto
     with progress or nullcontext(), StopFlag(training.logger.message) as stop:
         for done, epoch in enumerate(range(start_epoch, training.epochs), 1):
             lr_factor = set_learning_rates(training.method, training.cfg, epoch, training.epochs)
+            if training.cfg.schedule.per_step:  # logged: the factor of the epoch's last step
+                lr_factor = training.cfg.schedule.factor(epoch + 1, training.epochs)
             training.method.on_epoch_start(epoch, training.epochs)
             stats = EpochStats(training.device, **(partial or {}))
             partial = None
             run_epoch(training, epoch, stats, stop, progress)
-            end_epoch(training, epoch, stats, lr_factor, test_split)
+            if end_epoch(training, epoch, stats, lr_factor, test_split) == "collapsed":
+                return None  # finished: the run keeps the last good epoch's weights
             last = epoch + 1 == training.epochs
             if distributed.any_rank(stop.requested, training.device) and not last:
                 raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
@@ -227,11 +239,16 @@ def run_epoch(training: Training, epoch: int, stats: EpochStats, stop: StopFlag,
     task = progress.add_task(f"epoch {epoch + 1}/{training.epochs}", total=len(training.batcher),
                              completed=stats.steps, info="") if progress else None
     started = time.perf_counter()
+    schedule, steps_per_epoch = training.cfg.schedule, len(training.batcher)
     for x, y in itertools.islice(training.batcher, remaining):
-        with autocast():
+        if schedule.per_step:  # the lr of this step (Wong et al.: the step's end, so the first is not 0)
+            position = epoch + (training.batcher.position or steps_per_epoch) / steps_per_epoch
+            set_learning_rates(training.method, training.cfg, position, training.epochs)
+        with autocast(), training.counter:
             metrics = training.method.step(x, y)
         training.step += 1
         stats.add(metrics, training.step, len(y))
+        stats.add_passes(*training.counter.take())
         at_log = training.step % training.cfg.train.log_every == 0
         if progress is not None:
             progress.advance(task)
@@ -257,13 +274,17 @@ def run_epoch(training: Training, epoch: int, stats: EpochStats, stop: StopFlag,
         progress.remove_task(task)
 
 
-def end_epoch(training: Training, epoch: int, stats: EpochStats, lr_factor: float, test_split) -> None:
-    """Log the epoch's averages (and collapse warnings), evaluate on held-out data when due,
-    save the model and a checkpoint."""
+def end_epoch(training: Training, epoch: int, stats: EpochStats, lr_factor: float, test_split) -> str:
+    """Log the epoch's averages, its training cost (and collapse warnings), evaluate on
+    held-out data when due, save the model and a checkpoint. Returns "collapsed" when the
+    overfitting guard trips: then neither is saved and the run keeps the previous epoch."""
     averages = stats.averages()
+    passes = distributed.sum_across_ranks(torch.tensor([stats.forward, stats.backward, stats.images],
+                                                       dtype=torch.float64, device=training.device)).tolist()
     record = {"epoch": epoch + 1, "step": training.step, "split": "train", **averages, "lr_factor": lr_factor,
               "epoch_seconds": stats.seconds,
-              "images_per_s": training.world.size * stats.images / max(stats.seconds, 1e-9)}
+              "images_per_s": training.world.size * stats.images / max(stats.seconds, 1e-9),
+              "images": int(passes[2]), "forward_passes": int(passes[0]), "backward_passes": int(passes[1])}
     warnings = training.method.collapse_warnings(averages)
     if warnings:
         record["warnings"] = warnings
@@ -271,6 +292,8 @@ def end_epoch(training: Training, epoch: int, stats: EpochStats, lr_factor: floa
             training.logger.message(f"[yellow]warning:[/] {text}")
     training.logger.log(record)
     distributed.average_buffers(training.method.networks().values())  # BatchNorm statistics of every shard
+    if training.guard is not None and check_guard(training, epoch) == "collapsed":
+        return "collapsed"
     if training.writes and ((epoch + 1) % training.cfg.train.eval_every == 0 or epoch + 1 == training.epochs):
         heldout = evaluate_heldout(training.method, training.cfg, *test_split, training.device)
         training.logger.log({"epoch": epoch + 1, "step": training.step, **heldout})
@@ -278,6 +301,32 @@ def end_epoch(training: Training, epoch: int, stats: EpochStats, lr_factor: floa
         training.run.save_model(training.method.defended_model())
     save_checkpoint(training, epoch)
     distributed.barrier()
+    return "saved"
+
+
+def check_guard(training: Training, epoch: int) -> str:
+    """Measure the guard after ``epoch`` and log it; on a collapse warn and say which epoch the
+    run keeps. Every rank measures the same weights on the same images, so all agree."""
+    guard = training.guard
+    (accuracy, single), previous = guard.measure(training.method.defended_model()), guard.previous
+    record = {"epoch": epoch + 1, "step": training.step, "split": "guard", "n": len(guard.y), "eps": guard.eps,
+              "pgd_acc": accuracy, "fgsm_rs_acc": single}
+    why = None
+    if previous is not None and accuracy < previous - guard.drop:
+        why = f"PGD-{guard.STEPS} accuracy fell from {previous:.1%} to {accuracy:.1%}"
+    elif single - accuracy > guard.gap:
+        why = f"FGSM-RS accuracy is {single:.1%} but PGD-{guard.STEPS}'s {accuracy:.1%}"
+    if why is not None:
+        kept = (f"the run keeps epoch {epoch}'s weights" if epoch else
+                "no epoch was good: model.safetensors is not written")
+        text = (f"catastrophic overfitting at epoch {epoch + 1}: on {len(guard.y)} training images, {why}; "
+                f"training stopped and {kept}")
+        record |= {"collapsed": True, "kept_epoch": epoch, "warnings": [text]}
+        training.logger.message(f"[yellow]warning:[/] {text}")
+    else:
+        guard.previous = accuracy
+    training.logger.log(record)
+    return "ok" if why is None else "collapsed"
 
 
 def evaluate_heldout(method: Method, cfg: Config, x_test, y_test, device) -> dict:
@@ -296,12 +345,105 @@ def evaluate_heldout(method: Method, cfg: Config, x_test, y_test, device) -> dic
     return result
 
 
-def set_learning_rates(method: Method, cfg: Config, epoch: int, epochs: int) -> float:
+def set_learning_rates(method: Method, cfg: Config, epoch: float, epochs: int) -> float:
     factor = cfg.schedule.factor(epoch, epochs)
     for opt in method.scheduled_optimizers():
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * factor
     return factor
+
+
+# ------------------------------------------------------------------ training cost, overfitting guard
+def first_layer(network: nn.Module) -> nn.Module:
+    """The first module (in registration order) that holds parameters itself: every forward
+    pass through ``network`` runs it, and every backward pass through the network reaches it."""
+    for module in network.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            return module
+    raise ConfigError(f"{type(network).__name__} has no parameters: its passes cannot be counted")
+
+
+class PassCounter:
+    """Image-passes through a method's networks inside training steps: forward passes (images
+    that entered a network) and backward passes (images whose gradient flowed back through
+    it, for a parameter update or an attack's input gradient), summed over the networks.
+    A hook on each network's first parameterised layer counts the images of every forward
+    there and, when its output carries a gradient, a hook on that output counts the images
+    of each backward pass that reaches it. Counts only while active (``with counter:``), so
+    held-out evaluation and the guard do not count. PGD-k AT: k + 1 forward and k + 1
+    backward passes per image per step."""
+
+    def __init__(self, networks: dict[str, nn.Module]):
+        self.active, self.forward, self.backward = False, 0, 0
+        for network in networks.values():
+            first_layer(network).register_forward_hook(self._on_forward)
+
+    def _on_forward(self, module, inputs, output) -> None:
+        if not self.active or not isinstance(output, torch.Tensor):
+            return
+        images = output.shape[0]
+        self.forward += images
+        if output.requires_grad:
+            output.register_hook(lambda grad: self._on_backward(images))
+
+    def _on_backward(self, images: int) -> None:
+        self.backward += images
+
+    def __enter__(self):
+        self.active = True
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+
+    def take(self) -> tuple[int, int]:
+        """(forward, backward) image-passes since the last take."""
+        counts, self.forward, self.backward = (self.forward, self.backward), 0, 0
+        return counts
+
+
+class OverfitGuard:
+    """Catastrophic overfitting (Wong, Rice and Kolter 2020, Section 5): a single-step method
+    stops approximating the inner maximisation, so its own examples are classified correctly
+    while PGD fools the model. After every epoch, on the first 256 training images at the
+    method's eps, PGD-10 (step 2.5 eps / 10) and FGSM-RS (one step of 1.25 eps from a uniform
+    start), both from seeded starts (the training's random stream is untouched). A collapse:
+
+    - PGD accuracy fell by more than ``drop`` since the previous epoch (Wong et al.'s early
+      stop: a model that was robust and lost it within an epoch), or
+    - FGSM-RS accuracy exceeds PGD accuracy by more than ``gap`` (a model that never became
+      robust while its training attack says it did; Wong et al.'s early stop cannot see it).
+      Measured on digits at eps 0.2: honest PGD-AT, TRADES and N-FGSM models 0.18-0.24;
+      FGSM-RS collapsed at step 1.25 eps 0.89."""
+
+    IMAGES, STEPS = 256, 10
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, eps: float, drop: float, gap: float, num_classes: int,
+                 device):
+        self.x, self.y, self.eps, self.drop, self.gap = x[:self.IMAGES], y[:self.IMAGES], eps, drop, gap
+        self.num_classes, self.device = num_classes, device
+        self.previous: float | None = None
+
+    def measure(self, model: nn.Module) -> tuple[float, float]:
+        """(PGD-10 accuracy, FGSM-RS accuracy) on the guard's images."""
+        was_training = model.training
+        kw = dict(eps=self.eps, seed=0, device=self.device, num_classes=self.num_classes)
+        pgd = robust_accuracy(model, self.x, self.y, attack="pgd", steps=self.STEPS, **kw)
+        single = robust_accuracy(model, self.x, self.y, attack="pgd", steps=1, step_size=1.25 * self.eps, **kw)
+        model.train(was_training)
+        return pgd, single
+
+
+def build_guard(cfg: Config, method: Method, x_train, y_train, device) -> OverfitGuard | None:
+    """The guard when ``train.guard`` asks for it (auto: single-step methods only)."""
+    on = cfg.train.guard == "on" or (cfg.train.guard == "auto" and method.single_step)
+    if not on:
+        return None
+    eps = getattr(cfg.method, "eps", 0.0)
+    if not eps > 0:
+        raise ConfigError(f"train.guard=on needs a method with an eps > 0; {cfg.method.name} has none")
+    return OverfitGuard(x_train, y_train, eps, cfg.train.guard_drop, cfg.train.guard_gap, method.geometry.num_classes,
+                        device)
 
 
 # ------------------------------------------------------------------ logging, statistics, Ctrl-C
@@ -339,12 +481,13 @@ class EpochStats:
     handful of kernels per step, no host sync), with the first step at which each metric
     was non-finite (-1 while finite)."""
 
-    def __init__(self, device: torch.device, sums=None, steps=0, images=0, seconds=0.0):
+    def __init__(self, device: torch.device, sums=None, steps=0, images=0, seconds=0.0, forward=0, backward=0):
         self.device = device
         self.keys: list[str] = []
         self.total = torch.zeros(0, device=device)
         self.first_bad = torch.zeros(0, dtype=torch.long, device=device)
         self.steps, self.images, self.seconds = steps, images, seconds
+        self.forward, self.backward = forward, backward  # image-passes through the networks (PassCounter)
         if sums:
             self._rekey(list(sums))
             self.total = torch.stack([sums[k].to(device, torch.float32) for k in self.keys])
@@ -371,6 +514,9 @@ class EpochStats:
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(values), step, self.first_bad)
         self.steps, self.images = self.steps + 1, self.images + images
 
+    def add_passes(self, forward: int, backward: int) -> None:
+        self.forward, self.backward = self.forward + forward, self.backward + backward
+
     def check_finite(self, epoch: int, run: RunDir) -> None:
         """Raise Diverged naming the earliest non-finite metric (a host sync). Called before
         every checkpoint, so a checkpoint never holds a diverged state."""
@@ -394,7 +540,8 @@ class EpochStats:
         return dict(zip(self.keys, (total / max(1, steps)).tolist()))
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums, "steps": self.steps, "images": self.images, "seconds": self.seconds}
+        return {"sums": self.sums, "steps": self.steps, "images": self.images, "seconds": self.seconds,
+                "forward": self.forward, "backward": self.backward}
 
 
 class StopFlag:

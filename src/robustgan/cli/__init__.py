@@ -16,7 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.command()(training.train)
 app.command("eval")(evaluation.eval_)
 for command in (evaluation.curve, evaluation.check, evaluation.saliency, training.sweep, reports.report,
-                evaluation.trends, evaluation.predict, reports.card, demo.demo):
+                evaluation.trends, evaluation.predict, reports.card, reports.frontier, demo.demo):
     app.command()(command)
 
 

@@ -25,7 +25,7 @@ from robustgan.evaluate.predict import predict as classify
 from robustgan.evaluate.saliency import saliency_grid
 from robustgan.evaluate.trends import run_trends
 from robustgan.runs import RunDir
-from robustgan.runtime import default_eps, resolve_device
+from robustgan.runtime import default_eps, resolve_device, training_cost
 
 STEP_SIZE = typer.Option(None, "--step-size", help="PGD step (default 2.5*eps/steps)")
 RESTARTS = typer.Option(1, help="PGD random restarts (each sample keeps its worst case)")
@@ -133,6 +133,7 @@ def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
     cfg = RunDir(run).config()
     if cfg.method.name == "external":  # a model trained elsewhere (--model): say which
         result |= {"model": cfg.method.factory, "weights": cfg.method.weights}
+    result["training_cost"] = training_cost(run)  # None: trained elsewhere or before passes were counted
     if distances is not None:
         result["min_eps"] = [json_eps(d) for d in distances.tolist()]
     return result

@@ -1,17 +1,23 @@
-"""Report commands: report, card."""
+"""Report commands: report, card, frontier."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.progress import Progress
+from rich.table import Table
 
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
-                                  err_console, out_console, require, single_subject)
+                                  err_console, json_eps, out_console, require, single_subject)
+from robustgan.eps import format_eps
 from robustgan.evaluate.card import build_card, write_card
 from robustgan.evaluate.checks import check_run
+from robustgan.evaluate.curves import caption, compute_curve
+from robustgan.evaluate.frontier import FrontierPoint, frontier_points, plot_frontier
 from robustgan.report.html import build_report
 from robustgan.runs import RunDir
 from robustgan.runtime import resolve_device
@@ -91,3 +97,58 @@ def card(
                            progress=progress)
     paths = write_card(run, found)
     out_console.print(f"wrote {paths[0]} and {paths[1]}")
+
+
+def frontier(
+    runs: List[Path] = typer.Argument(..., help="Run directories trained by robustgan (their training cost is recorded)"),
+    eps: str = typer.Option("", help="The eps of the robustness axis (default: the middle of the paper's grid)"),
+    steps: Optional[int] = STEPS,
+    targets: int = TARGETS,
+    limit: int = LIMIT,
+    out: Path = typer.Option(Path("runs/frontier.png"), "--out", help="PNG file to write"),
+    as_json: bool = typer.Option(False, "--json", help="Print the points as JSON on stdout"),
+    device: str = DEVICE,
+    data_root: Optional[Path] = DATA_ROOT,
+):
+    """What robustness costs: worst-case accuracy at one eps against training cost (forward +
+    backward passes per training image, counted while training; log scale), one point per
+    run, the Pareto front drawn, clean accuracy and the papers' PGD-40 beside each point.
+    Prints the table, writes the plot. Accuracies come from the runs' evaluation caches.
+
+    Examples:
+
+      robustgan frontier runs/demo/* --eps 0.2
+
+      robustgan frontier runs/pgd-digits runs/fgsm-rs-digits runs/trades-digits --eps 0.3 --json
+    """
+    require(limit >= 0 and (steps is None or steps > 0) and 0 <= targets <= 9,
+            "--limit >= 0, --steps positive, --targets in 0..9")
+    dataset = RunDir(runs[0]).config().data.name
+    grid = eps_grid(eps, dataset)
+    if eps:
+        require(len(grid) == 1, "--eps takes one value: the frontier is drawn at one eps")
+    at = grid[len(grid) // 2]
+    with Progress(console=err_console, transient=True) as progress:
+        curves = [compute_curve(r, [at], steps=steps, targets=targets, limit=limit, device=resolve_device(device),
+                                data_root=data_root, progress=progress) for r in runs]
+    points = frontier_points(curves, at)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_frontier(points, at, out, f"{dataset}: robustness against training cost", caption(curves))
+    (err_console if as_json else out_console).print(frontier_table(points, at, caption(curves)))
+    if as_json:
+        sys.stdout.write(json.dumps({"eps": json_eps(at), "n": curves[0].n, "attacks": curves[0].settings["attacks"],
+                                     "points": [vars(p) for p in points]}) + "\n")
+    err_console.print(f"wrote {out}")
+
+
+def frontier_table(points: list[FrontierPoint], eps: float, note: str) -> Table:
+    table = Table(title=f"robustness against training cost at eps {format_eps(eps)}", caption=note)
+    for col in ("run", "method", "clean", "worst case (PGD-40)", "passes / image", "train seconds", "front"):
+        table.add_column(col, justify="left" if col in ("run", "method") else "right")
+    names = [Path(p.run).name for p in points]
+    names = dict(zip((p.run for p in points), names if len(set(names)) == len(names) else [str(p.run) for p in points]))
+    for p in sorted(points, key=lambda p: p.passes):
+        protocol = "" if p.protocol is None else f" ({p.protocol:.1%})"
+        table.add_row(names[p.run], p.method, f"{p.clean:.1%}", f"{p.worst:.1%}{protocol}", f"{p.passes:,.0f}",
+                      f"{p.seconds:.0f}", "yes" if p.on_front else "")
+    return table

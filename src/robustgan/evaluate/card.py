@@ -23,7 +23,7 @@ from robustgan.eps import format_eps
 from robustgan.evaluate.checks import status_of, summary_line
 from robustgan.evaluate.curves import compute_curve
 from robustgan.runs import RunDir, atomic_write
-from robustgan.runtime import file_sha256, load_split, weights_path
+from robustgan.runtime import file_sha256, guard_collapse, load_split, training_cost, weights_path
 from robustgan.version import __version__
 
 SCHEMA = Path(__file__).with_name("model_card.schema.json")
@@ -78,6 +78,8 @@ def build_card(run_dir, eps: list[float], *, limit: int = 0, steps: int | None =
         "classes": list(cfg.data.classes),
         "checks": _checks(run),
         "training": None if external else to_dict(cfg),
+        "training_cost": training_cost(run_dir),
+        "collapse": guard_collapse(run_dir),
         "software": {"robustgan": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      "platform": sys.platform},
         "weights_sha256": file_sha256(weights_path(run_dir)),
@@ -110,6 +112,14 @@ def card_markdown(card: dict) -> str:
     sw = card["software"]
     training = (["```json", json.dumps(card["training"], indent=1), "```"] if card["training"] is not None
                 else ["Trained elsewhere (an external model): its training set and settings are not known here."])
+    cost, collapse = card["training_cost"], card["collapse"]
+    if cost is not None:
+        training = [f"Cost: {cost['passes_per_image']:.0f} forward + backward passes per training image over "
+                    f"{cost['epochs']} epochs ({cost['forward_per_example']:g} forward and "
+                    f"{cost['backward_per_example']:g} backward per example drawn), "
+                    f"{cost['seconds']:.0f} s of training steps.", "", *training]
+    if collapse is not None:
+        training = [f"**Catastrophic overfitting**: {collapse['warnings'][0]}.", "", *training]
     lines += ["", "## Training", "", *training, "",
               "## Software", "", f"robustgan {sw['robustgan']}, torch {sw['torch']}, Python {sw['python']} "
               f"({sw['platform']}).", ""]

@@ -3,6 +3,6 @@
 runs any of them."""
 
 from robustgan.methods.base import METHODS, Geometry, Method, MethodConfig, method_class, register_method
-from robustgan.methods import atgan, external, gan_at, pgd_at, standard  # noqa: F401  (register methods)
+from robustgan.methods import atgan, external, fgsm_rs, gan_at, pgd_at, standard, trades  # noqa: F401  (register methods)
 
 __all__ = ["METHODS", "Geometry", "Method", "MethodConfig", "method_class", "register_method"]

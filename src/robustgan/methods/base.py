@@ -61,6 +61,7 @@ class Method:
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    single_step: ClassVar[bool] = False  # one-step inner attack: the loop's overfitting guard is on by default
 
     def __init__(self, cfg: Config, geometry: Geometry, device: torch.device):
         self.cfg, self.geometry, self.device = cfg, geometry, device

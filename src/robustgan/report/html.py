@@ -16,11 +16,13 @@ from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import status_of, summary_line
 from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
+from robustgan.evaluate.frontier import frontier_points, plot_frontier
 from robustgan.evaluate.paired import ALPHA
 from robustgan.evaluate.saliency import saliency_grid
 from robustgan.evaluate.trends import run_trends
 from robustgan.plotting import pyplot
 from robustgan.runs import RunDir
+from robustgan.runtime import training_cost
 from robustgan.version import __version__
 
 STYLE = """
@@ -103,6 +105,19 @@ def curves_tables_html(curves: list[Curve]) -> str:
             f'{caption(curves)}. Area: mean accuracy over the eps_i range.</p>')
 
 
+def frontier_html(points, eps: float) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(str(p.run))}</td><td>{p.method}</td><td>{100 * p.clean:.1f}</td>"
+        f"<td>{100 * p.worst:.1f}{'' if p.protocol is None else f' ({100 * p.protocol:.1f})'}</td>"
+        f"<td>{p.passes:,.0f}</td><td>{p.seconds:.0f}</td><td>{'yes' if p.on_front else ''}</td></tr>"
+        for p in sorted(points, key=lambda p: p.passes))
+    return ("<table><tr><th>run</th><th>method</th><th>clean %</th><th>worst case % (PGD-40)</th>"
+            f"<th>passes / training image</th><th>training seconds</th><th>on the front</th></tr>{rows}</table>"
+            f'<p class="caption">At eps {format_eps(eps)}: forward + backward passes through the networks per '
+            "training image over the whole run (counted while training, inner attacks and sub-runs included); "
+            "a run is on the Pareto front when no other run is at most as costly and at least as robust.</p>")
+
+
 def check_html(run: RunDir) -> str:
     path = run.file("check.json")
     if not path.is_file():
@@ -148,6 +163,12 @@ def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20,
         parts.append("<h2>Robustness curves</h2>" + img(png_data_uri(tmp / "curves.png"), "robustness curves")
                      + f'<p class="caption">{caption(curves)}; one colour per eps_t, one line style per method.</p>'
                      + curves_tables_html(curves))
+        if all(training_cost(r) is not None for r in runs) and len(runs) > 1:
+            at = grid[len(grid) // 2]
+            points = frontier_points(curves, at)
+            plot_frontier(points, at, tmp / "frontier.png", f"{dataset}: robustness against training cost", caption(curves))
+            parts.append("<h2>Robustness against training cost</h2>" + img(png_data_uri(tmp / "frontier.png"), "frontier")
+                         + frontier_html(points, at))
         sal_eps = grid[::max(1, len(grid) // 3)][:3]
         saliency_grid(runs, index, sal_eps, tmp / "saliency.png", steps, data_root)
         parts.append("<h2>Saliency maps</h2>" + img(png_data_uri(tmp / "saliency.png"), "saliency grid")

@@ -1,0 +1,84 @@
+"""TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
+Accuracy", eq. 5): minimise CE(f(x), y) + beta * KL(f(x) || f(x')) / batch, where x' maximises
+the KL term in the eps ball: PGD on the KL from x + 0.001 N(0, I), as in the official code
+(github.com/yaodongyu/TRADES, trades.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from robustgan.attacks.threat import attack_mode
+from robustgan.config import check_eps_value
+from robustgan.errors import ConfigError
+from robustgan.methods.base import MethodConfig, batch_accuracy, register_method, update
+from robustgan.methods.pgd_at import eps_now
+from robustgan.methods.standard import Standard
+
+
+@dataclass
+class TRADESConfig(MethodConfig):
+    name: str = "trades"
+    eps: float = 0.3  # eps_t, pixel scale
+    steps: int = 10  # the inner maximisation's PGD steps
+    step_size: float = 0.0  # 0 = 2.5 * eps / steps
+    beta: float = 6.0  # the robustness weight (official: 6 on CIFAR-10, 1 on MNIST)
+    ramp_epochs: int = 0  # grow eps linearly from 0 over the first epochs
+
+    def validate(self):
+        super().validate()
+        check_eps_value(self.eps, "method.eps")
+        if self.steps <= 0 or self.step_size < 0:
+            raise ConfigError(f"method.steps must be positive and method.step_size >= 0, got {self.steps}, "
+                              f"{self.step_size}")
+        if self.beta < 0 or self.ramp_epochs < 0:
+            raise ConfigError(f"method.beta and method.ramp_epochs must be >= 0, got {self.beta}, {self.ramp_epochs}")
+
+
+def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(logits_clean) || softmax(logits_adv)) per sample (N,), float32: the
+    robustness term of TRADES (eq. 5; the official code's KLDivLoss(log_softmax(f(x')),
+    softmax(f(x))))."""
+    log_p_adv = F.log_softmax(logits_adv.float(), 1)
+    log_p_clean = F.log_softmax(logits_clean.float(), 1)
+    return (log_p_clean.exp() * (log_p_clean - log_p_adv)).sum(1)
+
+
+def trades_adversarial(model, x: torch.Tensor, eps: float, steps: int, step_size: float) -> torch.Tensor:
+    """The inner maximisation: x' in the eps ball and [0, 1] maximising the KL to f(x), by
+    ``steps`` signed-gradient steps from x + 0.001 N(0, I) (eval mode, parameters frozen).
+    The clean distribution is computed once (the official code recomputes it every step: the
+    same values in eval mode, one forward pass per step more)."""
+    x = x.detach()
+    with attack_mode(model):
+        with torch.no_grad():
+            logits_clean = model(x)
+        x_adv = (x + 0.001 * torch.randn_like(x)).clamp_(0, 1)
+        lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(trades_kl(model(x_adv), logits_clean).sum(), x_adv)
+            x_adv = torch.max(torch.min(x_adv.detach() + step_size * grad.sign(), hi), lo)
+    return x_adv.detach()
+
+
+@register_method
+class TRADES(Standard):
+    name = "trades"
+    Config = TRADESConfig
+
+    def step(self, x, y):
+        mcfg = self.cfg.method
+        eps = eps_now(mcfg, self.epoch)
+        x_adv = x if eps == 0 else trades_adversarial(self.model, x, eps, mcfg.steps,
+                                                      mcfg.step_size or 2.5 * eps / mcfg.steps)
+        self.model.train()
+        logits_clean, logits_adv = self.model(x), self.model(x_adv)  # two passes, as the official code (BN)
+        natural = F.cross_entropy(logits_clean.float(), y)
+        robust = trades_kl(logits_adv, logits_clean).mean()
+        update(self.opt, natural + mcfg.beta * robust)
+        return {"loss": (natural + mcfg.beta * robust).detach(), "natural": natural.detach(), "kl": robust.detach(),
+                "clean_acc": batch_accuracy(logits_clean.detach(), y), "adv_acc": batch_accuracy(logits_adv.detach(), y)}
