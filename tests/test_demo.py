@@ -3,6 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from robustgan.cli import app
+from tests.test_evaluate import assert_renders_in_chromium
 
 METHODS = ("standard", "pgd_at", "atgan", "gan_at", "fgsm_rs", "trades")
 
@@ -25,6 +26,7 @@ def test_demo_quick_covers_every_method_and_the_frontier(tmp_path):
     assert "what robustness costs" in done.output and (out / "frontier.png").stat().st_size > 10_000
     assert "Robustness against training cost" in page
     assert summary["trades"]["training_cost"]["passes_per_image"] > summary["fgsm_rs"]["training_cost"]["passes_per_image"]
+    assert_renders_in_chromium(out / "report.html", tmp_path)
 
 
 def test_predict_returns_the_models_own_prediction(digits_runs, tmp_path):

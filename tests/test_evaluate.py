@@ -3,6 +3,7 @@ import shutil
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,16 +132,9 @@ def chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
-    out = tmp_path / "report.html"
-    runs = [str(copy_run(digits_runs / name, tmp_path / name)) for name in ("standard", "pgd")]  # it writes caches
-    done = runner.invoke(app, ["report", *runs, "--out", str(out),
-                               "--eps", "0.1,0.3", "--steps", "5", "--limit", "32", "--targets", "1"])
-    assert done.exit_code == 0, done.output
-    page = out.read_text()
-    # curves + frontier + saliency + one training figure per run
-    assert page.count("<img ") == 5 and "src=\"http" not in page and "Robustness curves" in page
-    assert "n = 32 test images" in page
+def assert_renders_in_chromium(page: Path, tmp_path: Path) -> None:
+    """Headless chromium loads ``page`` with every image and no script error, and paints it.
+    Called on the demo's report (tests/test_demo.py), the page with every kind of section."""
     browser = chromium()
     if browser is None:
         pytest.skip("no chromium on this machine (CI installs Debian's chromium)")
@@ -148,15 +142,27 @@ def test_html_report_renders_in_headless_chromium(digits_runs, tmp_path):
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
              "--virtual-time-budget=5000"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
-    images = page.count("<img ")
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    images = page.read_text().count("<img ")
     assert f'data-images="{images}/{images}"' in dom.stdout, "an image failed to load"
     console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and "Uncaught" in line]
     assert not console_errors, console_errors
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,3000", out.as_uri()],
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,3000", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_report_command_writes_one_self_contained_page(digits_runs, tmp_path):
+    out = tmp_path / "report.html"
+    runs = [str(copy_run(digits_runs / name, tmp_path / name)) for name in ("standard", "pgd")]  # it writes caches
+    done = runner.invoke(app, ["report", *runs, "--out", str(out),
+                               "--eps", "0.1,0.3", "--steps", "2", "--limit", "16", "--targets", "0"])
+    assert done.exit_code == 0, done.output
+    page = out.read_text()
+    # curves + frontier + saliency + one training figure per run
+    assert page.count("<img ") == 5 and "src=\"http" not in page and "Robustness curves" in page
+    assert "n = 16 test images" in page and "Robustness against training cost" in page
 
 
 def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):

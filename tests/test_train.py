@@ -166,7 +166,7 @@ def test_every_command_has_help_with_examples():
     from robustgan.cli import app
 
     commands = [c.name or c.callback.__name__ for c in app.registered_commands]
-    assert len(commands) == 11
+    assert len(commands) == 12
     for command in commands:
         done = CliRunner().invoke(app, [command, "--help"])
         assert done.exit_code == 0 and "Examples" in done.output, command
