@@ -28,20 +28,20 @@ console = Console()
 EPS_GRID = [0.1, 0.2, 0.3]  # ascending: the ensemble attacks at 0.2 only what 0.1 left robust
 SUMMARY_EPS = (0.1, 0.2, 0.3)
 COMMON = ['data.name="digits"', 'model.name="cw_cnn"', "train.batch_size=64", "train.eval_eps=0.2",
-          "train.eval_every=100", "train.eval_limit=200", "train.channels_last=true"]  # 1.16-1.19x on a CPU
+          "train.eval_every=100", "train.eval_limit=100", "train.channels_last=true"]  # 1.16-1.19x on a CPU
 ATTACK = ["method.eps=0.2", "method.steps=5", "method.step_size=0.06", "method.ramp_epochs=2"]
 FGSM_STEP = "method.step=0.75"  # at 1.25 eps (Wong et al.) FGSM-RS overfits catastrophically on digits
 # name -> overrides of the digits presets (written out so the installed package needs no files)
 RUNS = {
-    "standard": ['method.name="standard"', "train.epochs=6"],
-    "pgd_at": ['method.name="pgd_at"', *ATTACK, "train.epochs=6"],
-    "atgan": ['method.name="atgan"', *ATTACK, "train.epochs=5", "method.loss_net_epochs=2",
+    "standard": ['method.name="standard"', "train.epochs=4"],
+    "pgd_at": ['method.name="pgd_at"', *ATTACK, "train.epochs=5"],
+    "atgan": ['method.name="atgan"', *ATTACK, "train.epochs=4", "method.loss_net_epochs=2",
               'method.generator="atgan_g_mnist"'],
-    "gan_at": ['method.name="gan_at"', 'method.inputs="grad"', "method.eps=0.2", "train.epochs=4",
+    "gan_at": ['method.name="gan_at"', 'method.inputs="grad"', "method.eps=0.2", "train.epochs=2",
                "data.shift=3", "optim.betas=[0.5, 0.9]"],
     "fgsm_rs": ['method.name="fgsm_rs"', "method.eps=0.2", FGSM_STEP, 'schedule.name="cyclic"', "optim.lr=2e-3",
                 "train.epochs=6"],
-    "trades": ['method.name="trades"', *ATTACK, "method.beta=1.0", "train.epochs=6"],
+    "trades": ['method.name="trades"', *ATTACK, "method.beta=1.0", "train.epochs=4"],
 }
 FRONTIER_EPS = 0.2
 QUICK = ["train.epochs=1", "data.train_limit=64", "train.eval_limit=16", "method.loss_net_epochs=1"]
@@ -83,7 +83,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     if out.exists():
         shutil.rmtree(out)
     device = resolve_device("auto")
-    limit, steps = (32, 3) if quick else (80, 40)  # checks: PGD-40 (PGD-20 under-attacked ATGAN by up to 8 points)
+    limit, steps = (16, 3) if quick else (40, 40)  # checks: PGD-40 (PGD-20 under-attacked ATGAN by up to 8 points)
     targets = 1 if quick else DEFAULT_TARGETS  # quick: a smoke test of every stage, not a measurement
     runs = {}
     for i, name in enumerate(RUNS, 1):
@@ -99,7 +99,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     for name, run in runs.items():
         # the same images and attacks as the curves at eps 0.2 (read from the run's cache)
         surrogate = runs["pgd_at"] if name == "standard" else runs["standard"]
-        results = check_run(run, eps=0.2, steps=steps, long_steps=10 if quick else 100, restarts=2, limit=limit,
+        results = check_run(run, eps=0.2, steps=steps, long_steps=10 if quick else 60, restarts=2, limit=limit,
                             surrogate=str(surrogate), autoattack=False, ensemble_steps=steps if quick else 100,
                             targets=targets, device=device)
         checks[name] = ("WARN: " if overall_status(results) == "warn" else "") + summary_line(results)

@@ -4,6 +4,7 @@ the Pareto front: the runs no other run beats on both robustness and cost."""
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,33 +48,35 @@ def frontier_points(curves: list[Curve], eps: float) -> list[FrontierPoint]:
 
 
 def plot_frontier(points: list[FrontierPoint], eps: float, path: Path, title: str = "", note: str = "") -> None:
-    """Worst-case accuracy against passes per training image (log x): filled dots, the
-    front as a step line through its points; clean accuracy as hollow dots above each run;
-    the papers' PGD-40 as crosses."""
+    """Worst-case accuracy against passes per training image (log x): filled dots, named;
+    the front as a step line through its points; clean accuracy as hollow dots above each
+    run, the papers' PGD-40 as crosses; ``note`` (the attack, n) under the title."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.cm.tab10
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     for i, p in enumerate(points):
-        colour = colours(i % 10)
+        colour = plt.cm.tab10(i % 10)
         ax.plot([p.passes, p.passes], [p.worst, p.clean], color=colour, lw=0.8, alpha=0.4)
         ax.plot(p.passes, p.clean, "o", mfc="none", color=colour, ms=6)
-        ax.plot(p.passes, p.worst, "o", color=colour, ms=7, label=f"{Path(p.run).name} ({p.method})")
+        ax.plot(p.passes, p.worst, "o", color=colour, ms=7)
         if p.protocol is not None:
             ax.plot(p.passes, p.protocol, "x", color=colour, ms=6, alpha=0.8)
-        ax.annotate(Path(p.run).name, (p.passes, p.worst), textcoords="offset points", xytext=(5, -10), fontsize=7)
+        ax.annotate(Path(p.run).name, (p.passes, p.worst), textcoords="offset points", xytext=(5, -11), fontsize=7,
+                    color=colour)
     front = sorted((p for p in points if p.on_front), key=lambda p: p.passes)
     if front:
         xs, ys = [p.passes for p in front], [p.worst for p in front]
-        ax.step(xs + [max(q.passes for q in points) * 1.5], ys + [ys[-1]], where="post", color="k", lw=1.2,
-                alpha=0.6, label="Pareto front (worst case)")
+        ax.step(xs + [max(q.passes for q in points) * 1.5], ys + [ys[-1]], where="post", color="k", lw=1.2, alpha=0.6)
+    for marker, mfc, label in (("o", None, f"worst case at eps {format_eps(eps)}"), ("o", "none", "clean"),
+                               ("x", None, "PGD-40 (papers' protocol)")):
+        ax.plot([], [], marker, mfc=mfc, color="grey", label=label)
+    ax.plot([], [], "-", color="k", alpha=0.6, label="Pareto front (worst case)")
     ax.set_xscale("log")
     ax.set_xlabel("training cost: forward + backward passes per training image (log)")
     ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3, which="both")
-    ax.set_title((title + "\n" if title else "") + f"filled: worst case at eps {format_eps(eps)}; hollow: clean; "
-                 f"x: PGD-40" + (f"\n{note}" if note else ""), fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title + ("\n" + "\n".join(textwrap.wrap(note, 95)) if note else ""), fontsize=8)
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
