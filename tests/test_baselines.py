@@ -83,7 +83,9 @@ def test_counted_passes_match_the_arithmetic(baseline_runs, digits_runs):
         cost = training_cost(run)
         assert (cost["forward_per_example"], cost["backward_per_example"]) == (forward, backward), run
         assert cost["train_images"] == 1438 and cost["seconds"] > 0
-        assert cost["passes_per_image"] == cost["epochs"] * (forward + backward)
+        assert (cost["guard_passes"] > 0) == (forward == 2)  # the guard watches the single-step methods
+        per_image = cost["epochs"] * (forward + backward) + cost["guard_passes"] / 1438
+        assert cost["passes_per_image"] == pytest.approx(per_image, rel=1e-12)
 
 
 def test_baselines_learn_above_their_bars_and_fgsm_rs_does_not_collapse(baseline_runs):
@@ -98,20 +100,16 @@ def test_baselines_learn_above_their_bars_and_fgsm_rs_does_not_collapse(baseline
         assert len(guard) == 4 and not any(r.get("collapsed") for r in guard)
 
 
-def test_frontier_marks_the_runs_nobody_beats():
+def test_frontier_marks_the_runs_nobody_beats(monkeypatch):
+    import robustgan.evaluate.frontier
+
     def curve(run, acc):
         return Curve(run=run, method="m", eps_t=0.2, eps=[0.2], acc=[acc], clean=0.9, n=100)
 
     costs = {"cheap": 10, "dear": 100, "worse": 100, "robust": 1000}
-    import robustgan.evaluate.frontier as frontier
-
-    real = frontier.training_cost
-    try:
-        frontier.training_cost = lambda run: {"passes_per_image": costs[run], "seconds": 1.0}
-        points = frontier_points([curve("cheap", 0.1), curve("dear", 0.5), curve("worse", 0.4),
-                                  curve("robust", 0.6)], 0.2)
-    finally:
-        frontier.training_cost = real
+    monkeypatch.setattr(robustgan.evaluate.frontier, "training_cost",
+                        lambda run: {"passes_per_image": costs[run], "seconds": 1.0})
+    points = frontier_points([curve("cheap", 0.1), curve("dear", 0.5), curve("worse", 0.4), curve("robust", 0.6)], 0.2)
     assert {p.run: p.on_front for p in points} == {"cheap": True, "dear": True, "worse": False, "robust": True}
 
 
@@ -156,7 +154,7 @@ def test_guard_stops_a_collapsing_fgsm_rs_and_serves_the_last_good_epoch(tmp_pat
     saved = load_state(run.file(CHECKPOINT))
     assert saved["epoch"] + 1 == kept["epoch"]
     assert all(torch.equal(weights[k], v) for k, v in saved["method"]["networks"]["model"].items())
-    x, y = robustgan.data.load("digits", split="train")
-    assert robust_accuracy(robustgan.load(run.path), x[:256], y[:256], attack="pgd", eps=0.2, steps=10,
-                           seed=0) == kept["pgd_acc"]
+    x, y = robustgan.data.load("digits", split="train")  # the guard measured it channels_last: 2 images of slack
+    served = robust_accuracy(robustgan.load(run.path), x[:256], y[:256], attack="pgd", eps=0.2, steps=10, seed=0)
+    assert abs(served - kept["pgd_acc"]) <= 2 / 256 and collapse["pgd_acc"] < served - 0.05
     assert training_cost(run.path)["epochs"] == collapse["epoch"]  # the collapsed epoch's passes were spent

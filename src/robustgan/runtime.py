@@ -183,8 +183,10 @@ def training_cost(run_dir: str | Path) -> dict | None:
       (an image through G and D is two), counting the inner attacks' passes;
     - ``forward_per_example`` / ``backward_per_example``: the same per training example drawn
       (this run's own steps: PGD-k AT is k + 1 and k + 1; FGSM-RS 2 and 2);
-    - ``passes_per_image``: (forward + backward) / training-set size over the whole run,
-      sub-runs included: the frontier's cost axis;
+    - ``guard_passes``: the overfitting guard's passes (single-step methods: PGD-10 and
+      FGSM-RS on 256 training images after every epoch);
+    - ``passes_per_image``: (forward + backward + guard) / training-set size over the whole
+      run, sub-runs included: the frontier's cost axis;
     - ``seconds``: time inside the training steps (no evaluation, no checkpoints).
 
     None for a model trained elsewhere or a run trained before passes were counted."""
@@ -197,7 +199,9 @@ def training_cost(run_dir: str | Path) -> dict | None:
         return None
     forward, backward = sum(r["forward_passes"] for r in records), sum(r["backward_passes"] for r in records)
     drawn = sum(r["images"] for r in records)
-    cost = {"forward_passes": forward, "backward_passes": backward, "train_images": max(r["images"] for r in records),
+    guard = sum(r.get("passes", 0) for r in run.metrics() if r.get("split") == "guard")
+    cost = {"forward_passes": forward, "backward_passes": backward, "guard_passes": guard,
+            "train_images": max(r["images"] for r in records),
             "epochs": len(records), "forward_per_example": forward / drawn, "backward_per_example": backward / drawn,
             "seconds": sum(r["epoch_seconds"] for r in records), "subruns": {}}
     for name, spec in method_class(cfg.method.name).subruns(cfg).items():
@@ -205,9 +209,10 @@ def training_cost(run_dir: str | Path) -> dict | None:
         if sub is None:
             return None
         cost["subruns"][name] = sub
-        for key in ("forward_passes", "backward_passes", "seconds"):
+        for key in ("forward_passes", "backward_passes", "guard_passes", "seconds"):
             cost[key] += sub[key]
-    cost["passes_per_image"] = (cost["forward_passes"] + cost["backward_passes"]) / cost["train_images"]
+    total = cost["forward_passes"] + cost["backward_passes"] + cost["guard_passes"]
+    cost["passes_per_image"] = total / cost["train_images"]
     return cost
 
 

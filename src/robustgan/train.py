@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from robustgan import data, distributed
 from robustgan.attacks import robust_accuracy
 from robustgan.config import Config
-from robustgan.errors import ConfigError, Diverged, Interrupted, RunError
+from robustgan.errors import Diverged, Interrupted, RunError
 from robustgan.methods import Method, method_class
+from robustgan.monitor import OverfitGuard, PassCounter, build_guard
 from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state, save_state
 from robustgan.runtime import (apply_fast_paths, autocast_for, geometry_for, load_model, load_split, resolve_device,
                                resolve_layout)
@@ -308,25 +308,32 @@ def check_guard(training: Training, epoch: int) -> str:
     """Measure the guard after ``epoch`` and log it; on a collapse warn and say which epoch the
     run keeps. Every rank measures the same weights on the same images, so all agree."""
     guard = training.guard
-    (accuracy, single), previous = guard.measure(training.method.defended_model()), guard.previous
+    with training.counter:  # the guard's passes are part of what the method costs
+        accuracy, single = guard.measure(training.method.defended_model())
+    passes = sum(training.counter.take())
+    previous = guard.previous
     record = {"epoch": epoch + 1, "step": training.step, "split": "guard", "n": len(guard.y), "eps": guard.eps,
-              "pgd_acc": accuracy, "fgsm_rs_acc": single}
+              "pgd_acc": accuracy, "fgsm_rs_acc": single, "passes": passes}
     why = None
     if previous is not None and accuracy < previous - guard.drop:
         why = f"PGD-{guard.STEPS} accuracy fell from {previous:.1%} to {accuracy:.1%}"
     elif single - accuracy > guard.gap:
         why = f"FGSM-RS accuracy is {single:.1%} but PGD-{guard.STEPS}'s {accuracy:.1%}"
-    if why is not None:
-        kept = (f"the run keeps epoch {epoch}'s weights" if epoch else
-                "no epoch was good: model.safetensors is not written")
-        text = (f"catastrophic overfitting at epoch {epoch + 1}: on {len(guard.y)} training images, {why}; "
-                f"training stopped and {kept}")
-        record |= {"collapsed": True, "kept_epoch": epoch, "warnings": [text]}
-        training.logger.message(f"[yellow]warning:[/] {text}")
-    else:
+    # one decision for all ranks (a GPU's kernels may flip a borderline image on one of them)
+    if not distributed.any_rank(why is not None, training.device):
         guard.previous = accuracy
+        training.logger.log(record)
+        return "ok"
+    why = why or "another rank measured a collapse"
+    text = f"catastrophic overfitting at epoch {epoch + 1}: on {len(guard.y)} training images, {why}"
+    if epoch == 0:  # no good epoch to keep: no weights are handed over
+        raise Diverged(f"{text}; no epoch was good, so {training.run.path} has no model. Lower method.step or "
+                       "the learning rate (or use n_fgsm) and train a new run")
+    text += f"; training stopped and the run keeps epoch {epoch}'s weights"
+    record |= {"collapsed": True, "kept_epoch": epoch, "warnings": [text]}
+    training.logger.message(f"[yellow]warning:[/] {text}")
     training.logger.log(record)
-    return "ok" if why is None else "collapsed"
+    return "collapsed"
 
 
 def evaluate_heldout(method: Method, cfg: Config, x_test, y_test, device) -> dict:
@@ -351,99 +358,6 @@ def set_learning_rates(method: Method, cfg: Config, epoch: float, epochs: int) -
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * factor
     return factor
-
-
-# ------------------------------------------------------------------ training cost, overfitting guard
-def first_layer(network: nn.Module) -> nn.Module:
-    """The first module (in registration order) that holds parameters itself: every forward
-    pass through ``network`` runs it, and every backward pass through the network reaches it."""
-    for module in network.modules():
-        if any(True for _ in module.parameters(recurse=False)):
-            return module
-    raise ConfigError(f"{type(network).__name__} has no parameters: its passes cannot be counted")
-
-
-class PassCounter:
-    """Image-passes through a method's networks inside training steps: forward passes (images
-    that entered a network) and backward passes (images whose gradient flowed back through
-    it, for a parameter update or an attack's input gradient), summed over the networks.
-    A hook on each network's first parameterised layer counts the images of every forward
-    there and, when its output carries a gradient, a hook on that output counts the images
-    of each backward pass that reaches it. Counts only while active (``with counter:``), so
-    held-out evaluation and the guard do not count. PGD-k AT: k + 1 forward and k + 1
-    backward passes per image per step."""
-
-    def __init__(self, networks: dict[str, nn.Module]):
-        self.active, self.forward, self.backward = False, 0, 0
-        for network in networks.values():
-            first_layer(network).register_forward_hook(self._on_forward)
-
-    def _on_forward(self, module, inputs, output) -> None:
-        if not self.active or not isinstance(output, torch.Tensor):
-            return
-        images = output.shape[0]
-        self.forward += images
-        if output.requires_grad:
-            output.register_hook(lambda grad: self._on_backward(images))
-
-    def _on_backward(self, images: int) -> None:
-        self.backward += images
-
-    def __enter__(self):
-        self.active = True
-        return self
-
-    def __exit__(self, *exc):
-        self.active = False
-
-    def take(self) -> tuple[int, int]:
-        """(forward, backward) image-passes since the last take."""
-        counts, self.forward, self.backward = (self.forward, self.backward), 0, 0
-        return counts
-
-
-class OverfitGuard:
-    """Catastrophic overfitting (Wong, Rice and Kolter 2020, Section 5): a single-step method
-    stops approximating the inner maximisation, so its own examples are classified correctly
-    while PGD fools the model. After every epoch, on the first 256 training images at the
-    method's eps, PGD-10 (step 2.5 eps / 10) and FGSM-RS (one step of 1.25 eps from a uniform
-    start), both from seeded starts (the training's random stream is untouched). A collapse:
-
-    - PGD accuracy fell by more than ``drop`` since the previous epoch (Wong et al.'s early
-      stop: a model that was robust and lost it within an epoch), or
-    - FGSM-RS accuracy exceeds PGD accuracy by more than ``gap`` (a model that never became
-      robust while its training attack says it did; Wong et al.'s early stop cannot see it).
-      Measured on digits at eps 0.2: honest PGD-AT, TRADES and N-FGSM models 0.18-0.24;
-      FGSM-RS collapsed at step 1.25 eps 0.89."""
-
-    IMAGES, STEPS = 256, 10
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, eps: float, drop: float, gap: float, num_classes: int,
-                 device):
-        self.x, self.y, self.eps, self.drop, self.gap = x[:self.IMAGES], y[:self.IMAGES], eps, drop, gap
-        self.num_classes, self.device = num_classes, device
-        self.previous: float | None = None
-
-    def measure(self, model: nn.Module) -> tuple[float, float]:
-        """(PGD-10 accuracy, FGSM-RS accuracy) on the guard's images."""
-        was_training = model.training
-        kw = dict(eps=self.eps, seed=0, device=self.device, num_classes=self.num_classes)
-        pgd = robust_accuracy(model, self.x, self.y, attack="pgd", steps=self.STEPS, **kw)
-        single = robust_accuracy(model, self.x, self.y, attack="pgd", steps=1, step_size=1.25 * self.eps, **kw)
-        model.train(was_training)
-        return pgd, single
-
-
-def build_guard(cfg: Config, method: Method, x_train, y_train, device) -> OverfitGuard | None:
-    """The guard when ``train.guard`` asks for it (auto: single-step methods only)."""
-    on = cfg.train.guard == "on" or (cfg.train.guard == "auto" and method.single_step)
-    if not on:
-        return None
-    eps = getattr(cfg.method, "eps", 0.0)
-    if not eps > 0:
-        raise ConfigError(f"train.guard=on needs a method with an eps > 0; {cfg.method.name} has none")
-    return OverfitGuard(x_train, y_train, eps, cfg.train.guard_drop, cfg.train.guard_gap, method.geometry.num_classes,
-                        device)
 
 
 # ------------------------------------------------------------------ logging, statistics, Ctrl-C

@@ -9,9 +9,9 @@ FGSM-RS: noise 1, step 1.25 eps, projected to the eps ball. N-FGSM: noise 2, ste
 projection (its examples lie up to 3 eps from x: the noise is the regulariser that avoids
 catastrophic overfitting without GradAlign's double backward). Both with the cyclic
 learning rate in their presets. The gradient is taken in eval mode with frozen parameters,
-as for our PGD-AT (Wong et al.'s code takes it in train mode; the C&W CNN has no BatchNorm,
-so on the digits and MNIST presets the two agree). Single-step methods are guarded against
-catastrophic overfitting by the training loop (``train.guard``)."""
+as for our PGD-AT (Wong et al.'s code takes it in train mode: with BatchNorm or dropout, as
+the C&W CNN's, the two gradients differ). Single-step methods are guarded against
+catastrophic overfitting by the training loop (``train.guard``, robustgan/monitor.py)."""
 
 from __future__ import annotations
 
