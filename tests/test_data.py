@@ -304,3 +304,19 @@ def test_augment_matches_per_sample_reference():
         r, c = offsets[i].tolist()
         assert torch.equal(out[i], padded[:, r:r + 6, c:c + 7])
     assert torch.equal(augment_batch(x, None, torch.full((5, 2), 2), pad=2), x)
+
+
+def test_a_forged_array_in_a_cifar_pickle_is_refused_not_built():
+    """numpy's own unpickling trusts an array's shape and bytes (a damaged file crashed a test
+    worker with a segfault); ours checks them and refuses."""
+    import pickle
+
+    from robustgan.data.files import safe_unpickle
+
+    class Forged:
+        def __reduce__(self):  # the shape says a million bytes, the data holds two
+            return (np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                    (1, (1000, 1000), np.dtype("u1"), False, b"xx"))
+
+    with pytest.raises(pickle.UnpicklingError, match="shape"):
+        safe_unpickle(pickle.dumps({b"data": Forged()}, protocol=2))

@@ -86,27 +86,84 @@ CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["te
 CIFAR_RECORD = 1 + 3 * 32 * 32
 
 
+PLAIN_DTYPES = {"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8", "b1"}
+
+
+class _PickledDtype:
+    """Stands in for ``numpy.dtype`` while unpickling: records the type code and byte order."""
+
+    def __init__(self, code, *_):
+        self.code, self.order = code, "="
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+
+
+class _PickledArray:
+    """Stands in for numpy's array reconstruction while unpickling: records the pickled state
+    (version, shape, dtype, fortran order, raw bytes). numpy's own ``__setstate__`` trusts
+    the file (a damaged one can crash the interpreter), so ``array`` checks every field and
+    builds the array from the bytes itself."""
+
+    def __init__(self, *_):
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def array(self) -> np.ndarray:
+        state = self.state
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError("a damaged array")
+        _, shape, dtype, fortran, data = state
+        if isinstance(data, str):  # protocol 2 from Python 2: latin-1 text
+            data = data.encode("latin-1")
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and 0 <= n < 2**31 for n in shape)
+                and isinstance(dtype, _PickledDtype) and str(dtype.code) in PLAIN_DTYPES and isinstance(data, bytes)):
+            raise pickle.UnpicklingError("an array of an unsupported kind")
+        kind = np.dtype(str(dtype.code)).newbyteorder(dtype.order if dtype.order in "<>" else "=")
+        if len(data) != int(np.prod(shape, dtype=np.int64)) * kind.itemsize:
+            raise pickle.UnpicklingError(f"an array of shape {shape} with {len(data)} bytes")
+        return np.frombuffer(data, dtype=kind).reshape(shape, order="F" if fortran else "C").copy()
+
+
 class PlainUnpickler(pickle.Unpickler):
-    """Admits only plain containers, bytes, str, numbers and numpy arrays.
+    """Admits only plain containers, bytes, str, numbers and numpy arrays of plain dtypes.
 
-    Any other global (os.system, builtins.eval, ...) is refused before it is called."""
+    Any other global (os.system, builtins.eval, ...) is refused before it is called; arrays
+    are rebuilt from checked fields (``_PickledArray``), never by numpy's own unpickling."""
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how protocol-2 pickles from Python 3 spell bytes
+    STAND_INS = {
+        ("numpy.core.multiarray", "_reconstruct"): _PickledArray,
+        ("numpy._core.multiarray", "_reconstruct"): _PickledArray,
+        ("numpy", "ndarray"): _PickledArray,
+        ("numpy", "dtype"): _PickledDtype,
     }
 
     def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
+        if (module, name) in self.STAND_INS:
+            return self.STAND_INS[module, name]
+        if (module, name) in (("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes")):
+            return super().find_class(module, name)  # how protocol-2 pickles from Python 3 spell bytes
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
 
 
+def _arrays(value):
+    """``value`` with every recorded array built (containers walked)."""
+    if isinstance(value, _PickledArray):
+        return value.array()
+    if isinstance(value, dict):
+        return {k: _arrays(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_arrays(v) for v in value)
+    if isinstance(value, _PickledDtype):
+        raise pickle.UnpicklingError("a dtype outside an array")
+    return value
+
+
 def safe_unpickle(raw: bytes):
-    return PlainUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    return _arrays(PlainUnpickler(io.BytesIO(raw), encoding="bytes").load())
 
 
 def _read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
