@@ -13,8 +13,9 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go"),
     quick: bool = typer.Option(False, "--quick", help="A reduced version for smoke tests"),
 ):
-    """The main job: train standard, PGD-AT, ATGAN and GAN-AT on the embedded digits, run the
-    robustness curves and gradient-masking checks, write <out>/report.html and a summary.
+    """The main job: train standard, PGD-AT, ATGAN, GAN-AT, FGSM-RS and TRADES on the embedded
+    digits, run the robustness curves and gradient-masking checks, write <out>/report.html, a
+    summary and the frontier (robustness at eps 0.2 against training cost, <out>/frontier.png).
 
     Examples:
 
