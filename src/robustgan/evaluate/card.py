@@ -116,7 +116,8 @@ def card_markdown(card: dict) -> str:
     if cost is not None:
         training = [f"Cost: {cost['passes_per_image']:.0f} forward + backward passes per training image over "
                     f"{cost['epochs']} epochs ({cost['forward_per_example']:g} forward and "
-                    f"{cost['backward_per_example']:g} backward per example drawn), "
+                    f"{cost['backward_per_example']:g} backward per example drawn"
+                    f"{', and the overfitting guard' if cost['guard_passes'] else ''}), "
                     f"{cost['seconds']:.0f} s of training steps.", "", *training]
     if collapse is not None:
         training = [f"**Catastrophic overfitting**: {collapse['warnings'][0]}.", "", *training]
