@@ -23,7 +23,7 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
-FULL_PRESET_FIXTURES = {"digits_runs", "atgan_run", "gan_runs"}
+FULL_PRESET_FIXTURES = {"digits_runs", "atgan_run", "gan_runs", "baseline_runs"}
 
 
 def pytest_collection_modifyitems(items):
@@ -156,6 +156,52 @@ def digits_runs(tmp_path_factory):
         train_preset("pgd-at-digits", root / "pgd")
 
     return trained_once(tmp_path_factory, "digits", train)
+
+
+@pytest.fixture(scope="session")
+def atgan_run(tmp_path_factory):
+    return trained_once(tmp_path_factory, "atgan", lambda out: train_preset("atgan-digits", out))
+
+
+@pytest.fixture(scope="session")
+def gan_runs(tmp_path_factory):
+    """One short run per formulation (and dual), plus the full digits preset for 'grad'."""
+    def train(root):
+        for name in ("x", "xz", "gradx", "grad-dual"):
+            train_preset(f"gan-at-digits-{name}", root / name, "train.epochs=1", "data.train_limit=64")
+        train_preset("gan-at-digits-grad", root / "grad")
+
+    return trained_once(tmp_path_factory, "gan", train)
+
+
+# The baseline presets at test size (tests/test_baselines.py): fewer epochs and inner steps.
+BASELINES = {
+    "fgsm-rs-digits": ["train.epochs=4"],
+    "n-fgsm-digits": ["train.epochs=4"],
+    "trades-digits": ["train.epochs=4", "method.steps=2", "method.step_size=0.15", "method.ramp_epochs=2"],
+}
+
+
+@pytest.fixture(scope="session")
+def baseline_runs(tmp_path_factory):
+    def train(root):
+        for preset, extra in BASELINES.items():
+            train_preset(preset, root / preset, *extra)
+
+    return trained_once(tmp_path_factory, "baselines", train)
+
+
+# Under pytest-xdist each worker first trains its share of the shared runs (about equal), so no
+# test later waits on a run another worker is training (that idled a core for ~50 s a session).
+PREWARM = {"gw0": ("digits_runs", "gan_runs"), "gw1": ("atgan_run", "baseline_runs")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prewarm(request):
+    needed = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    for name in PREWARM.get(os.environ.get("PYTEST_XDIST_WORKER", ""), ()):
+        if name in needed:
+            request.getfixturevalue(name)
 
 
 def copy_run(run: Path, out: Path) -> Path:

@@ -12,7 +12,7 @@ from robustgan.evaluate.checks import CheckSettings, check_scale
 from robustgan.methods import Geometry, method_class
 from robustgan.runs import RunDir
 from robustgan.train import fit
-from tests.conftest import CONFIGS, FAST, changed, snapshot, train_preset, trained_once
+from tests.conftest import CONFIGS, FAST, changed, snapshot
 
 
 def make_method(backbone="densenet40", **method):
@@ -111,11 +111,6 @@ def test_frac_attacks_only_a_fraction(batch):
     m = make_method(frac=0.25)
     x_mix, n_adv = m.attack(x, y)
     assert n_adv == 2 and torch.equal(x_mix[2:], x[2:]) and not torch.equal(x_mix[:2], x[:2])
-
-
-@pytest.fixture(scope="module")
-def atgan_run(tmp_path_factory):
-    return trained_once(tmp_path_factory, "atgan", lambda out: train_preset("atgan-digits", out))
 
 
 def test_atgan_digits_end_to_end(atgan_run, digits_runs):

@@ -18,27 +18,12 @@ from robustgan.methods.trades import trades_adversarial, trades_kl
 from robustgan.runs import RunDir
 from robustgan.runtime import training_cost
 from robustgan.train import fit
-from tests.conftest import CONFIGS, FAST, assert_one_line, copy_run, run_main, trained_once
+from tests.conftest import CONFIGS, FAST, assert_one_line, copy_run, run_main
 
-# The baseline presets at test size (as TEST_SIZE in conftest): fewer epochs and inner steps.
-# Measured on the first 200 test images (clean; APGD-CE + APGD-T, 20 steps each, at eps 0.2):
-# FGSM-RS 89.5%, 14.5%; N-FGSM 66%, 21%; TRADES 90.5%, 11% (standard: 0%).
-BASELINES = {
-    "fgsm-rs-digits": ["train.epochs=4"],
-    "n-fgsm-digits": ["train.epochs=4"],
-    "trades-digits": ["train.epochs=4", "method.steps=2", "method.step_size=0.15", "method.ramp_epochs=2"],
-}
-# (clean, worst-case) bars: each leaves 12-32 of the 200 images to spare
+# Measured on the first 200 test images at test size (conftest.BASELINES; clean; APGD-CE +
+# APGD-T, 20 steps each, at eps 0.2): FGSM-RS 89.5%, 14.5%; N-FGSM 66%, 21%; TRADES 90.5%, 11%
+# (standard: 0%). (clean, worst-case) bars: each leaves 12-32 of the 200 images to spare.
 BARS = {"fgsm-rs-digits": (0.8, 0.05), "n-fgsm-digits": (0.5, 0.1), "trades-digits": (0.8, 0.05)}
-
-
-@pytest.fixture(scope="session")
-def baseline_runs(tmp_path_factory):
-    def train(root):
-        for preset, extra in BASELINES.items():
-            fit(load_config(CONFIGS / f"{preset}.toml", [*FAST, *extra]), root / preset, quiet=True)
-
-    return trained_once(tmp_path_factory, "baselines", train)
 
 
 def test_trades_kl_is_zero_at_x_and_the_inner_max_raises_it(trained_tiny, digits):

@@ -12,7 +12,7 @@ from robustgan.evaluate.checks import CheckSettings, check_scale
 from robustgan.evaluate.trends import run_trends
 from robustgan.methods import Geometry, method_class
 from robustgan.methods.gan_at import FORMULATIONS
-from tests.conftest import changed, snapshot, train_preset, trained_once
+from tests.conftest import changed, snapshot
 
 
 def make_method(inputs="grad", generators=1, eps=0.1):
@@ -72,17 +72,6 @@ def test_steps_touch_only_their_network(batch):
     metrics = m.step(x, y)
     assert all(changed(before[k], v) for k, v in nets.items()), "with two generators all three networks train"
     assert {"L_C", "L_G0", "L_G1", "G0_acc", "G1_acc", "clean_acc"} <= set(metrics)
-
-
-@pytest.fixture(scope="module")
-def gan_runs(tmp_path_factory):
-    """One short run per formulation (and dual), plus the full digits preset for 'grad'."""
-    def train(root):
-        for name in ("x", "xz", "gradx", "grad-dual"):
-            train_preset(f"gan-at-digits-{name}", root / name, "train.epochs=1", "data.train_limit=64")
-        train_preset("gan-at-digits-grad", root / "grad")
-
-    return trained_once(tmp_path_factory, "gan", train)
 
 
 @pytest.mark.parametrize("name", ["x", "xz", "gradx", "grad-dual"])
