@@ -201,7 +201,10 @@ def prewarm(request):
     needed = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
     for name in PREWARM.get(os.environ.get("PYTEST_XDIST_WORKER", ""), ()):
         if name in needed:
-            request.getfixturevalue(name)
+            try:
+                request.getfixturevalue(name)
+            except Exception:  # the tests that use it report the failure; the others run
+                pass
 
 
 def copy_run(run: Path, out: Path) -> Path:

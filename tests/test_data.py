@@ -320,3 +320,31 @@ def test_a_forged_array_in_a_cifar_pickle_is_refused_not_built():
 
     with pytest.raises(pickle.UnpicklingError, match="shape"):
         safe_unpickle(pickle.dumps({b"data": Forged()}, protocol=2))
+
+
+def test_python2_style_cifar_pickles_load_and_bytes_calls_are_bounded():
+    """The official CIFAR-10 batches come from Python 2: under encoding="bytes" the dtype's
+    type code and byte order arrive as bytes. bytes(n) and other codecs are refused (a few
+    bytes of pickle could otherwise allocate anything)."""
+    import pickle
+
+    from robustgan.data.files import safe_unpickle
+
+    class Dtype:
+        def __reduce__(self):
+            return (np.dtype, (b"u1", 0, 1), (3, b"|", None, None, None, -1, -1, 0))
+
+    class Array:
+        def __reduce__(self):
+            return (np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                    (1, (2, 3072), Dtype(), False, bytes(range(256)) * 24))
+
+    batch = safe_unpickle(pickle.dumps({b"data": Array(), b"labels": [3, 5]}, protocol=2))
+    assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (2, 3072) and batch[b"labels"] == [3, 5]
+
+    class Huge:
+        def __reduce__(self):
+            return (bytes, (10 ** 11,))
+
+    with pytest.raises(pickle.UnpicklingError, match="bytes call"):
+        safe_unpickle(pickle.dumps({b"data": Huge()}, protocol=2))

@@ -327,8 +327,9 @@ def check_guard(training: Training, epoch: int) -> str:
     why = why or "another rank measured a collapse"
     text = f"catastrophic overfitting at epoch {epoch + 1}: on {len(guard.y)} training images, {why}"
     if epoch == 0:  # no good epoch to keep: no weights are handed over
-        raise Diverged(f"{text}; no epoch was good, so {training.run.path} has no model. Lower method.step or "
-                       "the learning rate (or use n_fgsm) and train a new run")
+        training.logger.log(record | {"collapsed": True, "warnings": [text]})
+        raise Diverged(f"{text}; no epoch was good, so {training.run.path} has no model. Lower the inner attack's "
+                       "step or the learning rate (for FGSM-RS: or use n_fgsm) and train a new run")
     text += f"; training stopped and the run keeps epoch {epoch}'s weights"
     record |= {"collapsed": True, "kept_epoch": epoch, "warnings": [text]}
     training.logger.message(f"[yellow]warning:[/] {text}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import zlib
 from pathlib import Path
@@ -89,15 +90,36 @@ CIFAR_RECORD = 1 + 3 * 32 * 32
 PLAIN_DTYPES = {"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8", "b1"}
 
 
+def _text(value):
+    """A Python-2 pickle's str arrives as bytes under encoding="bytes" (the official CIFAR-10
+    batches): ASCII text either way."""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+
+
+def _latin1(text, encoding="latin1"):
+    """``_codecs.encode`` as protocol-2 pickles from Python 3 use it for bytes, and nothing
+    else (no other codec: ``hex`` nested in itself grows a few bytes exponentially)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("an encode call other than bytes' latin-1 spelling")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args):
+    """``bytes()`` as protocol-2 pickles spell b"": with an argument it could allocate anything."""
+    if args:
+        raise pickle.UnpicklingError("a bytes call with an argument")
+    return b""
+
+
 class _PickledDtype:
     """Stands in for ``numpy.dtype`` while unpickling: records the type code and byte order."""
 
     def __init__(self, code, *_):
-        self.code, self.order = code, "="
+        self.code, self.order = _text(code), "="
 
     def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
-            self.order = state[1]
+        if isinstance(state, tuple) and len(state) > 1 and _text(state[1]) in ("<", ">", "|", "="):
+            self.order = _text(state[1])
 
 
 class _PickledArray:
@@ -123,7 +145,7 @@ class _PickledArray:
                 and isinstance(dtype, _PickledDtype) and str(dtype.code) in PLAIN_DTYPES and isinstance(data, bytes)):
             raise pickle.UnpicklingError("an array of an unsupported kind")
         kind = np.dtype(str(dtype.code)).newbyteorder(dtype.order if dtype.order in "<>" else "=")
-        if len(data) != int(np.prod(shape, dtype=np.int64)) * kind.itemsize:
+        if len(data) != math.prod(shape) * kind.itemsize:
             raise pickle.UnpicklingError(f"an array of shape {shape} with {len(data)} bytes")
         return np.frombuffer(data, dtype=kind).reshape(shape, order="F" if fortran else "C").copy()
 
@@ -139,13 +161,14 @@ class PlainUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _PickledArray,
         ("numpy", "ndarray"): _PickledArray,
         ("numpy", "dtype"): _PickledDtype,
+        ("_codecs", "encode"): _latin1,  # how protocol-2 pickles from Python 3 spell bytes
+        ("__builtin__", "bytes"): _empty_bytes,
+        ("builtins", "bytes"): _empty_bytes,
     }
 
     def find_class(self, module, name):
         if (module, name) in self.STAND_INS:
             return self.STAND_INS[module, name]
-        if (module, name) in (("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes")):
-            return super().find_class(module, name)  # how protocol-2 pickles from Python 3 spell bytes
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
 
 
