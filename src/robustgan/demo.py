@@ -20,6 +20,7 @@ from robustgan.config import load_config
 from robustgan.evaluate.checks import check_run, overall_status, summary_line
 from robustgan.evaluate.curves import area, attack_label, caption, compute_curve
 from robustgan.evaluate.frontier import frontier_points, plot_frontier
+from robustgan.evaluate.frontier import frontier_table as table_of_points
 from robustgan.report.html import build_report
 from robustgan.runtime import resolve_device, training_cost
 from robustgan.train import fit
@@ -65,17 +66,11 @@ def short_status(summary: str) -> str:
 def frontier_table(curves: dict, out: Path) -> Table:
     """Robustness at FRONTIER_EPS against training cost, one row per run (cheapest first);
     the plot goes to <out>/frontier.png."""
-    points = dict(zip(curves, frontier_points(list(curves.values()), FRONTIER_EPS)))
-    plot_frontier(list(points.values()), FRONTIER_EPS, out / "frontier.png", "digits: robustness against training cost",
-                  caption(list(curves.values())))
-    table = Table(title=f"what robustness costs (eps {FRONTIER_EPS}): forward + backward passes per training image "
-                        f"over the whole run; {out / 'frontier.png'}")
-    for col in ("method", "worst case", "clean", "passes / image", "train seconds", "Pareto front"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for name, p in sorted(points.items(), key=lambda item: item[1].passes):
-        table.add_row(name, f"{p.worst:.1%}", f"{p.clean:.1%}", f"{p.passes:,.0f}", f"{p.seconds:.0f}",
-                      "yes" if p.on_front else "")
-    return table
+    points = frontier_points(list(curves.values()), FRONTIER_EPS)
+    note = caption(list(curves.values()))
+    plot_frontier(points, FRONTIER_EPS, out / "frontier.png", "digits: robustness against training cost", note)
+    return table_of_points(points, f"what robustness costs (eps {FRONTIER_EPS}): forward + backward passes per "
+                                   f"training image over the whole run; {out / 'frontier.png'}", note)
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:

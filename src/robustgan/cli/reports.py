@@ -9,7 +9,6 @@ from typing import List, Optional
 
 import typer
 from rich.progress import Progress
-from rich.table import Table
 
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
                                   err_console, json_eps, out_console, require, single_subject)
@@ -17,7 +16,7 @@ from robustgan.eps import format_eps
 from robustgan.evaluate.card import build_card, write_card
 from robustgan.evaluate.checks import check_run
 from robustgan.evaluate.curves import caption, compute_curve
-from robustgan.evaluate.frontier import FrontierPoint, frontier_points, plot_frontier
+from robustgan.evaluate.frontier import frontier_points, frontier_table, plot_frontier
 from robustgan.report.html import build_report
 from robustgan.runs import RunDir
 from robustgan.runtime import resolve_device
@@ -134,21 +133,9 @@ def frontier(
     points = frontier_points(curves, at)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_frontier(points, at, out, f"{dataset}: robustness against training cost", caption(curves))
-    (err_console if as_json else out_console).print(frontier_table(points, at, caption(curves)))
+    title = f"robustness against training cost at eps {format_eps(at)}"
+    (err_console if as_json else out_console).print(frontier_table(points, title, caption(curves)))
     if as_json:
         sys.stdout.write(json.dumps({"eps": json_eps(at), "n": curves[0].n, "attacks": curves[0].settings["attacks"],
                                      "points": [vars(p) for p in points]}) + "\n")
     err_console.print(f"wrote {out}")
-
-
-def frontier_table(points: list[FrontierPoint], eps: float, note: str) -> Table:
-    table = Table(title=f"robustness against training cost at eps {format_eps(eps)}", caption=note)
-    for col in ("run", "method", "clean", "worst case (PGD-40)", "passes / image", "train seconds", "front"):
-        table.add_column(col, justify="left" if col in ("run", "method") else "right")
-    names = [Path(p.run).name for p in points]
-    names = dict(zip((p.run for p in points), names if len(set(names)) == len(names) else [str(p.run) for p in points]))
-    for p in sorted(points, key=lambda p: p.passes):
-        protocol = "" if p.protocol is None else f" ({p.protocol:.1%})"
-        table.add_row(names[p.run], p.method, f"{p.clean:.1%}", f"{p.worst:.1%}{protocol}", f"{p.passes:,.0f}",
-                      f"{p.seconds:.0f}", "yes" if p.on_front else "")
-    return table

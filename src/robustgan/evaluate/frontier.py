@@ -8,6 +8,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from robustgan.errors import RobustganError
 from robustgan.eps import format_eps
 from robustgan.evaluate.curves import Curve
@@ -80,3 +82,18 @@ def plot_frontier(points: list[FrontierPoint], eps: float, path: Path, title: st
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def frontier_table(points: list[FrontierPoint], title: str, note: str = "") -> Table:
+    """The points as a table, cheapest first (runs named by their directory, or by their
+    whole path where two share a name)."""
+    table = Table(title=title, caption=note)
+    for col in ("run", "method", "clean", "worst case (PGD-40)", "passes / image", "train seconds", "front"):
+        table.add_column(col, justify="left" if col in ("run", "method") else "right")
+    names = [Path(p.run).name for p in points]
+    names = dict(zip((p.run for p in points), names if len(set(names)) == len(names) else [str(p.run) for p in points]))
+    for p in sorted(points, key=lambda p: p.passes):
+        protocol = "" if p.protocol is None else f" ({p.protocol:.1%})"
+        table.add_row(names[p.run], p.method, f"{p.clean:.1%}", f"{p.worst:.1%}{protocol}", f"{p.passes:,.0f}",
+                      f"{p.seconds:.0f}", "yes" if p.on_front else "")
+    return table
