@@ -2,7 +2,6 @@ import json
 import shutil
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -66,7 +65,7 @@ def test_curve_csv_equals_eval(digits_runs, tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"  # separate copies: separate caches, independent computations
     for copy in (a, b):
         copy_run(digits_runs / "pgd", copy)
-    done = runner.invoke(app, ["curve", str(a), "--eps", "0.1,0.2", "--steps", "10", "--limit", "40",
+    done = runner.invoke(app, ["curve", str(a), "--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--targets", "1", "--no-protocol",
                                "--out", str(tmp_path / "curves")])
     assert done.exit_code == 0, done.output
     lines = (tmp_path / "curves" / "curves.csv").read_text().splitlines()
@@ -74,7 +73,7 @@ def test_curve_csv_equals_eval(digits_runs, tmp_path, monkeypatch, capsys):
     curve = {float(r[3]): float(r[4]) for r in rows}
     assert "n = 40)" in (tmp_path / "curves" / "tables.md").read_text()
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 10_000
-    done = run_main(["eval", b, "--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--json"], monkeypatch, capsys)
+    done = run_main(["eval", b, "--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--targets", "1", "--no-protocol", "--json"], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert curve[0.0] == result["clean"]
@@ -183,7 +182,7 @@ def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
 
 def test_sweep_on_devices_trains_one_run_per_device_and_prints_commands(tmp_path, monkeypatch, capsys):
     """--devices cpu,cpu: two training processes at once; the same weights as training each
-    run alone (a fresh process per run); --print-commands lists only unfinished runs."""
+    run alone (the printed command); --print-commands lists only unfinished runs."""
     base = ["-c", str(CONFIGS / "pgd-at-digits.toml"), "--set", "train.epochs=1", "--set", "data.train_limit=64",
             "--set", "train.eval_limit=16", "--set", "method.steps=2", "--methods", "pgd_at", "--eps-t", "0.1,0.2",
             "--out", str(tmp_path / "sweep")]
@@ -197,7 +196,7 @@ def test_sweep_on_devices_trains_one_run_per_device_and_prints_commands(tmp_path
     alone = tmp_path / "alone"
     command = shlex.split(lines[1])
     command[command.index("--out") + 1] = str(alone)  # the printed command, into another directory
-    subprocess.run([sys.executable, "-m", *command], check=True, capture_output=True)
+    assert run_main(command[1:], monkeypatch, capsys).returncode == 0  # same thread count: conftest
     from safetensors.torch import load_file
     a, b = load_file(runs[1] / "model.safetensors"), load_file(alone / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -70,16 +70,16 @@ def reference(tmp_path_factory):
     return out, time.perf_counter() - start
 
 
-def finish(out: Path) -> None:
-    """Resume until the run completes (a later kill may have left it unfinished)."""
-    done = subprocess.run(train_cmd(out, (out / "config.toml").is_file()), capture_output=True, text=True,
-                          timeout=300)
+def finish(out: Path, monkeypatch, capsys) -> None:
+    """Resume until the run completes (a later kill may have left it unfinished), through the
+    CLI in this process (the same thread count as the killed processes: conftest)."""
+    done = run_main(train_cmd(out, (out / "config.toml").is_file())[3:], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     assert (out / "DONE").is_file()
 
 
 # ------------------------------------------------------------------ crash safety
-def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(reference, tmp_path):
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(reference, tmp_path, monkeypatch, capsys):
     """Two kills at random moments (one seed: a second seed, once here, cost 20 s of the suite
     for the same path; the most dangerous moment, mid-write, is its own test below)."""
     ref, wall = reference
@@ -94,13 +94,13 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(reference, t
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    finish(out)
+    finish(out, monkeypatch, capsys)
     assert_same_weights(out, ref)
     epochs = [r["epoch"] for r in RunDir(out).metrics() if r.get("split") == "train"]
     assert epochs == [1, 2, 3]  # records of redone epochs are not duplicated
 
 
-def test_sigkill_during_checkpoint_write_keeps_previous(reference, tmp_path):
+def test_sigkill_during_checkpoint_write_keeps_previous(reference, tmp_path, monkeypatch, capsys):
     write = 3  # checkpoints at steps 4 (mid-epoch), 6 (epoch end), 8, 12...: kill while writing step 8's
     ref, _ = reference
     out = tmp_path / "run"
@@ -111,11 +111,11 @@ def test_sigkill_during_checkpoint_write_keeps_previous(reference, tmp_path):
     assert (out / (CHECKPOINT + ".tmp")).is_file()  # the torn write
     assert checkpoint_step(out / CHECKPOINT) == 6  # the previous good checkpoint
     load_state(out / CHECKPOINT)  # still whole
-    finish(out)
+    finish(out, monkeypatch, capsys)
     assert_same_weights(out, ref)
 
 
-def test_ctrl_c_saves_checkpoint_and_prints_resume_command(reference, tmp_path):
+def test_ctrl_c_saves_checkpoint_and_prints_resume_command(reference, tmp_path, monkeypatch, capsys):
     ref, _ = reference
     out = tmp_path / "run"
     proc = subprocess.Popen(train_cmd(out, False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -130,7 +130,7 @@ def test_ctrl_c_saves_checkpoint_and_prints_resume_command(reference, tmp_path):
     assert f"Resume with: robustgan train --out {out} --resume" in stderr
     step = checkpoint_step(out / CHECKPOINT)
     assert f"interrupted at step {step}" in stderr or "interrupted after epoch" in stderr
-    finish(out)
+    finish(out, monkeypatch, capsys)
     assert_same_weights(out, ref)
 
 
