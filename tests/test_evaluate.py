@@ -24,7 +24,7 @@ runner = CliRunner()
 
 def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_path, monkeypatch):
     args = ["--limit", "64", "--long-steps", "40", "--steps", "20", "--restarts", "2", "--no-autoattack", "--targets", "1",
-            "--eps", "0.2"]
+            "--ensemble-steps", "20", "--eps", "0.2"]
     run = copy_run(digits_runs / "pgd", tmp_path / "pgd")
     honest = runner.invoke(app, ["check", str(run), "--surrogate", str(digits_runs / "standard"), *args])
     assert honest.exit_code == 0, honest.output
@@ -45,14 +45,14 @@ def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path):
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
     done = runner.invoke(app, ["check", str(run), "--limit", "32", "--steps", "5", "--long-steps", "10", "--targets", "1",
-                               "--restarts", "2", "--no-autoattack", "--eps", "0.2"])
+                               "--restarts", "2", "--no-autoattack", "--ensemble-steps", "10", "--eps", "0.2"])
     assert done.exit_code == 0, done.output
     assert "skipped  transfer" in done.output and "skipped  autoattack" in done.output
     assert "2 skipped (transfer: no surrogate" in done.output and "; autoattack: --no-autoattack)" in done.output
     report = json.loads((run / "check.json").read_text())
     status = {c["name"]: c["status"] for c in report["checks"]}
     assert status["transfer"] == status["autoattack"] == "skipped" and report["status"] == "pass"
-    assert "2 skipped" in report["summary"]
+    assert "2 skipped" in report["summary"] and report["ensemble_steps"] == 10
 
 
 def test_area_is_exact():
@@ -65,15 +65,15 @@ def test_curve_csv_equals_eval(digits_runs, tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"  # separate copies: separate caches, independent computations
     for copy in (a, b):
         copy_run(digits_runs / "pgd", copy)
-    done = runner.invoke(app, ["curve", str(a), "--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--targets", "1", "--no-protocol",
-                               "--out", str(tmp_path / "curves")])
+    same = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--targets", "1", "--no-protocol"]
+    done = runner.invoke(app, ["curve", str(a), *same, "--out", str(tmp_path / "curves")])
     assert done.exit_code == 0, done.output
     lines = (tmp_path / "curves" / "curves.csv").read_text().splitlines()
     rows = [line.split(",") for line in lines[1:]]
     curve = {float(r[3]): float(r[4]) for r in rows}
     assert "n = 40)" in (tmp_path / "curves" / "tables.md").read_text()
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 10_000
-    done = run_main(["eval", b, "--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--targets", "1", "--no-protocol", "--json"], monkeypatch, capsys)
+    done = run_main(["eval", b, *same, "--json"], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert curve[0.0] == result["clean"]
@@ -141,14 +141,13 @@ def assert_renders_in_chromium(page: Path, tmp_path: Path) -> None:
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
              "--virtual-time-budget=5000"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    shot = tmp_path / "shot.png"
+    dom = subprocess.run([browser, *flags, "--dump-dom", f"--screenshot={shot}", "--window-size=1200,3000",
+                          page.as_uri()], capture_output=True, text=True, timeout=120)
     images = page.read_text().count("<img ")
     assert f'data-images="{images}/{images}"' in dom.stdout, "an image failed to load"
     console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and "Uncaught" in line]
     assert not console_errors, console_errors
-    shot = tmp_path / "shot.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,3000", page.as_uri()],
-                   capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000
 
 
@@ -170,7 +169,7 @@ def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
     results = check_run(run, eps=0.2, steps=3, long_steps=5, restarts=2, limit=32, surrogate="auto", targets=1,
-                        surrogate_epochs=1, autoattack=False)
+                        ensemble_steps=3, surrogate_epochs=1, autoattack=False)
     transfer = next(r for r in results if r.name == "transfer")
     assert transfer.status != "skipped" and 0 <= transfer.values["alt"] <= 1  # alt: accuracy under the transfer
     surrogate = RunDir(run / "surrogate")

@@ -114,7 +114,7 @@ def test_pickled_weights_are_refused_with_how_to_convert(own_model, tmp_path, mo
 def test_model_card_equals_eval_and_validates_against_the_schema(own_model, tmp_path, monkeypatch, capsys):
     factory, weights, _ = own_model
     model = ["--model", f"{factory}:cw_cnn", "--weights", weights, "--dataset", "digits"]
-    done = run_main(["card", *model, "--eps", "0.1,0.2", "--steps", "10", "--limit", "24", "--targets", "1"], monkeypatch, capsys)
+    done = run_main(["card", *model, *EVAL[:-1]], monkeypatch, capsys)  # eval's settings, less --json
     assert done.returncode == 0, done.stderr
     results = weights.parent / "pgd.mynets_py_cw_cnn.robustgan"
     card = json.loads((results / "model_card.json").read_text())
@@ -134,7 +134,7 @@ def test_run_card_with_checks(digits_runs, tmp_path, monkeypatch, capsys):
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
     done = run_main(["check", run, "--eps", "0.2", "--steps", "5", "--long-steps", "10", "--restarts", "2",
-                     "--limit", "32", "--no-autoattack", "--targets", "1"], monkeypatch, capsys)
+                     "--limit", "32", "--no-autoattack", "--targets", "1", "--ensemble-steps", "10"], monkeypatch, capsys)
     assert done.returncode in (0, 1), done.stderr
     done = run_main(["card", run, "--eps", "0.1,0.2", "--steps", "10", "--limit", "32", "--targets", "1"], monkeypatch,
                     capsys)

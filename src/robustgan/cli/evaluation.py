@@ -213,6 +213,8 @@ def check(
     tol: Optional[float] = typer.Option(None, help="Minimum accuracy gap every paired check warns at, instead of "
                                                    "each check's own (docs/evaluation.md)"),
     targets: int = TARGETS,
+    ensemble_steps: int = typer.Option(100, "--ensemble-steps", help="APGD steps per attack of the worst-case "
+                                                                       "ensemble (the protocol, bound and autoattack checks)"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
     model: Optional[str] = MODEL,
@@ -233,8 +235,9 @@ def check(
     """
     run = single_subject(run, model, weights, dataset, data_root, results)
     eps_value = parse_one_eps(eps, "--eps") if eps is not None else None
-    require(min(steps, long_steps, restarts) > 0 and limit >= 0 and (tol is None or 0 <= tol <= 1) and targets >= 0,
-            "--steps, --long-steps and --restarts must be positive, --targets >= 0, --tol in [0, 1]")
+    require(min(steps, long_steps, restarts, ensemble_steps) > 0 and limit >= 0 and (tol is None or 0 <= tol <= 1)
+            and targets >= 0,
+            "--steps, --long-steps, --restarts and --ensemble-steps must be positive, --targets >= 0, --tol in [0, 1]")
     require(long_steps > steps, f"--long-steps ({long_steps}) must exceed --steps ({steps})")
     marks = {"pass": "[green]pass[/green]   ", "warn": "[bold red]WARN[/bold red]   ", "skipped": "[dim]skipped[/dim]"}
 
@@ -243,7 +246,8 @@ def check(
 
     results = check_run(run, eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, limit=limit,
                         surrogate=surrogate, autoattack=autoattack, autoattack_limit=autoattack_limit,
-                        tol=tol, targets=targets, device=resolve_device(device), data_root=data_root, on_result=show)
+                        tol=tol, ensemble_steps=ensemble_steps, targets=targets, device=resolve_device(device),
+                        data_root=data_root, on_result=show)
     summary = summary_line(results)
     if overall_status(results) == "warn":
         out_console.print(f"[bold red]possible gradient masking[/bold red]: {summary} (saved {run}/check.json)")
