@@ -19,8 +19,8 @@ from robustgan.methods import Geometry, method_class
 from tests.conftest import assert_one_line, run_main
 
 N_TRAIN, N_TEST = 400, 120
-# PGD-2 AT at eps 0.1 for 6 short epochs: enough to learn digits, seconds on a CPU
-TRAIN = ["-c", "configs/pgd-at-digits.toml", "--set", "train.epochs=6", "--set", "train.batch_size=32",
+# PGD-2 AT at eps 0.1 for a few short epochs (SCHEDULE): enough to learn digits, seconds on a CPU
+TRAIN = ["-c", "configs/pgd-at-digits.toml", "--set", "train.batch_size=32",
          "--set", "method.steps=2", "--set", "method.eps=0.1", "--set", "method.step_size=0.06",
          "--set", "train.eval_every=100", "--set", "train.eval_limit=32"]
 
@@ -56,19 +56,27 @@ def test_imagefolder_loads_like_torchvision(user_files):
     assert rgb.shape == (N_TEST, 3, 32, 32)
 
 
+# (epochs, clean bar, PGD-10 bar at eps 0.1) on the 120 test images. The .npz trains half as long:
+# its arrays are compared with the digits' below, here it is the CLI's path. Measured at 1 / 2
+# threads: folder 86.7% / 85.0%, PGD 59.2% / 60.8%; .npz 48.3% / 49.2%, PGD 29.2% / 32.5% (17 images
+# or more to spare).
+SCHEDULE = {"imagefolder": (6, 0.7, 0.3), "npz": (3, 0.3, 0.15)}
+
+
 @pytest.mark.parametrize("kind", ["imagefolder", "npz"])
 def test_user_data_trains_pgd_at_through_the_cli(kind, user_files, tmp_path, monkeypatch, capsys):
     root = user_files[0] if kind == "imagefolder" else user_files[1]
+    epochs, clean, robust = SCHEDULE[kind]
     out = tmp_path / "run"
-    done = run_main(["train", *TRAIN, "--set", f'data.name="{kind}"', "--data-root", root, "--out", out],
-                    monkeypatch, capsys)
+    done = run_main(["train", *TRAIN, "--set", f"train.epochs={epochs}", "--set", f'data.name="{kind}"',
+                     "--data-root", root, "--out", out], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     cfg = robustgan.runs.RunDir(out).config()
     names = tuple(f"digit-{c}" for c in range(10)) if kind == "imagefolder" else tuple(map(str, range(10)))
     assert (cfg.data.channels, cfg.data.image_size, cfg.data.classes) == (1, 28, names)
     done = run_main(["eval", out, "--attack", "pgd", "--steps", "10", "--eps", "0.1", "--json"], monkeypatch, capsys)
     result = json.loads(done.stdout)
-    assert result["n"] == N_TEST and result["clean"] > 0.7 and result["results"][0]["accuracy"] > 0.3
+    assert result["n"] == N_TEST and result["clean"] > clean and result["results"][0]["accuracy"] > robust
     png = next((user_files[0] / "test" / "digit-3").iterdir())
     done = run_main(["predict", out, png], monkeypatch, capsys)
     assert done.stdout.strip().split("\t")[3] == names[int(done.stdout.split("\t")[1])]
