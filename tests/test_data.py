@@ -224,8 +224,22 @@ def test_digits_embedded_fixed_split():
     assert x.shape == (1438, 1, 28, 28) and xt.shape == (359, 1, 28, 28)
     assert x.dtype == torch.uint8 and y.dtype == torch.int64 and set(y.tolist()) == set(range(10))
     assert int(x.max()) == 255 and int(x.min()) == 0
+    x[:] = 0  # a caller's copy: the next load (parsed once per process) is unchanged
     x2, _ = robustgan.data.load("digits", split="train")
-    assert torch.equal(x, x2)
+    assert int(x2.max()) == 255 and torch.equal(x2, robustgan.data.load("digits", split="train")[0])
+
+
+def test_digits_file_missing_is_a_data_error(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    from robustgan.data.builtin import digits_file
+
+    spec = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path)]  # an install without its data files
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(DataError, match="digits file .* is missing: reinstall scikit-learn"):
+        digits_file()
 
 
 def test_digits_are_scikit_learns_digits():
