@@ -200,9 +200,9 @@ def baseline_runs(tmp_path_factory):
 
 
 # Under pytest-xdist each worker first trains its share of the shared runs (about equal: measured
-# at one thread, digits 36 s + baselines 52 s, ATGAN 45 s + GAN-AT 33 s), so no test later waits
+# at one thread, digits 36 s + ATGAN 45 s, baselines 52 s + GAN-AT 24 s), so no test later waits
 # on a run another worker is training (that idled a core for ~50 s a session).
-PREWARM = {"gw0": ("digits_runs", "baseline_runs"), "gw1": ("atgan_run", "gan_runs")}
+PREWARM = {"gw0": ("digits_runs", "atgan_run"), "gw1": ("baseline_runs", "gan_runs")}
 
 
 @pytest.fixture(scope="session", autouse=True)
