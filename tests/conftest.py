@@ -121,8 +121,8 @@ FAST = ["train.eval_every=100", "train.eval_limit=100",
 # The digits presets as the tests train them: each preset's own recipe (model, method, eps,
 # optimiser), shortened to a few epochs and fewer PGD steps so the session trains all of
 # them in about a minute. The full presets run in `make demo` and docs/reproduction.md.
-# Measured on 359 test images (1 and 2 threads give the same numbers): standard clean 95.5%;
-# PGD-AT clean 74%, PGD-20 at 0.2 33%; ATGAN clean 90% (first 200), PGD-20 31.5%; GAN-AT grad (on
+# Measured on 359 test images (1 and 2 threads give the same numbers, except where two are given):
+# standard clean 95.5%; PGD-AT clean 74%, PGD-20 at 0.2 33%; ATGAN clean 90% (first 200), PGD-20 31.5%; GAN-AT grad (on
 # 960 training images: 1200 gave 20%, all 1438 17%) PGD-20 16.7% at one thread, 19.5% at two.
 TEST_SIZE = {
     "standard-digits": ["train.epochs=4"],

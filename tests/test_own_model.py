@@ -35,7 +35,8 @@ def scaled():
     """The same network with its logits times 1e4: the same weights (state dict under net.)."""
     return Scaled()
 '''
-EVAL = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "24", "--targets", "1", "--json"]  # equalities: exact at any n
+EVAL_SETTINGS = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "24", "--targets", "1"]
+EVAL = [*EVAL_SETTINGS, "--json"]  # equalities: exact at any n
 
 
 @pytest.fixture
@@ -114,7 +115,7 @@ def test_pickled_weights_are_refused_with_how_to_convert(own_model, tmp_path, mo
 def test_model_card_equals_eval_and_validates_against_the_schema(own_model, tmp_path, monkeypatch, capsys):
     factory, weights, _ = own_model
     model = ["--model", f"{factory}:cw_cnn", "--weights", weights, "--dataset", "digits"]
-    done = run_main(["card", *model, *EVAL[:-1]], monkeypatch, capsys)  # eval's settings, less --json
+    done = run_main(["card", *model, *EVAL_SETTINGS], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     results = weights.parent / "pgd.mynets_py_cw_cnn.robustgan"
     card = json.loads((results / "model_card.json").read_text())

@@ -37,12 +37,16 @@ SMALL = ["train.epochs=3", "data.train_limit=192", "train.batch_size=32", "metho
          "train.eval_every=100", "train.eval_limit=32", "train.eval_eps=0", "train.log_every=2"]
 
 
-def train_cmd(out: Path, resume: bool) -> list[str]:
+def train_args(out: Path, resume: bool) -> list[str]:
+    """The CLI arguments of the SMALL run, or of resuming it."""
     if resume:
-        return [sys.executable, "-m", "robustgan", "train", "--out", str(out), "--resume", "-q"]
+        return ["train", "--out", str(out), "--resume", "-q"]
     sets = [a for s in SMALL for a in ("--set", s)]
-    return [sys.executable, "-m", "robustgan", "train", "-c", str(CONFIGS / "pgd-at-digits.toml"), "--out", str(out),
-            "-q", *sets]
+    return ["train", "-c", str(CONFIGS / "pgd-at-digits.toml"), "--out", str(out), "-q", *sets]
+
+
+def train_cmd(out: Path, resume: bool) -> list[str]:
+    return [sys.executable, "-m", "robustgan", *train_args(out, resume)]
 
 
 def cli(*args, **kw):
@@ -73,7 +77,7 @@ def reference(tmp_path_factory):
 def finish(out: Path, monkeypatch, capsys) -> None:
     """Resume until the run completes (a later kill may have left it unfinished), through the
     CLI in this process (the same thread count as the killed processes: conftest)."""
-    done = run_main(train_cmd(out, (out / "config.toml").is_file())[3:], monkeypatch, capsys)
+    done = run_main(train_args(out, (out / "config.toml").is_file()), monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     assert (out / "DONE").is_file()
 
@@ -273,6 +277,7 @@ def test_bad_dataset_files(tmp_path, case, message, monkeypatch, capsys):
     (["eval", "{run}", "--eps", "1.5"], "eps must be in [0, 1]"),
     (["eval", "{run}", "--eps", "nan"], "eps must be in [0, 1]"),
     (["eval", "{run}", "--steps", "0"], "--steps must be positive, got 0"),
+    (["check", "{run}", "--ensemble-steps", "0"], "--ensemble-steps must be positive, got 0"),
     (["train", "-c", "configs/pgd-at-digits.toml", "--set", "method.steps=0"], "method.steps must be positive"),
     (["train", "-c", "configs/pgd-at-digits.toml", "--set", "method.frac=1.5"], "method.frac must be in [0, 1]"),
     (["train", "-c", "configs/pgd-at-digits.toml", "--set", "method.eps=nan"], "method.eps must be in [0, 1]"),
