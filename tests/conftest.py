@@ -34,10 +34,12 @@ def pytest_collection_modifyitems(items):
     """Tests that need a digits preset trained are `slow` (make test runs them too), and run
     last: under pytest-xdist every worker first trains its share of the presets (`prewarm`), then
     runs the other tests, so no test waits on a preset another worker is still training."""
-    slow = [item for item in items if FULL_PRESET_FIXTURES & set(getattr(item, "fixturenames", ()))]
-    for item in slow:
+    def needs_preset(item) -> bool:
+        return bool(FULL_PRESET_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+    for item in filter(needs_preset, items):
         item.add_marker(pytest.mark.slow)
-    items[:] = [item for item in items if item not in slow] + slow
+    items.sort(key=needs_preset)  # stable: each group keeps its order
 
 
 def tiny_cnn(num_classes=10, in_channels=1):

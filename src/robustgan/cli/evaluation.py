@@ -14,6 +14,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from robustgan import distributed
+from robustgan.attacks.accuracy import DEFAULT_STEPS
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, RESULTS, STEPS, TARGETS,
                                   WEIGHTS, check_attack, eps_grid, err_console, json_eps, out_console, parse_eps_list,
                                   parse_one_eps, require, single_subject, subject_runs)
@@ -213,7 +214,7 @@ def check(
     tol: Optional[float] = typer.Option(None, help="Minimum accuracy gap every paired check warns at, instead of "
                                                    "each check's own (docs/evaluation.md)"),
     targets: int = TARGETS,
-    ensemble_steps: int = typer.Option(100, "--ensemble-steps", help="APGD steps per attack of the worst-case "
+    ensemble_steps: int = typer.Option(DEFAULT_STEPS["ensemble"], "--ensemble-steps", help="APGD steps per attack of the worst-case "
                                                                        "ensemble (the protocol, bound and autoattack checks)"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
@@ -244,9 +245,10 @@ def check(
     def show(result):
         out_console.print(f"{marks[result.status]}  {result.name:<15} {result.detail}")
 
-    if ensemble_steps < 100:
-        out_console.print(f"[yellow]note[/yellow]: a {ensemble_steps}-step ensemble is weaker than eval's 100-step one: "
-                          "bound and autoattack may warn falsely, protocol understates PGD's gap")
+    if ensemble_steps < DEFAULT_STEPS["ensemble"]:
+        out_console.print(f"[yellow]note[/yellow]: a {ensemble_steps}-step ensemble is weaker than eval's "
+                          f"{DEFAULT_STEPS['ensemble']}-step one: bound and autoattack may warn falsely, protocol "
+                          "understates PGD's gap")
 
     results = check_run(run, eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, limit=limit,
                         surrogate=surrogate, autoattack=autoattack, autoattack_limit=autoattack_limit,
