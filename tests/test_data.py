@@ -1,11 +1,12 @@
 import gzip
 import pickle
+import struct
 
 import numpy as np
 import pytest
 import scipy.io
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import robustgan
@@ -55,15 +56,30 @@ def make_cifar(root, kind, n=5):
     return arrays
 
 
-def make_svhn(root, n=6):
+def make_svhn(root, n=6, compress=False):
     arrays = {}
     for split in ("train", "test"):
         x = RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
         y = RNG.integers(1, 11, (n, 1)).astype(np.uint8)
         y[0] = 10
-        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
+        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y}, do_compression=compress)
         arrays[split] = (x, y)
     return arrays
+
+
+def mat5_big_endian(variables) -> bytes:
+    """An uncompressed level-5 MAT-file in big-endian byte order (scipy writes only the
+    machine's): (name, array, MATLAB class, stored data type) each, every element padded to 8."""
+    def element(kind, data):
+        return struct.pack(">II", kind, len(data)) + data + bytes(-len(data) % 8)
+
+    out = b"MATLAB 5.0 MAT-file, big-endian".ljust(116) + bytes(8) + struct.pack(">H", 0x0100) + b"MI"
+    for name, array, cls, stored in variables:
+        data = np.asarray(array, dtype=">" + {2: "u1", 9: "f8"}[stored]).tobytes(order="F")
+        body = (element(6, struct.pack(">II", cls, 0)) + element(5, struct.pack(f">{array.ndim}i", *array.shape))
+                + element(1, name.encode()) + element(stored, data))
+        out += element(14, body)
+    return out
 
 
 # ------------------------------------------------------------------ MNIST
@@ -171,8 +187,9 @@ def test_cifar_missing_layout(tmp_path):
 
 
 # ------------------------------------------------------------------ SVHN
-def test_svhn_round_trip_label_10_is_0(tmp_path):
-    arrays = make_svhn(tmp_path)
+@pytest.mark.parametrize("compress", [False, True])
+def test_svhn_round_trip_label_10_is_0(tmp_path, compress):
+    arrays = make_svhn(tmp_path, compress=compress)
     x, y = robustgan.data.load("svhn", tmp_path, "test")
     xs, ys = arrays["test"]
     assert x.shape == (6, 3, 32, 32) and x.dtype == torch.uint8
@@ -180,6 +197,19 @@ def test_svhn_round_trip_label_10_is_0(tmp_path):
     expected = ys.reshape(-1).astype(np.int64)
     expected[expected == 10] = 0
     assert np.array_equal(y.numpy(), expected) and y[0] == 0
+
+
+def test_svhn_big_endian_and_labels_stored_as_bytes_of_a_double_array(tmp_path):
+    """MATLAB stores a double array of small integers (SVHN's y) as uint8 data; the reader
+    returns the array's class, in either byte order."""
+    x = RNG.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8)
+    y = np.array([[10], [1], [9], [3]])
+    (tmp_path / "test_32x32.mat").write_bytes(mat5_big_endian([("X", x, 9, 2), ("note", y, 6, 9), ("y", y, 6, 2)]))
+    images, labels = robustgan.data.load("svhn", tmp_path, "test")
+    assert np.array_equal(images.numpy(), x.transpose(3, 2, 0, 1)) and labels.tolist() == [0, 1, 9, 3]
+    (tmp_path / "test_32x32.mat").write_bytes(mat5_big_endian([("X", x, 9, 2), ("y", y.astype(float) + 0.5, 6, 9)]))
+    with pytest.raises(DataError, match="not whole numbers"):
+        robustgan.data.load("svhn", tmp_path, "test")
 
 
 def test_svhn_corrupt(tmp_path):
@@ -193,8 +223,13 @@ def test_svhn_corrupt(tmp_path):
         robustgan.data.load("svhn", tmp_path, "test")
 
 
-@settings(max_examples=25, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples on every run (a random draw once crashed a worker in
+# scipy.io.loadmat; the explicit examples are those bytes of the .mat file's array flags)
+@settings(max_examples=25, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(0, 5000), flip=st.integers(0, 5000), value=st.integers(1, 255))
+@example(cut=0, flip=145, value=57)
+@example(cut=0, flip=184, value=55)
+@example(cut=0, flip=185, value=137)
 def test_loaders_never_crash_on_damaged_files(tmp_path_factory, cut, flip, value):
     """Random truncations and byte flips of every format: a correct load or DataError,
     nothing else, and no hang (hypothesis' deadline: 5 s per example)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robustgan.data.mat5 import read_mat5
 from robustgan.data.registry import register_dataset
 from robustgan.errors import DataError
 
@@ -240,22 +241,22 @@ def load_cifar10(root, split: str, **_):
 @register_dataset("svhn", channels=3, image_size=32, num_classes=10, source=SVHN_URL)
 def load_svhn(root, split: str, **_):
     """SVHN format 2: X is (32, 32, 3, N) uint8, y is (N, 1) with label 10 meaning digit 0."""
-    import scipy.io  # here: SciPy takes a second to import, and only SVHN needs it
-
     root = _need_root(root, "svhn", "train_32x32.mat and test_32x32.mat", SVHN_URL)
     path = root / f"{split}_32x32.mat"
     if not path.is_file():
         raise DataError(f"svhn: missing {path} (expected train_32x32.mat, test_32x32.mat; get them from {SVHN_URL})")
     try:
-        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
-    except Exception as err:  # scipy raises many types for corrupt files
-        raise DataError(f"svhn: cannot read {path}: {type(err).__name__}: {err}") from None
+        mat = read_mat5(path, ("X", "y"))
+    except DataError as err:
+        raise DataError(f"svhn: cannot read {err}") from None
     images, labels = mat.get("X"), mat.get("y")
     if images is None or labels is None:
         raise DataError(f"svhn: {path} lacks the variables X and y")
     if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8:
         raise DataError(f"svhn: {path} X has shape {images.shape} {images.dtype}, expected (32, 32, 3, N) uint8")
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if np.any(labels != np.floor(labels)):
+        raise DataError(f"svhn: {path} has labels that are not whole numbers")
+    labels = labels.reshape(-1).astype(np.int64)
     if labels.shape[0] != images.shape[3]:
         raise DataError(f"svhn: {path} has {images.shape[3]} images but {labels.shape[0]} labels")
     if labels.size and (labels.min() < 1 or labels.max() > 10):
