@@ -115,25 +115,28 @@ def test_frac_attacks_only_a_fraction(batch):
 
 def test_atgan_digits_end_to_end(atgan_run, digits_runs):
     x, y = robustgan.data.load("digits", split="test")
-    x, y = x[:200], y[:200]  # the bars below leave 22 and 20 of these images to spare
+    x, y = x[:200], y[:200]  # the bars below leave 22 and 18 of these images to spare
     atgan, standard = robustgan.load(atgan_run), robustgan.load(digits_runs / "standard")
     assert isinstance(atgan, torch.nn.Sequential) and not atgan.training
-    assert robust_accuracy(atgan, x, y, attack="none") >= 0.80  # measured 0.90 (TEST_SIZE)
+    assert robust_accuracy(atgan, x, y, attack="none") >= 0.80  # measured 0.91 (TEST_SIZE)
     torch.manual_seed(0)
     acc_atgan = robust_accuracy(atgan, x, y, attack="pgd", eps=0.2, steps=20)
     acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
-    assert acc_atgan > acc_standard + 0.2, (acc_atgan, acc_standard)  # measured 0.315 vs 0.01
-    acc_unbounded = robust_accuracy(atgan, x[:100], y[:100], attack="pgd", eps=math.inf, steps=100)  # measured 0
-    assert acc_unbounded < 0.05, "unbounded PGD-100 must break any model: gradient masking?"
+    assert acc_atgan > acc_standard + 0.2, (acc_atgan, acc_standard)  # measured 0.335 / 0.30 (1 / 2 threads) vs 0.01
+    # unbounded PGD, 20 steps of 0.05 (as far as the default 100 of 0.01, a quarter of the passes): measured 0
+    acc_unbounded = robust_accuracy(atgan, x[:100], y[:100], attack="pgd", eps=math.inf, steps=20, step_size=0.05)
+    assert acc_unbounded < 0.05, "unbounded PGD must break any model: gradient masking?"
     scale = check_scale(atgan, x[:100], y[:100], CheckSettings(eps=0.2, steps=10), "cpu")  # honest: never a warn
     assert scale.status == "pass", scale.detail
 
 
-def test_atgan_logs_every_loss_and_keeps_loss_net(atgan_run):
+def test_atgan_logs_every_loss_and_uses_the_given_loss_net(atgan_run, digits_runs):
     records = [r for r in RunDir(atgan_run).metrics() if r["split"] == "train"]
     for key in ("L_a", "L_b", "L_d", "L_g", "L_f", "L_D", "L_G", "clean_acc", "adv_acc"):
         assert all(math.isfinite(r[key]) for r in records), key
-    assert RunDir(atgan_run / "loss_net").is_complete
+    # method.loss_net_run: no sub-run trained (the next test trains one)
+    assert RunDir(atgan_run).config().method.loss_net_run == str(digits_runs / "standard")
+    assert not (atgan_run / "loss_net").exists()
 
 
 def test_atgan_resume_equals_uninterrupted(tmp_path):
@@ -160,6 +163,7 @@ def test_training_its_loss_network_first_does_not_change_the_run(tmp_path):
     cfg = load_config(CONFIGS / "atgan-digits.toml", ["train.epochs=1", "data.train_limit=64", "method.steps=2",
                                                       "method.loss_net_epochs=1", *FAST])
     fit(cfg, tmp_path / "fresh", quiet=True)
+    assert RunDir(tmp_path / "fresh" / "loss_net").is_complete  # kept in the run directory
     shutil.copytree(tmp_path / "fresh" / "loss_net", tmp_path / "found" / "loss_net")
     fit(cfg, tmp_path / "found", quiet=True)
     fresh, found = (load_file(tmp_path / name / "model.safetensors") for name in ("fresh", "found"))

@@ -129,13 +129,14 @@ class TrainConfig:
     eval_steps: int = 10
     log_every: int = 20  # steps between progress-bar refreshes and finiteness checks (the only host syncs)
     checkpoint_every: int = 0  # also checkpoint every this many steps inside an epoch (0 = at epoch ends only)
-    # Catastrophic-overfitting guard (train.OverfitGuard): PGD-10 and FGSM-RS on 256 training images
-    # after every epoch; PGD accuracy falling by more than guard_drop in an epoch (Wong et al. 2020's
-    # early stop), or FGSM-RS accuracy above PGD's by more than guard_gap, stops training and keeps
-    # the previous epoch's weights. auto = on for single-step methods.
+    # Catastrophic-overfitting guard (monitor.OverfitGuard): PGD-10 and FGSM-RS on the first
+    # guard_images training images after every epoch; PGD accuracy falling by more than guard_drop in
+    # an epoch (Wong et al. 2020's early stop), or FGSM-RS accuracy above PGD's by more than guard_gap,
+    # stops training and keeps the previous epoch's weights. auto = on for single-step methods.
     guard: str = "auto"  # auto | on | off
     guard_drop: float = 0.2
     guard_gap: float = 0.5
+    guard_images: int = 256  # about 24 passes (forward and backward) each per epoch, counted in the run's cost
 
     def validate(self):
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -148,6 +149,7 @@ class TrainConfig:
         _check(self.guard in ("auto", "on", "off"), f"train.guard must be auto, on or off, got {self.guard!r}")
         _check(0 < self.guard_drop <= 1 and 0 < self.guard_gap <= 1,
                f"train.guard_drop and train.guard_gap must be in (0, 1], got {self.guard_drop}, {self.guard_gap}")
+        _check(self.guard_images > 0, f"train.guard_images must be positive, got {self.guard_images}")
         check_eps_value(self.eval_eps, "train.eval_eps")
 
 

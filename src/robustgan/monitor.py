@@ -63,7 +63,7 @@ class PassCounter:
 class OverfitGuard:
     """Catastrophic overfitting (Wong, Rice and Kolter 2020, Section 5): a single-step method
     stops approximating the inner maximisation, so its own examples are classified correctly
-    while PGD fools the model. After every epoch, on the first 256 training images at the
+    while PGD fools the model. After every epoch, on the first ``images`` training images at the
     method's eps, PGD-10 (step 2.5 eps / 10) and FGSM-RS (one step of 1.25 eps from a uniform
     start; as PGD-1 it keeps the start when that is already misclassified), both from seeded
     starts (the training's random stream is untouched). A collapse:
@@ -75,11 +75,11 @@ class OverfitGuard:
       Measured on digits at eps 0.2: honest PGD-AT, TRADES and N-FGSM models 0.18-0.24;
       FGSM-RS collapsed at step 1.25 eps 0.89."""
 
-    IMAGES, STEPS = 256, 10
+    STEPS = 10
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, eps: float, drop: float, gap: float, num_classes: int,
-                 device):
-        self.x, self.y, self.eps, self.drop, self.gap = x[:self.IMAGES], y[:self.IMAGES], eps, drop, gap
+                 device, images: int = 256):
+        self.x, self.y, self.eps, self.drop, self.gap = x[:images], y[:images], eps, drop, gap
         self.num_classes, self.device = num_classes, device
         self.previous: float | None = None
 
@@ -102,4 +102,4 @@ def build_guard(cfg: Config, method: Method, x_train, y_train, device) -> Overfi
     if not eps > 0:
         raise ConfigError(f"train.guard=on needs a method with an eps > 0; {cfg.method.name} has none")
     return OverfitGuard(x_train, y_train, eps, cfg.train.guard_drop, cfg.train.guard_gap, method.geometry.num_classes,
-                        device)
+                        device, cfg.train.guard_images)

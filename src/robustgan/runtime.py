@@ -184,7 +184,7 @@ def training_cost(run_dir: str | Path) -> dict | None:
     - ``forward_per_example`` / ``backward_per_example``: the same per training example drawn
       (this run's own steps: PGD-k AT is k + 1 and k + 1; FGSM-RS 2 and 2);
     - ``guard_passes``: the overfitting guard's passes (single-step methods: PGD-10 and
-      FGSM-RS on 256 training images after every epoch);
+      FGSM-RS on ``train.guard_images`` training images after every epoch);
     - ``passes_per_image``: (forward + backward + guard) / training-set size over the whole
       run, sub-runs included: the frontier's cost axis;
     - ``seconds``: time inside the training steps (no evaluation, no checkpoints).
