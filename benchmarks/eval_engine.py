@@ -16,6 +16,9 @@ Curves, each over the whole eps grid (default the digits grid 0.1..0.5), same mo
   steps, ascending eps with warm start and early stop);
 - torchattacks 3.5.1: APGD-CE (100 steps) then APGD-T (100 steps, all 9 target classes, its
   only setting) on the points APGD-CE left correct, as AutoAttack chains them, once per eps;
+- adv_lib 0.2.8 (the strongest L-inf implementations in the AttackBench study, Cina et al.
+  2024): the same chain with its ``apgd`` (CE) and ``apgd_targeted`` (DLR, 9 targets), once per
+  eps (only if adv_lib imports; `make bench` installs it);
 - Foolbox 3 LinfPGD, 40 steps of 2.5 eps / 40 with a random start, all eps in one call (only
   if foolbox imports; `make bench` installs it);
 - our PGD-40 (``robust_mask``, step 2.5 eps / 40, one seeded random start), once per eps:
@@ -24,8 +27,8 @@ Curves, each over the whole eps grid (default the digits grid 0.1..0.5), same mo
 Strength: robust accuracy per eps from those curves (repeats are checked to agree), and
 standard AutoAttack as published (APGD-CE and APGD-T 100 steps, FAB-T, Square 5000;
 ``robustgan.attacks.autoattack``) on the first --aa-limit images at --aa-eps, point by point.
-Goals: ours never more than 0.5 point above torchattacks' APGD-CE + APGD-T or above AutoAttack
-at any eps; at least 5x fewer seconds and gradient evaluations than AutoAttack over the grid
+Goals: ours never more than 0.5 point above torchattacks' or adv_lib's APGD-CE + APGD-T or above
+AutoAttack at any eps; at least 5x fewer seconds and gradient evaluations than AutoAttack over the grid
 (when it ran on every eps).
 
 Cost: the curves in interleaved repeats (ours, torchattacks, foolbox, pgd40, ours...), so
@@ -121,6 +124,39 @@ def torchattacks_curve(model, x: torch.Tensor, y: torch.Tensor, eps: list[float]
     return torch.stack(columns, 1)
 
 
+def adv_lib_attacks():
+    """adv_lib's ``apgd`` and ``apgd_targeted``. Its ``adv_lib.attacks`` package imports every
+    attack, some of them torchvision, which does not import with the CPU torch build: the
+    auto_pgd module is loaded alone, under a bare package of the same name."""
+    import sys
+    import types
+
+    import adv_lib
+
+    if "adv_lib.attacks" not in sys.modules:
+        package = types.ModuleType("adv_lib.attacks")
+        package.__path__ = [str(Path(adv_lib.__file__).parent / "attacks")]
+        sys.modules["adv_lib.attacks"] = package
+    from adv_lib.attacks.auto_pgd import apgd, apgd_targeted
+
+    return apgd, apgd_targeted
+
+
+def adv_lib_curve(model, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> torch.Tensor:
+    """adv_lib's APGD-CE, then its APGD-T (9 targets) on the points APGD-CE left correct, per eps."""
+    apgd, apgd_targeted = adv_lib_attacks()
+    columns = []
+    for e in eps:
+        torch.manual_seed(0)  # adv_lib draws its random starts from the global generator
+        ok = predicts(model, apgd(model, x, y, e, float("inf"), n_iter=100, loss_function="ce"), y)
+        idx = ok.nonzero()[:, 0]
+        if len(idx):
+            ok[idx] = predicts(model, apgd_targeted(model, x[idx], y[idx], e, float("inf"), n_iter=100,
+                                                    loss_function="dlr", num_targets=9), y[idx])
+        columns.append(ok)
+    return torch.stack(columns, 1)
+
+
 def foolbox_curve(model, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> torch.Tensor:
     """Foolbox's LinfPGD, PGD-40 with our step size (2.5 eps / 40); it returns the last iterate."""
     import foolbox
@@ -140,6 +176,11 @@ def curves(model, x: torch.Tensor, y: torch.Tensor, eps: list[float], device, fo
         return found["ours"].correct
 
     runs = {"ours": ours, "torchattacks": lambda: torchattacks_curve(model, xf, yd, eps)}
+    try:
+        adv_lib_attacks()
+        runs["adv_lib"] = lambda: adv_lib_curve(model, xf, yd, eps)
+    except ImportError:
+        pass
     try:
         import foolbox  # noqa: F401
 
@@ -208,9 +249,12 @@ def bench_preset(run: Path, args, eps: list[float], device) -> dict:
     acc = {k: (100 * c.float().mean(0)).tolist() for k, c in correct.items()}
     strength = []
     for j, e in enumerate(eps):
-        ours, theirs = correct["ours"][:, j], correct["torchattacks"][:, j]
+        ours = correct["ours"][:, j]
+        peers = [k for k in ("torchattacks", "adv_lib") if k in correct]
+        theirs = torch.stack([correct[k][:, j] for k in peers]).all(0)  # robust under every peer
         row = {"eps": e, "ours": acc["ours"][j], "torchattacks": acc["torchattacks"][j],
-               "ours_minus_theirs": acc["ours"][j] - acc["torchattacks"][j],
+               "adv_lib": acc["adv_lib"][j] if "adv_lib" in acc else None,
+               "ours_minus_theirs": max(acc["ours"][j] - acc[k][j] for k in peers),
                "fooled_by_theirs_only": int((ours & ~theirs).sum()), "fooled_by_ours_only": int((~ours & theirs).sum()),
                "pgd40": acc["pgd40"][j], "foolbox_pgd40": acc["foolbox"][j] if "foolbox" in acc else None}
         if e in aa:
@@ -250,17 +294,17 @@ def report(results: dict) -> str:
     for preset, r in results["presets"].items():
         aa_n = r["aa_n"]
         lines += [f"### {preset}: {r['n']} test images, clean accuracy {r['clean']:.1f}%", "",
-                  ("| eps | ours ensemble | torchattacks APGD-CE+APGD-T | ours - theirs (points) | fooled by theirs "
-                   f"only / ours only | PGD-40 | Foolbox PGD-40 | AutoAttack (first {aa_n}) | ours on those {aa_n} "
-                   "| fooled by AutoAttack only |"), "| --- " * 10 + "|"]
+                  ("| eps | ours ensemble | torchattacks APGD-CE+APGD-T | adv_lib APGD-CE+APGD-T | ours - peers "
+                   "(points, worst) | fooled by a peer only / ours only | PGD-40 | Foolbox PGD-40 | AutoAttack (first "
+                   f"{aa_n}) | ours on those {aa_n} | fooled by AutoAttack only |"), "| --- " * 11 + "|"]
         cell = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731 (not measured)
         for s in r["strength"]:
             lines.append(f"| {format_eps(s['eps'])} | {s['ours']:.1f} | {s['torchattacks']:.1f} | "
-                         f"{s['ours_minus_theirs']:+.1f} | {s['fooled_by_theirs_only']} / {s['fooled_by_ours_only']} "
+                         f"{cell(s.get('adv_lib'))} | {s['ours_minus_theirs']:+.1f} | {s['fooled_by_theirs_only']} / {s['fooled_by_ours_only']} "
                          f"| {s['pgd40']:.1f} | {cell(s['foolbox_pgd40'])} | {cell(s.get('autoattack_subset'))} | "
                          f"{cell(s.get('ours_on_subset'))} | {s.get('fooled_by_autoattack_only', '-')} |")
         worst = max(s["ours_minus_theirs"] for s in r["strength"])
-        lines += ["", (f"Strength goal (ours at most {GOAL_POINTS} point above torchattacks at every eps): "
+        lines += ["", (f"Strength goal (ours at most {GOAL_POINTS} point above each peer at every eps): "
                        f"{'met' if r['strength_goal_met'] else 'NOT met'} (worst {worst:+.1f})"), "",
                   ("| curve | seconds min | median | max | time / ours min | median | max | grad evals per point "
                    "| repeats agree |"), "| --- " * 9 + "|"]
@@ -282,8 +326,9 @@ def report(results: dict) -> str:
                        f"{GOAL_AA_SAVING:g}x fewer seconds and grad evals than AutoAttack over the whole grid): "
                        + (verdict[r["aa_saving_goal_met"]] if aa["whole_grid"] else
                           "not measured (AutoAttack did not run on every eps and image)")), ""]
-    if not results["foolbox"]:
-        lines.append("Foolbox: not installed (it installs with `make bench`), skipped.")
+    for peer in ("foolbox", "adv_lib"):
+        if not results[peer]:
+            lines.append(f"{peer}: not installed (it installs with `make bench`), skipped.")
     return "\n".join(lines)
 
 
@@ -308,12 +353,17 @@ def main(argv: list[str] | None = None):
         import foolbox
     except ImportError:
         foolbox = None
+    try:
+        import adv_lib
+    except ImportError:
+        adv_lib = None
     import torchattacks
 
     results = {"machine": f"{machine(device)}; torchattacks {torchattacks.__version__}"
-                          + (f", foolbox {foolbox.__version__}" if foolbox else ""),
+                          + (f", foolbox {foolbox.__version__}" if foolbox else "")
+                          + (f", adv_lib {adv_lib.__version__}" if adv_lib else ""),
                "date": time.strftime("%Y-%m-%d"), "args": {**vars(args), "eps": eps, "runs": str(runs)},
-               "foolbox": foolbox is not None, "presets": {}}
+               "foolbox": foolbox is not None, "adv_lib": adv_lib is not None, "presets": {}}
     for preset in args.presets:
         print(f"  {preset}", file=sys.stderr, flush=True)
         results["presets"][preset] = bench_preset(trained_run(preset, runs, args.quick), args, eps, device)
