@@ -30,11 +30,11 @@ test: $(STAMP)
 # ART is a benchmark peer only (not a dependency): pinned, without its optional extras.
 bench: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps adversarial-robustness-toolbox==1.20.1 six==1.17.0 tqdm==4.70.1
+	# adv_lib is the eval benchmark's second APGD-CE + APGD-T peer, installed without its dependencies:
+	# torchvision does not import with the CPU torch, and the benchmark loads only adv_lib's auto_pgd module.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps adv-lib==0.2.8
 	# Foolbox 3 is the eval benchmark's PGD peer (`benchmarks/run.py --only eval`): pinned with the
 	# pure-Python packages it imports (GitPython needs a git executable; without one it is skipped).
-	# adv_lib is the eval benchmark's third APGD peer: without its dependencies (torchvision does not import with
-	# the CPU torch; the benchmark loads only its auto_pgd module, which needs torch alone).
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps adv-lib==0.2.8
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps foolbox==3.3.4 eagerpy==0.30.0 gitpython==3.2.1 \
 		gitdb==4.0.12 smmap==5.0.3 requests==2.34.2 urllib3==2.8.0 idna==3.20 charset-normalizer==3.5.2 certifi==2026.10.18
 	$(PY) benchmarks/run.py

@@ -31,7 +31,7 @@ Goals: ours never more than 0.5 point above torchattacks' or adv_lib's APGD-CE +
 AutoAttack at any eps; at least 5x fewer seconds and gradient evaluations than AutoAttack over the grid
 (when it ran on every eps).
 
-Cost: the curves in interleaved repeats (ours, torchattacks, foolbox, pgd40, ours...), so
+Cost: the curves in interleaved repeats (ours, torchattacks, adv_lib, foolbox, pgd40, ours...), so
 background load hits all alike; no warm-up run (one curve takes seconds to minutes). Seconds
 min / median / max, time / ours per repeat, and gradient evaluations per test point, counted
 the same way for everyone: the model is wrapped so that every forward pass whose input

@@ -123,7 +123,7 @@ def test_atgan_digits_end_to_end(atgan_run, digits_runs):
     acc_atgan = robust_accuracy(atgan, x, y, attack="pgd", eps=0.2, steps=20)
     acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
     assert acc_atgan > acc_standard + 0.2, (acc_atgan, acc_standard)  # measured 0.335 / 0.30 (1 / 2 threads) vs 0.01
-    # unbounded PGD, 20 steps of 0.05 (as far as the default 100 of 0.01, a quarter of the passes): measured 0
+    # unbounded PGD, 20 steps of 0.05 (as far as the default 100 of 0.01, a fifth of the passes): measured 0
     acc_unbounded = robust_accuracy(atgan, x[:100], y[:100], attack="pgd", eps=math.inf, steps=20, step_size=0.05)
     assert acc_unbounded < 0.05, "unbounded PGD must break any model: gradient masking?"
     scale = check_scale(atgan, x[:100], y[:100], CheckSettings(eps=0.2, steps=10), "cpu")  # honest: never a warn

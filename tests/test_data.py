@@ -223,7 +223,7 @@ def test_svhn_corrupt(tmp_path):
         robustgan.data.load("svhn", tmp_path, "test")
 
 
-# the examples: single bytes of the .mat file's array flags that crashed scipy.io.loadmat
+# the examples: single bytes of the .mat file (X's array flags, the type of X's data tag) that crashed scipy.io.loadmat
 @settings(max_examples=25, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(0, 5000), flip=st.integers(0, 5000), value=st.integers(1, 255))
 @example(cut=0, flip=145, value=57)

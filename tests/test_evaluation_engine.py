@@ -117,7 +117,8 @@ def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits
     after_apgd = robust_mask(robust_tiny, x, y, attack="apgd-ce", eps=eps, seed=0)
     after_ensemble = robust_mask(robust_tiny, x, y, attack="ensemble", eps=eps, seed=0)
     assert not paired(after_apgd, after_pgd).excess(0.0)  # PGD-40 never significantly stronger (measured: 2 vs 12-15)
-    assert (after_ensemble <= after_apgd).all()  # the ensemble's first attack is this APGD-CE run
+    # the ensemble's APGD-CE starts at the clean image, its second at random: never significantly weaker
+    assert not paired(after_ensemble, after_apgd).excess(0.0)
     assert paired(after_apgd, after_ensemble).excess(0.0)  # measured 18 vs 0 discordant of 359
     assert paired(after_pgd, after_ensemble).excess(0.03)  # measured 28 vs 0: 40.1% vs 32.3%
 
@@ -211,7 +212,8 @@ def test_adding_an_eps_point_attacks_only_that_point(small_run, monkeypatch):
 
 def test_a_killed_curve_recomputes_only_the_unfinished_batch(small_run, tmp_path, monkeypatch):
     """Killed in its second batch of 16 points, a curve resumed later attacks only batches 2
-    and 3, and ends with what an uninterrupted curve gives."""
+    and 3, and ends with what an uninterrupted curve gives; its batches' results are then
+    dropped from the partial cache (the whole curve is in the cache)."""
     from robustgan.evaluate import curves
 
     settings = dict(steps=5, limit=48, batch_size=16, protocol=False)
@@ -233,6 +235,8 @@ def test_a_killed_curve_recomputes_only_the_unfinished_batch(small_run, tmp_path
     resumed = curves.compute_curve(run, [0.1, 0.2], **settings)
     assert asked == [list(range(16, 32)), list(range(32, 48))]
     assert torch.equal(resumed.correct, whole.correct)
+    partial = json.loads((run / "eval_cache.partial.json").read_text())
+    assert partial["entries"] == {}
 
 
 def test_eval_json_says_which_attacks_ran(small_run, monkeypatch, capsys):

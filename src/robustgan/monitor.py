@@ -27,8 +27,9 @@ class PassCounter:
     it, for a parameter update or an attack's input gradient), summed over the networks.
     A hook on each network's first parameterised layer counts the images of every forward
     there and, when its output carries a gradient, a hook on that output counts the images
-    of each backward pass that reaches it. Counts only while active (``with counter:``), so
-    held-out evaluation and the guard do not count. PGD-k AT: k + 1 forward and k + 1
+    of each backward pass that reaches it. Counts only while active (``with counter:``): the
+    training steps, and apart from them the overfitting guard (``train.check_guard``), not
+    held-out evaluation. PGD-k AT: k + 1 forward and k + 1
     backward passes per image per step."""
 
     def __init__(self, networks: dict[str, nn.Module]):

@@ -217,5 +217,5 @@ def training_cost(run_dir: str | Path) -> dict | None:
 
 
 def guard_collapse(run_dir: str | Path) -> dict | None:
-    """The overfitting guard's collapse record of a run (see train.OverfitGuard), or None."""
+    """The overfitting guard's collapse record of a run (see monitor.OverfitGuard), or None."""
     return next((r for r in RunDir(run_dir).metrics() if r.get("split") == "guard" and r.get("collapsed")), None)

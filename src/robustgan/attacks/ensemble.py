@@ -44,12 +44,11 @@ import torch.nn as nn
 from robustgan.attacks.apgd import apgd_run, margin
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
-ATTACK_VERSION = 5  # bump whenever an attack's numbers change: part of every evaluation cache key
+ATTACK_VERSION = 4  # bump whenever an attack's numbers change: part of every evaluation cache key
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
 FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
 CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap
 CLOSE_RESTART = 0.5  # close enough for a second APGD-CE from a random start: half the gap closed
-RESTART_SEED = 104729  # offsets that second APGD-CE's random starts from the first's (restarts > 1 repeat none)
 
 
 @dataclass
@@ -143,14 +142,13 @@ def batches(x, y, batch_size, device):
 
 
 def attack_runs(targets: int, seed: int, warm_start: bool = False, close: float = CLOSE) -> list[AttackRun]:
-    """Each attack of the ensemble in order: APGD-CE (from the worst point so far with ``warm_start``,
-    else from a random start); APGD-T per target rank from random starts, ranks above
-    ``FIRST_TARGETS`` only on the points closer than ``close``; and with ``warm_start``, APGD-CE
-    once more from random starts on the points closer than ``CLOSE_RESTART`` (a warm start can
-    trap a point a fresh start fools)."""
+    """Each attack of the ensemble in order: APGD-CE (from the worst point so far with ``warm_start``); APGD-T
+    per target rank from random starts, ranks above ``FIRST_TARGETS`` only on the points
+    closer than ``close``; and with ``warm_start``, APGD-CE once more from its random start on
+    the points closer than ``CLOSE_RESTART`` (a warm start can trap a point a fresh start fools)."""
     targeted = [AttackRun("dlr-targeted", r, seed + 7919 * r, close if r > FIRST_TARGETS else None, False)
                 for r in range(1, int(targets) + 1)]
-    restart = [AttackRun("ce", None, seed + RESTART_SEED, CLOSE_RESTART, False)] if warm_start else []
+    restart = [AttackRun("ce", None, seed, CLOSE_RESTART, False)] if warm_start else []
     return [AttackRun("ce", None, seed, None, warm_start), *targeted, *restart]
 
 
@@ -177,9 +175,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     clean = torch.zeros(len(y), dtype=torch.bool)
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
     grad_evals = 0
-    # the first eps attacked has no worst point yet to start from: APGD-CE from a random start, as
-    # the standalone attack (its clean image is no start: at x, a masked gradient can stall it)
-    cold, warm = attack_runs(targets, seed, False, close), attack_runs(targets, seed, warm_start, close)
+    runs = attack_runs(targets, seed, warm_start, close)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batch_size, device):
             with torch.no_grad():
@@ -192,7 +188,6 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 if known_fooled is not None:
                     fooled |= known_fooled[sl, k].to(device)
                 if e > 0:
-                    runs = warm if any(eps[:k]) else cold
                     grad_evals += _attack_robust(model, xb, yb, ids[sl], e, fooled, worst, worst_margin, clean_margin,
                                                  runs, steps, restarts, early_stop)
                 correct[sl, k] = ~fooled.cpu()

@@ -4,8 +4,8 @@ then tagged data elements, each variable an miMATRIX element, zlib-compressed or
 
 Every length and shape is checked against the bytes actually present before an array is
 built, so a damaged file raises DataError. scipy.io.loadmat (1.17.1) is not used: one flipped
-byte in the array-flags element of a small file crashed the interpreter with a segmentation
-fault (tests/test_data.py keeps those bytes as examples)."""
+byte (in the array flags, or in the type of an array's data tag) of a small file crashed the
+interpreter with a segmentation fault (tests/test_data.py keeps those bytes as examples)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 from robustgan.errors import DataError
 
 HEADER = 128
+MAX_DIMS = 32  # numpy's limit is 64; MATLAB arrays in data files have a handful
 MATRIX, COMPRESSED = 14, 15
 # data element type -> numpy type (MAT-File Format, table "MAT-File Data Types")
 STORED = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
@@ -30,7 +31,10 @@ COMPLEX_FLAG = 0x0800  # in the array-flags word, beside the class in its low by
 def read_mat5(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The variables ``names`` that ``path`` holds (absent ones are left out), each a numpy
     array of its MATLAB class, in MATLAB's shape. Other variables are skipped unread."""
-    raw = memoryview(Path(path).read_bytes())  # slices of a view copy nothing
+    try:
+        raw = memoryview(Path(path).read_bytes())  # slices of a view copy nothing
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     if len(raw) < HEADER:
         raise DataError(f"{path}: {len(raw)} bytes, shorter than a MAT-file header")
     if raw[:10] == b"MATLAB 7.3" or raw[512:520] == b"\x89HDF\r\n\x1a\n":
@@ -71,7 +75,7 @@ def _tag(buf: memoryview, pos: int, order: str, path) -> tuple[int, int, int, in
     return kind, size, start, end
 
 
-def _inflate(data: memoryview, order: str, path) -> tuple[int, bytes]:
+def _inflate(data: memoryview, order: str, path) -> tuple[int, memoryview]:
     """A compressed element's one inner element: (type, body), inflating only as many bytes as
     its tag declares."""
     stream = zlib.decompressobj()
@@ -80,7 +84,7 @@ def _inflate(data: memoryview, order: str, path) -> tuple[int, bytes]:
         if len(head) < 8:
             raise DataError(f"{path}: damaged (a compressed element without a tag)")
         kind, size = struct.unpack(order + "II", head)
-        body = stream.decompress(stream.unconsumed_tail, size)
+        body = stream.decompress(stream.unconsumed_tail, size) if size else b""  # max_length 0: no limit
     except zlib.error as err:
         raise DataError(f"{path}: damaged compressed data ({err})") from None
     if len(body) != size:
@@ -107,6 +111,8 @@ def _matrix(body: memoryview, order: str, path, names) -> tuple[str, np.ndarray 
     dims_raw = parts[1][1]
     if len(dims_raw) % 4 or len(dims_raw) < 8:
         raise DataError(f"{path}: damaged dimensions of {name}")
+    if len(dims_raw) > 4 * MAX_DIMS:
+        raise DataError(f"{path}: damaged dimensions of {name} ({len(dims_raw) // 4} of them)")
     dims = struct.unpack(f"{order}{len(dims_raw) // 4}i", dims_raw)
     if min(dims) < 0:
         raise DataError(f"{path}: {name} has negative dimensions {dims}")
@@ -114,6 +120,8 @@ def _matrix(body: memoryview, order: str, path, names) -> tuple[str, np.ndarray 
         raise DataError(f"{path}: damaged (no numeric data for {name})")
     kind, data = parts[3]
     stored = np.dtype(order + STORED[kind])
+    if not np.can_cast(stored, CLASSES[cls], "safe"):  # MATLAB stores data in a type its class holds exactly
+        raise DataError(f"{path}: {name} of class {np.dtype(CLASSES[cls]).name} holds {stored.name} data")
     if len(data) != math.prod(dims) * stored.itemsize:
         raise DataError(f"{path}: {name} has {len(data)} bytes of data for shape {dims} of {stored.name}")
     return name, np.frombuffer(data, stored).reshape(dims, order="F").astype(CLASSES[cls], copy=False)

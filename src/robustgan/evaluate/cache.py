@@ -106,6 +106,17 @@ class EvalCache:
             found.append((settings, unpack(value, settings["n"])))
         return found
 
+    def discard(self, settings: list[dict]) -> None:
+        """Remove these results from the file under the lock (a finished curve's batches)."""
+        with locked(self.path):
+            self.entries = self._read()
+            for one in settings:
+                self.entries.pop(cache_key(**one), None)
+            self._write()
+
+    def _write(self) -> None:
+        atomic_write(self.path, json.dumps({"weights": self.digest, "entries": self.entries}, indent=0))
+
     def put(self, mask: torch.Tensor, **settings) -> None:
         self.put_many([(mask, settings)])
 
@@ -119,7 +130,7 @@ class EvalCache:
                 if old is not None:
                     new = new & unpack(old, len(new))
                 self.entries[key] = pack(new)
-            atomic_write(self.path, json.dumps({"weights": self.digest, "entries": self.entries}, indent=0))
+            self._write()
 
 
 def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None = None,

@@ -78,10 +78,11 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
         fooled_below = [torch.stack([~m for e2, m in known.items() if e2 < e] or [torch.zeros(len(y), dtype=torch.bool)])
                         .any(0) for e in missing]
         known_fooled = torch.stack(fooled_below, 1)
-        partial, parts = cache.partial(), []
+        partial, parts, batch_keys = cache.partial(), [], []
         for lo in range(0, len(y), kw["batch_size"]):
             points = torch.arange(lo, min(lo + kw["batch_size"], len(y)))
             keys = [base | {"eps": e, "n": len(points), "points": f"{lo}:{lo + len(points)}"} for e in missing]
+            batch_keys += keys
             done = [partial.get(**key) for key in keys]
             if any(mask is None for mask in done):
                 part = sharded(lambda ids: worst_case(model, x[points[ids]], y[points[ids]], missing, steps=steps,
@@ -96,6 +97,7 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
             parts.append(part)
         found = torch.cat(parts)
         cache.put_many([(found[:, k], base | {"eps": e}) for k, e in enumerate(missing)])
+        partial.discard(batch_keys)  # the whole curve is cached now: its batches are not needed
         known |= {e: found[:, k] for k, e in enumerate(missing)}
     elif kw.get("progress") is not None:
         kw["progress"].advance(kw["task"], len(y) * len(grid))
