@@ -20,7 +20,7 @@ from robustgan.errors import DataError
 
 HEADER = 128
 MAX_DIMS = 32  # numpy's limit is 64; MATLAB arrays in data files have a handful
-MATRIX, COMPRESSED = 14, 15
+UINT32, INT32, MATRIX, COMPRESSED = 6, 5, 14, 15  # data element types: array flags, dimensions, variables
 # data element type -> numpy type (MAT-File Format, table "MAT-File Data Types")
 STORED = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
 # array class -> numpy type, numeric classes only (table "MATLAB Array Types and Classes")
@@ -52,7 +52,7 @@ def read_mat5(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         if kind != MATRIX:
             continue  # e.g. the subsystem data of a file holding objects
         name, array = _matrix(body, order, path, names)
-        if name in names and array is not None:
+        if array is not None:
             found[name] = array
     return found
 
@@ -99,7 +99,7 @@ def _matrix(body: memoryview, order: str, path, names) -> tuple[str, np.ndarray 
     while pos < len(body) and len(parts) < 4:
         kind, size, start, pos = _tag(body, pos, order, path)
         parts.append((kind, body[start:start + size]))
-    if len(parts) < 3 or parts[0][0] != 6 or len(parts[0][1]) != 8 or parts[1][0] != 5:
+    if len(parts) < 3 or parts[0][0] != UINT32 or len(parts[0][1]) != 8 or parts[1][0] != INT32:
         raise DataError(f"{path}: damaged (a variable without array flags and dimensions)")
     flags = struct.unpack(order + "I", parts[0][1][:4])[0]
     name = bytes(parts[2][1]).decode("ascii", "replace")
