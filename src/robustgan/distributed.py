@@ -16,6 +16,7 @@ the run directory."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -53,7 +54,17 @@ def setup(device: torch.device) -> World:
         if device.type == "cuda":
             torch.cuda.set_device(here.local_rank)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Leaving the group to interpreter shutdown lets gloo's threads free tensors after Python
+        # is gone: the process aborts ("terminate called without an active exception"; seen on
+        # rank 1 of tests/test_distributed.py, pytorch PR 179291).
+        atexit.register(teardown)
     return world()
+
+
+def teardown() -> None:
+    """Leave the process group while the interpreter is still alive (a no-op outside one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for(device: torch.device, here: World) -> torch.device:
