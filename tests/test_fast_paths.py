@@ -46,6 +46,37 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 sys.path.append(str(BENCHMARKS))  # appended: its run.py must not shadow anything
 
 
+def test_cpu_steps_take_no_fresh_pages_once_warm():
+    """keep_freed_memory (the CLI, fit and conftest call it): a PGD-AT step of the C&W CNN frees
+    and reallocates its activations without page faults. Measured without it: ~17000 faults a
+    step, 20-25% of the step's time (BENCHMARKS.md, "CPU allocator")."""
+    import resource
+
+    import torch.nn.functional as F
+
+    from robustgan.attacks import pgd
+    from robustgan.models.classifiers import cw_cnn
+    from robustgan.runtime import keep_freed_memory
+
+    if not keep_freed_memory():
+        pytest.skip("glibc only")
+    torch.manual_seed(0)
+    model, x, y = cw_cnn(), torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        x_adv = pgd(model.eval(), x, y, 0.2, 3, 0.05, best=False, check=False)
+        opt.zero_grad()
+        F.cross_entropy(model.train()(x_adv), y).backward()
+        opt.step()
+
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        step()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000
+
+
 def test_flop_counter_counts_forward_input_and_weight_gradients():
     from train_throughput import FlopCounter
 

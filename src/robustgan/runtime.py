@@ -1,10 +1,12 @@
-"""Where a model runs and what it runs on: the device, autocast, the fast paths, the data
-geometry, a dataset split, and a run's defended model. ``open_run`` is how every
+"""Where a model runs and what it runs on: the device, autocast, the fast paths, the CPU
+allocator, the data geometry, a dataset split, and a run's defended model. ``open_run`` is how every
 evaluation command starts: config, model on the device, test images."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import platform
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +47,33 @@ def apply_fast_paths(method, cfg: Config) -> None:
             network.to(memory_format=torch.channels_last)
         if cfg.train.compile:
             network.compile()
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
+MMAP_THRESHOLD = 32 << 20  # the most glibc accepts (64-bit)
+TRIM_THRESHOLD = 1 << 30
+_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """On glibc, keep the memory PyTorch frees on the CPU in the process for the next step.
+
+    A training or attack step allocates and frees the same megabyte-sized activations every
+    time. By default glibc serves each from fresh mmap'd pages (or trims the heap) and hands
+    them back on free, so every step pays page faults on zeroed pages: 20-25% of a CPU PGD-AT
+    step here (BENCHMARKS.md, "CPU allocator"). With both thresholds raised, blocks up to 32 MiB
+    come from the heap and stay there; the process keeps its peak memory instead of returning
+    it. Process-wide and idempotent; a no-op (False) off glibc. The CLI and ``fit`` call it."""
+    global _kept
+    if _kept is None:
+        _kept = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+                _kept = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            except (OSError, AttributeError):  # a libc without mallopt
+                pass
+    return _kept
 
 
 def geometry_for(dcfg: DataConfig) -> Geometry:

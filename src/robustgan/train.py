@@ -29,8 +29,8 @@ from robustgan.errors import Diverged, Interrupted, RunError
 from robustgan.methods import Method, method_class
 from robustgan.monitor import OverfitGuard, PassCounter, build_guard
 from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state, save_state
-from robustgan.runtime import (apply_fast_paths, autocast_for, geometry_for, load_model, load_split, resolve_device,
-                               resolve_layout)
+from robustgan.runtime import (apply_fast_paths, autocast_for, geometry_for, keep_freed_memory, load_model, load_split,
+                               resolve_device, resolve_layout)
 
 console = Console(stderr=True)
 
@@ -63,6 +63,7 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
     """Train ``cfg`` into run directory ``out``; with ``resume`` continue from its
     checkpoint (using the run's saved config). ``stop_after`` ends this invocation after
     that many epochs (the run stays resumable). Returns the run directory."""
+    keep_freed_memory()
     run = RunDir(out)
     cfg, resume = resolve_start(run, cfg, resume, data_root)
     here = distributed.setup(resolve_device(cfg.train.device))

@@ -10,6 +10,7 @@ import typer
 from robustgan.cli import demo, evaluation, reports, training
 from robustgan.cli.common import err_console
 from robustgan.errors import Interrupted, RobustganError
+from robustgan.runtime import keep_freed_memory
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train and evaluate GAN-based adversarial defenses (ATGAN, GAN-AT) and their baselines.")
@@ -21,6 +22,7 @@ for command in (evaluation.curve, evaluation.check, evaluation.saliency, trainin
 
 
 def main():
+    keep_freed_memory()  # every command's CPU steps: no page faults on each step's activations
     try:
         app()
     except RobustganError as err:
