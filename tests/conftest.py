@@ -190,7 +190,8 @@ def gan_runs(tmp_path_factory):
     """One short run per formulation (and dual), plus the full digits preset for 'grad'."""
     def train(root):
         for name in ("x", "xz", "gradx", "grad-dual"):
-            train_preset(f"gan-at-digits-{name}", root / name, "train.epochs=1", "data.train_limit=64")
+            train_preset(f"gan-at-digits-{name}", root / name, "train.epochs=1", "data.train_limit=64",
+                         "train.eval_limit=16")
         train_preset("gan-at-digits-grad", root / "grad")
 
     return trained_once(tmp_path_factory, "gan", train)

@@ -123,19 +123,19 @@ def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits
 
 def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tiny, digits):
     _, _, xt, yt = digits
-    x, y = xt[:200], yt[:200]
+    x, y = xt[:100], yt[:100]  # the effects are tens of points (measured below at 1 / 2 threads)
     saturated = Scaled(robust_tiny, 1e4).eval()
     assert accuracy(saturated, x, y) == accuracy(robust_tiny, x, y)
     pgd_plain = robust_mask(robust_tiny, x, y, attack="pgd", eps=0.2, steps=40, seed=0)
     pgd_saturated = robust_mask(saturated, x, y, attack="pgd", eps=0.2, steps=40, seed=0)
-    assert paired(pgd_saturated, pgd_plain).excess(0.1)  # the CE gradient underflows: measured 97 vs 0 of 200
+    assert paired(pgd_saturated, pgd_plain).excess(0.1)  # the CE gradient underflows: measured 53 / 54 vs 0 of 100
     # every target on every point (close=1): APGD-T's DLR is scale-invariant, neither finds significantly more
     plain = worst_case(robust_tiny, x, y, [0.2], steps=50, targets=3, close=1.0).correct[:, 0]
     ensemble = worst_case(saturated, x, y, [0.2], steps=50, targets=3, close=1.0).correct[:, 0]
     assert not paired(plain, ensemble).excess(0.0) and not paired(ensemble, plain).excess(0.0)
     # the default spends targets 2-9 on points APGD-CE brought close, and saturated CE brings none:
     # it loses points (measured 6 of 200, 36.5% vs 33.5%; the scale and loss_invariance checks
-    # warn on this model) but stays far stronger than CE-PGD there (89.5%)
+    # warn on this model) but stays far stronger than CE-PGD there (measured 57 vs 0 of 100)
     adaptive = robust_mask(saturated, x, y, eps=0.2, steps=50, seed=0)
     assert paired(pgd_saturated, adaptive).excess(0.1)
 
