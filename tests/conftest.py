@@ -27,8 +27,8 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 # order as this process (a run resumed here equals one trained there, bit for bit), and no
 # oversubscribed cores.
 os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-# As the CLI and fit do: the tests' attacks run in this process (20-25% of a CPU step otherwise
-# goes to page faults; robustgan.runtime.keep_freed_memory)
+# As the CLI and fit do: the tests' attacks run in this process (a fifth to a third of a CPU step
+# otherwise goes to page faults; robustgan.runtime.keep_freed_memory)
 keep_freed_memory()
 # Property tests draw the same examples on every run and machine: a failure reproduces, and a
 # random draw never turns a green suite red (one once crashed a worker inside scipy). Finds

@@ -48,8 +48,8 @@ sys.path.append(str(BENCHMARKS))  # appended: its run.py must not shadow anythin
 
 def test_cpu_steps_take_no_fresh_pages_once_warm():
     """keep_freed_memory (the CLI, fit and conftest call it): a PGD-AT step of the C&W CNN frees
-    and reallocates its activations without page faults. Measured without it: ~17000 faults a
-    step, 20-25% of the step's time (BENCHMARKS.md, "CPU allocator")."""
+    and reallocates its activations without page faults. Measured without it: ~5000 faults a
+    step here, ~21000 in a fresh process (BENCHMARKS.md, "CPU allocator")."""
     import resource
 
     import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """Where a model runs and what it runs on: the device, autocast, the fast paths, the CPU
-allocator, the data geometry, a dataset split, and a run's defended model. ``open_run`` is how every
-evaluation command starts: config, model on the device, test images."""
+allocator, the data geometry, a dataset split, and a run's defended model. ``open_run`` is
+how every evaluation command starts: config, model on the device, test images."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def keep_freed_memory() -> bool:
 
     A training or attack step allocates and frees the same megabyte-sized activations every
     time. By default glibc serves each from fresh mmap'd pages (or trims the heap) and hands
-    them back on free, so every step pays page faults on zeroed pages: 20-25% of a CPU PGD-AT
-    step here (BENCHMARKS.md, "CPU allocator"). With both thresholds raised, blocks up to 32 MiB
+    them back on free, so every step pays page faults on zeroed pages: a fifth to a third of a
+    CPU PGD-AT step here (BENCHMARKS.md, "CPU allocator"). With both thresholds raised, blocks up to 32 MiB
     come from the heap and stay there; the process keeps its peak memory instead of returning
     it. Process-wide and idempotent; a no-op (False) off glibc. The CLI and ``fit`` call it."""
     global _kept
