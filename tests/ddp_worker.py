@@ -1,9 +1,7 @@
 """Run under torchrun by test_distributed.py: train a config with robustgan.train.fit, then
-every rank saves its own copy of the networks to OUT/rank<R>.safetensors; then, given
-``-- ARGS``, every rank runs the CLI with ARGS (one launch for both: each costs the ranks'
-interpreter start-up).
+every rank saves its own copy of the networks to OUT/rank<R>.safetensors.
 
-    python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py CONFIG OUT KEY=VALUE... [-- ARGS...]
+    python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py CONFIG OUT KEY=VALUE...
 """
 
 import sys
@@ -15,8 +13,7 @@ import robustgan.train as train
 from robustgan.config import load_config
 from robustgan.distributed import world
 
-config, out, rest = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-overrides, cli_args = (rest[:rest.index("--")], rest[rest.index("--") + 1:]) if "--" in rest else (rest, [])
+config, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 built = []
 real_method_class = train.method_class
 
@@ -37,8 +34,3 @@ train.fit(load_config(config, overrides), out / "run", quiet=True)
 state = {f"{net}.{k}": v.detach().contiguous() for net, m in built[0].networks().items()
          for k, v in m.state_dict().items()}
 save_file(state, str(out / f"rank{world().rank}.safetensors"))
-if cli_args:
-    from robustgan.cli import main
-
-    sys.argv = ["robustgan", *cli_args]
-    main()

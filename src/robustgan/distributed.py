@@ -54,10 +54,12 @@ def setup(device: torch.device) -> World:
         if device.type == "cuda":
             torch.cuda.set_device(here.local_rank)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        # Leaving the group to interpreter shutdown lets gloo's threads free tensors after Python
-        # is gone: the process aborts ("terminate called without an active exception"; seen on
-        # rank 1 of tests/test_distributed.py, pytorch PR 179291).
-        atexit.register(teardown)
+        if device.type != "cuda":
+            # A gloo group left to interpreter shutdown can abort the process ("terminate called
+            # without an active exception": seen on rank 1 of tests/test_distributed.py; the cause
+            # is described in pytorch PR 179291, abandoned). Not for nccl: destroying its group after
+            # a rank failed mid-collective can block the exit instead.
+            atexit.register(teardown)
     return world()
 
 

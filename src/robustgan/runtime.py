@@ -50,7 +50,7 @@ def apply_fast_paths(method, cfg: Config) -> None:
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
-MMAP_THRESHOLD = 32 << 20  # the most glibc accepts (64-bit)
+MMAP_THRESHOLD = 32 << 20  # the largest value `man mallopt` documents on 64-bit
 TRIM_THRESHOLD = 1 << 30
 _kept: bool | None = None
 

@@ -62,7 +62,8 @@ def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: boo
         stop_after: int | None = None, data_root: str | None = None) -> RunDir:
     """Train ``cfg`` into run directory ``out``; with ``resume`` continue from its
     checkpoint (using the run's saved config). ``stop_after`` ends this invocation after
-    that many epochs (the run stays resumable). Returns the run directory."""
+    that many epochs (the run stays resumable). Returns the run directory. On glibc it also
+    keeps freed CPU memory in the process from then on (``runtime.keep_freed_memory``)."""
     keep_freed_memory()
     run = RunDir(out)
     cfg, resume = resolve_start(run, cfg, resume, data_root)

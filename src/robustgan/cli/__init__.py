@@ -21,10 +21,11 @@ for command in (evaluation.curve, evaluation.check, evaluation.saliency, trainin
     app.command()(command)
 
 
-def main():
+def main(argv: list[str] | None = None):
+    """The console script: ``argv`` (default: the command line) without the program name."""
     keep_freed_memory()  # every command's CPU steps: no page faults on each step's activations
     try:
-        app()
+        app(args=argv)
     except RobustganError as err:
         text = str(err) if isinstance(err, Interrupted) else f"error: {err}"
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)
