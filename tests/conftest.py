@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -258,11 +257,10 @@ def run_main(args, monkeypatch, capsys) -> subprocess.CompletedProcess:
     interpreter start-up): the exit code and what it printed."""
     from robustgan.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["robustgan", *map(str, args)])
     monkeypatch.chdir(ROOT)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main([str(a) for a in args])
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, exit_info.value.code or 0, captured.out, captured.err)
 

@@ -5,6 +5,7 @@ how every evaluation command starts: config, model on the device, test images.""
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import platform
 from contextlib import nullcontext
@@ -52,28 +53,25 @@ def apply_fast_paths(method, cfg: Config) -> None:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
 MMAP_THRESHOLD = 32 << 20  # the largest value `man mallopt` documents on 64-bit
 TRIM_THRESHOLD = 1 << 30
-_kept: bool | None = None
 
 
+@functools.cache  # once per process
 def keep_freed_memory() -> bool:
     """On glibc, keep the memory PyTorch frees on the CPU in the process for the next step.
 
     A training or attack step allocates and frees the same megabyte-sized activations every
     time. By default glibc serves each from fresh mmap'd pages (or trims the heap) and hands
     them back on free, so every step pays page faults on zeroed pages: a fifth to a third of a
-    CPU PGD-AT step here (BENCHMARKS.md, "CPU allocator"). With both thresholds raised, blocks up to 32 MiB
-    come from the heap and stay there; the process keeps its peak memory instead of returning
-    it. Process-wide and idempotent; a no-op (False) off glibc. The CLI and ``fit`` call it."""
-    global _kept
-    if _kept is None:
-        _kept = False
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-            try:
-                mallopt = ctypes.CDLL(None).mallopt
-                _kept = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-            except (OSError, AttributeError):  # a libc without mallopt
-                pass
-    return _kept
+    CPU PGD-AT step here (BENCHMARKS.md, "CPU allocator"). With both thresholds raised, blocks
+    up to 32 MiB come from the heap and stay there; the process keeps its peak memory instead
+    of returning it. Process-wide; a no-op (False) off glibc. The CLI and ``fit`` call it."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # a libc without mallopt
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def geometry_for(dcfg: DataConfig) -> Geometry:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None):
     """The console script: ``argv`` (default: the command line) without the program name."""
     keep_freed_memory()  # every command's CPU steps: no page faults on each step's activations
     try:
-        app(args=argv)
+        app(args=argv, prog_name="robustgan")
     except RobustganError as err:
         text = str(err) if isinstance(err, Interrupted) else f"error: {err}"
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)
