@@ -12,7 +12,7 @@ from robustgan.evaluate.checks import CheckSettings, check_scale
 from robustgan.methods import Geometry, method_class
 from robustgan.runs import RunDir
 from robustgan.train import fit
-from tests.conftest import CONFIGS, FAST, changed, snapshot
+from tests.helpers import CONFIGS, FAST, changed, snapshot
 
 
 def make_method(backbone="densenet40", **method):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from robustgan.attacks import AttackError, fgsm, pgd
 from robustgan.evaluate.paired import paired
-from tests.conftest import accuracy, tiny_cnn
+from tests.helpers import accuracy, tiny_cnn
 
 
 def correct(model, x, y) -> torch.Tensor:

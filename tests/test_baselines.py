@@ -18,9 +18,9 @@ from robustgan.methods.trades import trades_adversarial, trades_kl
 from robustgan.runs import RunDir
 from robustgan.runtime import training_cost
 from robustgan.train import fit
-from tests.conftest import CONFIGS, FAST, assert_one_line, copy_run, run_main
+from tests.helpers import CONFIGS, FAST, assert_one_line, copy_run, run_main
 
-# Measured on the first 200 test images at test size (conftest.BASELINES; clean; APGD-CE +
+# Measured on the first 200 test images at test size (helpers.BASELINES; clean; APGD-CE +
 # APGD-T, 20 steps each, at eps 0.2): FGSM-RS 89.5%, 14.5%; N-FGSM 66%, 21%; TRADES 90.5%, 11%
 # (standard: 0%). (clean, worst-case) bars: each leaves 12-32 of the 200 images to spare.
 BARS = {"fgsm-rs-digits": (0.8, 0.05), "n-fgsm-digits": (0.5, 0.1), "trades-digits": (0.8, 0.05)}

@@ -57,7 +57,7 @@ def test_predict_returns_the_models_own_prediction(digits_runs, tmp_path):
 
 
 def test_predict_bad_image_is_one_line(digits_runs, tmp_path, monkeypatch, capsys):
-    from tests.conftest import assert_one_line, run_main
+    from tests.helpers import assert_one_line, run_main
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from robustgan.config import load_config
 from robustgan.train import fit
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
 # PGD-2 AT (deterministic start) of the C&W CNN without dropout (no BatchNorm either): a global

@@ -16,7 +16,7 @@ from robustgan.evaluate.curves import area
 from robustgan.evaluate.saliency import saliency
 from robustgan.runs import RunDir
 from robustgan.sweep import run_sweep
-from tests.conftest import CONFIGS, copy_run, run_main
+from tests.helpers import CONFIGS, copy_run, run_main
 from tests.planted import RoundInputs
 
 runner = CliRunner()
@@ -198,7 +198,7 @@ def test_sweep_on_devices_trains_one_run_per_device_and_prints_commands(tmp_path
     alone = tmp_path / "alone"
     command = shlex.split(lines[1])
     command[command.index("--out") + 1] = str(alone)  # the printed command, into another directory
-    assert run_main(command[1:], monkeypatch, capsys).returncode == 0  # same thread count: conftest
+    assert run_main(command[1:], monkeypatch, capsys).returncode == 0  # same thread count: helpers.configure_torch
     from safetensors.torch import load_file
     a, b = load_file(runs[1] / "model.safetensors"), load_file(alone / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -16,7 +16,7 @@ from robustgan.attacks.apgd import checkpoints
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.evaluate.cache import EvalCache, cache_key
 from robustgan.evaluate.paired import paired
-from tests.conftest import CONFIGS, accuracy, copy_run, run_main, tiny_cnn
+from tests.helpers import CONFIGS, accuracy, copy_run, run_main, tiny_cnn
 
 
 class Scaled(torch.nn.Module):

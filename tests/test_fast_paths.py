@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from robustgan.attacks.threat import no_param_grads
 from robustgan.config import load_config
 from robustgan.train import fit
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS
 
 
 def test_channels_last_eval_gives_the_same_accuracy(trained_tiny, digits):
@@ -47,7 +47,7 @@ sys.path.append(str(BENCHMARKS))  # appended: its run.py must not shadow anythin
 
 
 def test_cpu_steps_take_no_fresh_pages_once_warm():
-    """keep_freed_memory (the CLI, fit and conftest call it): a PGD-AT step of the C&W CNN frees
+    """keep_freed_memory (the CLI, fit and the tests call it): a PGD-AT step of the C&W CNN frees
     and reallocates its activations without page faults. Measured without it: ~5000 faults a
     step here, ~21000 in a fresh process (BENCHMARKS.md, "CPU allocator")."""
     import platform

@@ -12,7 +12,7 @@ from robustgan.evaluate.checks import CheckSettings, check_scale
 from robustgan.evaluate.trends import run_trends
 from robustgan.methods import Geometry, method_class
 from robustgan.methods.gan_at import FORMULATIONS
-from tests.conftest import changed, snapshot
+from tests.helpers import changed, snapshot
 
 
 def make_method(inputs="grad", generators=1, eps=0.1):

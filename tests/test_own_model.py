@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from robustgan.evaluate.card import SCHEMA
-from tests.conftest import assert_one_line, copy_run, run_main
+from tests.helpers import assert_one_line, copy_run, run_main
 
 FACTORIES = '''
 import torch.nn as nn

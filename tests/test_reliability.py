@@ -27,7 +27,7 @@ from robustgan.config import load_config
 from robustgan.errors import Diverged, RunError
 from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state
 from robustgan.train import fit
-from tests.conftest import CONFIGS, assert_one_line, run_main
+from tests.helpers import CONFIGS, assert_one_line, run_main
 from tests.test_data import make_mnist, write_idx
 
 ROOT = Path(__file__).parent.parent
@@ -62,7 +62,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run, trained in this process (the CLI's code path, the killed processes'
-    thread count: conftest); and how long its training took."""
+    thread count: helpers.configure_torch); and how long its training took."""
     out = tmp_path_factory.mktemp("ref") / "run"
     from robustgan.cli import main
 
@@ -92,7 +92,7 @@ def holds_the_lock(proc: subprocess.Popen, out: Path, timeout: float = 120) -> b
 
 def finish(out: Path, monkeypatch, capsys) -> None:
     """Resume until the run completes (a later kill may have left it unfinished), through the
-    CLI in this process (the same thread count as the killed processes: conftest)."""
+    CLI in this process (the same thread count as the killed processes: helpers.configure_torch)."""
     done = run_main(train_args(out, (out / "config.toml").is_file()), monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     assert (out / "DONE").is_file()

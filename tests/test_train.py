@@ -12,7 +12,7 @@ from robustgan.evaluate import robust_accuracy
 from robustgan.runs import RunDir, load_state, save_state
 from robustgan.train import fit
 
-from tests.conftest import CONFIGS, FAST, assert_one_line, run_main
+from tests.helpers import CONFIGS, FAST, assert_one_line, run_main
 
 
 def small_cfg(*extra):

@@ -16,7 +16,7 @@ import robustgan
 from robustgan.config import load_config
 from robustgan.errors import ConfigError
 from robustgan.methods import Geometry, method_class
-from tests.conftest import assert_one_line, run_main
+from tests.helpers import assert_one_line, run_main
 
 N_TRAIN, N_TEST = 400, 120
 # PGD-2 AT at eps 0.1 for a few short epochs (SCHEDULE): enough to learn digits, seconds on a CPU
