@@ -58,10 +58,10 @@ def test_cyclic_schedule_rises_to_its_peak_and_falls_to_zero():
 
 
 def test_counted_passes_match_the_arithmetic(baseline_runs, digits_runs):
-    """Per training example drawn: PGD-k AT k + 1 forward and k + 1 backward (test size: k = 3);
+    """Per training example drawn: PGD-k AT k + 1 forward and k + 1 backward (test size: k = 2);
     FGSM-RS and N-FGSM 2 and 2; TRADES-k k + 3 and k + 2 (the KL target's clean forward and two
     training forwards); standard 1 and 1. Over the run: epochs x (forward + backward)."""
-    expected = {digits_runs / "pgd": (4, 4), digits_runs / "standard": (1, 1),
+    expected = {digits_runs / "pgd": (3, 3), digits_runs / "standard": (1, 1),
                 baseline_runs / "fgsm-rs-digits": (2, 2), baseline_runs / "n-fgsm-digits": (2, 2),
                 baseline_runs / "trades-digits": (5, 4)}
     for run, (forward, backward) in expected.items():
@@ -105,12 +105,12 @@ def test_frontier_command_eval_json_and_card_carry_the_cost(digits_runs, tmp_pat
                      "--out", out, "--json"], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     points = {p["run"].split("/")[-1]: p for p in json.loads(done.stdout)["points"]}
-    assert points["standard"]["passes"] == 4 * 2 and points["pgd"]["passes"] == 5 * 8  # TEST_SIZE epochs x passes
+    assert points["standard"]["passes"] == 4 * 2 and points["pgd"]["passes"] == 5 * 6  # TEST_SIZE epochs x passes
     assert points["pgd"]["worst"] > points["standard"]["worst"] and all(p["on_front"] for p in points.values())
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "robustness against training cost" in done.stderr
     done = run_main(["eval", runs[1], "--eps", "0.2", "--limit", "32", "--steps", "5", "--targets", "1", "--json"],
                     monkeypatch, capsys)
-    assert json.loads(done.stdout)["training_cost"]["forward_per_example"] == 4
+    assert json.loads(done.stdout)["training_cost"]["forward_per_example"] == 3
     assert_one_line(run_main(["frontier", runs[0], "--eps", "0.1,0.2"], monkeypatch, capsys), "--eps takes one value")
     metrics = runs[0] / "metrics.jsonl"  # as a run trained before passes were counted
     metrics.write_text("".join(line.replace('"forward_passes"', '"f"') + "\n" for line in metrics.read_text().splitlines()))

@@ -25,7 +25,7 @@ runner = CliRunner()
 def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_path, monkeypatch):
     args = ["--restarts", "2", "--no-autoattack", "--targets", "1", "--eps", "0.2"]
     run = copy_run(digits_runs / "pgd", tmp_path / "pgd")
-    honest = runner.invoke(app, ["check", str(run), "--limit", "64", "--steps", "20", "--long-steps", "40",
+    honest = runner.invoke(app, ["check", str(run), "--limit", "32", "--steps", "20", "--long-steps", "40",
                                  "--ensemble-steps", "20", "--surrogate", str(digits_runs / "standard"), *args])
     assert honest.exit_code == 0, honest.output
     assert "possible gradient masking" not in honest.output
@@ -38,7 +38,7 @@ def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_
     monkeypatch.setattr(robustgan.runtime, "load_model", lambda run: RoundInputs(real_load(run)).eval())
     # quantised inputs: zero gradients and unbounded PGD failing warn at any n and any step count.
     # Another n: none of the honest model's cached attacks is reused (same weights, same cache)
-    masked = runner.invoke(app, ["check", str(run), "--limit", "32", "--steps", "5", "--long-steps", "10",
+    masked = runner.invoke(app, ["check", str(run), "--limit", "16", "--steps", "5", "--long-steps", "10",
                                  "--ensemble-steps", "5", *args])
     assert masked.exit_code == 1 and "WARN" in masked.output and "possible gradient masking" in masked.output
 
