@@ -114,14 +114,16 @@ def test_adaptive_targets_spend_only_on_close_points(robust_tiny, digits):
 def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits):
     _, _, x, y = digits
     eps = 0.2
+    # APGD at half its default budget (its step-size checkpoints are fractions of the budget); measured
+    # at 1 / 2 threads, the counts at the default 100 in parentheses
     after_pgd = robust_mask(robust_tiny, x, y, attack="pgd", eps=eps, steps=40, seed=0)
-    after_apgd = robust_mask(robust_tiny, x, y, attack="apgd-ce", eps=eps, seed=0)
-    after_ensemble = robust_mask(robust_tiny, x, y, attack="ensemble", eps=eps, seed=0)
-    assert not paired(after_apgd, after_pgd).excess(0.0)  # PGD-40 never significantly stronger (measured: 2 vs 12-15)
+    after_apgd = robust_mask(robust_tiny, x, y, attack="apgd-ce", eps=eps, steps=50, seed=0)
+    after_ensemble = robust_mask(robust_tiny, x, y, attack="ensemble", eps=eps, steps=50, seed=0)
+    assert not paired(after_apgd, after_pgd).excess(0.0)  # PGD-40 never significantly stronger: 2 vs 12 / 10 (2 vs 15 / 12)
     # the ensemble's APGD-CE starts at the clean image, its second at random: never significantly weaker
     assert not paired(after_ensemble, after_apgd).excess(0.0)
-    assert paired(after_apgd, after_ensemble).excess(0.0)  # measured 18 vs 0 discordant of 359
-    assert paired(after_pgd, after_ensemble).excess(0.03)  # measured 28 vs 0: 40.1% vs 32.3%
+    assert paired(after_apgd, after_ensemble).excess(0.0)  # 19 / 18 vs 0 discordant of 359 (16 / 18 vs 0)
+    assert paired(after_pgd, after_ensemble).excess(0.03)  # 29 / 26 vs 0, gap 0.081 / 0.072 (29 / 28 vs 0)
 
 
 def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tiny, digits):
