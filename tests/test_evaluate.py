@@ -158,12 +158,14 @@ def test_report_command_writes_one_self_contained_page(digits_runs, tmp_path):
     out = tmp_path / "report.html"
     runs = [str(copy_run(digits_runs / name, tmp_path / name)) for name in ("standard", "pgd")]  # it writes caches
     done = runner.invoke(app, ["report", *runs, "--out", str(out),
-                               "--eps", "0.1,0.3", "--steps", "2", "--limit", "16", "--targets", "0"])
+                               "--eps", "0.1,0.3", "--steps", "2", "--limit", "16", "--targets", "0",
+                               "--ensemble-steps", "5"])
     assert done.exit_code == 0, done.output
     page = out.read_text()
     # curves + frontier + saliency + one training figure per run
     assert page.count("<img ") == 5 and "src=\"http" not in page and "Robustness curves" in page
     assert "n = 16 test images" in page and "Robustness against training cost" in page
+    assert "worst case of APGD-CE, 5 steps" in page  # the caption names the ensemble's steps
 
 
 def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):

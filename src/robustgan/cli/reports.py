@@ -12,6 +12,7 @@ from rich.progress import Progress
 
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
                                   err_console, json_eps, out_console, require, single_subject)
+from robustgan.attacks.accuracy import DEFAULT_STEPS
 from robustgan.eps import format_eps
 from robustgan.evaluate.card import build_card, write_card
 from robustgan.evaluate.checks import check_run
@@ -27,6 +28,8 @@ def report(
     out: Path = typer.Option(Path("runs/report.html"), "--out", help="HTML file to write"),
     eps: str = typer.Option("", help="eps_i grid for the curves (default: the paper's grid)"),
     steps: int = typer.Option(20, help="PGD steps of the saliency images (curves: the worst-case ensemble, PGD-40 beside it)"),
+    ensemble_steps: int = typer.Option(DEFAULT_STEPS["ensemble"], "--ensemble-steps",
+                                       help="APGD steps per attack of the curves' worst-case ensemble"),
     targets: int = TARGETS,
     limit: int = LIMIT,
     index: int = typer.Option(0, "--index", help="Test image for saliency and trends"),
@@ -42,7 +45,8 @@ def report(
 
       robustgan report runs/sweep-mnist/* --check
     """
-    require(steps > 0 and limit >= 0 and 0 <= targets <= 9, "--steps must be positive, --limit >= 0, --targets in 0..9")
+    require(min(steps, ensemble_steps) > 0 and limit >= 0 and 0 <= targets <= 9,
+            "--steps and --ensemble-steps must be positive, --limit >= 0, --targets in 0..9")
     grid = eps_grid(eps, RunDir(runs[0]).config().data.name)
     device = resolve_device(device)
     if run_checks:
@@ -53,7 +57,7 @@ def report(
                           targets=targets)
     with Progress(console=err_console, transient=True) as progress:
         path = build_report(runs, out, eps_grid=grid, steps=steps, limit=limit, index=index, device=device,
-                            data_root=data_root, progress=progress, targets=targets)
+                            data_root=data_root, progress=progress, targets=targets, curve_steps=ensemble_steps)
     out_console.print(f"wrote {path}")
 
 
