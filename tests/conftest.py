@@ -10,6 +10,8 @@ import os
 import pytest
 from hypothesis import settings
 
+pytest.register_assert_rewrite("tests.helpers")  # its asserts (assert_one_line) explain failures as the tests' do
+
 # Property tests draw the same examples on every run and machine: a failure reproduces, and a
 # random draw never turns a green suite red (one once crashed a worker inside scipy). Finds
 # worth keeping go into the tests as @example.
@@ -18,7 +20,11 @@ settings.load_profile("robustgan")
 
 
 def pytest_configure(config):
-    xdist_controller = not hasattr(config, "workerinput") and getattr(config.option, "dist", "no") != "no"
+    """Threads and allocator for the processes that run tests (helpers.configure_torch); here
+    rather than at import, so that xdist's controller, which only starts the workers, never
+    imports torch."""
+    xdist_controller = (not hasattr(config, "workerinput") and getattr(config.option, "dist", "no") != "no"
+                        and bool(getattr(config.option, "tx", None)))
     if not xdist_controller:
         from tests.helpers import configure_torch
 
@@ -116,9 +122,10 @@ def baseline_runs(tmp_path_factory):
     return trained_once(tmp_path_factory, "baselines", train)
 
 
-# Under pytest-xdist each worker first trains its share of the shared runs (about equal: measured
-# at one thread, digits 36 s + ATGAN 45 s, baselines 52 s + GAN-AT 24 s), so no test later waits
-# on a run another worker is training (that idled a core for ~50 s a session).
+# Under pytest-xdist each worker first trains its share of the shared runs (measured at one
+# thread, digits 28 s + ATGAN 33 s, baselines 48 s + GAN-AT 28 s; work stealing evens out the
+# rest), so no test later waits on a run another worker is training (that idled a core for ~50 s
+# a session).
 PREWARM = {"gw0": ("digits_runs", "atgan_run"), "gw1": ("baseline_runs", "gan_runs")}
 
 

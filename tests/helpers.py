@@ -23,8 +23,10 @@ CONFIGS = ROOT / "configs"
 
 
 def configure_torch():
-    """`make test` runs two xdist workers: one thread each on two cores (two threads each would
-    oversubscribe the cores and slow both); a plain `pytest` keeps two threads."""
+    """Torch's thread count, OMP_NUM_THREADS for the processes tests start, and glibc's
+    allocator thresholds, for this process. `make test` runs two xdist workers: one thread each
+    on two cores (two threads each would oversubscribe the cores and slow both); a plain
+    `pytest` keeps two threads."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
     # The CLI processes tests start compute with the worker's thread count: the same float reduction
@@ -104,15 +106,17 @@ def accuracy(model, x, y) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-FAST = ["train.eval_every=100", "train.eval_limit=32",
-        "train.channels_last=true"]  # the demo's setting: ATGAN trains in 19 s instead of 27 s on 2 cores
+# Held-out metrics on 32 images, logged once after the last epoch (no test reads their values);
+# channels_last as the demo trains: ATGAN trains in 19 s instead of 27 s on 2 cores.
+FAST = ["train.eval_every=100", "train.eval_limit=32", "train.channels_last=true"]
 
 # The digits presets as the tests train them: each preset's own recipe (model, method, eps,
 # optimiser), shortened to a few epochs and fewer PGD steps so the session trains all of
 # them in about a minute. The full presets run in `make demo` and docs/reproduction.md.
 # Measured on 359 test images (1 and 2 threads give the same numbers, except where two are given):
-# standard clean 95.5%; PGD-AT (PGD-2) clean 74% / 75%, PGD-20 at 0.2 30.6% / 29.2%; ATGAN clean 91% (first 200), PGD-20 33.5% / 30%; GAN-AT grad (on
-# 960 training images: 1200 gave 20%, all 1438 17%) PGD-20 16.7% at one thread, 19.5% at two.
+# standard clean 95.5%; PGD-AT (PGD-2) clean 74% / 75%, PGD-20 at 0.2 30.6% / 29.2%; ATGAN clean
+# 91% (first 200), PGD-20 33.5% / 30%; GAN-AT grad (on 960 training images: 1200 gave 20%, all
+# 1438 17%) PGD-20 16.7% at one thread, 19.5% at two.
 TEST_SIZE = {
     "standard-digits": ["train.epochs=4"],
     "pgd-at-digits": ["train.epochs=5", "method.ramp_epochs=2", "method.steps=2", "method.step_size=0.15"],

@@ -25,6 +25,8 @@ runner = CliRunner()
 def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_path, monkeypatch):
     args = ["--restarts", "2", "--no-autoattack", "--targets", "1", "--eps", "0.2"]
     run = copy_run(digits_runs / "pgd", tmp_path / "pgd")
+    # the honest run on 32 images: its false-alarm rate is bounded at any n (the paired rule;
+    # test_identical_attacks_never_warn_over_seeds, docs/evaluation.md)
     honest = runner.invoke(app, ["check", str(run), "--limit", "32", "--steps", "20", "--long-steps", "40",
                                  "--ensemble-steps", "20", "--surrogate", str(digits_runs / "standard"), *args])
     assert honest.exit_code == 0, honest.output

@@ -114,8 +114,9 @@ def test_adaptive_targets_spend_only_on_close_points(robust_tiny, digits):
 def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits):
     _, _, x, y = digits
     eps = 0.2
-    # APGD at half its default budget (its step-size checkpoints are fractions of the budget); measured
-    # at 1 / 2 threads, the counts at the default 100 in parentheses
+    # APGD at half its default budget (its step-size checkpoints are fractions of the budget, the
+    # 100-step ones in test_apgd_checkpoints_follow_the_paper); measured at 1 / 2 threads, the counts
+    # at the default 100 in parentheses
     after_pgd = robust_mask(robust_tiny, x, y, attack="pgd", eps=eps, steps=40, seed=0)
     after_apgd = robust_mask(robust_tiny, x, y, attack="apgd-ce", eps=eps, steps=50, seed=0)
     after_ensemble = robust_mask(robust_tiny, x, y, attack="ensemble", eps=eps, steps=50, seed=0)

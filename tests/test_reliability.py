@@ -297,6 +297,7 @@ def test_bad_dataset_files(tmp_path, case, message, monkeypatch, capsys):
     (["eval", "{run}", "--eps", "nan"], "eps must be in [0, 1]"),
     (["eval", "{run}", "--steps", "0"], "--steps must be positive, got 0"),
     (["check", "{run}", "--ensemble-steps", "0"], "--ensemble-steps must be positive, got 0"),
+    (["report", "{run}", "--ensemble-steps", "0"], "--ensemble-steps must be positive, got 0"),
     (["train", "-c", "configs/pgd-at-digits.toml", "--set", "method.steps=0"], "method.steps must be positive"),
     (["train", "-c", "configs/pgd-at-digits.toml", "--set", "method.frac=1.5"], "method.frac must be in [0, 1]"),
     (["train", "-c", "configs/pgd-at-digits.toml", "--set", "method.eps=nan"], "method.eps must be in [0, 1]"),

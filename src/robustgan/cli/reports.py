@@ -10,9 +10,9 @@ from typing import List, Optional
 import typer
 from rich.progress import Progress
 
+from robustgan.attacks.accuracy import DEFAULT_STEPS
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
                                   err_console, json_eps, out_console, require, single_subject)
-from robustgan.attacks.accuracy import DEFAULT_STEPS
 from robustgan.eps import format_eps
 from robustgan.evaluate.card import build_card, write_card
 from robustgan.evaluate.checks import check_run
@@ -27,9 +27,10 @@ def report(
     runs: List[Path] = typer.Argument(..., help="Run directories"),
     out: Path = typer.Option(Path("runs/report.html"), "--out", help="HTML file to write"),
     eps: str = typer.Option("", help="eps_i grid for the curves (default: the paper's grid)"),
-    steps: int = typer.Option(20, help="PGD steps of the saliency images (curves: the worst-case ensemble, PGD-40 beside it)"),
+    steps: int = typer.Option(20, help="PGD steps of the saliency images (curves: --ensemble-steps)"),
     ensemble_steps: int = typer.Option(DEFAULT_STEPS["ensemble"], "--ensemble-steps",
-                                       help="APGD steps per attack of the curves' worst-case ensemble"),
+                                       help="APGD steps per attack of the curves' worst-case ensemble, PGD-40 "
+                                            "beside it (--check keeps eval's 100)"),
     targets: int = TARGETS,
     limit: int = LIMIT,
     index: int = typer.Option(0, "--index", help="Test image for saliency and trends"),
@@ -45,8 +46,11 @@ def report(
 
       robustgan report runs/sweep-mnist/* --check
     """
-    require(min(steps, ensemble_steps) > 0 and limit >= 0 and 0 <= targets <= 9,
-            "--steps and --ensemble-steps must be positive, --limit >= 0, --targets in 0..9")
+    require(steps > 0 and limit >= 0 and 0 <= targets <= 9, "--steps must be positive, --limit >= 0, --targets in 0..9")
+    require(ensemble_steps > 0, f"--ensemble-steps must be positive, got {ensemble_steps}")
+    if ensemble_steps < DEFAULT_STEPS["ensemble"]:
+        err_console.print(f"[yellow]note[/yellow]: a {ensemble_steps}-step ensemble is weaker than eval's "
+                          f"{DEFAULT_STEPS['ensemble']}-step one: the curves may overstate robustness")
     grid = eps_grid(eps, RunDir(runs[0]).config().data.name)
     device = resolve_device(device)
     if run_checks:
