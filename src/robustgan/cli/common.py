@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from robustgan.attacks import ATTACK_NAMES, check_eps
+from robustgan.attacks.accuracy import DEFAULT_STEPS
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.runtime import external_run
 from robustgan.eps import grid_for, parse_number
@@ -101,6 +102,14 @@ def require(ok: bool, message: str) -> None:
     """A one-line error for an option value out of range."""
     if not ok:
         raise RobustganError(message)
+
+
+def check_ensemble_steps(steps: int, console: Console, consequence: str) -> None:
+    """--ensemble-steps: positive, and a note saying what a weaker ensemble than eval's does."""
+    require(steps > 0, f"--ensemble-steps must be positive, got {steps}")
+    if steps < DEFAULT_STEPS["ensemble"]:
+        console.print(f"[yellow]note[/yellow]: a {steps}-step ensemble is weaker than eval's "
+                      f"{DEFAULT_STEPS['ensemble']}-step one: {consequence}")
 
 
 def json_eps(eps: float):

@@ -16,7 +16,7 @@ from rich.table import Table
 from robustgan import distributed
 from robustgan.attacks.accuracy import DEFAULT_STEPS
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, RESULTS, STEPS, TARGETS,
-                                  WEIGHTS, check_attack, eps_grid, err_console, json_eps, out_console, parse_eps_list,
+                                  WEIGHTS, check_attack, check_ensemble_steps, eps_grid, err_console, json_eps, out_console, parse_eps_list,
                                   parse_one_eps, require, single_subject, subject_runs)
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import check_run, overall_status, summary_line
@@ -238,17 +238,13 @@ def check(
     eps_value = parse_one_eps(eps, "--eps") if eps is not None else None
     require(min(steps, long_steps, restarts) > 0 and limit >= 0 and (tol is None or 0 <= tol <= 1) and targets >= 0,
             "--steps, --long-steps and --restarts must be positive, --targets >= 0, --tol in [0, 1]")
-    require(ensemble_steps > 0, f"--ensemble-steps must be positive, got {ensemble_steps}")
     require(long_steps > steps, f"--long-steps ({long_steps}) must exceed --steps ({steps})")
+    check_ensemble_steps(ensemble_steps, out_console, "bound and autoattack may warn falsely, protocol understates "
+                                                      "PGD's gap")
     marks = {"pass": "[green]pass[/green]   ", "warn": "[bold red]WARN[/bold red]   ", "skipped": "[dim]skipped[/dim]"}
 
     def show(result):
         out_console.print(f"{marks[result.status]}  {result.name:<15} {result.detail}")
-
-    if ensemble_steps < DEFAULT_STEPS["ensemble"]:
-        out_console.print(f"[yellow]note[/yellow]: a {ensemble_steps}-step ensemble is weaker than eval's "
-                          f"{DEFAULT_STEPS['ensemble']}-step one: bound and autoattack may warn falsely, protocol "
-                          "understates PGD's gap")
 
     results = check_run(run, eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, limit=limit,
                         surrogate=surrogate, autoattack=autoattack, autoattack_limit=autoattack_limit,

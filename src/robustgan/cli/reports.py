@@ -12,7 +12,7 @@ from rich.progress import Progress
 
 from robustgan.attacks.accuracy import DEFAULT_STEPS
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
-                                  err_console, json_eps, out_console, require, single_subject)
+                                  check_ensemble_steps, err_console, json_eps, out_console, require, single_subject)
 from robustgan.eps import format_eps
 from robustgan.evaluate.card import build_card, write_card
 from robustgan.evaluate.checks import check_run
@@ -47,10 +47,7 @@ def report(
       robustgan report runs/sweep-mnist/* --check
     """
     require(steps > 0 and limit >= 0 and 0 <= targets <= 9, "--steps must be positive, --limit >= 0, --targets in 0..9")
-    require(ensemble_steps > 0, f"--ensemble-steps must be positive, got {ensemble_steps}")
-    if ensemble_steps < DEFAULT_STEPS["ensemble"]:
-        err_console.print(f"[yellow]note[/yellow]: a {ensemble_steps}-step ensemble is weaker than eval's "
-                          f"{DEFAULT_STEPS['ensemble']}-step one: the curves may overstate robustness")
+    check_ensemble_steps(ensemble_steps, err_console, "the curves may overstate robustness")
     grid = eps_grid(eps, RunDir(runs[0]).config().data.name)
     device = resolve_device(device)
     if run_checks:
