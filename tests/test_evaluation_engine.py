@@ -57,6 +57,38 @@ def test_apgd_stays_in_ball_and_box_and_leaves_the_model_alone(loss):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_apgd_groups_stop_together_and_halving_prunes_by_best_loss(robust_tiny, digits):
+    """Rows of one group attack one point towards different targets: once one is fooled the
+    others stop, which changes no point's outcome; successive halving keeps the rows with the
+    highest loss and spends less. Per-row seeds draw what one seed per call draws."""
+    from robustgan.attacks.apgd import apgd_run, rank_in_group
+    from robustgan.attacks.threat import sample_noise
+
+    groups, score = torch.tensor([3, 3, 1, 1, 1]), torch.tensor([1.0, 3.0, 2.0, 5.0, 0.0])
+    assert rank_in_group(groups, score).tolist() == [1, 0, 1, 0, 2]
+    x = torch.rand(4, 1, 8, 8)
+    rows = sample_noise(x, torch.tensor([5, 5, 9, 9]), torch.arange(4))
+    assert torch.equal(rows[:2], sample_noise(x[:2], 5, torch.arange(2)))
+    assert torch.equal(rows[2:], sample_noise(x[2:], 9, torch.arange(2, 4)))
+
+    _, _, xt, yt = digits
+    x, y = xt[:48], yt[:48]
+    with torch.no_grad():
+        order = robust_tiny(x).scatter(1, y[:, None], -1e9).argsort(1, descending=True)
+    point = torch.arange(48).repeat(3)  # targets of rank 1-3, rank-major
+    target = order[point, torch.arange(3).repeat_interleave(48)]
+    kwargs = dict(steps=20, loss="dlr-targeted", target=target, seed=torch.arange(3).repeat_interleave(48),
+                  ids=point)
+    alone = apgd_run(robust_tiny, x[point], y[point], 0.2, **kwargs)
+    grouped = apgd_run(robust_tiny, x[point], y[point], 0.2, groups=point, **kwargs)
+    halved = apgd_run(robust_tiny, x[point], y[point], 0.2, groups=point, prune=(2, 1), **kwargs)
+    assert torch.equal(alone.fooled.view(3, -1).any(0), grouped.fooled.view(3, -1).any(0))
+    # measured at 2 / 1 threads: 74 / 63 rows fooled; 1625 / 1812 evaluations, grouped 1146 / 1506, halved 790 / 982
+    assert 0 < alone.fooled.sum() and grouped.grad_evals < alone.grad_evals
+    assert halved.grad_evals < grouped.grad_evals
+    assert ((halved.x_adv - x[point]).abs().amax((1, 2, 3)) <= 0.2 + 1e-6).all()
+
+
 def test_best_iterate_never_loses_a_fooled_point(robust_tiny, digits):
     _, _, xt, yt = digits
     x, y = xt[:150], yt[:150]
@@ -96,7 +128,8 @@ def test_ensemble_invariants(robust_tiny, digits):
 def test_adaptive_targets_spend_only_on_close_points(robust_tiny, digits):
     """Targets after the first attack only the points close to fooled: a margin ratio, so
     scaling the logits changes nothing; close=1 gives every target to every robust point and
-    costs more; the default finds no point significantly fewer on this model."""
+    costs more, and so does running every target its full length (halving=False); the default
+    finds no point significantly fewer on this model."""
     from robustgan.attacks.ensemble import close_to_fooled
 
     worst, clean = torch.tensor([-0.1, -0.5, -2.0, 0.3]), torch.tensor([-1.0, -1.0, -2.0, -1.0])
@@ -105,10 +138,12 @@ def test_adaptive_targets_spend_only_on_close_points(robust_tiny, digits):
     _, _, xt, yt = digits
     x, y = xt[:96], yt[:96]
     adaptive = worst_case(robust_tiny, x, y, [0.15, 0.25], steps=20)
-    every = worst_case(robust_tiny, x, y, [0.15, 0.25], steps=20, close=1.0)
-    assert adaptive.grad_evals < every.grad_evals
+    full_length = worst_case(robust_tiny, x, y, [0.15, 0.25], steps=20, halving=False)
+    every = worst_case(robust_tiny, x, y, [0.15, 0.25], steps=20, close=1.0, halving=False)
+    assert adaptive.grad_evals < full_length.grad_evals < every.grad_evals
     for k in range(2):
         assert not paired(adaptive.correct[:, k], every.correct[:, k]).excess(0.0), k
+        assert not paired(adaptive.correct[:, k], full_length.correct[:, k]).excess(0.0), k
 
 
 def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits):

@@ -59,10 +59,33 @@ class APGDResult:
     grad_evals: int  # forward-backward passes, summed over samples
 
 
-def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop) -> APGDResult:
-    """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample. One function
-    on purpose (67 lines): its state is the algorithm's, and splitting it would pass fourteen
-    per-sample tensors between the pieces."""
+def rank_in_group(groups: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Each row's place (0 = highest score) among the rows of its group."""
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]
+    sorted_groups = groups[order]
+    place = torch.empty_like(order)
+    place[order] = torch.arange(len(order), device=order.device) - torch.searchsorted(sorted_groups, sorted_groups)
+    return place
+
+
+def _stopping(hit, groups, best_loss, quota, early_stop) -> torch.Tensor:
+    """The rows that stop before the next step: with early stop the fooled ones (their result
+    cannot change) and their groups' other rows (nor can their point's); with a successive-halving
+    ``quota``, all but the ``quota`` rows of each group with the highest best loss."""
+    stop = hit if early_stop else torch.zeros_like(hit)
+    if groups is not None and stop.any():
+        stop = torch.isin(groups, groups[stop])
+    if quota is not None:
+        stop = stop | (rank_in_group(groups, best_loss) >= quota)
+    return stop
+
+
+def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, groups, prune) -> APGDResult:
+    """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample. Rows of one
+    ``groups`` value attack one point side by side (``apgd_run``). One function on purpose
+    (70 lines): its state is the algorithm's, and splitting it would pass fourteen per-sample
+    tensors between the pieces."""
     lo, hi = ball(x, eps)
     eta = 2 * eps.view(-1, 1, 1, 1).to(x.dtype)
     out = start.clone()
@@ -92,9 +115,14 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop) -> A
     success = torch.zeros_like(loss)
     reduced_last = torch.zeros_like(loss, dtype=torch.bool)
     best_last = best_loss.clone()
+    quota = None
     for k in range(1, steps):
-        if early_stop and hit.any():  # a fooled sample's result cannot change: stop attacking it
-            keep = ~hit
+        stop = _stopping(hit, None if groups is None else groups[live], best_loss, quota, early_stop)
+        quota = None
+        if stop.any():
+            left = stop & ~fooled[live]  # stopped unfooled: the best point so far is the result
+            out[live[left]], out_loss[live[left]] = best_x[left].detach(), best_loss[left]
+            keep = ~stop
             live, cur, prev, loss, grad, best_x, best_loss, best_grad, success, reduced_last, best_last, eta, lo, hi = (
                 t[keep] for t in (live, cur, prev, loss, grad, best_x, best_loss, best_grad, success, reduced_last,
                                   best_last, eta, lo, hi))
@@ -122,6 +150,7 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop) -> A
             grad, loss = torch.where(back, best_grad, grad), torch.where(reduce, best_loss, loss)
             reduced_last, best_last = reduce, best_loss.clone()
             success = torch.zeros_like(success)
+            quota = prune[mark - 1] if prune is not None and mark <= len(prune) else None
             mark += 1
     left = ~fooled[live]
     out[live[left]], out_loss[live[left]] = best_x[left].detach(), best_loss[left]
@@ -129,19 +158,28 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop) -> A
 
 
 def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: int = 100, loss: str = "ce",
-             target_rank: int | None = None, target: torch.Tensor | None = None, restarts: int = 1, seed: int = 0,
-             x_init: torch.Tensor | None = None, ids: torch.Tensor | None = None,
-             early_stop: bool = True) -> APGDResult:
+             target_rank: int | None = None, target: torch.Tensor | None = None, restarts: int = 1,
+             seed: int | torch.Tensor = 0, x_init: torch.Tensor | None = None, ids: torch.Tensor | None = None,
+             early_stop: bool = True, groups: torch.Tensor | None = None,
+             prune: tuple[int, ...] | None = None) -> APGDResult:
     """APGD on a batch with everything the evaluation engine needs: per-sample eps (a number
     or an (N,) tensor), a warm start ``x_init`` for the first run, the samples' test-set
-    indices ``ids`` (their random starts do not depend on the batch), whether each sample
-    was fooled, and the number of gradient evaluations. The targeted loss aims at ``target``
-    (N,) when given, else at each clean image's ``target_rank``-th most likely other class.
-    Inputs are not checked here."""
+    indices ``ids`` and seeds (a number or one per sample: their random starts do not depend
+    on the batch), whether each sample was fooled, and the number of gradient evaluations.
+    The targeted loss aims at ``target`` (N,) when given, else at each clean image's
+    ``target_rank``-th most likely other class.
+
+    ``groups`` (N,): rows with one value attack the same point (one target each); with early
+    stop, once one of them is fooled the others stop. ``prune``: successive halving over a
+    group's rows (Jamieson & Talwalkar 2016): after the j-th step-size checkpoint (Sec. 3.2)
+    only the ``prune[j-1]`` rows of each group with the highest best loss go on; the others
+    keep their best point. Inputs are not checked here."""
     if loss not in LOSSES:
         raise AttackError(f"APGD loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if int(steps) <= 0 or int(restarts) <= 0:
         raise AttackError(f"APGD steps and restarts must be positive, got {steps} and {restarts}")
+    if prune is not None and (groups is None or min(prune, default=1) < 1):
+        raise AttackError(f"prune needs groups and quotas of at least 1, got {prune}")
     x, y = x.detach(), y.detach()
     eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device).expand(len(x)).clone()
     eps = torch.where(torch.isinf(eps), torch.ones_like(eps), eps)  # on [0, 1] images the unbounded ball is eps = 1
@@ -167,16 +205,19 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
             if r == 0 and x_init is not None:
                 start = x_init.detach()[todo]
             else:
-                noise = sample_noise(x[todo], seed, sample_ids[todo.cpu()], stream=r)
+                seeds = seed[todo.cpu()] if isinstance(seed, torch.Tensor) else seed
+                noise = sample_noise(x[todo], seeds, sample_ids[todo.cpu()], stream=r)
                 lo, hi = ball(x[todo], eps[todo])
                 start = (x[todo] + eps[todo].view(-1, 1, 1, 1) * noise).clamp_(lo, hi)
             got, got_loss = _apgd_once(model, x[todo], y[todo], None if target is None else target[todo], eps[todo],
-                                       start, int(steps), LOSSES[loss], early_stop)
+                                       start, int(steps), LOSSES[loss], early_stop,
+                                       None if groups is None else groups[todo], prune)
             better = got.fooled | (got_loss > best_loss[todo])
             idx = todo[better]
             best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]
             best.grad_evals += got.grad_evals
-            todo = todo[~best.fooled[todo]]
+            done = best.fooled if groups is None else torch.isin(groups, groups[best.fooled])
+            todo = todo[~done[todo]]
             if not len(todo):
                 break
         return best

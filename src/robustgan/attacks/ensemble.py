@@ -44,11 +44,12 @@ import torch.nn as nn
 from robustgan.attacks.apgd import apgd_run, margin
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
-ATTACK_VERSION = 4  # bump whenever an attack's numbers change: part of every evaluation cache key
+ATTACK_VERSION = 6  # bump whenever an attack's numbers change: part of every evaluation cache key
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
 FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
 CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap
 CLOSE_RESTART = 0.5  # close enough for a second APGD-CE from a random start: half the gap closed
+HALVING = (4, 2, 1)  # targets 2-9 kept per point after APGD's first three checkpoints (22, 41, 57 of 100 steps)
 
 
 @dataclass
@@ -83,10 +84,11 @@ def ensemble_names(targets: int) -> list[str]:
 
 class AttackRun(NamedTuple):
     loss: str  # a key of losses.LOSSES
-    rank: int | None  # the target's rank at the worst example (targeted loss only)
-    seed: int
+    ranks: tuple[int, ...]  # targets by rank at the worst example, attacked side by side (targeted loss only)
+    seed: int  # target rank r draws its random starts from seed + 7919 r
     threshold: float | None  # only on points ``close_to_fooled`` at this threshold; None: every point
     warm: bool  # start from each point's worst example instead of a random point
+    prune: tuple[int, ...] | None = None  # successive halving over a point's targets (``apgd_run``)
 
 
 def close_to_fooled(worst_margin: torch.Tensor, clean_margin: torch.Tensor, close: float) -> torch.Tensor:
@@ -103,33 +105,43 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
     points without early stop), the adaptive ones only on the points ``close_to_fooled``, at
     ``eps`` (a number or one per point); updates ``fooled``, ``worst`` and ``worst_margin`` in
     place and returns the gradient evaluations spent. APGD-T's targets are ranked at each
-    point's worst example after the first attack (where the attack has got to)."""
+    point's worst example after the first attack (where the attack has got to); a run with
+    several target ranks attacks each point towards all of them in one batch, one row per
+    (rank, point), and keeps each point's worst row."""
     grad_evals = 0
     order = None
-    for loss, rank, seed, threshold, warm in runs:  # AttackRun fields
+    for loss, ranks, seed, threshold, warm, prune in runs:  # AttackRun fields
         todo = ~fooled if early_stop else torch.ones_like(fooled)
         if threshold is not None:
             todo &= close_to_fooled(worst_margin, clean_margin, threshold)
-        if rank is not None and order is None:
+        if ranks and order is None:
             with torch.no_grad():
                 order = model(worst).float().scatter(1, y[:, None], -math.inf).argsort(1, descending=True)
             if order.shape[1] < 4:
                 raise AttackError(f"APGD-T (targeted DLR) needs at least 4 classes, got {order.shape[1]}: --targets 0")
-        if rank is not None and rank >= order.shape[1]:
-            continue  # as AutoAttack: at most (classes - 1) targets; the last column is the true class
+        # as AutoAttack: at most (classes - 1) targets; the last column of ``order`` is the true class
+        ranks = torch.tensor([r for r in ranks if r < order.shape[1]] if ranks else [], dtype=torch.long)
         idx = todo.nonzero()[:, 0]
-        if not len(idx):
+        if not len(idx) or (loss == "dlr-targeted" and not len(ranks)):
             continue
-        got = apgd_run(model, x[idx], y[idx], eps[idx] if isinstance(eps, torch.Tensor) else eps, steps=steps,
-                       loss=loss, target=None if rank is None else order[idx, rank - 1], restarts=restarts,
-                       seed=seed, ids=ids[idx.cpu()], early_stop=early_stop, x_init=worst[idx] if warm else None)
+        copies = max(len(ranks), 1)
+        rows = idx.repeat(copies)  # rank-major: row j * len(idx) + i attacks point idx[i] towards rank j
+        rank = ranks.repeat_interleave(len(idx))
+        got = apgd_run(model, x[rows], y[rows], eps[rows] if isinstance(eps, torch.Tensor) else eps, steps=steps,
+                       loss=loss, target=order[rows, rank.to(rows.device) - 1] if len(ranks) else None,
+                       restarts=restarts, seed=seed + 7919 * rank if len(ranks) else seed, ids=ids[rows.cpu()],
+                       early_stop=early_stop, x_init=worst[rows] if warm else None,
+                       groups=rows if copies > 1 else None, prune=prune if copies > 1 else None)
         grad_evals += got.grad_evals
         with torch.no_grad():
-            got_margin = margin(model(got.x_adv).float(), y[idx])
+            got_margin = margin(model(got.x_adv).float(), y[rows])
+        pick = torch.where(got.fooled, math.inf, got_margin).view(copies, -1).argmax(0) * len(idx)
+        pick += torch.arange(len(idx), device=pick.device)  # each point's worst row: fooled, else the largest margin
+        got_x, got_fooled, got_margin = got.x_adv[pick], got.fooled[pick], got_margin[pick]
         was = fooled[idx]
-        better = ~was & (got.fooled | (got_margin > worst_margin[idx]))
-        worst[idx[better]], worst_margin[idx[better]] = got.x_adv[better], got_margin[better]
-        fooled[idx] = was | got.fooled
+        better = ~was & (got_fooled | (got_margin > worst_margin[idx]))
+        worst[idx[better]], worst_margin[idx[better]] = got_x[better], got_margin[better]
+        fooled[idx] = was | got_fooled
     return grad_evals
 
 
@@ -141,24 +153,31 @@ def batches(x, y, batch_size, device):
         yield sl, (xb.float().div(255) if xb.dtype == torch.uint8 else xb), yb
 
 
-def attack_runs(targets: int, seed: int, warm_start: bool = False, close: float = CLOSE) -> list[AttackRun]:
-    """Each attack of the ensemble in order: APGD-CE (from the worst point so far with ``warm_start``); APGD-T
-    per target rank from random starts, ranks above ``FIRST_TARGETS`` only on the points
-    closer than ``close``; and with ``warm_start``, APGD-CE once more from its random start on
-    the points closer than ``CLOSE_RESTART`` (a warm start can trap a point a fresh start fools)."""
-    targeted = [AttackRun("dlr-targeted", r, seed + 7919 * r, close if r > FIRST_TARGETS else None, False)
-                for r in range(1, int(targets) + 1)]
-    restart = [AttackRun("ce", None, seed, CLOSE_RESTART, False)] if warm_start else []
-    return [AttackRun("ce", None, seed, None, warm_start), *targeted, *restart]
+def attack_runs(targets: int, seed: int, warm_start: bool = False, close: float = CLOSE,
+                halving: bool = True) -> list[AttackRun]:
+    """Each attack of the ensemble in order: APGD-CE (from the worst point so far with
+    ``warm_start``); APGD-T towards the first ``FIRST_TARGETS`` target ranks on every point,
+    then towards the other ranks side by side on the points closer than ``close`` (with
+    ``halving``, pruned by successive halving: ``HALVING``), from random starts; and with
+    ``warm_start``, APGD-CE once more from its random start on the points closer than
+    ``CLOSE_RESTART`` (a warm start can trap a point a fresh start fools)."""
+    first = [AttackRun("dlr-targeted", (r,), seed, None, False) for r in range(1, min(int(targets), FIRST_TARGETS) + 1)]
+    rest = tuple(range(FIRST_TARGETS + 1, int(targets) + 1))
+    targeted = first + ([AttackRun("dlr-targeted", rest, seed, close, False, HALVING if halving else None)]
+                        if rest else [])
+    restart = [AttackRun("ce", (), seed, CLOSE_RESTART, False)] if warm_start else []
+    return [AttackRun("ce", (), seed, None, warm_start), *targeted, *restart]
 
 
 def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *, steps: int = 100,
                targets: int = DEFAULT_TARGETS, restarts: int = 1, seed: int = 0, warm_start: bool = True,
-               early_stop: bool = True, close: float = CLOSE, keep_examples: bool = False, batch_size: int = 256,
+               early_stop: bool = True, close: float = CLOSE, halving: bool = True, keep_examples: bool = False,
+               batch_size: int = 256,
                device="cpu", ids: torch.Tensor | None = None, known_fooled: torch.Tensor | None = None, progress=None,
                task=None) -> WorstCase:
     """Run the ensemble on x (uint8 or float in [0, 1]) at every eps of ``eps`` (sorted here);
-    ``close`` is the closeness threshold of targets 2.. (1: every target on every point).
+    ``close`` is the closeness threshold of targets 2.. (1: every target on every point);
+    ``halving=False`` runs each of those targets for all its steps.
 
     ``ids`` are the points' indices in the test set (their random starts are drawn from
     them, so a shard or a batch gets what one process would); ``known_fooled`` (n, len(eps))
@@ -175,7 +194,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     clean = torch.zeros(len(y), dtype=torch.bool)
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
     grad_evals = 0
-    runs = attack_runs(targets, seed, warm_start, close)
+    runs = attack_runs(targets, seed, warm_start, close, halving)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batch_size, device):
             with torch.no_grad():

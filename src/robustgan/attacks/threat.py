@@ -53,16 +53,19 @@ def ball(x: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torc
     return (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
 
 
-def sample_noise(like: torch.Tensor, seed: int, ids: torch.Tensor | None = None, stream: int = 0) -> torch.Tensor:
+def sample_noise(like: torch.Tensor, seed: int | torch.Tensor, ids: torch.Tensor | None = None,
+                 stream: int = 0) -> torch.Tensor:
     """Uniform noise in [-1, 1] shaped like ``like``, drawn per sample from a stream fixed by
     (seed, stream, the sample's index in the test set ``ids``): a sample's random start does
     not depend on its batch, shard or which other samples are still being attacked, so a
-    sharded or early-stopped evaluation draws what a single process would."""
+    sharded or early-stopped evaluation draws what a single process would. ``seed``: one
+    number, or one per sample."""
     ids = torch.arange(len(like)) if ids is None else ids.cpu()
+    seeds = seed.tolist() if isinstance(seed, torch.Tensor) else [seed] * len(ids)
     gen = torch.Generator()
     rows = []
-    for i in ids.tolist():
-        gen.manual_seed(((seed * 1_000_003 + stream) * 10_000_019 + i) % (1 << 63))
+    for s, i in zip(seeds, ids.tolist()):
+        gen.manual_seed(((s * 1_000_003 + stream) * 10_000_019 + i) % (1 << 63))
         rows.append(torch.rand(like.shape[1:], generator=gen))
     noise = torch.stack(rows) if rows else torch.empty(like.shape)
     return noise.to(like.device, like.dtype).mul_(2).sub_(1)
