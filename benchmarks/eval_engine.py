@@ -12,8 +12,8 @@ result. The attack settings are the same in both modes.
 
 Curves, each over the whole eps grid (default the digits grid 0.1..0.5), same model and images:
 - ours: one ``worst_case`` call with its defaults (APGD-CE, then APGD-T towards up to 9 target
-  classes ranked at each point's worst example, ranks 2-9 only on points close to fooled, 100
-  steps, ascending eps with warm start and early stop);
+  classes ranked at each point's worst example, ranks 2-9 only on points close to fooled, side
+  by side with successive halving, 100 steps, ascending eps with warm start and early stop);
 - torchattacks 3.5.1: APGD-CE (100 steps) then APGD-T (100 steps, all 9 target classes, its
   only setting) on the points APGD-CE left correct, as AutoAttack chains them, once per eps;
 - adv_lib 0.2.8 (the strongest L-inf implementations in the AttackBench study, Cina et al.
