@@ -89,6 +89,25 @@ def test_apgd_groups_stop_together_and_halving_prunes_by_best_loss(robust_tiny, 
     assert ((halved.x_adv - x[point]).abs().amax((1, 2, 3)) <= 0.2 + 1e-6).all()
 
 
+def test_ensemble_calls_never_exceed_the_batch_size(robust_tiny, digits, monkeypatch):
+    """Targets 2-9 run side by side, one row per (target, point): split so that no call
+    attacks more rows than ``batch_size`` (what the user sized to the device's memory)."""
+    from robustgan.attacks import ensemble
+
+    sizes = []
+    real = ensemble.apgd_run
+
+    def counted(model, x, *args, **kwargs):
+        sizes.append(len(x))
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "apgd_run", counted)
+    _, _, xt, yt = digits
+    found = worst_case(robust_tiny, xt[:40], yt[:40], [0.1], steps=5, close=1.0, batch_size=20)
+    assert max(sizes) <= 20 and sizes.count(16) >= 2, sizes  # 8 targets x 2 points per call
+    assert found.grad_evals > 0
+
+
 def test_best_iterate_never_loses_a_fooled_point(robust_tiny, digits):
     _, _, xt, yt = digits
     x, y = xt[:150], yt[:150]

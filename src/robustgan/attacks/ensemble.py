@@ -106,49 +106,59 @@ def close_to_fooled(worst_margin: torch.Tensor, clean_margin: torch.Tensor, clos
 
 
 def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_margin, runs, steps, restarts,
-                   early_stop) -> int:
+                   early_stop, max_rows) -> int:
     """Every attack of ``runs`` (``attack_runs``) in turn on the points not yet ``fooled`` (all
     points without early stop), the adaptive ones only on the points ``close_to_fooled``, at
     ``eps`` (a number or one per point); updates ``fooled``, ``worst`` and ``worst_margin`` in
     place and returns the gradient evaluations spent. APGD-T's targets are ranked at each
     point's worst example after the first attack (where the attack has got to); a run with
-    several target ranks attacks each point towards all of them in one batch, one row per
-    (rank, point), and keeps each point's worst row."""
+    several target ranks attacks each point towards all of them side by side, one row per
+    (rank, point), at most ``max_rows`` rows per call, and keeps each point's worst row."""
     grad_evals = 0
     order = None
-    for loss, ranks, seed, threshold, warm, prune in runs:  # AttackRun fields
+    for run in runs:
         todo = ~fooled if early_stop else torch.ones_like(fooled)
-        if threshold is not None:
-            todo &= close_to_fooled(worst_margin, clean_margin, threshold)
-        if ranks and order is None:
+        if run.threshold is not None:
+            todo &= close_to_fooled(worst_margin, clean_margin, run.threshold)
+        if run.ranks and order is None:
             with torch.no_grad():
                 order = model(worst).float().scatter(1, y[:, None], -math.inf).argsort(1, descending=True)
             if order.shape[1] < 4:
                 raise AttackError(f"APGD-T (targeted DLR) needs at least 4 classes, got {order.shape[1]}: --targets 0")
         # as AutoAttack: at most (classes - 1) targets; the last column of ``order`` is the true class
-        ranks = torch.tensor([r for r in ranks if r < order.shape[1]] if ranks else [], dtype=torch.long)
+        ranks = torch.tensor([r for r in run.ranks if r < order.shape[1]] if run.ranks else [], dtype=torch.long)
         idx = todo.nonzero()[:, 0]
-        if not len(idx) or (loss == "dlr-targeted" and not len(ranks)):
+        if run.ranks and not len(ranks):
             continue
-        copies = max(len(ranks), 1)
-        rows = idx.repeat(copies)  # rank-major: row j * len(idx) + i attacks point idx[i] towards rank j
-        rank = ranks.repeat_interleave(len(idx))
-        got = apgd_run(model, x[rows], y[rows], eps[rows] if isinstance(eps, torch.Tensor) else eps, steps=steps,
-                       loss=loss, target=order[rows, rank.to(rows.device) - 1] if len(ranks) else None,
-                       restarts=restarts, seed=seed + 7919 * rank if len(ranks) else seed, ids=ids[rows.cpu()],
-                       early_stop=early_stop, x_init=worst[rows] if warm else None,
-                       groups=rows if copies > 1 else None, prune=prune if copies > 1 else None)
-        grad_evals += got.grad_evals
-        with torch.no_grad():
-            got_margin = margin(model(got.x_adv).float(), y[rows])
-        pick = torch.where(got.fooled, math.inf, got_margin).view(copies, -1).argmax(0) * len(idx)
-        pick += torch.arange(len(idx), device=pick.device)  # each point's worst row: fooled, else the largest margin
-        got_x, got_fooled, got_margin = got.x_adv[pick], got.fooled[pick], got_margin[pick]
-        was = fooled[idx]
-        better = ~was & (got_fooled | (got_margin > worst_margin[idx]))
-        worst[idx[better]], worst_margin[idx[better]] = got_x[better], got_margin[better]
-        fooled[idx] = was | got_fooled
+        per_call = max(1, max_rows // max(len(ranks), 1))
+        for part in idx.split(per_call):
+            got_x, got_fooled, got_margin, evals = _one_call(model, x, y, ids, eps, worst, order, part, ranks, run,
+                                                             steps, restarts, early_stop)
+            grad_evals += evals
+            was = fooled[part]
+            better = ~was & (got_fooled | (got_margin > worst_margin[part]))
+            worst[part[better]], worst_margin[part[better]] = got_x[better], got_margin[better]
+            fooled[part] = was | got_fooled
     return grad_evals
+
+
+def _one_call(model, x, y, ids, eps, worst, order, idx, ranks, run, steps, restarts, early_stop):
+    """``run`` on the points ``idx`` towards each target rank of ``ranks`` (none: untargeted) in
+    one ``apgd_run`` call: each point's worst row (fooled, else the largest margin), whether it
+    was fooled, its margin, and the gradient evaluations spent."""
+    copies = max(len(ranks), 1)
+    rows = idx.repeat(copies)  # rank-major: row j * len(idx) + i attacks point idx[i] towards ranks[j]
+    rank = ranks.repeat_interleave(len(idx))
+    got = apgd_run(model, x[rows], y[rows], eps[rows] if isinstance(eps, torch.Tensor) else eps, steps=steps,
+                   loss=run.loss, target=order[rows, rank.to(rows.device) - 1] if len(ranks) else None,
+                   restarts=restarts, seed=run.seed + 7919 * rank if len(ranks) else run.seed, ids=ids[rows.cpu()],
+                   early_stop=early_stop, x_init=worst[rows] if run.warm else None,
+                   groups=rows if copies > 1 else None, prune=run.prune if copies > 1 else None)
+    with torch.no_grad():
+        got_margin = margin(model(got.x_adv).float(), y[rows])
+    pick = torch.where(got.fooled, math.inf, got_margin).view(copies, -1).argmax(0) * len(idx)
+    pick += torch.arange(len(idx), device=pick.device)
+    return got.x_adv[pick], got.fooled[pick], got_margin[pick], got.grad_evals
 
 
 def batches(x, y, batch_size, device):
@@ -214,7 +224,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                     fooled |= known_fooled[sl, k].to(device)
                 if e > 0:
                     grad_evals += _attack_robust(model, xb, yb, ids[sl], e, fooled, worst, worst_margin, clean_margin,
-                                                 runs, steps, restarts, early_stop)
+                                                 runs, steps, restarts, early_stop, batch_size)
                 correct[sl, k] = ~fooled.cpu()
                 if keep_examples:
                     examples[k, sl] = worst.cpu()
@@ -246,7 +256,7 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
                 with torch.no_grad():
                     worst_margin = margin(model(xb).float(), yb)
                 _attack_robust(model, xb, yb, ids[sl], mid, fooled, xb.clone(), worst_margin, worst_margin.clone(),
-                               runs, steps, 1, True)
+                               runs, steps, 1, True, batch_size)
                 high = torch.where(open_gap & fooled, mid, high)
                 low = torch.where(open_gap & ~fooled, mid, low)
             upper[sl] = high.cpu()
