@@ -84,7 +84,7 @@ def _stopping(hit, groups, best_loss, quota, early_stop) -> torch.Tensor:
 def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, groups, prune) -> APGDResult:
     """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample. Rows of one
     ``groups`` value attack one point side by side (``apgd_run``). One function on purpose
-    (70 lines): its state is the algorithm's, and splitting it would pass fourteen per-sample
+    (74 lines): its state is the algorithm's, and splitting it would pass fourteen per-sample
     tensors between the pieces."""
     lo, hi = ball(x, eps)
     eta = 2 * eps.view(-1, 1, 1, 1).to(x.dtype)
@@ -157,6 +157,26 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
     return APGDResult(out, fooled, evals), out_loss
 
 
+def _target(model, x, y, loss, target, target_rank):
+    """The targeted loss's target per sample (``target``, else each clean image's
+    ``target_rank``-th most likely other class); None for the other losses. Checks that the
+    DLR losses have the classes they need."""
+    if loss != "dlr-targeted":
+        target = None
+    if target is None and loss in ("dlr-targeted", "dlr"):
+        with torch.no_grad():
+            logits = model(x).float()
+        need = 4 if loss == "dlr-targeted" else 3
+        if logits.shape[1] < need:
+            raise AttackError(f"APGD with {loss} loss needs at least {need} classes, got {logits.shape[1]}")
+        if loss == "dlr-targeted":
+            rank = 1 if target_rank is None else int(target_rank)
+            if not 1 <= rank < logits.shape[1]:
+                raise AttackError(f"target_rank must be in 1..{logits.shape[1] - 1}, got {target_rank}")
+            target = ranked_targets(logits, y, rank)
+    return target
+
+
 def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: int = 100, loss: str = "ce",
              target_rank: int | None = None, target: torch.Tensor | None = None, restarts: int = 1,
              seed: int | torch.Tensor = 0, x_init: torch.Tensor | None = None, ids: torch.Tensor | None = None,
@@ -184,19 +204,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
     eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device).expand(len(x)).clone()
     eps = torch.where(torch.isinf(eps), torch.ones_like(eps), eps)  # on [0, 1] images the unbounded ball is eps = 1
     with attack_mode(model):
-        if loss != "dlr-targeted":
-            target = None
-        if target is None and loss in ("dlr-targeted", "dlr"):
-            with torch.no_grad():
-                logits = model(x).float()
-            need = 4 if loss == "dlr-targeted" else 3
-            if logits.shape[1] < need:
-                raise AttackError(f"APGD with {loss} loss needs at least {need} classes, got {logits.shape[1]}")
-            if loss == "dlr-targeted":
-                rank = 1 if target_rank is None else int(target_rank)
-                if not 1 <= rank < logits.shape[1]:
-                    raise AttackError(f"target_rank must be in 1..{logits.shape[1] - 1}, got {target_rank}")
-                target = ranked_targets(logits, y, rank)
+        target = _target(model, x, y, loss, target, target_rank)
         best = APGDResult(x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device), 0)
         best_loss = torch.full((len(x),), -math.inf, device=x.device)
         todo = torch.arange(len(x), device=x.device)
