@@ -61,11 +61,17 @@ def test_apgd_groups_stop_together_and_halving_prunes_by_best_loss(robust_tiny, 
     """Rows of one group attack one point towards different targets: once one is fooled the
     others stop, which changes no point's outcome; successive halving keeps the rows with the
     highest loss and spends less. Per-row seeds draw what one seed per call draws."""
-    from robustgan.attacks.apgd import apgd_run, rank_in_group
-    from robustgan.attacks.threat import sample_noise
+    from robustgan.attacks.apgd import _stopping, apgd_run, rank_in_group
+    from robustgan.attacks.losses import LOSSES
+    from robustgan.attacks.threat import ball, sample_noise
 
-    groups, score = torch.tensor([3, 3, 1, 1, 1]), torch.tensor([1.0, 3.0, 2.0, 5.0, 0.0])
-    assert rank_in_group(groups, score).tolist() == [1, 0, 1, 0, 2]
+    groups, score = torch.tensor([3, 3, 1, 1, 1, 3]), torch.tensor([1.0, 3.0, 2.0, 5.0, 0.0, 3.0])
+    assert rank_in_group(groups, score).tolist() == [2, 0, 1, 0, 2, 1]  # a tie: the earlier row first
+    hit = torch.tensor([False, False, True, False, False, False])
+    assert _stopping(hit, groups, score, None, True).tolist() == [False, False, True, True, True, False]
+    assert _stopping(hit, groups, score, None, False).tolist() == [False] * 6
+    assert _stopping(hit, groups, score, 1, False).tolist() == [True, False, True, False, True, True]
+    assert _stopping(hit, None, score, None, True).tolist() == hit.tolist()
     x = torch.rand(4, 1, 8, 8)
     rows = sample_noise(x, torch.tensor([5, 5, 9, 9]), torch.arange(4))
     assert torch.equal(rows[:2], sample_noise(x[:2], 5, torch.arange(2)))
@@ -87,24 +93,34 @@ def test_apgd_groups_stop_together_and_halving_prunes_by_best_loss(robust_tiny, 
     assert 0 < alone.fooled.sum() and grouped.grad_evals < alone.grad_evals
     assert halved.grad_evals < grouped.grad_evals
     assert ((halved.x_adv - x[point]).abs().amax((1, 2, 3)) <= 0.2 + 1e-6).all()
+    # every row, pruned or not, returns its best point: never below the loss at its random start
+    lo, hi = ball(x[point], torch.full((len(point),), 0.2))
+    start = (x[point] + 0.2 * sample_noise(x[point], kwargs["seed"], point)).clamp(lo, hi)
+    with torch.no_grad():
+        loss_at = [LOSSES["dlr-targeted"](robust_tiny(p), y[point], target) for p in (start, halved.x_adv)]
+    assert (loss_at[1] >= loss_at[0] - 1e-5).all()
 
 
-def test_ensemble_calls_never_exceed_the_batch_size(robust_tiny, digits, monkeypatch):
-    """Targets 2-9 run side by side, one row per (target, point): split so that no call
-    attacks more rows than ``batch_size`` (what the user sized to the device's memory)."""
-    from robustgan.attacks import ensemble
+class BatchSizes(torch.nn.Module):
+    """The model, recording the batch size of every forward pass."""
 
-    sizes = []
-    real = ensemble.apgd_run
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.sizes = model, []
 
-    def counted(model, x, *args, **kwargs):
-        sizes.append(len(x))
-        return real(model, x, *args, **kwargs)
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.model(x)
 
-    monkeypatch.setattr(ensemble, "apgd_run", counted)
+
+def test_ensemble_calls_never_exceed_the_batch_size(robust_tiny, digits):
+    """Targets 2-9 run side by side, one row per (target, point): split so that no forward
+    pass takes more rows than ``batch_size`` (what the user sized to the device's memory)."""
     _, _, xt, yt = digits
-    found = worst_case(robust_tiny, xt[:40], yt[:40], [0.1], steps=5, close=1.0, batch_size=20)
-    assert max(sizes) <= 20 and sizes.count(16) >= 2, sizes  # 8 targets x 2 points per call
+    model = BatchSizes(robust_tiny).eval()
+    found = worst_case(model, xt[:40], yt[:40], [0.1], steps=5, close=1.0, batch_size=20)
+    # 8 targets x 2 points per call; measured: 4 calls of 16 rows at 1 and 2 threads
+    assert max(model.sizes) <= 20 and model.sizes.count(16) >= 2, model.sizes
     assert found.grad_evals > 0
 
 

@@ -16,7 +16,9 @@ and scaling the logits, so a saturated softmax cannot hide its gradient; and tar
 ``target_rank``-th most likely other class of the clean image. Our reading where the paper is open: one gradient evaluation per step
 (``steps`` evaluations in all, the first at the start point); after a restart from the best
 point the momentum term starts at zero; samples that are misclassified stop being attacked
-(their result cannot change), which saves cost and changes no sample's result."""
+(their result cannot change), which saves cost and changes no sample's result. For the
+ensemble, rows can attack one point side by side (``groups``: one fooled row stops the
+others) and share its budget by successive halving (``prune``)."""
 
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ class APGDResult:
 
 
 def rank_in_group(groups: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Each row's place (0 = highest score) among the rows of its group."""
+    """Each row's place (0 = highest score) among the rows of its group; of two equal scores
+    the earlier row comes first."""
     order = torch.argsort(score, descending=True, stable=True)
     order = order[torch.argsort(groups[order], stable=True)]
     sorted_groups = groups[order]
@@ -74,7 +77,7 @@ def _stopping(hit, groups, best_loss, quota, early_stop) -> torch.Tensor:
     cannot change) and their groups' other rows (nor can their point's); with a successive-halving
     ``quota``, all but the ``quota`` rows of each group with the highest best loss."""
     stop = hit if early_stop else torch.zeros_like(hit)
-    if groups is not None and stop.any():
+    if groups is not None:
         stop = torch.isin(groups, groups[stop])
     if quota is not None:
         stop = stop | (rank_in_group(groups, best_loss) >= quota)
@@ -224,7 +227,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
             idx = todo[better]
             best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]
             best.grad_evals += got.grad_evals
-            done = best.fooled if groups is None else torch.isin(groups, groups[best.fooled])
+            done = best.fooled if groups is None or not early_stop else torch.isin(groups, groups[best.fooled])
             todo = todo[~done[todo]]
             if not len(todo):
                 break

@@ -18,13 +18,16 @@ attack where it can still succeed):
   successive halving (Jamieson & Talwalkar 2016; ``HALVING``): all 8 run to APGD's first
   checkpoint (22 of 100 steps), the 4 with the highest targeted loss to the second (41), 2 to
   the third (57), 1 to the end; a point fooled by one target stops the others. One batch
-  instead of eight keeps the CPU or GPU busy on a handful of close points;
+  instead of eight keeps the CPU or GPU busy on a handful of close points. Without halving
+  these are the runs ranks 2-9 made one after another before (same targets, same random
+  starts): a rank only ever ran on points already close, and a point stays close once it is,
+  so the set each rank attacked is the set after rank 1, and the points fooled are the same;
 - each targeted run starts, as in AutoAttack, from a random point of the ball; and since
   APGD-CE's warm start (below) can trap a point that a fresh start fools, the points that have
   closed half their gap (``CLOSE_RESTART``) get APGD-CE once more from its random start.
 Measured on the digits PGD-AT and ATGAN presets (the 9-eps grid; BENCHMARKS.md): on their
 first 240 test images the halving fooled exactly the points that every target run to 100
-steps fools (``halving=False``, the session-31 default), at 679 / 763 gradient evaluations per
+steps fools (``halving=False``), at 679 / 763 gradient evaluations per
 point on the first 60 against 950 / 1074; on those 60, standard AutoAttack's accuracy is nowhere
 below the ensemble's. The thresholds were set on those two models (a point at ratio 0.25
 needed its third target): a model whose fooled points stay far from the boundary until the
@@ -50,7 +53,8 @@ import torch.nn as nn
 from robustgan.attacks.apgd import apgd_run, margin
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
-ATTACK_VERSION = 6  # bump whenever an attack's numbers change: part of every evaluation cache key
+ATTACK_VERSION = 6  # bump whenever an attack's numbers change: part of every evaluation cache key (5: session 29's
+# reverted random first start, never reused)
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
 FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
 CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap
@@ -113,7 +117,8 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
     place and returns the gradient evaluations spent. APGD-T's targets are ranked at each
     point's worst example after the first attack (where the attack has got to); a run with
     several target ranks attacks each point towards all of them side by side, one row per
-    (rank, point), at most ``max_rows`` rows per call, and keeps each point's worst row."""
+    (rank, point), at most ``max_rows`` rows per call (but one point's ranks always in one
+    call), and keeps each point's worst row."""
     grad_evals = 0
     order = None
     for run in runs:
@@ -128,12 +133,12 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
         # as AutoAttack: at most (classes - 1) targets; the last column of ``order`` is the true class
         ranks = torch.tensor([r for r in run.ranks if r < order.shape[1]] if run.ranks else [], dtype=torch.long)
         idx = todo.nonzero()[:, 0]
-        if run.ranks and not len(ranks):
+        if not len(idx) or (run.ranks and not len(ranks)):
             continue
         per_call = max(1, max_rows // max(len(ranks), 1))
         for part in idx.split(per_call):
-            got_x, got_fooled, got_margin, evals = _one_call(model, x, y, ids, eps, worst, order, part, ranks, run,
-                                                             steps, restarts, early_stop)
+            got_x, got_fooled, got_margin, evals = _attack_side_by_side(model, x, y, ids, eps, worst, order, part,
+                                                                        ranks, run, steps, restarts, early_stop)
             grad_evals += evals
             was = fooled[part]
             better = ~was & (got_fooled | (got_margin > worst_margin[part]))
@@ -142,9 +147,9 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
     return grad_evals
 
 
-def _one_call(model, x, y, ids, eps, worst, order, idx, ranks, run, steps, restarts, early_stop):
-    """``run`` on the points ``idx`` towards each target rank of ``ranks`` (none: untargeted) in
-    one ``apgd_run`` call: each point's worst row (fooled, else the largest margin), whether it
+def _attack_side_by_side(model, x, y, ids, eps, worst, order, idx, ranks, run, steps, restarts, early_stop):
+    """``run`` on the points ``idx`` towards every target rank of ``ranks`` at once (none:
+    untargeted), in one ``apgd_run`` call: each point's worst row (fooled, else the largest margin), whether it
     was fooled, its margin, and the gradient evaluations spent."""
     copies = max(len(ranks), 1)
     rows = idx.repeat(copies)  # rank-major: row j * len(idx) + i attacks point idx[i] towards ranks[j]
@@ -187,8 +192,8 @@ def attack_runs(targets: int, seed: int, warm_start: bool = False, close: float 
 
 def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *, steps: int = 100,
                targets: int = DEFAULT_TARGETS, restarts: int = 1, seed: int = 0, warm_start: bool = True,
-               early_stop: bool = True, close: float = CLOSE, halving: bool = True, keep_examples: bool = False,
-               batch_size: int = 256,
+               early_stop: bool = True, close: float = CLOSE, halving: bool = True,
+               keep_examples: bool = False, batch_size: int = 256,
                device="cpu", ids: torch.Tensor | None = None, known_fooled: torch.Tensor | None = None, progress=None,
                task=None) -> WorstCase:
     """Run the ensemble on x (uint8 or float in [0, 1]) at every eps of ``eps`` (sorted here);

@@ -61,10 +61,10 @@ def sample_noise(like: torch.Tensor, seed: int | torch.Tensor, ids: torch.Tensor
     sharded or early-stopped evaluation draws what a single process would. ``seed``: one
     number, or one per sample."""
     ids = torch.arange(len(like)) if ids is None else ids.cpu()
-    seeds = seed.tolist() if isinstance(seed, torch.Tensor) else [seed] * len(ids)
+    seeds = seed.reshape(-1).tolist() if isinstance(seed, torch.Tensor) else [seed] * len(ids)
     gen = torch.Generator()
     rows = []
-    for s, i in zip(seeds, ids.tolist()):
+    for s, i in zip(seeds, ids.tolist(), strict=True):
         gen.manual_seed(((s * 1_000_003 + stream) * 10_000_019 + i) % (1 << 63))
         rows.append(torch.rand(like.shape[1:], generator=gen))
     noise = torch.stack(rows) if rows else torch.empty(like.shape)
