@@ -49,9 +49,10 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.scatter(1, y[:, None], -math.inf).max(1).values - logits.gather(1, y[:, None])[:, 0]
 
 
-def ranked_targets(logits: torch.Tensor, y: torch.Tensor, rank: int) -> torch.Tensor:
-    """The ``rank``-th most likely class other than y (rank 1 = the runner-up)."""
-    return logits.scatter(1, y[:, None], -math.inf).sort(1, descending=True).indices[:, rank - 1]
+def target_order(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample, the classes from most to least likely, the true class y last: column
+    r - 1 is the rank-r target (rank 1 = the runner-up)."""
+    return logits.scatter(1, y[:, None], -math.inf).argsort(1, descending=True)
 
 
 @dataclass
@@ -176,7 +177,7 @@ def _target(model, x, y, loss, target, target_rank):
             rank = 1 if target_rank is None else int(target_rank)
             if not 1 <= rank < logits.shape[1]:
                 raise AttackError(f"target_rank must be in 1..{logits.shape[1] - 1}, got {target_rank}")
-            target = ranked_targets(logits, y, rank)
+            target = target_order(logits, y)[:, rank - 1]
     return target
 
 

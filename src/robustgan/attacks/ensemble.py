@@ -50,7 +50,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from robustgan.attacks.apgd import apgd_run, margin
+from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
 ATTACK_VERSION = 6  # bump whenever an attack's numbers change: part of every evaluation cache key (5: session 29's
@@ -127,7 +127,7 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
             todo &= close_to_fooled(worst_margin, clean_margin, run.threshold)
         if run.ranks and order is None:
             with torch.no_grad():
-                order = model(worst).float().scatter(1, y[:, None], -math.inf).argsort(1, descending=True)
+                order = target_order(model(worst).float(), y)
             if order.shape[1] < 4:
                 raise AttackError(f"APGD-T (targeted DLR) needs at least 4 classes, got {order.shape[1]}: --targets 0")
         # as AutoAttack: at most (classes - 1) targets; the last column of ``order`` is the true class
@@ -149,8 +149,8 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
 
 def _attack_side_by_side(model, x, y, ids, eps, worst, order, idx, ranks, run, steps, restarts, early_stop):
     """``run`` on the points ``idx`` towards every target rank of ``ranks`` at once (none:
-    untargeted), in one ``apgd_run`` call: each point's worst row (fooled, else the largest margin), whether it
-    was fooled, its margin, and the gradient evaluations spent."""
+    untargeted), in one ``apgd_run`` call: each point's worst row (fooled, else the largest
+    margin), whether it was fooled, its margin, and the gradient evaluations spent."""
     copies = max(len(ranks), 1)
     rows = idx.repeat(copies)  # rank-major: row j * len(idx) + i attacks point idx[i] towards ranks[j]
     rank = ranks.repeat_interleave(len(idx))
