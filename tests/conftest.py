@@ -1,11 +1,15 @@
-"""Shared fixtures: small classifiers trained on digits, and the digits presets trained
-once per test session (shared by pytest-xdist's workers through a file lock). The helpers
-they use are in tests/helpers.py, imported where a test runs: xdist's controller, which
-runs none, starts the workers without importing torch."""
+"""Shared fixtures: every test's own seed, small classifiers trained on digits, and the digits
+presets trained once per test session (shared by pytest-xdist's workers through a file lock).
+The helpers they use are in tests/helpers.py, imported where a test runs: xdist's controller,
+which runs none, starts the workers without importing torch. CONTRIBUTING.md, "Adding a test",
+says which fixture to use and what margin a requirement needs."""
 
 from __future__ import annotations
 
 import os
+import random
+import re
+import zlib
 
 import pytest
 from hypothesis import settings
@@ -31,7 +35,28 @@ def pytest_configure(config):
         configure_torch()
 
 
-FULL_PRESET_FIXTURES = {"digits_runs", "atgan_run", "gan_runs", "baseline_runs"}
+# ROBUSTGAN_TEST_SEED=k runs every test under its k-th seed (tests/stress.py tries 20); with
+# ROBUSTGAN_TEST_SEEDS=n each test marked `statistical` runs once per seed 0..n-1 in one session.
+SEED_OFFSET, SEED_SWEEP = "ROBUSTGAN_TEST_SEED", "ROBUSTGAN_TEST_SEEDS"
+
+# Fixtures that train a digits preset, by name -> the seconds it takes at one thread (what
+# `prewarm` balances): filled by @preset.
+PRESETS: dict[str, float] = {}
+
+
+def preset(seconds: float):
+    """A session fixture that trains digits presets (once per session, shared by the workers):
+    the tests that use it are marked `slow`, run last, and each worker trains its share first."""
+    def register(func):
+        PRESETS[func.__name__] = seconds
+        return pytest.fixture(scope="session")(func)
+    return register
+
+
+def pytest_generate_tests(metafunc):
+    sweep = int(os.environ.get(SEED_SWEEP, "0"))
+    if sweep and metafunc.definition.get_closest_marker("statistical"):
+        metafunc.parametrize("seed_offset", range(sweep), indirect=True, ids=lambda k: f"seed{k}")
 
 
 def pytest_collection_modifyitems(items):
@@ -39,11 +64,38 @@ def pytest_collection_modifyitems(items):
     last: under pytest-xdist every worker first trains its share of the presets (`prewarm`), then
     runs the other tests, so no test waits on a preset another worker is still training."""
     def needs_preset(item) -> bool:
-        return bool(FULL_PRESET_FIXTURES & set(getattr(item, "fixturenames", ())))
+        return bool(PRESETS.keys() & set(getattr(item, "fixturenames", ())))
 
     for item in filter(needs_preset, items):
         item.add_marker(pytest.mark.slow)
     items.sort(key=needs_preset)  # stable: each group keeps its order
+
+
+def without_sweep(nodeid: str) -> str:
+    """The node id without the seed sweep's parameter: a test's k-th seed is its own seed plus k,
+    whether k comes from the sweep or from ROBUSTGAN_TEST_SEED."""
+    return re.sub(r"\[seed\d+\]$|-seed\d+(?=\]$)|(?<=\[)seed\d+-", "", nodeid)
+
+
+@pytest.fixture
+def seed_offset(request) -> int:
+    return getattr(request, "param", int(os.environ.get(SEED_OFFSET, "0")))
+
+
+@pytest.fixture(autouse=True)
+def seed(request, seed_offset) -> int:
+    """This test's own seed, from its node id (and the offset): torch, numpy and `random` are
+    seeded with it before the test runs, so no result depends on which worker ran which test
+    before it, or in what order. Tests pass it on to what draws from a seed of its own
+    (attacks' random starts, planted noise's generator)."""
+    import numpy as np
+    import torch
+
+    value = (zlib.crc32(without_sweep(request.node.nodeid).encode()) + seed_offset) % 2**31
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+    return value
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +125,7 @@ def robust_tiny(digits, tmp_path_factory):
     return tiny_once(tmp_path_factory, "tiny-pgd-at", lambda model: train_pgd_at(model, *digits[:2]))
 
 
-@pytest.fixture(scope="session")
+@preset(seconds=28)
 def digits_runs(tmp_path_factory):
     """Standard and PGD-AT runs on digits (helpers.TEST_SIZE), trained once per session.
     Shared: a test that writes into a run (a cache, check.json) works on ``copy_run``."""
@@ -86,7 +138,7 @@ def digits_runs(tmp_path_factory):
     return trained_once(tmp_path_factory, "digits", train)
 
 
-@pytest.fixture(scope="session")
+@preset(seconds=33)
 def atgan_run(tmp_path_factory, digits_runs):
     """The ATGAN preset at test size, its loss network the standard run (``method.loss_net_run``;
     tests/test_atgan.py trains the loss-network sub-run itself)."""
@@ -96,7 +148,7 @@ def atgan_run(tmp_path_factory, digits_runs):
         "atgan-digits", out, f"method.loss_net_run={str(digits_runs / 'standard')!r}"))
 
 
-@pytest.fixture(scope="session")
+@preset(seconds=28)
 def gan_runs(tmp_path_factory):
     """One short run per formulation (and dual), plus the full digits preset for 'grad'."""
     from tests.helpers import train_preset, trained_once
@@ -110,7 +162,7 @@ def gan_runs(tmp_path_factory):
     return trained_once(tmp_path_factory, "gan", train)
 
 
-@pytest.fixture(scope="session")
+@preset(seconds=48)
 def baseline_runs(tmp_path_factory):
     """The baseline presets at test size (helpers.BASELINES)."""
     from tests.helpers import BASELINES, train_preset, trained_once
@@ -122,17 +174,27 @@ def baseline_runs(tmp_path_factory):
     return trained_once(tmp_path_factory, "baselines", train)
 
 
-# Under pytest-xdist each worker first trains its share of the shared runs (measured at one
-# thread, digits 28 s + ATGAN 33 s, baselines 48 s + GAN-AT 28 s; work stealing evens out the
-# rest), so no test later waits on a run another worker is training (that idled a core for ~50 s
-# a session).
-PREWARM = {"gw0": ("digits_runs", "atgan_run"), "gw1": ("baseline_runs", "gan_runs")}
+def prewarm_share(worker: int, workers: int) -> list[str]:
+    """The presets worker ``worker`` (of ``workers``) trains before its tests: longest first, each
+    to the worker with the least work so far (a preset another needs is trained by whoever needs it
+    first, under its lock)."""
+    load, shares = [0.0] * workers, [[] for _ in range(workers)]
+    for name in sorted(PRESETS, key=PRESETS.get, reverse=True):
+        least = load.index(min(load))
+        shares[least].append(name)
+        load[least] += PRESETS[name]
+    return shares[worker]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def prewarm(request):
+    """Under pytest-xdist each worker first trains its share of the presets, so no test later
+    waits on a preset another worker is still training."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker:
+        return
     needed = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    for name in PREWARM.get(os.environ.get("PYTEST_XDIST_WORKER", ""), ()):
+    for name in prewarm_share(int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])):
         if name in needed:
             try:
                 request.getfixturevalue(name)

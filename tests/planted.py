@@ -33,10 +33,15 @@ class ScaledLogits(Wrapper):
 
 
 class NoisyInputs(Wrapper):
-    """Test-time randomness: Gaussian noise on the input."""
+    """Test-time randomness: Gaussian noise (std 0.1) on the input, drawn from its own generator."""
+
+    def __init__(self, model, seed: int):
+        super().__init__(model)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, x):
-        return self.model((x + 0.1 * torch.randn_like(x)).clamp(0, 1))
+        noise = torch.randn(x.shape, generator=self.generator).to(x)
+        return self.model((x + 0.1 * noise).clamp(0, 1))
 
 
 class SaturatedSoftmax(Wrapper):
@@ -48,20 +53,26 @@ class SaturatedSoftmax(Wrapper):
 
 class _RandomBackward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, generator):
+        ctx.generator = generator
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return torch.randn_like(grad)
+        return torch.randn(grad.shape, generator=ctx.generator).to(grad), None
 
 
 class ShatteredGradients(Wrapper):
     """Identity forward, random backward (a non-differentiable preprocessor given a wrong
-    gradient, Athalye et al. 2018 Sec. 4.1): gradients are non-zero and meaningless."""
+    gradient, Athalye et al. 2018 Sec. 4.1): gradients are non-zero and meaningless, drawn
+    from the wrapper's own generator."""
+
+    def __init__(self, model, seed: int):
+        super().__init__(model)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, x):
-        return self.model(_RandomBackward.apply(x))
+        return self.model(_RandomBackward.apply(x, self.generator))
 
 
 class NaNGradients(Wrapper):

@@ -38,48 +38,55 @@ SETTINGS = dict(eps=0.2, steps=10, long_steps=40, restarts=2, ensemble_steps=20,
 GROSS_N = 200
 
 
-def tripped(model, digits, surrogate, n=None):
+def tripped(model, digits, surrogate, seed, n=None):
     *_, x_test, y_test = digits
     x_test, y_test = x_test[:n], y_test[:n]
-    torch.manual_seed(0)  # the noisy and shattered wrappers draw from the global generator
-    results = check_model(model.eval(), (x_test * 255).round().to(torch.uint8), y_test, CheckSettings(**SETTINGS),
-                          surrogate=surrogate)
+    results = check_model(model.eval(), (x_test * 255).round().to(torch.uint8), y_test,
+                          CheckSettings(**SETTINGS, seed=seed), surrogate=surrogate)
     assert {r.name for r in results if r.status == "skipped"} == {"autoattack"}
     return {r.name for r in results if r.status == "warn"}, results
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("honest", ["trained_tiny", "robust_tiny"])
-def test_honest_models_trip_no_check(honest, request):
+def test_honest_models_trip_no_check(honest, request, seed):
     model = request.getfixturevalue(honest)
     other = request.getfixturevalue("robust_tiny" if honest == "trained_tiny" else "trained_tiny")
-    warned, results = tripped(model, request.getfixturevalue("digits"), surrogate=other)
+    warned, results = tripped(model, request.getfixturevalue("digits"), other, seed)
     assert warned == set(), [r.detail for r in results if r.status == "warn"]
 
 
 # Under test-time noise every attack scores against fresh noise draws, so more starts or steps
-# may legitimately win (a true finding, but one that depends on the draws): allowed, not required.
-NOISE_MAY_TRIP = {"restarts", "long_pgd"}
+# may legitimately win (a true finding, but one that depends on the draws), and how far PGD-k
+# overstates the ensemble is a gap near the protocol check's minimum effect: allowed, not required.
+NOISE_MAY_TRIP = {"restarts", "long_pgd", "protocol"}
 
 
 @pytest.mark.parametrize("wrap,trips,may_trip,n", [
     (RoundInputs, {"gradients", "unbounded", "bound", "transfer"}, set(), GROSS_N),
     (lambda m: ScaledLogits(m, 1e4), {"gradients", "loss_invariance", "scale", "unbounded", "protocol", "transfer"},
      set(), GROSS_N),
-    (lambda m: ScaledLogits(m, "moderate"), {"loss_invariance", "scale"}, set(), None),  # every other check passes
-    (NoisyInputs, {"deterministic", "unbounded", "protocol"}, NOISE_MAY_TRIP, None),
+    # every other check passes; DLR-PGD is itself a point or two weaker than CE-PGD on a PGD-AT
+    # model, which offsets much of a moderate scale's effect: loss_invariance may or may not warn
+    (lambda m: ScaledLogits(m, "moderate"), {"scale"}, {"loss_invariance"}, None),
+    (lambda m: NoisyInputs(m, seed=0), {"deterministic", "unbounded"}, NOISE_MAY_TRIP, None),
     (SaturatedSoftmax, {"logits", "gradients", "unbounded", "bound", "transfer"}, set(), GROSS_N),
-    (ShatteredGradients, {"unbounded", "bound", "transfer"}, set(), GROSS_N),
+    (lambda m: ShatteredGradients(m, seed=0), {"unbounded", "bound", "transfer"}, set(), GROSS_N),
 ], ids=["quantised", "logits-x1e4", "logits-x-moderate", "noise", "softmax", "shattered"])
-def test_planted_masking_trips_its_checks(wrap, trips, may_trip, n, robust_tiny, trained_tiny, digits):
+@pytest.mark.statistical
+def test_planted_masking_trips_its_checks(wrap, trips, may_trip, n, robust_tiny, trained_tiny, digits, seed):
     model = wrap(robust_tiny)
+    if hasattr(model, "generator"):  # the noisy and shattered wrappers draw from their own generator
+        model.generator.manual_seed(seed)
     if getattr(model, "scale", None) == "moderate":
         model.scale = moderate_scale(robust_tiny, digits[2])
         assert 10 < model.scale < 40
-    warned, results = tripped(model, digits, surrogate=trained_tiny, n=n)
+    warned, results = tripped(model, digits, trained_tiny, seed, n=n)
     assert trips <= warned <= trips | may_trip, {r.name: r.detail for r in results}
 
 
-def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digits):
+@pytest.mark.statistical
+def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digits, seed):
     """The case the loss-invariance and scale checks exist for: the papers' PGD number rises
     beyond chance (measured: 24 vs 7 discordant points, p = 0.002, +4.7 points), the worst-case
     ensemble (its APGD-T uses DLR) does not move beyond chance (4 vs 4 discordant)."""
@@ -88,7 +95,7 @@ def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digit
     scaled = ScaledLogits(robust_tiny, moderate_scale(robust_tiny, x_test)).eval()
 
     def mask(model, attack):  # 3 targets, all on every point (APGD-T is what cannot be masked by scale)
-        return attack(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}), "cpu")
+        return attack(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}, seed=seed), "cpu")
 
     assert paired(mask(scaled, _pgd), mask(robust_tiny, _pgd)).excess(0.02)  # the unscaled PGD fools more
     honest, on_scaled = mask(robust_tiny, _ensemble), mask(scaled, _ensemble)
@@ -102,18 +109,19 @@ def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digit
 SCALES = (4, 8, 12, 18, 50)
 
 
-def test_scale_check_warns_whenever_scaling_raises_pgd(robust_tiny, digits):
+@pytest.mark.statistical
+def test_scale_check_warns_whenever_scaling_raises_pgd(robust_tiny, digits, seed):
     """For every k: if PGD-k on logits x k is significantly weaker than on the logits (beyond
     the scale check's minimum effect, at this n), the scale check warns. Not vacuous: k >= 18
     raises it; on the honest model it passes (measured: not one point differs)."""
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
-    honest = _pgd(robust_tiny, x, y_test, CheckSettings(**SETTINGS), "cpu")
-    honest_check = check_scale(robust_tiny, x, y_test, CheckSettings(**SETTINGS), "cpu")
+    honest = _pgd(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed), "cpu")
+    honest_check = check_scale(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed), "cpu")
     assert honest_check.status == "pass", honest_check.detail
     raised = set()
     for k in SCALES:
-        settings = CheckSettings(**SETTINGS)  # one per model: its memo is keyed by the model's id
+        settings = CheckSettings(**SETTINGS, seed=seed)  # one per model: its memo is keyed by the model's id
         scaled = ScaledLogits(robust_tiny, k).eval()
         rise = paired(_pgd(scaled, x, y_test, settings, "cpu"), honest)  # the unscaled model's PGD fooling more
         result = check_scale(scaled, x, y_test, settings, "cpu")
@@ -161,7 +169,8 @@ def test_paired_rule_warns_on_a_planted_gap_from_n_70():
         assert paired(ref, alt).excess(0.05) == (n >= 70), n
 
 
-def test_identical_attacks_never_warn_over_seeds(robust_tiny, digits):
+@pytest.mark.statistical
+def test_identical_attacks_never_warn_over_seeds(robust_tiny, digits, seed):
     """PGD-10 against PGD-10 from other random starts, 8 seeds on the 359 test images: the
     rule never warns with the smallest minimum effect of any check. The test alone (no minimum
     effect) may false-alarm with probability <= alpha per seed, so at most one of 8 may
@@ -170,12 +179,12 @@ def test_identical_attacks_never_warn_over_seeds(robust_tiny, digits):
     x = (x_test * 255).round().to(torch.uint8)
     settings = CheckSettings(eps=0.2, steps=10)
     alarms = 0
-    for seed in range(8):
-        a = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed)
-        b = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed + 100)
+    for k in range(8):
+        a = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed + k)
+        b = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed + k + 100)
         result = paired(a, b)
         assert result.only_alt + result.only_ref > 0  # the two starts do disagree on some points
-        assert not result.excess(min(MIN_EFFECT.values())), (seed, result)
+        assert not result.excess(min(MIN_EFFECT.values())), (k, result)
         alarms += result.excess(0.0)
     assert alarms <= 1
 

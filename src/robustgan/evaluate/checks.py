@@ -90,6 +90,7 @@ class CheckSettings:
     batch_size: int = 256
     autoattack: bool = True
     autoattack_limit: int = 200
+    seed: int = 0  # the attacks' random starts, drawn per point
     cache: EvalCache | None = None  # a run's evaluation cache: attacks measured there are reused
     reported: dict = field(default_factory=dict)  # {eps: accuracy} of cached curve points (bound check)
     memo: dict = field(default_factory=dict, repr=False)  # measurements shared between checks
@@ -100,11 +101,11 @@ class CheckSettings:
 
 def _mask(model, x, y, s: CheckSettings, device, **kw) -> torch.Tensor:
     """Which points stay correct under an attack (bool (n,)), measured once per check run and,
-    for a run, through its evaluation cache. Random starts are drawn per point (seed 0), so
+    for a run, through its evaluation cache. Random starts are drawn per point (``s.seed``), so
     PGD with restarts starts its first run where plain PGD does."""
     key = (id(model), len(y), tuple(sorted((k, id(v) if isinstance(v, nn.Module) else v) for k, v in kw.items())))
     if key not in s.memo:
-        kw = {"seed": 0, "batch_size": s.batch_size, "device": device, **kw}
+        kw = {"seed": s.seed, "batch_size": s.batch_size, "device": device, **kw}
         cacheable = s.cache is not None and "source" not in kw and kw["attack"] != "autoattack"
         s.memo[key] = (cached_mask(s.cache, model, x, y, **kw) if cacheable else robust_mask(model, x, y, **kw))
     return s.memo[key]
