@@ -18,7 +18,8 @@ from rich.table import Table
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import load_config
 from robustgan.evaluate.checks import check_run, overall_status, summary_line
-from robustgan.evaluate.curves import area, attack_label, caption, compute_curve
+from robustgan.attacks import attack_label
+from robustgan.evaluate.curves import area, caption, compute_curve
 from robustgan.evaluate.frontier import frontier_points, plot_frontier
 from robustgan.evaluate.frontier import frontier_table as table_of_points
 from robustgan.report.html import build_report

@@ -9,7 +9,7 @@ import torch.nn as nn
 from robustgan.attacks import robust_accuracy
 from robustgan.config import Config
 from robustgan.errors import ConfigError
-from robustgan.methods import Method
+from robustgan.methods import Method, eps_train
 
 
 def first_layer(network: nn.Module) -> nn.Module:
@@ -99,7 +99,7 @@ def build_guard(cfg: Config, method: Method, x_train, y_train, device) -> Overfi
     on = cfg.train.guard == "on" or (cfg.train.guard == "auto" and method.single_step)
     if not on:
         return None
-    eps = getattr(cfg.method, "eps", 0.0)
+    eps = eps_train(cfg)
     if not eps > 0:
         raise ConfigError(f"train.guard=on needs a method with an eps > 0; {cfg.method.name} has none")
     return OverfitGuard(x_train, y_train, eps, cfg.train.guard_drop, cfg.train.guard_gap, method.geometry.num_classes,

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from robustgan import data
 from robustgan.config import Config, DataConfig
 from robustgan.errors import RunError
-from robustgan.methods import Geometry, external, method_class
+from robustgan.methods import Geometry, eps_train, external, method_class
 from robustgan.runs import CONFIG, MODEL, RunDir
 
 
@@ -110,7 +110,7 @@ def load_split(dcfg: DataConfig, split: str, root=None) -> tuple[torch.Tensor, t
 def default_eps(cfg: Config) -> float:
     """The eps a run is evaluated at when none is given: its held-out evaluation eps, else
     its training eps (0 when it has neither, e.g. a standard run without eval_eps)."""
-    return cfg.train.eval_eps or getattr(cfg.method, "eps", 0.0)
+    return cfg.train.eval_eps or eps_train(cfg)
 
 
 def load_model(run_dir: str | Path) -> torch.nn.Module:

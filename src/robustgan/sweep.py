@@ -15,6 +15,7 @@ from pathlib import Path
 from robustgan.config import Config, from_dict, method_config_class, to_dict, to_toml
 from robustgan.errors import RobustganError
 from robustgan.eps import EPS_T_GRIDS, format_eps
+from robustgan.methods import eps_train, method_class
 from robustgan.runs import RunDir
 from robustgan.train import ensure_trained
 
@@ -22,8 +23,9 @@ REQUESTED = "requested.toml"  # a sweep run's config before it starts (the run w
 LOG = "train.log"  # a run's output under `sweep --devices`
 
 
-def run_name(method: str, frac: float, eps_t: float) -> str:
-    return f"{method}{'-frac' if frac < 1 else ''}-eps{format_eps(eps_t).replace('/', '_')}"
+def run_name(label: str, eps_t: float) -> str:
+    """e.g. "pgd_at-frac-eps0.3": the method's label (``Method.label``) and eps_t."""
+    return f"{label}-eps{format_eps(eps_t).replace('/', '_')}"
 
 
 def variant(cfg: Config, method: str, eps_t: float, frac: float | None) -> Config:
@@ -39,14 +41,14 @@ def variant(cfg: Config, method: str, eps_t: float, frac: float | None) -> Confi
 
 
 def plan(cfg: Config, eps_t: list[float] | None, methods: list[str] | None, fracs: list[float | None]) -> list:
-    eps_t = eps_t or EPS_T_GRIDS.get(cfg.data.name, [getattr(cfg.method, "eps", 0.0)])  # no paper grid: the config's
+    eps_t = eps_t or EPS_T_GRIDS.get(cfg.data.name, [eps_train(cfg)])  # no paper grid: the config's
     methods = methods or [cfg.method.name]
     out = []
     for method in methods:
         for frac in fracs:
             for e in eps_t:
                 v = variant(cfg, method, e, frac)
-                out.append((run_name(method, getattr(v.method, "frac", 1.0), e), v))
+                out.append((run_name(method_class(method).label(v), e), v))
     return out
 
 

@@ -1,14 +1,19 @@
-"""Attacks on any nn.Module mapping images in [0, 1] to logits, and accuracy under them."""
+"""Attacks on any nn.Module mapping images in [0, 1] to logits, and accuracy under them. Every
+attack is registered (``register_attack``): ``attack_names()`` lists them, the default first."""
 
-from robustgan.attacks.accuracy import (ATTACK_NAMES, attack_batch, default_step_size, robust_accuracy,
-                                        robust_mask)
+from robustgan.attacks.accuracy import attack_batch, robust_accuracy, robust_mask
 from robustgan.attacks.apgd import apgd
-from robustgan.attacks.losses import dlr_loss, dlr_targeted_loss
 from robustgan.attacks.autoattack import autoattack
 from robustgan.attacks.ensemble import ATTACK_VERSION, WorstCase, worst_case
 from robustgan.attacks.gradient import fgsm, pgd
+from robustgan.attacks.losses import dlr_loss, dlr_targeted_loss
+from robustgan.attacks.registry import (ATTACKS, DEFAULT_ATTACK, AttackArgs, AttackSpec, attack_label, attack_names,
+                                        default_step_size, get_attack, register_attack)
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images
+
+ATTACK_NAMES = attack_names()  # the built-in attacks; attack_names() also lists those registered later
 
 __all__ = ["fgsm", "pgd", "apgd", "autoattack", "worst_case", "WorstCase", "dlr_loss", "dlr_targeted_loss",
            "robust_accuracy", "robust_mask", "attack_batch", "default_step_size", "ATTACK_NAMES", "ATTACK_VERSION",
-           "AttackError", "attack_mode", "ball", "check_eps", "check_images"]
+           "ATTACKS", "DEFAULT_ATTACK", "AttackArgs", "AttackSpec", "attack_label", "attack_names", "get_attack",
+           "register_attack", "AttackError", "attack_mode", "ball", "check_eps", "check_images"]

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks.losses import LOSSES
+from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, sample_noise
 
 ALPHA = 0.75  # momentum weight of eq. (3)
@@ -250,3 +251,15 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
         return x.detach().clone()
     return apgd_run(model, x, y, eps, steps=steps, loss=loss, target_rank=target_rank, restarts=restarts,
                     seed=seed).x_adv
+
+
+def _register_apgd(loss: str, help: str) -> None:
+    def run(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
+        return apgd_run(model, x, y, eps, steps=args.steps, loss=loss, restarts=args.restarts, seed=args.seed or 0,
+                        ids=args.ids).x_adv
+
+    register_attack(f"apgd-{loss}", steps=100, key=("steps", "restarts"), help=help)(run)
+
+
+_register_apgd("ce", "APGD on the cross-entropy (Croce & Hein 2020, Alg. 1)")
+_register_apgd("dlr", "APGD on the DLR loss (Croce & Hein 2020, eq. 6)")

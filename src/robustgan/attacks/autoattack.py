@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
 STEPS = 100  # iterations of APGD-CE, APGD-T and FAB-T in the published standard AutoAttack
@@ -50,3 +51,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     eps = check_eps(eps)
     with attack_mode(model):
         return standard_autoattack(model, eps, num_classes, seed)(x, y).detach()
+
+
+@register_attack("autoattack", help="standard AutoAttack with its published arguments (needs torchattacks)")
+def _autoattack(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
+    return autoattack(model, x, y, eps, num_classes=args.num_classes)

@@ -45,12 +45,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
 
 from robustgan.attacks.apgd import apgd_run, margin, target_order
+from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
 ATTACK_VERSION = 6  # bump whenever an attack's numbers change: part of every evaluation cache key (5: session 29's
@@ -194,8 +195,8 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                targets: int = DEFAULT_TARGETS, restarts: int = 1, seed: int = 0, warm_start: bool = True,
                early_stop: bool = True, close: float = CLOSE, halving: bool = True,
                keep_examples: bool = False, batch_size: int = 256,
-               device="cpu", ids: torch.Tensor | None = None, known_fooled: torch.Tensor | None = None, progress=None,
-               task=None) -> WorstCase:
+               device="cpu", ids: torch.Tensor | None = None, known_fooled: torch.Tensor | None = None,
+               advance: Callable[[int], None] | None = None) -> WorstCase:
     """Run the ensemble on x (uint8 or float in [0, 1]) at every eps of ``eps`` (sorted here);
     ``close`` is the closeness threshold of targets 2.. (1: every target on every point);
     ``halving=False`` runs each of those targets for all its steps.
@@ -203,7 +204,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     ``ids`` are the points' indices in the test set (their random starts are drawn from
     them, so a shard or a batch gets what one process would); ``known_fooled`` (n, len(eps))
     marks points already known to be fooled at an eps (from cached smaller eps): they are
-    not attacked there. ``progress`` / ``task`` advance by points per eps."""
+    not attacked there. ``advance(k)`` is called with the points done, per batch and eps."""
     start = time.perf_counter()
     eps = sorted(check_eps(e) for e in eps)
     if int(steps) <= 0 or int(targets) < 0 or int(restarts) <= 0:
@@ -233,15 +234,15 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 correct[sl, k] = ~fooled.cpu()
                 if keep_examples:
                     examples[k, sl] = worst.cpu()
-                if progress is not None:
-                    progress.advance(task, len(yb))
+                if advance is not None:
+                    advance(len(yb))
     return WorstCase(eps, correct, clean, ensemble_names(int(targets)), grad_evals, time.perf_counter() - start,
                      examples)
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
                    steps: int = 100, targets: int = DEFAULT_TARGETS, seed: int = 0, batch_size: int = 256, device="cpu",
-                   ids: torch.Tensor | None = None, progress=None, task=None) -> torch.Tensor:
+                   ids: torch.Tensor | None = None, advance: Callable[[int], None] | None = None) -> torch.Tensor:
     """Each point's smallest fooling eps, narrowed by bisection between the largest grid eps
     it withstood and the smallest that fooled it (``rounds`` halvings of that gap, the
     ensemble at each midpoint): an upper bound on the point's minimal adversarial L-inf
@@ -265,6 +266,33 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
                 high = torch.where(open_gap & fooled, mid, high)
                 low = torch.where(open_gap & ~fooled, mid, low)
             upper[sl] = high.cpu()
-            if progress is not None:
-                progress.advance(task, len(yb))
+            if advance is not None:
+                advance(len(yb))
     return upper
+
+
+def _ensemble_label(settings: dict) -> str:
+    targets = f" + APGD-T ({settings['targets']} targets)" if settings.get("targets") else ""
+    restarts = settings.get("restarts", 1)
+    return f"worst case of APGD-CE{targets}, {settings['steps']} steps" + (f", {restarts} restarts" if restarts > 1 else "")
+
+
+def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, device, advance) -> torch.Tensor:
+    """The whole set in ``worst_case``'s own batches; a transfer scores on ``model`` the examples
+    found on ``source``."""
+    found = worst_case(source, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,
+                       seed=args.seed or 0, batch_size=batch_size, device=device, ids=args.ids,
+                       keep_examples=source is not model, advance=advance)
+    if source is model:
+        return found.correct[:, 0]
+    with torch.no_grad():
+        return torch.cat([model(found.examples[0, i:i + batch_size].to(device)).argmax(1).cpu()
+                          == y[i:i + batch_size].cpu() for i in range(0, len(y), batch_size)])
+
+
+@register_attack("ensemble", steps=100, key=("steps", "restarts", "targets"), label=_ensemble_label,
+                 mask=_ensemble_mask, help="the worst case of APGD-CE and targeted APGD-DLR per point (the default)")
+def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
+    found = worst_case(model, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,
+                       seed=args.seed or 0, batch_size=len(y), device=x.device, ids=args.ids, keep_examples=True)
+    return found.examples[0].to(x.device)

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks.losses import LOSSES
+from robustgan.attacks.registry import AttackArgs, default_step_size, register_attack
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, loss_and_grad, sample_noise
 
 PGD_LOSSES = ("ce", "ce-unsaturated", "dlr")  # the untargeted losses of LOSSES
@@ -146,3 +147,21 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
             else:
                 _merge_at(keep, todo, *run)
         return keep[0]
+
+
+@register_attack("fgsm", help="one signed-gradient step (Goodfellow et al. 2015)")
+def _fgsm_attack(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
+    return fgsm(model, x, y, eps, check=args.check)
+
+
+def _register_pgd(name: str, loss: str, help: str) -> None:
+    def run(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
+        return pgd(model, x, y, eps, args.steps, args.step_size or default_step_size(eps, args.steps), True,
+                   args.restarts, seed=args.seed, ids=args.ids, loss=loss, check=args.check)
+
+    register_attack(name, steps=40, key=("steps", "step_size", "restarts"), help=help)(run)
+
+
+_register_pgd("pgd", "ce", "PGD on the cross-entropy, random start (Madry et al. 2018): the papers' protocol")
+_register_pgd("pgd-dlr", "dlr", "PGD on the scale-invariant DLR loss (Croce & Hein 2020, eq. 6)")
+_register_pgd("pgd-unsaturated", "ce-unsaturated", "PGD on the cross-entropy's direction without float32 saturation")

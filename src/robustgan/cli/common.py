@@ -8,8 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from robustgan.attacks import ATTACK_NAMES, check_eps
-from robustgan.attacks.accuracy import DEFAULT_STEPS
+from robustgan.attacks import ATTACKS, DEFAULT_ATTACK, attack_names, check_eps
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.runtime import external_run
 from robustgan.eps import grid_for, parse_number
@@ -22,8 +21,9 @@ out_console = Console()
 DEVICE = typer.Option("auto", help="auto | cpu | cuda | cuda:N")
 DATA_ROOT = typer.Option(None, "--data-root", help="Directory with the dataset files")
 LIMIT = typer.Option(0, help="Use only the first N test images (0 = all)")
-STEPS = typer.Option(None, help="Steps per attack (default: 100 for ensemble and APGD, 40 for pgd, pgd-dlr and pgd-unsaturated)")
-ATTACK = typer.Option("ensemble", help=" | ".join(ATTACK_NAMES) + " (ensemble: the worst case of APGD-CE and "
+STEPS = typer.Option(None, help="Steps per attack (default: " + "; ".join(
+    f"{spec.steps} for {name}" for name, spec in ATTACKS.items() if spec.steps) + ")")
+ATTACK = typer.Option(DEFAULT_ATTACK, help=" | ".join(attack_names()) + " (ensemble: the worst case of APGD-CE and "
                       "targeted APGD-DLR per point; pgd --steps 40: the papers' protocol)")
 TARGETS = typer.Option(DEFAULT_TARGETS, "--targets",
                        help="Target classes of the ensemble's targeted APGD, ranked at each point's worst example; "
@@ -63,8 +63,8 @@ def eps_grid(text: str, dataset: str, option: str = "--eps") -> list[float]:
 
 def check_attack(attack: str, steps: int | None = None, targets: int = 0) -> None:
     """One-line errors for --attack, --steps and --targets."""
-    if attack not in ATTACK_NAMES:
-        raise RobustganError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {attack!r}")
+    if attack not in ATTACKS:
+        raise RobustganError(f"--attack must be one of {', '.join(attack_names())}; got {attack!r}")
     require(steps is None or steps > 0, f"--steps must be positive, got {steps}")
     require(0 <= targets <= 9, f"--targets must be in 0..9, got {targets}")
 
@@ -107,9 +107,9 @@ def require(ok: bool, message: str) -> None:
 def check_ensemble_steps(steps: int, console: Console, consequence: str) -> None:
     """--ensemble-steps: positive, and a note saying what a weaker ensemble than eval's does."""
     require(steps > 0, f"--ensemble-steps must be positive, got {steps}")
-    if steps < DEFAULT_STEPS["ensemble"]:
+    if steps < ATTACKS[DEFAULT_ATTACK].steps:
         console.print(f"[yellow]note[/yellow]: a {steps}-step ensemble is weaker than eval's "
-                      f"{DEFAULT_STEPS['ensemble']}-step one: {consequence}")
+                      f"{ATTACKS[DEFAULT_ATTACK].steps}-step one: {consequence}")
 
 
 def json_eps(eps: float):

@@ -14,13 +14,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from robustgan import distributed
-from robustgan.attacks.accuracy import DEFAULT_STEPS
+from robustgan.attacks import ATTACKS, attack_label
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, RESULTS, STEPS, TARGETS,
                                   WEIGHTS, check_attack, check_ensemble_steps, eps_grid, err_console, json_eps, out_console, parse_eps_list,
                                   parse_one_eps, require, single_subject, subject_runs)
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import check_run, overall_status, summary_line
-from robustgan.evaluate.curves import (area, attack_label, compute_curve, curves_csv, min_norm_distances, plot_curves,
+from robustgan.evaluate.curves import (area, compute_curve, curves_csv, min_norm_distances, plot_curves,
                                       pointwise_tables)
 from robustgan.evaluate.predict import predict as classify
 from robustgan.evaluate.saliency import saliency_grid
@@ -214,7 +214,7 @@ def check(
     tol: Optional[float] = typer.Option(None, help="Minimum accuracy gap every paired check warns at, instead of "
                                                    "each check's own (docs/evaluation.md)"),
     targets: int = TARGETS,
-    ensemble_steps: int = typer.Option(DEFAULT_STEPS["ensemble"], "--ensemble-steps", help="APGD steps per attack of the worst-case "
+    ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps", help="APGD steps per attack of the worst-case "
                                                                        "ensemble (the protocol, bound and autoattack checks)"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.progress import Progress
 
-from robustgan.attacks.accuracy import DEFAULT_STEPS
+from robustgan.attacks import ATTACKS
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
                                   check_ensemble_steps, err_console, json_eps, out_console, require, single_subject)
 from robustgan.eps import format_eps
@@ -28,7 +28,7 @@ def report(
     out: Path = typer.Option(Path("runs/report.html"), "--out", help="HTML file to write"),
     eps: str = typer.Option("", help="eps_i grid for the curves (default: the paper's grid)"),
     steps: int = typer.Option(20, help="PGD steps of the saliency images (curves: --ensemble-steps)"),
-    ensemble_steps: int = typer.Option(DEFAULT_STEPS["ensemble"], "--ensemble-steps",
+    ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps",
                                        help="APGD steps per attack of the curves' worst-case ensemble, PGD-40 "
                                             "beside it (--check keeps eval's 100)"),
     targets: int = TARGETS,

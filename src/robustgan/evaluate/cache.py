@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustgan.attacks import ATTACK_VERSION, default_step_size, robust_mask
-from robustgan.attacks.accuracy import PGD_ATTACKS
+from robustgan.attacks import ATTACK_VERSION, get_attack, robust_mask
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.distributed import sharded
 from robustgan.runs import RunDir, atomic_write
@@ -135,15 +134,12 @@ class EvalCache:
 
 def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None = None,
                   step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS) -> dict:
-    """The cache key's settings: only those that change the numbers of ``attack``."""
+    """The cache key's settings: only those that change the numbers of ``attack`` (its
+    registry entry's ``key``; ``steps`` None is the attack's default)."""
     if attack == "none" or eps == 0:
         return dict(attack="none", eps=0.0, n=n)
-    settings = dict(attack=attack, eps=float(eps), n=n, seed=seed)
-    if attack in PGD_ATTACKS:
-        settings |= dict(steps=steps, step_size=step_size or default_step_size(eps, steps), restarts=restarts)
-    elif attack in ("apgd-ce", "apgd-dlr", "ensemble"):
-        settings |= dict(steps=steps, restarts=restarts) | (dict(targets=targets) if attack == "ensemble" else {})
-    return settings
+    return get_attack(attack).settings(eps, n, seed, steps=steps, step_size=step_size, restarts=restarts,
+                                       targets=targets)
 
 
 def cached_mask(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0, steps: int | None = None,
@@ -155,8 +151,8 @@ def cached_mask(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0,
     settings = mask_settings(attack, eps, len(y), seed, steps, step_size, restarts, targets)
     hit = cache.get(**settings)
     if hit is not None:
-        if kw.get("progress") is not None:
-            kw["progress"].advance(kw["task"], len(y))
+        if kw.get("advance") is not None:
+            kw["advance"](len(y))
         return hit
     mask = sharded(lambda ids: robust_mask(model, x[ids], y[ids], attack=settings["attack"], eps=eps, steps=steps,
                                            step_size=step_size, restarts=restarts, targets=targets, seed=seed,

@@ -22,6 +22,7 @@ from robustgan.config import to_dict
 from robustgan.eps import format_eps
 from robustgan.evaluate.checks import status_of, summary_line
 from robustgan.evaluate.curves import compute_curve
+from robustgan.methods import method_class
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import file_sha256, guard_collapse, load_split, training_cost, weights_path
 from robustgan.version import __version__
@@ -30,11 +31,7 @@ SCHEMA = Path(__file__).with_name("model_card.schema.json")
 
 
 def _architecture(cfg) -> str:
-    if cfg.method.name == "external":
-        return cfg.method.factory
-    if cfg.method.name == "atgan":
-        return f"ATGAN: generator + AC discriminator on {cfg.model.name}"
-    return cfg.model.name
+    return method_class(cfg.method.name).architecture(cfg)
 
 
 def _checks(run: RunDir) -> dict:

@@ -45,6 +45,7 @@ from robustgan.attacks.threat import loss_and_grad
 from robustgan.errors import RobustganError
 from robustgan.evaluate.cache import EvalCache, cached_mask
 from robustgan.evaluate.paired import ALPHA, paired
+from robustgan.methods import method_class
 from robustgan.methods.standard import clean_config
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import default_eps, geometry_for, load_model, open_run
@@ -248,11 +249,12 @@ def check_transfer(model, x, y, s, device, surrogate: nn.Module | None) -> Check
                    " (transfer must not win)")
 
 
-def check_graybox(model, x, y, s, device) -> CheckResult | None:
-    """ATGAN only: attack D alone (no gradient through G), evaluate the full pipeline."""
-    if not (isinstance(model, nn.Sequential) and len(model) == 2 and hasattr(model[1], "both")):
-        return None  # not applicable: no generator in front of the classifier
-    gray = _pgd(model, x, y, s, device, source=model[1])
+def check_graybox(model, x, y, s, device, graybox: nn.Module | None) -> CheckResult | None:
+    """Where the method offers one (``Method.graybox_model``; ATGAN: D alone, no gradient
+    through G): PGD on that part, evaluated on the full pipeline."""
+    if graybox is None:
+        return None  # not applicable: the method has no gray-box model
+    gray = _pgd(model, x, y, s, device, source=graybox)
     return compare("graybox", s, _pgd(model, x, y, s, device), gray, "white-box on D(G(x))",
                    "gray-box (PGD on D alone)")
 
@@ -271,9 +273,9 @@ def check_autoattack(model, x, y, s, device, num_classes) -> CheckResult:
 
 
 def check_model(model, x, y, settings: CheckSettings, device="cpu", surrogate=None, num_classes=10,
-                on_result=None) -> list[CheckResult]:
+                on_result=None, graybox: nn.Module | None = None) -> list[CheckResult]:
     """All checks on (x uint8, y); ``on_result(result)`` is called as each one finishes.
-    Checks that do not apply (graybox without a generator) are left out."""
+    Checks that do not apply (graybox without a gray-box model) are left out."""
     model = model.to(device).eval()
     plan = [
         lambda: check_deterministic(model, x, y, settings, device),
@@ -288,7 +290,7 @@ def check_model(model, x, y, settings: CheckSettings, device="cpu", surrogate=No
         lambda: check_bound(model, x, y, settings, device, num_classes),
         lambda: check_protocol(model, x, y, settings, device),
         lambda: check_transfer(model, x, y, settings, device, surrogate),
-        lambda: check_graybox(model, x, y, settings, device),
+        lambda: check_graybox(model, x, y, settings, device, graybox),
         lambda: check_autoattack(model, x, y, settings, device, num_classes),
     ]
     results = []
@@ -376,7 +378,7 @@ def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps:
                              autoattack_limit=autoattack_limit, tol=tol, ensemble_steps=ensemble_steps,
                              targets=targets, cache=cache, reported=reported_accuracies(cache, len(y)))
     results = check_model(model, x, y, settings, device, surrogate_model, geometry_for(cfg.data).num_classes,
-                          on_result)
+                          on_result, method_class(cfg.method.name).graybox_model(model))
     report = {"eps": eps, "n": len(y), "alpha": settings.alpha, "tol": tol,
               "min_effects": {k: settings.min_effect(k) for k in MIN_EFFECT}, "steps": steps,
               "long_steps": long_steps, "restarts": restarts, "ensemble_steps": ensemble_steps, "targets": targets,

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustgan.attacks import WorstCase, worst_case
+from robustgan.attacks import WorstCase, attack_label, get_attack, worst_case
 from robustgan.attacks.ensemble import DEFAULT_TARGETS, ensemble_names, refine_min_eps
-from robustgan.attacks.accuracy import DEFAULT_STEPS, PGD_ATTACKS
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
+from robustgan.methods import eps_train, method_class
 from robustgan.evaluate.cache import EvalCache, cached_mask, mask_settings
 from robustgan.plotting import pyplot
 from robustgan.runtime import geometry_for, open_run
@@ -56,8 +56,7 @@ def area(eps, acc) -> float:
 
 
 def method_label(cfg) -> str:
-    frac = getattr(cfg.method, "frac", 1.0)
-    return cfg.method.name + ("-frac" if frac < 1 else "")
+    return method_class(cfg.method.name).label(cfg)
 
 
 def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets, restarts, seed, **kw):
@@ -92,15 +91,15 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
                 partial.put_many([(part[:, k], key) for k, key in enumerate(keys)])
             else:
                 part = torch.stack(done, 1)
-                if kw.get("progress") is not None:
-                    kw["progress"].advance(kw["task"], len(points) * len(missing))
+                if kw.get("advance") is not None:
+                    kw["advance"](len(points) * len(missing))
             parts.append(part)
         found = torch.cat(parts)
         cache.put_many([(found[:, k], base | {"eps": e}) for k, e in enumerate(missing)])
         partial.discard(batch_keys)  # the whole curve is cached now: its batches are not needed
         known |= {e: found[:, k] for k, e in enumerate(missing)}
-    elif kw.get("progress") is not None:
-        kw["progress"].advance(kw["task"], len(y) * len(grid))
+    elif kw.get("advance") is not None:
+        kw["advance"](len(y) * len(grid))
     closed, running = {0.0: clean}, clean.clone()
     for e in sorted(known):
         running &= known[e]
@@ -116,15 +115,14 @@ def compute_curve(run_dir, eps_grid, *, attack="ensemble", steps=None, step_size
     default the attack is the worst-case ensemble and the papers' protocol (PGD-40) is
     measured beside it (``protocol=False`` skips it). Under torchrun the test points are
     sharded across ranks. ``eval`` prints one of these; ``curve`` and ``report`` plot several."""
-    steps = DEFAULT_STEPS.get(attack, 1) if steps is None else steps
+    spec = get_attack(attack)
+    steps = spec.steps if steps is None else steps
     protocol = protocol and attack != "pgd"
     cfg, model, x, y = open_run(run_dir, limit=limit, data_root=data_root, device=device)
     cache = EvalCache(run_dir)
-    kw = dict(device=device, batch_size=batch_size, progress=progress)
-    mask_kw = kw | dict(num_classes=geometry_for(cfg.data).num_classes, channels_last=channels_last, seed=seed)
     columns = 1 + len(eps_grid) * (2 if protocol else 1)
-    task = progress.add_task(f"{Path(run_dir).name}", total=len(y) * columns) if progress else None
-    kw["task"] = mask_kw["task"] = task
+    kw = dict(device=device, batch_size=batch_size, advance=advancer(progress, Path(run_dir).name, len(y) * columns))
+    mask_kw = kw | dict(num_classes=geometry_for(cfg.data).num_classes, channels_last=channels_last, seed=seed)
 
     def per_eps(**settings):  # one sharded, cached mask per eps
         return torch.stack([cached_mask(cache, model, x, y, eps=e, **settings, **mask_kw) for e in eps_grid], 1)
@@ -138,11 +136,11 @@ def compute_curve(run_dir, eps_grid, *, attack="ensemble", steps=None, step_size
         correct = per_eps(attack=attack, steps=steps, step_size=step_size, restarts=restarts)
     paper = per_eps(attack="pgd", steps=PROTOCOL_STEPS) if protocol else None
     settings = {"attack": attack, "attacks": ensemble_names(targets) if attack == "ensemble" else [attack],
-                "steps": steps if attack in DEFAULT_STEPS else None, "restarts": restarts,
+                "steps": steps if spec.steps is not None else None, "restarts": restarts,
                 "targets": targets if attack == "ensemble" else None,
                 "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": seed,
                 "seconds": time.perf_counter() - start}
-    return Curve(str(run_dir), method_label(cfg), float(getattr(cfg.method, "eps", 0.0)), list(eps_grid),
+    return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),
                  correct.float().mean(0).tolist() if len(y) else [0.0] * len(eps_grid),
                  clean.float().mean().item() if len(y) else 0.0, len(y), settings,
                  paper.float().mean(0).tolist() if paper is not None and len(y) else None, correct, clean)
@@ -156,24 +154,20 @@ def min_norm_distances(run_dir, curve: Curve, *, limit=0, device="cpu", data_roo
     order = sorted(range(len(curve.eps)), key=curve.eps.__getitem__)
     s = curve.settings
     found = WorstCase([curve.eps[i] for i in order], curve.correct[:, order], curve.clean_correct, s["attacks"], 0, 0.0)
-    task = progress.add_task("min-norm", total=len(y)) if progress else None
+    advance = advancer(progress, "min-norm", len(y))
     upper = found.min_eps()
     return sharded(lambda ids: refine_min_eps(
         model, x[ids], y[ids], WorstCase(found.eps, found.correct[ids], found.clean[ids], found.attacks, 0, 0.0),
         rounds=rounds, steps=s["steps"], targets=s["targets"], seed=s["seed"], device=device, ids=ids,
-        progress=progress, task=task), len(y)) if len(y) else upper
+        advance=advance), len(y)) if len(y) else upper
 
 
-def attack_label(settings: dict) -> str:
-    """E.g. "worst case of APGD-CE + APGD-T (9 targets), 100 steps" or "PGD-40, 5 restarts"."""
-    attack, restarts = settings["attack"], settings.get("restarts", 1)
-    more = f", {restarts} restarts" if restarts > 1 else ""
-    if attack == "ensemble":
-        targets = f" + APGD-T ({settings['targets']} targets)" if settings.get("targets") else ""
-        return f"worst case of APGD-CE{targets}, {settings['steps']} steps{more}"
-    if attack in (*PGD_ATTACKS, "apgd-ce", "apgd-dlr"):
-        return f"{attack.upper()}-{settings['steps']}{more}"
-    return attack.upper()
+def advancer(progress, description: str, total: int):
+    """A rich Progress's new task as the plain callback the attacks take (None without one)."""
+    if progress is None:
+        return None
+    task = progress.add_task(description, total=total)
+    return lambda done: progress.advance(task, done)
 
 
 def caption(curves: list[Curve]) -> str:

@@ -10,6 +10,7 @@ import torch
 from robustgan.attacks import attack_mode, default_step_size, pgd
 from robustgan.eps import format_eps
 from robustgan.evaluate.curves import method_label
+from robustgan.methods import eps_train
 from robustgan.plotting import pyplot
 from robustgan.runtime import open_run
 
@@ -49,7 +50,7 @@ def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_r
             for ax in (img_ax, sal_ax):
                 ax.set_xticks([])
                 ax.set_yticks([])
-        eps_t = getattr(cfg.method, "eps", 0.0)
+        eps_t = eps_train(cfg)
         axes[2 * r, 0].set_ylabel(f"{method_label(cfg)}\neps_t={format_eps(eps_t)}", fontsize=7)
         axes[2 * r + 1, 0].set_ylabel("saliency", fontsize=7)
     fig.suptitle(f"test image {index}: PGD-{steps} adversarial images and gradient saliency", fontsize=9)

@@ -96,6 +96,22 @@ class ATGAN(Method):
     name = "atgan"
     Config = ATGANConfig
 
+    @classmethod
+    def train_eps(cls, cfg):
+        return cfg.method.eps
+
+    @classmethod
+    def label(cls, cfg):
+        return cls.name + ("-frac" if cfg.method.frac < 1 else "")  # FracAT
+
+    @classmethod
+    def architecture(cls, cfg):
+        return f"ATGAN: generator + AC discriminator on {cfg.model.name}"
+
+    @classmethod
+    def graybox_model(cls, model):
+        return model[1]  # D alone: D_c(G(x)) without the gradient through G
+
     def __init__(self, cfg, geometry, device):
         super().__init__(cfg, geometry, device)
         self.pipeline = self.build_defended(cfg, geometry).to(device)

@@ -86,6 +86,30 @@ class Method:
     def defended_model(self) -> nn.Module:
         raise NotImplementedError
 
+    # --- what evaluation, reports and cards read of a method (its contract, never its config's fields)
+    report_sections: ClassVar[tuple[str, ...]] = ()  # extra sections of its report: "trends" (paper 002 Fig. 5)
+
+    @classmethod
+    def train_eps(cls, cfg: Config) -> float | None:
+        """The L-inf radius (pixel scale) the method trains against; None without an adversary."""
+        return None
+
+    @classmethod
+    def label(cls, cfg: Config) -> str:
+        """How curves, tables and plots name a run of this method (e.g. "pgd_at-frac")."""
+        return cls.name
+
+    @classmethod
+    def architecture(cls, cfg: Config) -> str:
+        """The defended pipeline's architecture, in words (the model card's)."""
+        return cfg.model.name
+
+    @classmethod
+    def graybox_model(cls, model: nn.Module) -> nn.Module | None:
+        """The part of the defended pipeline ``model`` that a gray-box attack differentiates
+        (ATGAN: D without G in front); None where no gray-box attack applies."""
+        return None
+
     # --- models trained before this one
     @classmethod
     def subruns(cls, cfg: Config) -> dict[str, Config | Path]:
@@ -146,6 +170,11 @@ def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise ConfigError(f"method.name: unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def eps_train(cfg: Config) -> float:
+    """The run's training eps (``Method.train_eps``), 0 for a method without an adversary."""
+    return method_class(cfg.method.name).train_eps(cfg) or 0.0
 
 
 # ------------------------------------------------------------------ helpers shared by methods

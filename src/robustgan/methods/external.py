@@ -98,6 +98,10 @@ class External(Method):
     name = "external"
     Config = ExternalConfig
 
+    @classmethod
+    def architecture(cls, cfg):
+        return cfg.method.factory
+
     def __init__(self, cfg, geometry, device):
         raise RobustganError("an external model (--model) is evaluated here, not trained")
 

@@ -73,6 +73,10 @@ class FGSMRS(Standard):
     Config = FGSMRSConfig
     single_step = True
 
+    @classmethod
+    def train_eps(cls, cfg):
+        return cfg.method.eps
+
     def step(self, x, y):
         mcfg = self.cfg.method
         eps = eps_now(mcfg, self.epoch)

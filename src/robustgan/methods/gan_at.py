@@ -56,6 +56,11 @@ def generator_in_channels(mcfg: GANATConfig, channels: int) -> int:
 class GANAT(Method):
     name = "gan_at"
     Config = GANATConfig
+    report_sections = ("trends",)  # logit trends along generator directions (paper 002 Fig. 5)
+
+    @classmethod
+    def train_eps(cls, cfg):
+        return cfg.method.eps
 
     def __init__(self, cfg, geometry, device):
         super().__init__(cfg, geometry, device)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustgan.attacks import pgd
+from robustgan.attacks import default_step_size, pgd
 from robustgan.config import check_eps_value, check_frac
 from robustgan.errors import ConfigError
 from robustgan.methods.base import MethodConfig, batch_accuracy, register_method
@@ -22,7 +22,7 @@ class InnerAttackConfig(MethodConfig):
 
     eps: float = 0.3  # eps_t, pixel scale
     steps: int = 40
-    step_size: float = 0.0  # 0 = 2.5 * eps / steps (Madry et al.)
+    step_size: float = 0.0  # 0 = attacks.default_step_size: 2.5 * eps / steps (Madry et al.)
     random_start: bool = True
     frac: float = 1.0  # FracAT: fraction of each batch made adversarial
     ramp_epochs: int = 0  # grow eps linearly from 0 over the first epochs
@@ -47,7 +47,7 @@ def eps_now(mcfg: InnerAttackConfig, epoch: int) -> float:
 
 
 def step_size_for(mcfg: InnerAttackConfig, eps: float) -> float:
-    return mcfg.step_size if mcfg.step_size > 0 else 2.5 * eps / mcfg.steps
+    return mcfg.step_size if mcfg.step_size > 0 else default_step_size(eps, mcfg.steps)
 
 
 def split_adversarial(mcfg: InnerAttackConfig, batch_size: int) -> int:
@@ -76,6 +76,14 @@ class PGDATConfig(InnerAttackConfig):
 class PGDAT(Standard):
     name = "pgd_at"
     Config = PGDATConfig
+
+    @classmethod
+    def train_eps(cls, cfg):
+        return cfg.method.eps
+
+    @classmethod
+    def label(cls, cfg):
+        return cls.name + ("-frac" if cfg.method.frac < 1 else "")  # FracAT
 
     def step(self, x, y):
         mcfg = self.cfg.method

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from robustgan.attacks import default_step_size
 from robustgan.attacks.threat import attack_mode
 from robustgan.config import check_eps_value
 from robustgan.errors import ConfigError
@@ -23,7 +24,7 @@ class TRADESConfig(MethodConfig):
     name: str = "trades"
     eps: float = 0.3  # eps_t, pixel scale
     steps: int = 10  # the inner maximisation's PGD steps
-    step_size: float = 0.0  # 0 = 2.5 * eps / steps
+    step_size: float = 0.0  # 0 = attacks.default_step_size: 2.5 * eps / steps
     beta: float = 6.0  # the robustness weight (official: 6 on CIFAR-10, 1 on MNIST)
     ramp_epochs: int = 0  # grow eps linearly from 0 over the first epochs
 
@@ -70,11 +71,15 @@ class TRADES(Standard):
     name = "trades"
     Config = TRADESConfig
 
+    @classmethod
+    def train_eps(cls, cfg):
+        return cfg.method.eps
+
     def step(self, x, y):
         mcfg = self.cfg.method
         eps = eps_now(mcfg, self.epoch)
         x_adv = x if eps == 0 else trades_adversarial(self.model, x, eps, mcfg.steps,
-                                                      mcfg.step_size or 2.5 * eps / mcfg.steps)
+                                                      mcfg.step_size or default_step_size(eps, mcfg.steps))
         self.model.train()
         logits_clean, logits_adv = self.model(x), self.model(x_adv)  # two passes, as the official code (BN)
         natural = F.cross_entropy(logits_clean.float(), y)

@@ -16,6 +16,7 @@ from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import status_of, summary_line
 from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
+from robustgan.methods import eps_train, method_class
 from robustgan.evaluate.frontier import frontier_points, plot_frontier
 from robustgan.evaluate.paired import ALPHA
 from robustgan.evaluate.saliency import saliency_grid
@@ -150,7 +151,7 @@ def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20,
     parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
     summary = "".join(
-        f"<tr><td>{html.escape(str(r))}</td><td>{method_label(c)}</td><td>{format_eps(getattr(c.method, 'eps', 0.0))}</td>"
+        f"<tr><td>{html.escape(str(r))}</td><td>{method_label(c)}</td><td>{format_eps(eps_train(c))}</td>"
         f"<td>{100 * cv.clean:.1f}</td><td>{cv.auc:.3f}</td><td>{area(cv.eps, cv.protocol) if cv.protocol else float('nan'):.3f}</td>"
         f"<td>{_check_status(RunDir(r))}</td></tr>"
         for r, c, cv in zip(runs, configs, curves))
@@ -182,7 +183,7 @@ def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20,
             if run.file("model_card.md").is_file():
                 card_uri = html.escape(os.path.relpath(run.file("model_card.md").resolve(), Path(out).resolve().parent))
                 parts.append(f'<p>Model card: <a href="{card_uri}">model_card.md</a> (and model_card.json).</p>')
-            if c.method.name == "gan_at":
+            if "trends" in method_class(c.method.name).report_sections:
                 png, _, _ = run_trends(r, index=index, out=tmp / f"trends_{len(parts)}", data_root=data_root)
                 parts.append("<h3>Logit trends (paper 002 Fig. 5)</h3>" + img(png_data_uri(png), f"logit trends of {r}"))
             config_text = run.file("config.toml").read_text()

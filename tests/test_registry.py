@@ -1,0 +1,155 @@
+"""The registries' contracts: every registered attack keeps the threat model and the model
+alone, and its cache key holds exactly the settings that change its numbers; cache keys written
+before the registry read the same; a toy attack and a toy method added here, through their
+registries only, run end to end (ARCHITECTURE.md, "Where a change goes")."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustgan.attacks import ATTACKS, AttackArgs, AttackError, attack_label, attack_names, register_attack, robust_mask
+from robustgan.evaluate.cache import EvalCache, cache_key, cached_mask, mask_settings
+from tests.helpers import CONFIGS, run_main, tiny_cnn
+
+BUILT_IN = ("ensemble", "apgd-ce", "apgd-dlr", "autoattack", "fgsm", "pgd", "pgd-dlr", "pgd-unsaturated")
+# a value of each key setting other than its default
+OTHER = {"steps": 7, "step_size": 0.123, "restarts": 3, "targets": 2}
+
+
+@pytest.fixture
+def toy_attack():
+    """'toy': each pixel pushed to the edge of the ball along a fixed random sign pattern
+    (per point, from the seed), registered for the test only."""
+    @register_attack("toy", steps=3, key=("steps",), help="a fixed random corner of the ball")
+    def toy(model, x, y, eps, args: AttackArgs):
+        gen = torch.Generator().manual_seed(args.seed or 0)
+        corner = x + eps * torch.randint(0, 2, x.shape, generator=gen).mul(2).sub(1).to(x)
+        return corner.clamp(0, 1)
+
+    yield "toy"
+    del ATTACKS["toy"]
+
+
+def test_every_builtin_attack_is_registered_and_the_default_comes_first():
+    assert set(BUILT_IN) <= set(ATTACKS) and attack_names()[0] == "ensemble"
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_attack_keeps_the_ball_the_box_and_the_model(name):
+    if name == "autoattack":
+        pytest.importorskip("torchattacks")
+    model = torch.nn.Sequential(tiny_cnn(), torch.nn.Dropout(0.5)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.rand(3, 1, 28, 28), torch.randint(0, 10, (3,))
+    spec = ATTACKS[name]
+    x_adv = spec.run(model, x, y, 0.1, AttackArgs(steps=2 if spec.steps else None, targets=2, seed=0,
+                                                  ids=torch.arange(3)))
+    assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert model.training and all(p.grad is None and p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert spec.help and attack_label(spec.settings(0.1, 3, 0)).strip()
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_cache_key_changes_with_every_setting_that_changes_the_numbers(name):
+    spec = ATTACKS[name]
+    base = cache_key(**mask_settings(name, 0.1, 50, 0))
+    for setting, value in OTHER.items():
+        changed = cache_key(**mask_settings(name, 0.1, 50, 0, **{setting: value}))
+        assert (changed != base) == (setting in spec.key), setting
+    assert cache_key(**mask_settings(name, 0.2, 50, 0)) != base and cache_key(**mask_settings(name, 0.1, 50, 1)) != base
+    if spec.steps:  # the default steps are the attack's own, written into the key
+        assert base == cache_key(**mask_settings(name, 0.1, 50, 0, steps=spec.steps))
+
+
+def test_cache_keys_written_before_the_registry_read_the_same():
+    """Keys made by the code before attacks were registered (ATTACK_VERSION 6, every attack and
+    a spread of settings): the same strings, so every cached result keeps its numbers."""
+    cases = json.loads((Path(__file__).parent / "data" / "cache_keys_attack_version_6.json").read_text())
+    for case in cases:
+        args = {k: (math.inf if v == "inf" else v) for k, v in case["args"].items()}
+        assert cache_key(**mask_settings(**args)) == case["key"], args
+
+
+@pytest.mark.parametrize("entry,problem", [
+    (dict(key=("bogus",)), "unknown key setting"),
+    (dict(steps=10), "'steps' in its key"),
+    (dict(help=" "), "no help line"),
+])
+def test_an_incomplete_attack_fails_at_registration(entry, problem):
+    with pytest.raises(AttackError, match=problem):
+        register_attack("incomplete", **({"help": "h"} | entry))(lambda *a: None)
+    assert "incomplete" not in ATTACKS
+    with pytest.raises(AttackError, match="registered already"):
+        register_attack("pgd", help="again")(lambda *a: None)
+
+
+def test_a_toy_attack_added_through_the_registry_runs_everywhere(toy_attack, tmp_path, monkeypatch, capsys, seed):
+    """Registered in the fixture and nowhere else: robust_mask, the cache (its steps in the key),
+    the label and `robustgan eval --attack toy` all take it."""
+    from robustgan.config import load_config
+    from robustgan.train import fit
+
+    model = tiny_cnn().eval()
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    mask = robust_mask(model, x, y, attack=toy_attack, eps=0.2, seed=seed)
+    assert mask.shape == (16,) and mask.dtype == torch.bool
+    cache = EvalCache(path=tmp_path / "eval_cache.json", digest="w")
+    assert torch.equal(cached_mask(cache, model, x, y, attack=toy_attack, eps=0.2, seed=seed), mask)
+    keys = [json.loads(k) for k in cache.entries]
+    assert keys[0]["attack"] == "toy" and keys[0]["steps"] == 3
+    assert attack_label({"attack": "toy", "steps": 5}) == "TOY-5"
+
+    run = tmp_path / "run"
+    fit(load_config(CONFIGS / "standard-digits.toml", ["train.epochs=1", "data.train_limit=128", "train.eval_limit=16",
+                                                       "train.device=cpu"]), run, quiet=True)
+    done = run_main(["eval", run, "--attack", "toy", "--eps", "0.1,0.3", "--limit", "24", "--json"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["attack"] == "toy" and [r["eps"] for r in result["results"]] == [0.1, 0.3]
+
+
+@dataclass
+class ToyConfig:
+    name: str = "toy_method"
+    eps: float = 0.25
+
+    def validate(self):
+        pass
+
+
+def test_a_toy_method_added_through_the_registry_states_its_contract():
+    """A method is a class in the registry: what evaluation reads of it (its training eps, its
+    label, its gray-box model) comes from the class, not from its config's fields."""
+    from robustgan.config import METHOD_CONFIGS
+    from robustgan.methods import METHODS, Method, eps_train, register_method
+    from robustgan.methods.standard import Standard
+
+    @register_method
+    class ToyMethod(Standard):
+        name = "toy_method"
+        Config = ToyConfig
+
+        @classmethod
+        def train_eps(cls, cfg):
+            return cfg.method.eps
+
+        @classmethod
+        def label(cls, cfg):
+            return "toy"
+
+    try:
+        from robustgan.config import load_config
+
+        cfg = load_config(CONFIGS / "standard-digits.toml", ['method.name="toy_method"', "method.eps=0.25"])
+        assert eps_train(cfg) == 0.25 and METHODS["toy_method"].label(cfg) == "toy"
+        assert Method.graybox_model(torch.nn.Identity()) is None
+        assert eps_train(load_config(CONFIGS / "standard-digits.toml")) == 0.0
+    finally:
+        del METHODS["toy_method"], METHOD_CONFIGS["toy_method"]
