@@ -22,7 +22,7 @@ Curves, each over the whole eps grid (default the digits grid 0.1..0.5), same mo
 - Foolbox 3 LinfPGD, 40 steps of 2.5 eps / 40 with a random start, all eps in one call (only
   if foolbox imports; `make bench` installs it);
 - our PGD-40 (``robust_mask``, step 2.5 eps / 40, one seeded random start), once per eps:
-  the protocol before issue 15.
+  the papers' protocol.
 
 Strength: robust accuracy per eps from those curves (repeats are checked to agree), and
 standard AutoAttack as published (APGD-CE and APGD-T 100 steps, FAB-T, Square 5000;

@@ -1,6 +1,6 @@
 """PGD-7 adversarial training of PreAct ResNet-18 on CIFAR-10-sized data: images/s and
 seconds per 50k-image epoch, with and without AMP / channels_last / compile, beside the
-arithmetic limit (issue 8's GPU measurement; goal: an epoch in <= 5 s on an H200).
+arithmetic limit (goal: an epoch in <= 5 s on an H200).
 
     python benchmarks/gpu_epoch.py                           # on a GPU: batches 128 and 512
     python benchmarks/gpu_epoch.py --batch 128 --steps 50 --peak-tflops 989

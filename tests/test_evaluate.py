@@ -171,12 +171,13 @@ def test_report_command_writes_one_self_contained_page(digits_runs, tmp_path):
 
 
 def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
-    from robustgan.evaluate.checks import check_run
+    from robustgan.evaluate.checks import CheckSettings, check_run
+    from robustgan.evaluate.context import EvalContext
 
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
-    results = check_run(run, eps=0.2, steps=3, long_steps=5, restarts=2, limit=32, surrogate="auto", targets=1,
-                        ensemble_steps=3, surrogate_epochs=1, autoattack=False)
+    settings = CheckSettings(eps=0.2, steps=3, long_steps=5, restarts=2, targets=1, ensemble_steps=3, autoattack=False)
+    results = check_run(run, settings, EvalContext(limit=32), surrogate="auto", surrogate_epochs=1)
     transfer = next(r for r in results if r.name == "transfer")
     assert transfer.status != "skipped" and 0 <= transfer.values["alt"] <= 1  # alt: accuracy under the transfer
     surrogate = RunDir(run / "surrogate")

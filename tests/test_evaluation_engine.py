@@ -1,4 +1,4 @@
-"""The worst-case evaluation engine (issue 15): APGD, the ensemble, the per-sample cache under
+"""The worst-case evaluation engine: APGD, the ensemble, the per-sample cache under
 concurrent writers, and sharded evaluation under torchrun."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from robustgan.attacks import apgd, dlr_loss, dlr_targeted_loss, fgsm, pgd, robu
 from robustgan.attacks.apgd import checkpoints
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.evaluate.cache import EvalCache, cache_key
+from robustgan.evaluate.context import EvalContext
 from robustgan.evaluate.paired import paired
 from tests.helpers import CONFIGS, accuracy, copy_run, run_main, tiny_cnn
 
@@ -290,11 +291,11 @@ def small_run(tmp_path_factory):
 def test_adding_an_eps_point_attacks_only_that_point(small_run, monkeypatch):
     from robustgan.evaluate import curves
 
-    first = curves.compute_curve(small_run, [0.1, 0.3], steps=5, limit=32, protocol=False)
+    first = curves.compute_curve(small_run, [0.1, 0.3], EvalContext(limit=32), steps=5, protocol=False)
     asked = []
     real = curves.worst_case
     monkeypatch.setattr(curves, "worst_case", lambda *a, **kw: asked.append(list(a[3])) or real(*a, **kw))
-    second = curves.compute_curve(small_run, [0.1, 0.2, 0.3], steps=5, limit=32, protocol=False)
+    second = curves.compute_curve(small_run, [0.1, 0.2, 0.3], EvalContext(limit=32), steps=5, protocol=False)
     assert asked == [[0.2]]
     assert second.acc[0] == first.acc[0] and second.acc[2] <= first.acc[1]
     assert second.acc[0] >= second.acc[1] >= second.acc[2]
@@ -306,8 +307,9 @@ def test_a_killed_curve_recomputes_only_the_unfinished_batch(small_run, tmp_path
     dropped from the partial cache (the whole curve is in the cache)."""
     from robustgan.evaluate import curves
 
-    settings = dict(steps=5, limit=48, batch_size=16, protocol=False)
-    whole = curves.compute_curve(copy_run(small_run, tmp_path / "whole"), [0.1, 0.2], **settings)
+    settings = dict(steps=5, protocol=False)
+    ctx = EvalContext(limit=48, batch_size=16)
+    whole = curves.compute_curve(copy_run(small_run, tmp_path / "whole"), [0.1, 0.2], ctx, **settings)
     run = copy_run(small_run, tmp_path / "run")
     real, asked = curves.worst_case, []
 
@@ -319,10 +321,10 @@ def test_a_killed_curve_recomputes_only_the_unfinished_batch(small_run, tmp_path
 
     monkeypatch.setattr(curves, "worst_case", killed_in_the_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        curves.compute_curve(run, [0.1, 0.2], **settings)
+        curves.compute_curve(run, [0.1, 0.2], ctx, **settings)
     asked.clear()
     monkeypatch.setattr(curves, "worst_case", lambda *args, **kw: asked.append(kw["ids"].tolist()) or real(*args, **kw))
-    resumed = curves.compute_curve(run, [0.1, 0.2], **settings)
+    resumed = curves.compute_curve(run, [0.1, 0.2], ctx, **settings)
     assert asked == [list(range(16, 32)), list(range(32, 48))]
     assert torch.equal(resumed.correct, whole.correct)
     partial = json.loads((run / "eval_cache.partial.json").read_text())

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import load_config
-from robustgan.evaluate.checks import check_run, overall_status, summary_line
+from robustgan.evaluate.context import EvalContext, evaluation
+from robustgan.evaluate.checks import CheckSettings, check_run, overall_status, summary_line
 from robustgan.attacks import attack_label
 from robustgan.evaluate.curves import area, caption, compute_curve
 from robustgan.evaluate.frontier import frontier_points, plot_frontier
@@ -86,26 +86,25 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         console.rule(f"[bold]{i}/{len(RUNS)}: training {name}")
         runs[name] = fit(demo_config(name, quick), out / name).path
     console.rule("[bold]robustness curves")
-    with Progress(console=console, transient=True) as progress:
+    with evaluation(device, limit=limit, console=console) as ctx:
         # the worst-case ensemble (in the quick demo: 3 steps per attack), the papers' PGD-40 beside it
-        curves = {n: compute_curve(r, EPS_GRID, steps=steps if quick else None, targets=targets, limit=limit,
-                                   device=device, progress=progress) for n, r in runs.items()}
+        curves = {n: compute_curve(r, EPS_GRID, ctx, steps=steps if quick else None, targets=targets)
+                  for n, r in runs.items()}
     console.rule("[bold]gradient-masking checks")
     checks = {}
     for name, run in runs.items():
         # the same images and attacks as the curves at eps 0.2 (read from the run's cache)
         surrogate = runs["pgd_at"] if name == "standard" else runs["standard"]
-        results = check_run(run, eps=0.2, steps=steps, long_steps=10 if quick else 60, restarts=2, limit=limit,
-                            surrogate=str(surrogate), autoattack=False, ensemble_steps=steps if quick else 100,
-                            targets=targets, device=device)
+        settings = CheckSettings(eps=0.2, steps=steps, long_steps=10 if quick else 60, restarts=2, autoattack=False,
+                                 ensemble_steps=steps if quick else 100, targets=targets)
+        results = check_run(run, settings, EvalContext(device, limit=limit), surrogate=str(surrogate))
         checks[name] = ("WARN: " if overall_status(results) == "warn" else "") + summary_line(results)
         console.print(f"{name:>9}: {checks[name]}")
     short = {name: short_status(text) for name, text in checks.items()}
     console.rule("[bold]report")
-    with Progress(console=console, transient=True) as progress:
-        report = build_report(list(runs.values()), out / "report.html", eps_grid=EPS_GRID, steps=steps, limit=limit,
-                              curve_steps=steps if quick else None, targets=targets,
-                              index=3, device=device, progress=progress)
+    with evaluation(device, limit=limit, console=console) as ctx:
+        report = build_report(list(runs.values()), out / "report.html", ctx, eps_grid=EPS_GRID, steps=steps,
+                              curve_steps=steps if quick else None, targets=targets, index=3)
     first = next(iter(curves.values()))
     table = Table(title=f"digits test set (first {limit} images): {attack_label(first.settings)}; "
                         f"in parentheses {first.settings['protocol'].upper()}, the papers' protocol")

@@ -88,8 +88,8 @@ def _stopping(hit, groups, best_loss, quota, early_stop) -> torch.Tensor:
 
 def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, groups, prune) -> APGDResult:
     """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample. Rows of one
-    ``groups`` value attack one point side by side (``apgd_run``). One function on purpose
-    (74 lines): its state is the algorithm's, and splitting it would pass fourteen per-sample
+    ``groups`` value attack one point side by side (``apgd_run``). One function on purpose:
+    its state is the algorithm's, and splitting it would pass fourteen per-sample
     tensors between the pieces."""
     lo, hi = ball(x, eps)
     eta = 2 * eps.view(-1, 1, 1, 1).to(x.dtype)

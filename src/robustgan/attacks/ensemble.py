@@ -1,4 +1,4 @@
-"""The worst-case ensemble: robustgan's default evaluation (issues 15 and 23, docs/evaluation.md).
+"""The worst-case ensemble: robustgan's default evaluation (docs/evaluation.md).
 
 For each eps in ascending order and each test point still classified correctly: APGD-CE,
 then targeted APGD-DLR towards up to ``targets`` (default 9) other classes (APGD-T, Croce &
@@ -19,19 +19,14 @@ attack where it can still succeed):
   checkpoint (22 of 100 steps), the 4 with the highest targeted loss to the second (41), 2 to
   the third (57), 1 to the end; a point fooled by one target stops the others. One batch
   instead of eight keeps the CPU or GPU busy on a handful of close points. Without halving
-  these are the runs ranks 2-9 made one after another before (same targets, same random
-  starts): a rank only ever ran on points already close, and a point stays close once it is,
-  so the set each rank attacked is the set after rank 1, and the points fooled are the same;
+  (``halving=False``) these are the runs of ranks 2-9 one after another (same targets, same
+  random starts, the same points fooled);
 - each targeted run starts, as in AutoAttack, from a random point of the ball; and since
   APGD-CE's warm start (below) can trap a point that a fresh start fools, the points that have
   closed half their gap (``CLOSE_RESTART``) get APGD-CE once more from its random start.
-Measured on the digits PGD-AT and ATGAN presets (the 9-eps grid; BENCHMARKS.md): on their
-first 240 test images the halving fooled exactly the points that every target run to 100
-steps fools (``halving=False``), at 679 / 763 gradient evaluations per
-point on the first 60 against 950 / 1074; on those 60, standard AutoAttack's accuracy is nowhere
-below the ensemble's. The thresholds were set on those two models (a point at ratio 0.25
-needed its third target): a model whose fooled points stay far from the boundary until the
-last step may need ``close=1, halving=False`` (every target on every point, all its steps).
+The thresholds were set on the digits PGD-AT and ATGAN presets (docs/evaluation.md has the
+measurements): a model whose fooled points stay far from the boundary until the last step may
+need ``close=1, halving=False`` (every target on every point, all its steps).
 
 Two savings that change cost, not results:
 - monotonicity: a point fooled at eps_k is fooled at every larger eps (the same example lies
@@ -54,8 +49,7 @@ from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
-ATTACK_VERSION = 6  # bump whenever an attack's numbers change: part of every evaluation cache key (5: session 29's
-# reverted random first start, never reused)
+ATTACK_VERSION = 6  # bump whenever an attack's numbers change: part of every evaluation cache key (5 is never reused)
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
 FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
 CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap

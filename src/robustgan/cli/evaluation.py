@@ -10,7 +10,6 @@ from typing import List, Optional
 
 import torch
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
 from robustgan import distributed
@@ -19,7 +18,8 @@ from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MOD
                                   WEIGHTS, check_attack, check_ensemble_steps, eps_grid, err_console, json_eps, out_console, parse_eps_list,
                                   parse_one_eps, require, single_subject, subject_runs)
 from robustgan.eps import format_eps, grid_for
-from robustgan.evaluate.checks import check_run, overall_status, summary_line
+from robustgan.evaluate.context import EvalContext, evaluation
+from robustgan.evaluate.checks import CheckSettings, check_run, overall_status, summary_line
 from robustgan.evaluate.curves import (area, compute_curve, curves_csv, min_norm_distances, plot_curves,
                                       pointwise_tables)
 from robustgan.evaluate.predict import predict as classify
@@ -82,13 +82,11 @@ def eval_(
     here = distributed.setup(device)
     device = distributed.device_for(device, here)
     start = time.perf_counter()
-    with Progress(console=err_console, transient=True, disable=not here.is_main) as progress:
-        curve = compute_curve(run, eps_list, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
-                              targets=targets, protocol=protocol, limit=limit, seed=seed, device=device,
-                              data_root=data_root, batch_size=batch_size, channels_last=channels_last,
-                              progress=progress)
-        distances = min_norm_distances(run, curve, limit=limit, device=device, data_root=data_root,
-                                       progress=progress) if min_norm else None
+    with evaluation(device, limit=limit, data_root=data_root, batch_size=batch_size, seed=seed,
+                    show=here.is_main) as ctx:
+        curve = compute_curve(run, eps_list, ctx, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
+                              targets=targets, protocol=protocol, channels_last=channels_last)
+        distances = min_norm_distances(run, curve, ctx) if min_norm else None
     if not here.is_main:
         return
     (err_console if as_json else out_console).print(eval_table(run, curve, distances))
@@ -179,10 +177,9 @@ def curve(
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
     table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
-    with Progress(console=err_console, transient=True) as progress:
-        curves = [compute_curve(r, grid, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
-                                targets=targets, protocol=protocol, limit=limit, device=resolve_device(device),
-                                data_root=data_root, progress=progress)
+    with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
+        curves = [compute_curve(r, grid, ctx, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
+                                targets=targets, protocol=protocol)
                   for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "curves.png", f"{dataset}: robustness curves")
@@ -246,10 +243,11 @@ def check(
     def show(result):
         out_console.print(f"{marks[result.status]}  {result.name:<15} {result.detail}")
 
-    results = check_run(run, eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, limit=limit,
-                        surrogate=surrogate, autoattack=autoattack, autoattack_limit=autoattack_limit,
-                        tol=tol, ensemble_steps=ensemble_steps, targets=targets, device=resolve_device(device),
-                        data_root=data_root, on_result=show)
+    settings = CheckSettings(eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, tol=tol,
+                             ensemble_steps=ensemble_steps, targets=targets, autoattack=autoattack,
+                             autoattack_limit=autoattack_limit)
+    ctx = EvalContext(resolve_device(device), limit=limit, data_root=data_root)
+    results = check_run(run, settings, ctx, surrogate=surrogate, on_result=show)
     summary = summary_line(results)
     if overall_status(results) == "warn":
         out_console.print(f"[bold red]possible gradient masking[/bold red]: {summary} (saved {run}/check.json)")

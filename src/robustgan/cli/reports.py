@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import Progress
 
 from robustgan.attacks import ATTACKS
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
                                   check_ensemble_steps, err_console, json_eps, out_console, require, single_subject)
 from robustgan.eps import format_eps
 from robustgan.evaluate.card import build_card, write_card
-from robustgan.evaluate.checks import check_run
+from robustgan.evaluate.context import EvalContext, evaluation
+from robustgan.evaluate.checks import CheckSettings, check_run
 from robustgan.evaluate.curves import caption, compute_curve
 from robustgan.evaluate.frontier import frontier_points, frontier_table, plot_frontier
 from robustgan.report.html import build_report
@@ -54,11 +54,11 @@ def report(
         for r in runs:
             if not RunDir(r).file("check.json").is_file():
                 err_console.print(f"checking {r}")
-                check_run(r, limit=limit, device=device, data_root=data_root, autoattack=False, long_steps=200,
-                          targets=targets)
-    with Progress(console=err_console, transient=True) as progress:
-        path = build_report(runs, out, eps_grid=grid, steps=steps, limit=limit, index=index, device=device,
-                            data_root=data_root, progress=progress, targets=targets, curve_steps=ensemble_steps)
+                check_run(r, CheckSettings(long_steps=200, targets=targets, autoattack=False),
+                          EvalContext(device, limit=limit, data_root=data_root))
+    with evaluation(device, limit=limit, data_root=data_root) as ctx:
+        path = build_report(runs, out, ctx, eps_grid=grid, steps=steps, index=index, targets=targets,
+                            curve_steps=ensemble_steps)
     out_console.print(f"wrote {path}")
 
 
@@ -95,10 +95,10 @@ def card(
     device = resolve_device(device)
     if run_checks and not RunDir(run).file("check.json").is_file():
         err_console.print(f"checking {run}")
-        check_run(run, eps=max(grid), limit=limit, device=device, data_root=data_root, autoattack=False)
-    with Progress(console=err_console, transient=True) as progress:
-        found = build_card(run, grid, limit=limit, steps=steps, targets=targets, device=device, data_root=data_root,
-                           progress=progress)
+        check_run(run, CheckSettings(eps=max(grid), autoattack=False), EvalContext(device, limit=limit,
+                                                                                   data_root=data_root))
+    with evaluation(device, limit=limit, data_root=data_root) as ctx:
+        found = build_card(run, grid, ctx, steps=steps, targets=targets)
     paths = write_card(run, found)
     out_console.print(f"wrote {paths[0]} and {paths[1]}")
 
@@ -132,9 +132,8 @@ def frontier(
     if eps:
         require(len(grid) == 1, "--eps takes one value: the frontier is drawn at one eps")
     at = grid[len(grid) // 2]
-    with Progress(console=err_console, transient=True) as progress:
-        curves = [compute_curve(r, [at], steps=steps, targets=targets, limit=limit, device=resolve_device(device),
-                                data_root=data_root, progress=progress) for r in runs]
+    with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
+        curves = [compute_curve(r, [at], ctx, steps=steps, targets=targets) for r in runs]
     points = frontier_points(curves, at)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_frontier(points, at, out, f"{dataset}: robustness against training cost", caption(curves))

@@ -21,6 +21,7 @@ from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import to_dict
 from robustgan.eps import format_eps
 from robustgan.evaluate.checks import status_of, summary_line
+from robustgan.evaluate.context import EvalContext
 from robustgan.evaluate.curves import compute_curve
 from robustgan.methods import method_class
 from robustgan.runs import RunDir, atomic_write
@@ -44,13 +45,13 @@ def _checks(run: RunDir) -> dict:
             "summary": summary_line(report["checks"]), "eps": report["eps"], "n": report["n"], "checks": checks}
 
 
-def build_card(run_dir, eps: list[float], *, limit: int = 0, steps: int | None = None, targets: int = DEFAULT_TARGETS,
-               seed: int = 0, device="cpu", data_root=None, progress=None) -> dict:
+def build_card(run_dir, eps: list[float], ctx: EvalContext = EvalContext(), *, steps: int | None = None,
+               targets: int = DEFAULT_TARGETS) -> dict:
     """The card of one run (or external model's run directory), measuring what is not cached."""
     run = RunDir(run_dir)
     cfg = run.config()
-    curve = compute_curve(run_dir, eps, steps=steps, targets=targets, limit=limit, seed=seed, device=device,
-                          data_root=data_root, progress=progress)
+    data_root = ctx.data_root
+    curve = compute_curve(run_dir, eps, ctx, steps=steps, targets=targets)
     s = curve.settings
     external = cfg.method.name == "external"  # trained elsewhere: its training set and config are unknown here
     n_train = None if external else len(load_split(cfg.data, "train", data_root)[1])

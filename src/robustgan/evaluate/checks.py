@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.threat import loss_and_grad
 from robustgan.errors import RobustganError
 from robustgan.evaluate.cache import EvalCache, cached_mask
+from robustgan.evaluate.context import EvalContext
 from robustgan.evaluate.paired import ALPHA, paired
 from robustgan.methods import method_class
 from robustgan.methods.standard import clean_config
@@ -78,7 +79,7 @@ def skipped(name: str, reason: str) -> CheckResult:
 
 @dataclass
 class CheckSettings:
-    eps: float
+    eps: float | None = None  # None: check_run takes the run's eval or training eps
     steps: int = 40  # PGD-k, the papers' protocol and the reference of most comparisons
     long_steps: int = 1000
     restarts: int = 5
@@ -352,37 +353,35 @@ def reported_accuracies(cache: EvalCache, n: int) -> dict[float, float]:
     return highest
 
 
-def check_run(run_dir, *, eps: float | None = None, steps: int = 40, long_steps: int = 1000, restarts: int = 5,
-              limit: int = 0, surrogate: str | None = None, surrogate_epochs: int = 5, autoattack: bool = True,
-              autoattack_limit: int = 200, tol: float | None = None, ensemble_steps: int = 100, targets: int = DEFAULT_TARGETS,
-              device="cpu", data_root=None, on_result=None) -> list[CheckResult]:
+def check_run(run_dir, settings: CheckSettings = CheckSettings(), ctx: EvalContext = EvalContext(), *,
+              surrogate: str | None = None, surrogate_epochs: int = 5, on_result=None) -> list[CheckResult]:
     """The `robustgan check` command: every check on a run's defended model, saved to
-    <run>/check.json. ``surrogate`` is a run directory, or 'auto' to train a standard model
-    of the same backbone into <run>/surrogate (independent seed) first."""
-    if long_steps <= steps:
-        raise RobustganError(f"--long-steps ({long_steps}) must exceed --steps ({steps}): the long PGD check "
-                             "compares PGD-steps with a longer PGD")
+    <run>/check.json. ``settings.eps`` None is the run's eval or training eps; the attacks'
+    seed and batch size are the context's. ``surrogate`` is a run directory, or 'auto' to
+    train a standard model of the same backbone into <run>/surrogate (independent seed) first."""
+    if settings.long_steps <= settings.steps:
+        raise RobustganError(f"--long-steps ({settings.long_steps}) must exceed --steps ({settings.steps}): the long "
+                             "PGD check compares PGD-steps with a longer PGD")
     run = RunDir(run_dir)
-    cfg, model, x, y = open_run(run_dir, limit=limit, data_root=data_root, device=device)
-    eps = eps if eps is not None else default_eps(cfg)
+    cfg, model, x, y = open_run(run_dir, limit=ctx.limit, data_root=ctx.data_root, device=ctx.device)
+    eps = settings.eps if settings.eps is not None else default_eps(cfg)
     if not eps > 0:
         raise RobustganError("check needs an eps: pass --eps (the run has no eval or training eps)")
     surrogate_model = None
     if surrogate == "auto":
         sub = clean_config(cfg, surrogate_epochs, cfg.train.seed + 1000)  # an independent seed
-        surrogate_model = load_model(ensure_trained(sub, run.path / "surrogate", data_root=data_root))
+        surrogate_model = load_model(ensure_trained(sub, run.path / "surrogate", data_root=ctx.data_root))
     elif surrogate:
         surrogate_model = load_model(Path(surrogate))
     cache = EvalCache(run_dir)
-    settings = CheckSettings(eps=eps, steps=steps, long_steps=long_steps, restarts=restarts, autoattack=autoattack,
-                             autoattack_limit=autoattack_limit, tol=tol, ensemble_steps=ensemble_steps,
-                             targets=targets, cache=cache, reported=reported_accuracies(cache, len(y)))
-    results = check_model(model, x, y, settings, device, surrogate_model, geometry_for(cfg.data).num_classes,
+    s = replace(settings, eps=eps, seed=ctx.seed, batch_size=ctx.batch_size, cache=cache,
+                reported=reported_accuracies(cache, len(y)), memo={})
+    results = check_model(model, x, y, s, ctx.device, surrogate_model, geometry_for(cfg.data).num_classes,
                           on_result, method_class(cfg.method.name).graybox_model(model))
-    report = {"eps": eps, "n": len(y), "alpha": settings.alpha, "tol": tol,
-              "min_effects": {k: settings.min_effect(k) for k in MIN_EFFECT}, "steps": steps,
-              "long_steps": long_steps, "restarts": restarts, "ensemble_steps": ensemble_steps, "targets": targets,
-              "status": overall_status(results), "summary": summary_line(results),
+    report = {"eps": eps, "n": len(y), "alpha": s.alpha, "tol": s.tol,
+              "min_effects": {k: s.min_effect(k) for k in MIN_EFFECT}, "steps": s.steps,
+              "long_steps": s.long_steps, "restarts": s.restarts, "ensemble_steps": s.ensemble_steps,
+              "targets": s.targets, "status": overall_status(results), "summary": summary_line(results),
               "checks": [r.as_dict() for r in results]}
     atomic_write(run.file("check.json"), json.dumps(report, indent=1))
     return results

@@ -19,6 +19,7 @@ from robustgan.distributed import sharded
 from robustgan.eps import format_eps
 from robustgan.methods import eps_train, method_class
 from robustgan.evaluate.cache import EvalCache, cached_mask, mask_settings
+from robustgan.evaluate.context import EvalContext
 from robustgan.plotting import pyplot
 from robustgan.runtime import geometry_for, open_run
 
@@ -107,22 +108,21 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
     return torch.stack([closed[e] for e in grid], 1)
 
 
-def compute_curve(run_dir, eps_grid, *, attack="ensemble", steps=None, step_size=None, restarts=1, targets=DEFAULT_TARGETS,
-                  protocol=True, limit=0, seed=0, device="cpu", data_root=None, batch_size=256, channels_last=False,
-                  progress=None) -> Curve:
+def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack="ensemble", steps=None, step_size=None,
+                  restarts=1, targets=DEFAULT_TARGETS, protocol=True, channels_last=False) -> Curve:
     """Clean accuracy and accuracy under ``attack`` at each eps of ``eps_grid`` for one run
-    (its first ``limit`` test images), through the run's evaluation cache, per point. By
+    (its first ``ctx.limit`` test images), through the run's evaluation cache, per point. By
     default the attack is the worst-case ensemble and the papers' protocol (PGD-40) is
     measured beside it (``protocol=False`` skips it). Under torchrun the test points are
     sharded across ranks. ``eval`` prints one of these; ``curve`` and ``report`` plot several."""
     spec = get_attack(attack)
     steps = spec.steps if steps is None else steps
     protocol = protocol and attack != "pgd"
-    cfg, model, x, y = open_run(run_dir, limit=limit, data_root=data_root, device=device)
+    cfg, model, x, y = open_run(run_dir, limit=ctx.limit, data_root=ctx.data_root, device=ctx.device)
     cache = EvalCache(run_dir)
     columns = 1 + len(eps_grid) * (2 if protocol else 1)
-    kw = dict(device=device, batch_size=batch_size, advance=advancer(progress, Path(run_dir).name, len(y) * columns))
-    mask_kw = kw | dict(num_classes=geometry_for(cfg.data).num_classes, channels_last=channels_last, seed=seed)
+    kw = dict(device=ctx.device, batch_size=ctx.batch_size, advance=ctx.advance(Path(run_dir).name, len(y) * columns))
+    mask_kw = kw | dict(num_classes=geometry_for(cfg.data).num_classes, channels_last=channels_last, seed=ctx.seed)
 
     def per_eps(**settings):  # one sharded, cached mask per eps
         return torch.stack([cached_mask(cache, model, x, y, eps=e, **settings, **mask_kw) for e in eps_grid], 1)
@@ -131,14 +131,14 @@ def compute_curve(run_dir, eps_grid, *, attack="ensemble", steps=None, step_size
     clean = cached_mask(cache, model, x, y, attack="none", **mask_kw)
     if attack == "ensemble":
         correct = ensemble_masks(cache, model, x, y, eps_grid, clean, steps=steps, targets=targets,
-                                 restarts=restarts, seed=seed, **kw)
+                                 restarts=restarts, seed=ctx.seed, **kw)
     else:
         correct = per_eps(attack=attack, steps=steps, step_size=step_size, restarts=restarts)
     paper = per_eps(attack="pgd", steps=PROTOCOL_STEPS) if protocol else None
     settings = {"attack": attack, "attacks": ensemble_names(targets) if attack == "ensemble" else [attack],
                 "steps": steps if spec.steps is not None else None, "restarts": restarts,
                 "targets": targets if attack == "ensemble" else None,
-                "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": seed,
+                "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": ctx.seed,
                 "seconds": time.perf_counter() - start}
     return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),
                  correct.float().mean(0).tolist() if len(y) else [0.0] * len(eps_grid),
@@ -146,28 +146,20 @@ def compute_curve(run_dir, eps_grid, *, attack="ensemble", steps=None, step_size
                  paper.float().mean(0).tolist() if paper is not None and len(y) else None, correct, clean)
 
 
-def min_norm_distances(run_dir, curve: Curve, *, limit=0, device="cpu", data_root=None, rounds=4,
-                       progress=None) -> torch.Tensor:
+def min_norm_distances(run_dir, curve: Curve, ctx: EvalContext = EvalContext(), *, rounds=4) -> torch.Tensor:
     """Each point's smallest fooling eps from an ensemble curve: the smallest grid eps that
     fooled it, narrowed by ``rounds`` bisections (``attacks.ensemble.refine_min_eps``)."""
-    _, model, x, y = open_run(run_dir, limit=limit, data_root=data_root, device=device)
+    _, model, x, y = open_run(run_dir, limit=ctx.limit, data_root=ctx.data_root, device=ctx.device)
     order = sorted(range(len(curve.eps)), key=curve.eps.__getitem__)
     s = curve.settings
     found = WorstCase([curve.eps[i] for i in order], curve.correct[:, order], curve.clean_correct, s["attacks"], 0, 0.0)
-    advance = advancer(progress, "min-norm", len(y))
+    advance = ctx.advance("min-norm", len(y))
     upper = found.min_eps()
     return sharded(lambda ids: refine_min_eps(
         model, x[ids], y[ids], WorstCase(found.eps, found.correct[ids], found.clean[ids], found.attacks, 0, 0.0),
-        rounds=rounds, steps=s["steps"], targets=s["targets"], seed=s["seed"], device=device, ids=ids,
+        rounds=rounds, steps=s["steps"], targets=s["targets"], seed=s["seed"], batch_size=ctx.batch_size,
+        device=ctx.device, ids=ids,
         advance=advance), len(y)) if len(y) else upper
-
-
-def advancer(progress, description: str, total: int):
-    """A rich Progress's new task as the plain callback the attacks take (None without one)."""
-    if progress is None:
-        return None
-    task = progress.add_task(description, total=total)
-    return lambda done: progress.advance(task, done)
 
 
 def caption(curves: list[Curve]) -> str:

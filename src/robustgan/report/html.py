@@ -15,6 +15,7 @@ from pathlib import Path
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.checks import status_of, summary_line
+from robustgan.evaluate.context import EvalContext
 from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
 from robustgan.methods import eps_train, method_class
 from robustgan.evaluate.frontier import frontier_points, plot_frontier
@@ -136,9 +137,8 @@ def check_html(run: RunDir) -> str:
             "(one-sided sign test) and at least their minimum effect.</p>")
 
 
-def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20, limit: int = 0, index: int = 0,
-                 device="cpu", data_root=None, progress=None, curve_steps: int | None = None,
-                 targets: int = DEFAULT_TARGETS) -> Path:
+def build_report(runs: list[Path], out: Path, ctx: EvalContext = EvalContext(), *, eps_grid=None, steps: int = 20,
+                 index: int = 0, curve_steps: int | None = None, targets: int = DEFAULT_TARGETS) -> Path:
     """The HTML page for ``runs``: curves by the worst-case ensemble (``curve_steps`` per
     attack, default 100; APGD-T towards up to ``targets`` classes) with PGD-40 beside it,
     saliency maps by PGD-``steps``."""
@@ -146,8 +146,8 @@ def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20,
     configs = [RunDir(r).config() for r in runs]
     dataset = configs[0].data.name
     grid = eps_grid or grid_for(dataset)
-    curves = [compute_curve(r, grid, steps=curve_steps, targets=targets, limit=limit, device=device, data_root=data_root,
-                            progress=progress) for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
+    curves = [compute_curve(r, grid, ctx, steps=curve_steps, targets=targets)
+              for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
     parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
     summary = "".join(
@@ -171,7 +171,7 @@ def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20,
             parts.append("<h2>Robustness against training cost</h2>" + img(png_data_uri(tmp / "frontier.png"), "frontier")
                          + frontier_html(points, at))
         sal_eps = grid[::max(1, len(grid) // 3)][:3]
-        saliency_grid(runs, index, sal_eps, tmp / "saliency.png", steps, data_root)
+        saliency_grid(runs, index, sal_eps, tmp / "saliency.png", steps, ctx.data_root)
         parts.append("<h2>Saliency maps</h2>" + img(png_data_uri(tmp / "saliency.png"), "saliency grid")
                      + f'<p class="caption">Test image {index}: PGD-{steps} adversarial images per eps_i and '
                        "their gradient saliency |d logit_y / dx| (Simonyan et al.).</p>")
@@ -184,7 +184,7 @@ def build_report(runs: list[Path], out: Path, *, eps_grid=None, steps: int = 20,
                 card_uri = html.escape(os.path.relpath(run.file("model_card.md").resolve(), Path(out).resolve().parent))
                 parts.append(f'<p>Model card: <a href="{card_uri}">model_card.md</a> (and model_card.json).</p>')
             if "trends" in method_class(c.method.name).report_sections:
-                png, _, _ = run_trends(r, index=index, out=tmp / f"trends_{len(parts)}", data_root=data_root)
+                png, _, _ = run_trends(r, index=index, out=tmp / f"trends_{len(parts)}", data_root=ctx.data_root)
                 parts.append("<h3>Logit trends (paper 002 Fig. 5)</h3>" + img(png_data_uri(png), f"logit trends of {r}"))
             config_text = run.file("config.toml").read_text()
             parts.append(f"<details><summary>config.toml</summary><pre>{html.escape(config_text)}</pre></details>")
