@@ -70,7 +70,7 @@ def test_curve_csv_equals_eval(digits_runs, tmp_path, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"  # separate copies: separate caches, independent computations
     for copy in (a, b):
         copy_run(digits_runs / "pgd", copy)
-    same = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--targets", "1", "--no-protocol"]
+    same = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "40", "--targets", "1", "--queries", "50", "--no-protocol"]
     done = runner.invoke(app, ["curve", str(a), *same, "--out", str(tmp_path / "curves")])
     assert done.exit_code == 0, done.output
     lines = (tmp_path / "curves" / "curves.csv").read_text().splitlines()
@@ -167,7 +167,7 @@ def test_report_command_writes_one_self_contained_page(digits_runs, tmp_path):
     # curves + frontier + saliency + one training figure per run
     assert page.count("<img ") == 5 and "src=\"http" not in page and "Robustness curves" in page
     assert "n = 16 test images" in page and "Robustness against training cost" in page
-    assert "worst case of APGD-CE, 5 steps" in page  # the caption names the ensemble's steps
+    assert "worst case of APGD-CE + Square (250 queries), 5 steps" in page  # the caption names the ensemble's budget
 
 
 def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):

@@ -176,9 +176,10 @@ def test_adaptive_targets_spend_only_on_close_points(robust_tiny, digits, seed):
     assert torch.equal(close_to_fooled(1e4 * worst, 1e4 * clean, 0.3), close_to_fooled(worst, clean, 0.3))
     _, _, xt, yt = digits
     x, y = xt[:96], yt[:96]
-    adaptive = worst_case(robust_tiny, x, y, [0.15, 0.25], steps=20, seed=seed)
-    full_length = worst_case(robust_tiny, x, y, [0.15, 0.25], steps=20, halving=False, seed=seed)
-    every = worst_case(robust_tiny, x, y, [0.15, 0.25], steps=20, close=1.0, halving=False, seed=seed)
+    gradients = dict(steps=20, seed=seed, queries=0)  # targets' gating is about the gradient attacks
+    adaptive = worst_case(robust_tiny, x, y, [0.15, 0.25], **gradients)
+    full_length = worst_case(robust_tiny, x, y, [0.15, 0.25], halving=False, **gradients)
+    every = worst_case(robust_tiny, x, y, [0.15, 0.25], close=1.0, halving=False, **gradients)
     assert adaptive.grad_evals < full_length.grad_evals < every.grad_evals
     for k in range(2):
         assert not paired(adaptive.correct[:, k], every.correct[:, k]).excess(0.0), k
@@ -194,7 +195,8 @@ def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits
     # at the default 100 in parentheses
     after_pgd = robust_mask(robust_tiny, x, y, attack="pgd", eps=eps, steps=40, seed=seed)
     after_apgd = robust_mask(robust_tiny, x, y, attack="apgd-ce", eps=eps, steps=50, seed=seed)
-    after_ensemble = robust_mask(robust_tiny, x, y, attack="ensemble", eps=eps, steps=50, seed=seed)
+    # the ensemble's gradient attacks (Square only adds points: test_the_gradient_free_stage_...)
+    after_ensemble = robust_mask(robust_tiny, x, y, attack="ensemble", eps=eps, steps=50, seed=seed, queries=0)
     assert not paired(after_apgd, after_pgd).excess(0.0)  # PGD-40 never significantly stronger: 2 vs 12 / 10 (2 vs 15 / 12)
     # the ensemble's APGD-CE starts at the clean image, its second at random: never significantly weaker
     assert not paired(after_ensemble, after_apgd).excess(0.0)
@@ -212,13 +214,13 @@ def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tin
     pgd_saturated = robust_mask(saturated, x, y, attack="pgd", eps=0.2, steps=40, seed=seed)
     assert paired(pgd_saturated, pgd_plain).excess(0.1)  # the CE gradient underflows: measured 53 / 54 vs 0 of 100
     # every target on every point (close=1): APGD-T's DLR is scale-invariant, neither finds significantly more
-    plain = worst_case(robust_tiny, x, y, [0.2], steps=50, targets=3, close=1.0, seed=seed).correct[:, 0]
-    ensemble = worst_case(saturated, x, y, [0.2], steps=50, targets=3, close=1.0, seed=seed).correct[:, 0]
+    plain = worst_case(robust_tiny, x, y, [0.2], steps=50, targets=3, close=1.0, seed=seed, queries=0).correct[:, 0]
+    ensemble = worst_case(saturated, x, y, [0.2], steps=50, targets=3, close=1.0, seed=seed, queries=0).correct[:, 0]
     assert not paired(plain, ensemble).excess(0.0) and not paired(ensemble, plain).excess(0.0)
-    # the default spends targets 2-9 on points APGD-CE brought close, and saturated CE brings none:
+    # the default's gradient attacks spend targets 2-9 on points APGD-CE brought close, and saturated CE brings none:
     # it loses points (measured on 200 images: 6, 36.5% vs 33.5%; the scale and loss_invariance
     # checks warn on this model) but stays far stronger than CE-PGD there (measured 57 vs 0 of 100)
-    adaptive = robust_mask(saturated, x, y, eps=0.2, steps=50, seed=seed)
+    adaptive = robust_mask(saturated, x, y, eps=0.2, steps=50, seed=seed, queries=0)
     assert paired(pgd_saturated, adaptive).excess(0.1)
 
 
@@ -227,8 +229,9 @@ def test_warm_start_and_early_stop_change_cost_not_results(robust_tiny, digits, 
     _, _, xt, yt = digits
     x, y = xt[:120], yt[:120]
     grid = [0.1, 0.15, 0.2]
-    fast = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, seed=seed)
-    slow = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, warm_start=False, early_stop=False, seed=seed)
+    fast = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, seed=seed, queries=0)
+    slow = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, warm_start=False, early_stop=False, seed=seed,
+                      queries=0)
     assert fast.grad_evals < 0.7 * slow.grad_evals  # measured 16746 vs 32400
     for k in range(len(grid)):  # measured: the same points at every eps
         a, b = fast.correct[:, k], slow.correct[:, k]
@@ -336,7 +339,7 @@ def test_eval_json_says_which_attacks_ran(small_run, monkeypatch, capsys):
                      "--json", "--min-norm"], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["attack"] == "ensemble" and result["attacks"] == ["apgd-ce", "apgd-t(2 targets)"]
+    assert result["attack"] == "ensemble" and result["attacks"] == ["apgd-ce", "apgd-t(2 targets)", "square(250)"]
     assert result["steps"] == 5 and result["targets"] == 2 and result["n"] == 24 and result["seconds"] > 0
     assert result["protocol"] == "pgd-40" and len(result["min_eps"]) == 24
     for row in result["results"]:
@@ -398,6 +401,29 @@ def test_pgd_restarts_attack_only_surviving_points_without_changing_any_result(r
     keep = runs[0]
     for run in runs[1:]:
         keep = _keep_better(*keep, *run)
-    fooled_later = (~runs[0][1] & keep[1]).sum()
-    assert fooled_later > 0  # later restarts do find more
+    # not vacuous: the first start fools points the later starts then skip (about half of 150;
+    # whether a later start fools more is left to chance here: test_restarts_find_what_one_start_misses)
+    assert 0 < runs[0][1].sum() < len(y)
     assert torch.equal(pgd(robust_tiny, x, y, 0.15, 5, 0.04, restarts=3, seed=seed), keep[0])
+
+
+@pytest.mark.statistical
+def test_the_gradient_free_stage_finds_what_gradients_cannot(robust_tiny, digits, seed):
+    """A thresholding input layer (tests/planted.py): zero gradients, an attackable decision.
+    The gradient attacks alone leave most points robust (measured 88 / 86 / 86% at eps 0.1 / 0.2
+    / 0.3 on the first 100 test images); the gradient-free stage brings the ensemble to what
+    Square alone at every eps finds (measured 74 / 39 / 2%, the same points), for fewer queries."""
+    from tests.planted import ThresholdInputs
+
+    _, _, xt, yt = digits
+    x, y = xt[:60], yt[:60]
+    model = ThresholdInputs(robust_tiny).eval()
+    grid = [0.1, 0.2, 0.3]
+    gradients_only = worst_case(model, x, y, grid, steps=10, seed=seed, queries=0)
+    ensemble = worst_case(model, x, y, grid, steps=10, seed=seed)
+    square_alone = torch.stack([robust_mask(model, x, y, attack="square", eps=e, steps=500, seed=seed) for e in grid], 1)
+    assert gradients_only.forwards == 0 and 0 < ensemble.forwards < 3 * 500 * len(y)
+    for k in (1, 2):  # tens of points apart
+        assert paired(gradients_only.correct[:, k], ensemble.correct[:, k]).excess(0.2), k
+    for k in range(3):  # Square at every eps finds no more than the stage (which probes each point's largest robust eps)
+        assert not paired(ensemble.correct[:, k], square_alone[:, k]).excess(0.0), k

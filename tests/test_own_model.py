@@ -35,7 +35,8 @@ def scaled():
     """The same network with its logits times 1e4: the same weights (state dict under net.)."""
     return Scaled()
 '''
-EVAL_SETTINGS = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "24", "--targets", "1"]
+# a small gradient-free stage: these tests are about where results come from, not their strength
+EVAL_SETTINGS = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "24", "--targets", "1", "--queries", "50"]
 EVAL = [*EVAL_SETTINGS, "--json"]  # equalities: exact at any n
 
 
@@ -137,8 +138,8 @@ def test_run_card_with_checks(digits_runs, tmp_path, monkeypatch, capsys):
     done = run_main(["check", run, "--eps", "0.2", "--steps", "5", "--long-steps", "10", "--restarts", "2",
                      "--limit", "32", "--no-autoattack", "--targets", "1", "--ensemble-steps", "10"], monkeypatch, capsys)
     assert done.returncode in (0, 1), done.stderr
-    done = run_main(["card", run, "--eps", "0.1,0.2", "--steps", "10", "--limit", "32", "--targets", "1"], monkeypatch,
-                    capsys)
+    done = run_main(["card", run, "--eps", "0.1,0.2", "--steps", "10", "--limit", "32", "--targets", "1", "--queries",
+                     "50"], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     card = json.loads((run / "model_card.json").read_text())
     jsonschema.validate(card, json.loads(SCHEMA.read_text()))

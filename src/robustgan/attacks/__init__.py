@@ -4,10 +4,10 @@ attack is registered (``register_attack``): ``attack_names()`` lists them, the d
 from robustgan.attacks.accuracy import attack_batch, robust_accuracy, robust_mask
 from robustgan.attacks.apgd import apgd
 from robustgan.attacks.autoattack import autoattack
-from robustgan.attacks.ensemble import ATTACK_VERSION, WorstCase, worst_case
+from robustgan.attacks.ensemble import WorstCase, worst_case
 from robustgan.attacks.gradient import fgsm, pgd
 from robustgan.attacks.losses import dlr_loss, dlr_targeted_loss
-from robustgan.attacks.registry import (ATTACKS, DEFAULT_ATTACK, AttackArgs, AttackSpec, attack_label, attack_names,
+from robustgan.attacks.registry import (ATTACK_VERSION, ATTACKS, DEFAULT_ATTACK, AttackArgs, AttackSpec, attack_label, attack_names,
                                         default_step_size, get_attack, register_attack)
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images
 

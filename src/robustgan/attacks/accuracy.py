@@ -37,7 +37,7 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
                 steps: int | None = None, step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS,
                 seed: int | None = None, ids: torch.Tensor | None = None, batch_size: int = 256, device="cpu",
                 num_classes: int = 10, advance: Callable[[int], None] | None = None, channels_last: bool = False,
-                source: nn.Module | None = None) -> torch.Tensor:
+                source: nn.Module | None = None, queries: int | None = None) -> torch.Tensor:
     """Which test points ``model`` (eval mode) still classifies correctly under ``attack`` (a
     registered name, ``attack_names()``, or "none"): a bool tensor (n,) on the CPU. x is uint8
     or float in [0, 1].
@@ -45,7 +45,8 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
     The attack runs on ``source`` when given (a transfer or gray-box attack: examples made on
     one model, scored on another), else on ``model``. The whole set moves to ``device``
     once; batches are attacked there. ``steps`` defaults per attack (100 for the APGD-based
-    ones, 40 for PGD). ``advance(k)`` is called as each batch of k points is done.
+    ones, 40 for PGD). ``queries``: the ensemble's gradient-free budget (None: its default, 0:
+    gradient attacks only). ``advance(k)`` is called as each batch of k points is done.
     ``channels_last`` converts the model (in place) and the batches to that memory format:
     faster convolutions, same numbers up to float rounding."""
     spec = None if attack == "none" or eps == 0 else get_attack(attack)
@@ -59,7 +60,7 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
     steps = spec.steps if spec is not None and steps is None else steps
     if spec is not None and spec.mask is not None:
-        args = AttackArgs(steps, step_size, restarts, targets, num_classes, seed, ids, check=False)
+        args = AttackArgs(steps, step_size, restarts, targets, num_classes, seed, ids, check=False, queries=queries)
         return spec.mask(model, source, x, y, eps, args, batch_size, device, advance)
     correct = torch.zeros(len(y), dtype=torch.bool, device=device)
     for start in range(0, len(y), batch_size):
@@ -69,7 +70,8 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
             xb = xb.contiguous(memory_format=torch.channels_last)
         yb = y[start:start + batch_size]
         x_adv = xb if spec is None else spec.run(source, xb, yb, eps, AttackArgs(
-            steps, step_size, restarts, targets, num_classes, seed, ids[start:start + batch_size], check=False))
+            steps, step_size, restarts, targets, num_classes, seed, ids[start:start + batch_size], check=False,
+            queries=queries))
         with torch.no_grad():
             correct[start:start + batch_size] = model(x_adv).argmax(1) == yb
         if advance is not None:

@@ -46,13 +46,16 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks.apgd import apgd_run, margin, target_order
-from robustgan.attacks.registry import AttackArgs, register_attack
+from robustgan.attacks.registry import QUERIES_PER_STEP, AttackArgs, register_attack
+from robustgan.attacks.square import square_init, square_steps
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
-ATTACK_VERSION = 6  # bump whenever an attack's numbers change: part of every evaluation cache key (5 is never reused)
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
 FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
 CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap
+# Successive halving over Square's queries: (fraction of the budget, share of the probe's points
+# that go on to it): all to 1/8, the half closest to fooled to 1/4, a quarter to 1/2, an eighth to the end
+SQUARE_HALVING = ((1 / 8, 1), (1 / 4, 1 / 2), (1 / 2, 1 / 4), (1, 1 / 8))
 CLOSE_RESTART = 0.5  # close enough for a second APGD-CE from a random start: half the gap closed
 HALVING = (4, 2, 1)  # targets 2-9 kept per point after APGD's first three checkpoints (22, 41, 57 of 100 steps)
 
@@ -70,6 +73,8 @@ class WorstCase:
     grad_evals: int  # forward-backward passes, summed over points and attacks
     seconds: float
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W): each point's worst example, on request
+    forwards: int = 0  # forward passes without a gradient: the gradient-free stage's queries
+    gradients_correct: torch.Tensor | None = None  # (n, len(eps)): ``correct`` before the gradient-free stage
 
     @property
     def accuracy(self) -> list[float]:
@@ -83,8 +88,8 @@ class WorstCase:
         return grid[(~table).float().argmax(1)]
 
 
-def ensemble_names(targets: int) -> list[str]:
-    return ["apgd-ce"] + ([f"apgd-t({targets} targets)"] if targets else [])
+def ensemble_names(targets: int, queries: int = 0) -> list[str]:
+    return ["apgd-ce"] + ([f"apgd-t({targets} targets)"] if targets else []) + ([f"square({queries})"] if queries else [])
 
 
 class AttackRun(NamedTuple):
@@ -190,10 +195,11 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                early_stop: bool = True, close: float = CLOSE, halving: bool = True,
                keep_examples: bool = False, batch_size: int = 256,
                device="cpu", ids: torch.Tensor | None = None, known_fooled: torch.Tensor | None = None,
-               advance: Callable[[int], None] | None = None) -> WorstCase:
+               advance: Callable[[int], None] | None = None, queries: int | None = None) -> WorstCase:
     """Run the ensemble on x (uint8 or float in [0, 1]) at every eps of ``eps`` (sorted here);
     ``close`` is the closeness threshold of targets 2.. (1: every target on every point);
-    ``halving=False`` runs each of those targets for all its steps.
+    ``halving=False`` runs each of those targets for all its steps; ``queries`` is the
+    gradient-free stage's Square budget per probe (default ``QUERIES_PER_STEP * steps``, 0: no stage).
 
     ``ids`` are the points' indices in the test set (their random starts are drawn from
     them, so a shard or a batch gets what one process would); ``known_fooled`` (n, len(eps))
@@ -209,7 +215,9 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     correct = torch.zeros(len(y), len(eps), dtype=torch.bool)
     clean = torch.zeros(len(y), dtype=torch.bool)
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
-    grad_evals = 0
+    grad_evals = forwards = 0
+    gradients_correct = torch.zeros_like(correct)
+    queries = QUERIES_PER_STEP * int(steps) if queries is None else int(queries)
     runs = attack_runs(targets, seed, warm_start, close, halving)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batch_size, device):
@@ -230,8 +238,65 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                     examples[k, sl] = worst.cpu()
                 if advance is not None:
                     advance(len(yb))
-    return WorstCase(eps, correct, clean, ensemble_names(int(targets)), grad_evals, time.perf_counter() - start,
-                     examples)
+            gradients_correct[sl] = correct[sl]
+            if queries:
+                forwards += gradient_free_stage(model, xb, yb, ids[sl], eps, correct[sl], clean_margin, queries, seed,
+                                                None if examples is None else examples[:, sl])
+    return WorstCase(eps, correct, clean, ensemble_names(int(targets), queries), grad_evals, time.perf_counter() - start,
+                     examples, forwards, gradients_correct)
+
+
+def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tensor, clean_margin: torch.Tensor,
+                        queries: int, seed: int, examples: torch.Tensor | None = None) -> int:
+    """Square (``attacks.square``) on the points every gradient attack left robust, at the eps
+    where it can still pay: first at each point's largest eps still robust (a point Square
+    cannot fool there it is taken not to fool at smaller eps), then, where it succeeded, by
+    bisection over the smaller robust eps of the grid for the smallest it fools. Each probe
+    shares ``queries`` per point by successive halving (``SQUARE_HALVING``). Updates
+    ``correct`` (n, len(eps), CPU) and ``examples`` in place; returns the forward passes spent."""
+    grid = torch.tensor(eps)  # ascending
+    usable = torch.isfinite(grid) & (grid > 0)
+    top = correct.sum(1) - 1  # the largest eps each point withstood (correct is monotone); -1: none
+    hi = torch.where((top >= 0) & usable[top.clamp(min=0)], top, torch.full_like(top, -1))
+    lo = torch.full_like(hi, int((grid <= 0).sum()))  # the smallest eps > 0
+    probe, first = hi.clone(), torch.ones_like(hi, dtype=torch.bool)
+    forwards = 0
+    while (active := (probe >= 0) & (lo <= probe)).any():
+        idx = active.nonzero()[:, 0]
+        eps_point = grid[probe[idx]].to(x.device, x.dtype)
+        fooled, x_adv, spent = _square_probe(model, x[idx], y[idx], ids[idx], eps_point, clean_margin[idx], queries, seed)
+        forwards += spent
+        for i, k, hit, example in zip(idx.tolist(), probe[idx].tolist(), fooled.cpu().tolist(), x_adv):
+            if hit:
+                if examples is not None:
+                    examples[k:, i][correct[i, k:]] = example.cpu()
+                correct[i, k:] = False
+                hi[i] = k - 1
+            else:
+                lo[i] = k + 1 if not first[i] else hi[i] + 1  # not fooled at its largest robust eps: done
+        first[idx] = False
+        probe = torch.where(lo <= hi, (lo + hi) // 2, torch.full_like(hi, -1))
+    return forwards
+
+
+def _square_probe(model, x, y, ids, eps, clean_margin, queries, seed):
+    """One Square run on a batch (eps one per point) with successive halving over queries: all
+    points to the first budget fraction of ``SQUARE_HALVING``, then the share closest to fooled
+    (margin / clean margin, invariant to scaling the logits) to the next. Returns (fooled,
+    best examples, forward passes)."""
+    state = square_init(model, x, y, eps, seed, ids)
+    forwards, done = len(x), 0
+    rows = torch.arange(len(x), device=x.device)
+    for fraction, share in SQUARE_HALVING:
+        live = rows[~state.fooled[rows]]
+        if not len(live):
+            break
+        ratio = state.margin[live] / clean_margin[live].clamp(max=-1e-12)
+        rows = live[ratio.argsort()[:max(1, math.ceil(share * len(x)))]]
+        end = int(fraction * queries)
+        forwards += square_steps(model, x, y, eps, state, rows, done, end, queries, seed, ids)
+        done = end
+    return state.fooled, state.x_best, forwards
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
@@ -268,7 +333,10 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
 def _ensemble_label(settings: dict) -> str:
     targets = f" + APGD-T ({settings['targets']} targets)" if settings.get("targets") else ""
     restarts = settings.get("restarts", 1)
-    return f"worst case of APGD-CE{targets}, {settings['steps']} steps" + (f", {restarts} restarts" if restarts > 1 else "")
+    queries = settings.get("queries", QUERIES_PER_STEP * settings["steps"])
+    square = f" + Square ({queries} queries)" if queries else ""
+    return f"worst case of APGD-CE{targets}{square}, {settings['steps']} steps" + (
+        f", {restarts} restarts" if restarts > 1 else "")
 
 
 def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, device, advance) -> torch.Tensor:
@@ -276,7 +344,7 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, devic
     found on ``source``."""
     found = worst_case(source, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,
                        seed=args.seed or 0, batch_size=batch_size, device=device, ids=args.ids,
-                       keep_examples=source is not model, advance=advance)
+                       keep_examples=source is not model, advance=advance, queries=args.queries)
     if source is model:
         return found.correct[:, 0]
     with torch.no_grad():
@@ -284,9 +352,11 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, devic
                           == y[i:i + batch_size].cpu() for i in range(0, len(y), batch_size)])
 
 
-@register_attack("ensemble", steps=100, key=("steps", "restarts", "targets"), label=_ensemble_label,
-                 mask=_ensemble_mask, help="the worst case of APGD-CE and targeted APGD-DLR per point (the default)")
+@register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=_ensemble_label,
+                 mask=_ensemble_mask, version=7,  # 7: the gradient-free stage
+                 help="the worst case of APGD-CE, targeted APGD-DLR and Square per point (the default)")
 def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     found = worst_case(model, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,
-                       seed=args.seed or 0, batch_size=len(y), device=x.device, ids=args.ids, keep_examples=True)
+                       seed=args.seed or 0, batch_size=len(y), device=x.device, ids=args.ids, keep_examples=True,
+                       queries=args.queries)
     return found.examples[0].to(x.device)

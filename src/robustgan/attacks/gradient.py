@@ -11,7 +11,7 @@ from robustgan.attacks.losses import LOSSES
 from robustgan.attacks.registry import AttackArgs, default_step_size, register_attack
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, loss_and_grad, sample_noise
 
-PGD_LOSSES = ("ce", "ce-unsaturated", "dlr")  # the untargeted losses of LOSSES
+PGD_LOSSES = ("ce", "ce-unsaturated", "dlr", "kl")  # the untargeted losses of LOSSES
 
 
 def _keep_better(best, fooled, loss, x_new, fooled_new, loss_new):
@@ -103,10 +103,12 @@ def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
         random_start: bool = True, restarts: int = 1, *, best: bool = True, seed: int | None = None,
-        ids: torch.Tensor | None = None, loss: str = "ce", check: bool = True) -> torch.Tensor:
+        ids: torch.Tensor | None = None, loss: str = "ce", noise: torch.Tensor | None = None,
+        check: bool = True) -> torch.Tensor:
     """Projected Gradient Descent (Madry et al. 2018), L-inf, on the cross-entropy (or with
     ``loss="dlr"`` the scale-invariant DLR loss of Croce & Hein 2020, eq. 6, or with
-    ``loss="ce-unsaturated"`` the cross-entropy's direction without float32 saturation).
+    ``loss="ce-unsaturated"`` the cross-entropy's direction without float32 saturation, or with
+    ``loss="kl"`` TRADES' KL to the clean prediction, y then being the clean logits (N, K)).
 
     x: (N, C, H, W) in [0, 1]; y: (N,) int64; eps in pixel scale, ``float('inf')`` for the
     unbounded attack (only the [0, 1] box is kept). Each sample keeps its best iterate (the
@@ -116,7 +118,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     forward pass cheaper per step). The model runs in eval mode with frozen parameters;
     both are restored afterwards. Returns x_adv with |x_adv - x|_inf <= eps and x_adv in
     [0, 1]. Random starts come from torch's global generator, or with ``seed`` from one
-    stream per sample (its test-set index in ``ids``), independent of batch and shard.
+    stream per sample (its test-set index in ``ids``), independent of batch and shard, or are
+    x + eps * ``noise`` (one start, ``best=False``: e.g. TRADES' x + 0.001 N(0, I)).
     ``check=False`` skips the input check (one host sync)."""
     eps = check_eps(eps)
     if check:
@@ -132,7 +135,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     x = x.detach()
     with attack_mode(model):
         if not best and restarts == 1:
-            noise = None if seed is None else sample_noise(x, seed, ids, stream=0)
+            if noise is None and seed is not None:
+                noise = sample_noise(x, seed, ids, stream=0)
             return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise, loss)
         ids = torch.arange(len(x)) if ids is None else ids.cpu()
         keep = None

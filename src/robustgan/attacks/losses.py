@@ -47,10 +47,21 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
 
 
-# name -> loss(logits, y, target); target is None except for the targeted loss
+def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(logits_clean) || softmax(logits_adv)) per sample (N,), float32: the
+    robustness term of TRADES (Zhang et al. 2019, eq. 5; the official code's
+    KLDivLoss(log_softmax(f(x')), softmax(f(x))))."""
+    log_p_adv = F.log_softmax(logits_adv.float(), 1)
+    log_p_clean = F.log_softmax(logits_clean.float(), 1)
+    return (log_p_clean.exp() * (log_p_clean - log_p_adv)).sum(1)
+
+
+# name -> loss(logits, y, target); target is None except for the targeted loss. For "kl", y is
+# not a label but the clean logits (N, K): TRADES' inner maximisation
 LOSSES = {
     "ce": lambda logits, y, target: ce_loss(logits, y),
     "ce-unsaturated": lambda logits, y, target: ce_unsaturated_loss(logits, y),
     "dlr": lambda logits, y, target: dlr_loss(logits, y),
     "dlr-targeted": dlr_targeted_loss,
+    "kl": lambda logits, logits_clean, target: trades_kl(logits, logits_clean),
 }

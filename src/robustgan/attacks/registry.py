@@ -22,8 +22,12 @@ import torch
 from robustgan.attacks.threat import AttackError
 
 DEFAULT_ATTACK = "ensemble"  # the number robustgan prints by default: the strongest it has
+# Part of every evaluation cache key: an attack whose numbers change registers a higher version
+# (5 is never reused), so its old results are recomputed and every other attack's are kept.
+ATTACK_VERSION = 6
 # Settings an attack's numbers may depend on, besides (attack, eps, n, seed) which every key holds
-KEY_SETTINGS = ("steps", "step_size", "restarts", "targets")
+KEY_SETTINGS = ("steps", "step_size", "restarts", "targets", "queries")
+QUERIES_PER_STEP = 50  # the default gradient-free budget per point: AutoAttack's 5000 Square queries at 100 steps
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -44,6 +48,7 @@ class AttackArgs:
     seed: int | None = None  # None: torch's global generator
     ids: torch.Tensor | None = None  # the batch's indices in the test set (per-point random starts)
     check: bool = True  # validate the inputs (one host sync)
+    queries: int | None = None  # the ensemble's gradient-free budget (None: its default; 0: none); not cached
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,16 @@ class AttackSpec:
     # device, advance) -> which points of x stay correct on ``model`` (bool (n,), CPU), the
     # examples made on ``source``
     mask: Callable | None = None
+    version: int = ATTACK_VERSION
 
     def settings(self, eps: float, n: int, seed: int, *, steps: int | None = None, step_size: float | None = None,
-                 restarts: int = 1, targets: int = 9) -> dict:
+                 restarts: int = 1, targets: int = 9, queries: int | None = None) -> dict:
         """The cache key's settings: only those that change this attack's numbers."""
         if eps == 0:
             return dict(attack="none", eps=0.0, n=n)
         steps = self.steps if steps is None else steps
         values = dict(steps=steps, restarts=restarts, targets=targets,
+                      queries=QUERIES_PER_STEP * steps if queries is None and steps else queries,
                       step_size=step_size or (default_step_size(eps, steps) if steps else None))
         return dict(attack=self.name, eps=float(eps), n=n, seed=seed) | {k: values[k] for k in self.key}
 
@@ -83,7 +90,8 @@ def _plain_label(settings: dict) -> str:
 
 
 def register_attack(name: str, *, steps: int | None = None, key: tuple[str, ...] = (), help: str,
-                    label: Callable[[dict], str] | None = None, mask: Callable | None = None):
+                    label: Callable[[dict], str] | None = None, mask: Callable | None = None,
+                    version: int = ATTACK_VERSION):
     """Register ``run(model, x, y, eps, args: AttackArgs) -> x_adv`` under ``name`` (``mask``:
     the whole-set path of an attack that batches itself, ``AttackSpec.mask``). Fails at
     once on a name taken, a key setting we do not know, an attack with steps whose key omits
@@ -97,7 +105,7 @@ def register_attack(name: str, *, steps: int | None = None, key: tuple[str, ...]
             problems.append("no help line")
         if problems:
             raise AttackError(f"attack {name!r} cannot be registered: {'; '.join(problems)}")
-        ATTACKS[name] = AttackSpec(name, run, steps, tuple(key), help.strip(), label or _plain_label, mask)
+        ATTACKS[name] = AttackSpec(name, run, steps, tuple(key), help.strip(), label or _plain_label, mask, version)
         return run
     return register
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from robustgan import distributed
 from robustgan.attacks import ATTACKS, attack_label
-from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, RESULTS, STEPS, TARGETS,
+from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, STEPS, TARGETS,
                                   WEIGHTS, check_attack, check_ensemble_steps, eps_grid, err_console, json_eps, out_console, parse_eps_list,
                                   parse_one_eps, require, single_subject, subject_runs)
 from robustgan.eps import format_eps, grid_for
@@ -42,6 +42,7 @@ def eval_(
     step_size: Optional[float] = STEP_SIZE,
     restarts: int = RESTARTS,
     targets: int = TARGETS,
+    queries: Optional[int] = QUERIES,
     protocol: bool = PROTOCOL,
     min_norm: bool = typer.Option(False, "--min-norm", help="Also each point's smallest fooling eps (bisection "
                                   "between grid points, ensemble only); prints its median and quartiles"),
@@ -75,6 +76,7 @@ def eval_(
       robustgan eval --model mynet.py:build --weights mynet.safetensors --dataset cifar10 --data-root ~/data --eps 8/255
     """
     check_eval_options(attack, steps, targets, restarts, limit, batch_size, step_size, min_norm)
+    require(queries is None or queries >= 0, f"--queries must be >= 0, got {queries}")
     run = single_subject(run, model, weights, dataset, data_root, results)
     eps_list = parse_eps_list(eps) if eps else [default_eps(RunDir(run).config())]
     require(any(e > 0 for e in eps_list), "pass --eps (this model has no eval or training eps)")
@@ -85,7 +87,7 @@ def eval_(
     with evaluation(device, limit=limit, data_root=data_root, batch_size=batch_size, seed=seed,
                     show=here.is_main) as ctx:
         curve = compute_curve(run, eps_list, ctx, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
-                              targets=targets, protocol=protocol, channels_last=channels_last)
+                              targets=targets, queries=queries, protocol=protocol, channels_last=channels_last)
         distances = min_norm_distances(run, curve, ctx) if min_norm else None
     if not here.is_main:
         return
@@ -124,7 +126,7 @@ def eval_table(run, curve, distances) -> Table:
 def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
     s = curve.settings
     result = {"run": str(run), "n": curve.n, "attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"],
-              "targets": s["targets"], "restarts": restarts, "seed": seed, "protocol": s["protocol"],
+              "targets": s["targets"], "queries": s["queries"], "restarts": restarts, "seed": seed, "protocol": s["protocol"],
               "seconds": round(seconds, 3), "clean": curve.clean,
               "results": [{"eps": json_eps(e), "accuracy": acc,
                            **({"protocol_accuracy": curve.protocol[i]} if curve.protocol is not None else {})}
@@ -146,6 +148,7 @@ def curve(
     step_size: Optional[float] = STEP_SIZE,
     restarts: int = RESTARTS,
     targets: int = TARGETS,
+    queries: Optional[int] = QUERIES,
     protocol: bool = PROTOCOL,
     table_eps: str = typer.Option("", "--table-eps", help="eps_i values for the point-wise tables (default: all)"),
     limit: int = LIMIT,
@@ -173,13 +176,14 @@ def curve(
     """
     check_attack(attack, steps, targets)
     require(restarts > 0 and limit >= 0, "--restarts must be positive, --limit >= 0")
+    require(queries is None or queries >= 0, f"--queries must be >= 0, got {queries}")
     runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
     table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
     with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
         curves = [compute_curve(r, grid, ctx, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
-                                targets=targets, protocol=protocol)
+                                targets=targets, queries=queries, protocol=protocol)
                   for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "curves.png", f"{dataset}: robustness curves")
@@ -211,6 +215,7 @@ def check(
     tol: Optional[float] = typer.Option(None, help="Minimum accuracy gap every paired check warns at, instead of "
                                                    "each check's own (docs/evaluation.md)"),
     targets: int = TARGETS,
+    queries: Optional[int] = QUERIES,
     ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps", help="APGD steps per attack of the worst-case "
                                                                        "ensemble (the protocol, bound and autoattack checks)"),
     device: str = DEVICE,
@@ -243,8 +248,9 @@ def check(
     def show(result):
         out_console.print(f"{marks[result.status]}  {result.name:<15} {result.detail}")
 
+    require(queries is None or queries >= 0, f"--queries must be >= 0, got {queries}")
     settings = CheckSettings(eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, tol=tol,
-                             ensemble_steps=ensemble_steps, targets=targets, autoattack=autoattack,
+                             ensemble_steps=ensemble_steps, targets=targets, queries=queries, autoattack=autoattack,
                              autoattack_limit=autoattack_limit)
     ctx = EvalContext(resolve_device(device), limit=limit, data_root=data_root)
     results = check_run(run, settings, ctx, surrogate=surrogate, on_result=show)

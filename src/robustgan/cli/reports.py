@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from robustgan.attacks import ATTACKS
-from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
+from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, QUERIES, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
                                   check_ensemble_steps, err_console, json_eps, out_console, require, single_subject)
 from robustgan.eps import format_eps
 from robustgan.evaluate.card import build_card, write_card
@@ -32,6 +32,7 @@ def report(
                                        help="APGD steps per attack of the curves' worst-case ensemble, PGD-40 "
                                             "beside it (--check keeps eval's 100)"),
     targets: int = TARGETS,
+    queries: Optional[int] = QUERIES,
     limit: int = LIMIT,
     index: int = typer.Option(0, "--index", help="Test image for saliency and trends"),
     run_checks: bool = typer.Option(False, "--check/--no-check", help="Run the checks first where missing"),
@@ -58,7 +59,7 @@ def report(
                           EvalContext(device, limit=limit, data_root=data_root))
     with evaluation(device, limit=limit, data_root=data_root) as ctx:
         path = build_report(runs, out, ctx, eps_grid=grid, steps=steps, index=index, targets=targets,
-                            curve_steps=ensemble_steps)
+                            curve_steps=ensemble_steps, queries=queries)
     out_console.print(f"wrote {path}")
 
 
@@ -67,6 +68,7 @@ def card(
     eps: str = typer.Option("", help="eps grid of the card (default: the paper's grid for the dataset)"),
     steps: Optional[int] = STEPS,
     targets: int = TARGETS,
+    queries: Optional[int] = QUERIES,
     limit: int = LIMIT,
     run_checks: bool = typer.Option(False, "--check/--no-check", help="Run the masking checks first if the run has "
                                     "no check.json (else the card says 'not run')"),
@@ -98,7 +100,7 @@ def card(
         check_run(run, CheckSettings(eps=max(grid), autoattack=False), EvalContext(device, limit=limit,
                                                                                    data_root=data_root))
     with evaluation(device, limit=limit, data_root=data_root) as ctx:
-        found = build_card(run, grid, ctx, steps=steps, targets=targets)
+        found = build_card(run, grid, ctx, steps=steps, targets=targets, queries=queries)
     paths = write_card(run, found)
     out_console.print(f"wrote {paths[0]} and {paths[1]}")
 
@@ -108,6 +110,7 @@ def frontier(
     eps: str = typer.Option("", help="The eps of the robustness axis (default: the middle of the paper's grid)"),
     steps: Optional[int] = STEPS,
     targets: int = TARGETS,
+    queries: Optional[int] = QUERIES,
     limit: int = LIMIT,
     out: Path = typer.Option(Path("runs/frontier.png"), "--out", help="PNG file to write"),
     as_json: bool = typer.Option(False, "--json", help="Print the points as JSON on stdout"),
@@ -133,7 +136,7 @@ def frontier(
         require(len(grid) == 1, "--eps takes one value: the frontier is drawn at one eps")
     at = grid[len(grid) // 2]
     with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
-        curves = [compute_curve(r, [at], ctx, steps=steps, targets=targets) for r in runs]
+        curves = [compute_curve(r, [at], ctx, steps=steps, targets=targets, queries=queries) for r in runs]
     points = frontier_points(curves, at)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_frontier(points, at, out, f"{dataset}: robustness against training cost", caption(curves))

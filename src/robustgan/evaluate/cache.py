@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustgan.attacks import ATTACK_VERSION, get_attack, robust_mask
+from robustgan.attacks import ATTACK_VERSION, ATTACKS, get_attack, robust_mask
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.distributed import sharded
 from robustgan.runs import RunDir, atomic_write
@@ -35,7 +35,8 @@ def weights_digest(run: RunDir) -> str:
 
 def cache_key(**settings) -> str:
     norm = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in sorted(settings.items())}
-    return json.dumps({**norm, "version": ATTACK_VERSION}, sort_keys=True)
+    spec = ATTACKS.get(settings.get("attack"))
+    return json.dumps({**norm, "version": spec.version if spec else ATTACK_VERSION}, sort_keys=True)
 
 
 def pack(mask: torch.Tensor) -> str:
@@ -133,22 +134,23 @@ class EvalCache:
 
 
 def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None = None,
-                  step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS) -> dict:
+                  step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS,
+                  queries: int | None = None) -> dict:
     """The cache key's settings: only those that change the numbers of ``attack`` (its
     registry entry's ``key``; ``steps`` None is the attack's default)."""
     if attack == "none" or eps == 0:
         return dict(attack="none", eps=0.0, n=n)
     return get_attack(attack).settings(eps, n, seed, steps=steps, step_size=step_size, restarts=restarts,
-                                       targets=targets)
+                                       targets=targets, queries=queries)
 
 
 def cached_mask(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0, steps: int | None = None,
                 step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS, seed: int = 0,
-                **kw) -> torch.Tensor:
+                queries: int | None = None, **kw) -> torch.Tensor:
     """``robust_mask`` through the cache (same settings, same weights: same answer, computed
     once). Random starts are drawn per sample from ``seed``; under torchrun the points are
     sharded across the ranks (every rank gets, and merges into the cache, the whole mask)."""
-    settings = mask_settings(attack, eps, len(y), seed, steps, step_size, restarts, targets)
+    settings = mask_settings(attack, eps, len(y), seed, steps, step_size, restarts, targets, queries)
     hit = cache.get(**settings)
     if hit is not None:
         if kw.get("advance") is not None:
@@ -156,7 +158,7 @@ def cached_mask(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0,
         return hit
     mask = sharded(lambda ids: robust_mask(model, x[ids], y[ids], attack=settings["attack"], eps=eps, steps=steps,
                                            step_size=step_size, restarts=restarts, targets=targets, seed=seed,
-                                           ids=ids, **kw), len(y))
+                                           ids=ids, queries=queries, **kw), len(y))
     cache.put(mask, **settings)
     return mask
 

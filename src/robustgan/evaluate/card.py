@@ -46,12 +46,12 @@ def _checks(run: RunDir) -> dict:
 
 
 def build_card(run_dir, eps: list[float], ctx: EvalContext = EvalContext(), *, steps: int | None = None,
-               targets: int = DEFAULT_TARGETS) -> dict:
+               targets: int = DEFAULT_TARGETS, queries: int | None = None) -> dict:
     """The card of one run (or external model's run directory), measuring what is not cached."""
     run = RunDir(run_dir)
     cfg = run.config()
     data_root = ctx.data_root
-    curve = compute_curve(run_dir, eps, ctx, steps=steps, targets=targets)
+    curve = compute_curve(run_dir, eps, ctx, steps=steps, targets=targets, queries=queries)
     s = curve.settings
     external = cfg.method.name == "external"  # trained elsewhere: its training set and config are unknown here
     n_train = None if external else len(load_split(cfg.data, "train", data_root)[1])

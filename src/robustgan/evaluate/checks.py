@@ -17,6 +17,10 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
   unbounded        unbounded PGD-100 (step 0.01) drives accuracy to <= `zero_tol`
   bound            at eps 0.5 accuracy is at most the largest class share (the constant 0.5
                    image lies in every ball), for the ensemble and every cached curve point
+  gradient_free    the ensemble's gradient-free stage (Square) finds no point every gradient
+                   attack missed, at the check's eps and at every eps of the run's cached
+                   curves (where it does, gradients are masked there: the default number holds
+                   only thanks to the stage, and the papers' PGD numbers are inflated)
   protocol         information: how much PGD-k (the papers' protocol) overstates the
                    worst-case ensemble; warns only far beyond what honest models show
   transfer         PGD from an independently trained surrogate is not stronger than white-box
@@ -39,9 +43,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import attack_mode, default_step_size, robust_mask
+from robustgan.attacks import attack_mode, default_step_size, robust_mask, worst_case
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.threat import loss_and_grad
+from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
 from robustgan.evaluate.cache import EvalCache, cached_mask
 from robustgan.evaluate.context import EvalContext
@@ -58,7 +63,7 @@ STATUSES = ("pass", "warn", "skipped")
 # restarts and long PGD legitimately find a few points more; a one-step, transferred or
 # gray-box attack, or DLR instead of CE, should find almost nothing more on an honest model.
 MIN_EFFECT = {"fgsm_vs_pgd": 0.02, "restarts": 0.06, "long_pgd": 0.06, "loss_invariance": 0.02, "scale": 0.01,
-              "transfer": 0.02, "graybox": 0.02, "protocol": 0.25, "autoattack": 0.02}
+              "gradient_free": 0.02, "transfer": 0.02, "graybox": 0.02, "protocol": 0.25, "autoattack": 0.02}
 BOUND_EPS = 0.5  # every [0, 1] image lies within 0.5 of the constant 0.5 image
 
 
@@ -85,6 +90,7 @@ class CheckSettings:
     restarts: int = 5
     ensemble_steps: int = 100  # APGD steps per attack of the worst-case ensemble
     targets: int = DEFAULT_TARGETS
+    queries: int | None = None  # the ensemble's gradient-free budget per point (None: 50 x ensemble_steps)
     tol: float | None = None  # overrides every check's minimum effect when given
     alpha: float = ALPHA
     zero_tol: float = 0.05
@@ -95,6 +101,7 @@ class CheckSettings:
     seed: int = 0  # the attacks' random starts, drawn per point
     cache: EvalCache | None = None  # a run's evaluation cache: attacks measured there are reused
     reported: dict = field(default_factory=dict)  # {eps: accuracy} of cached curve points (bound check)
+    curve_eps: list = field(default_factory=list)  # every eps of the run's cached curves (gradient_free check)
     memo: dict = field(default_factory=dict, repr=False)  # measurements shared between checks
 
     def min_effect(self, name: str) -> float:
@@ -118,8 +125,14 @@ def _pgd(model, x, y, s, device, **kw) -> torch.Tensor:
 
 
 def _ensemble(model, x, y, s, device, eps=None) -> torch.Tensor:
-    return _mask(model, x, y, s, device, attack="ensemble", eps=s.eps if eps is None else eps,
-                 steps=s.ensemble_steps, targets=s.targets)
+    """The ensemble's mask at ``eps`` (default the check's), from the gradient_free check's
+    run when it covered that eps (the same attacks, seed and points), else measured."""
+    eps = s.eps if eps is None else eps
+    found = s.memo.get(("worst_case", id(model), len(y)))
+    if found is not None and eps in found.eps:
+        return found.correct[:, found.eps.index(eps)]
+    return _mask(model, x, y, s, device, attack="ensemble", eps=eps, steps=s.ensemble_steps, targets=s.targets,
+                 queries=s.queries)
 
 
 def compare(name: str, s: CheckSettings, ref: torch.Tensor, alt: torch.Tensor, ref_label: str, alt_label: str,
@@ -233,6 +246,27 @@ def check_bound(model, x, y, s, device, num_classes) -> CheckResult:
                         "over": {str(e): a for e, a in over.items()}})
 
 
+def check_gradient_free(model, x, y, s, device) -> CheckResult:
+    """Per eps of the check's eps and the cached curves' (ascending, warm-started as a curve is),
+    the paired rule on the points the ensemble's gradient attacks left robust against those the
+    whole ensemble (with Square) left: warns if at any eps Square found beyond chance and the
+    minimum effect more than gradients did. Reports the eps with the largest gap."""
+    grid = sorted({float(s.eps), *s.curve_eps} - {0.0, math.inf})
+    found = worst_case(model, x, y, grid, steps=s.ensemble_steps, targets=s.targets, seed=s.seed,
+                       batch_size=s.batch_size, device=device, queries=s.queries)
+    s.memo[("worst_case", id(model), len(y))] = found  # the ensemble's results at these eps, for the other checks
+    per_eps = [compare("gradient_free", s, found.gradients_correct[:, k], found.correct[:, k], "gradient attacks",
+                       "gradient attacks + Square") for k in range(len(grid))]
+    warned = [e for e, r in zip(grid, per_eps) if r.status == "warn"]
+    k = max(range(len(grid)), key=lambda i: per_eps[i].values["gap"])
+    result = per_eps[k]
+    result.status = "warn" if warned else "pass"
+    result.detail = (f"at eps {format_eps(grid[k])} (largest gap of {len(grid)} eps): {result.detail}"
+                     + (f"; Square finds more at eps {', '.join(format_eps(e) for e in warned)}" if warned else ""))
+    result.values |= {"eps": grid, "warned_eps": warned}
+    return result
+
+
 def check_protocol(model, x, y, s, device) -> CheckResult:
     ref, worst = _pgd(model, x, y, s, device), _ensemble(model, x, y, s, device)
     result = compare("protocol", s, ref, worst, f"PGD-{s.steps} (papers' protocol)", "worst-case ensemble")
@@ -287,6 +321,7 @@ def check_model(model, x, y, settings: CheckSettings, device="cpu", surrogate=No
         lambda: check_long_pgd(model, x, y, settings, device),
         lambda: check_loss_invariance(model, x, y, settings, device),
         lambda: check_scale(model, x, y, settings, device),
+        lambda: check_gradient_free(model, x, y, settings, device),
         lambda: check_unbounded(model, x, y, settings, device),
         lambda: check_bound(model, x, y, settings, device, num_classes),
         lambda: check_protocol(model, x, y, settings, device),
@@ -341,6 +376,12 @@ def _values(result) -> dict:
     return result.values if isinstance(result, CheckResult) else result.get("values", {})
 
 
+def cached_curve_eps(cache: EvalCache, n: int) -> list[float]:
+    """Every finite eps > 0 the ensemble was cached at for the first ``n`` test points."""
+    return sorted({float(st["eps"]) for st, _ in cache.results()
+                   if st.get("attack") == "ensemble" and st.get("n") == n and 0 < st["eps"] < math.inf})
+
+
 def reported_accuracies(cache: EvalCache, n: int) -> dict[float, float]:
     """{eps: accuracy} of every result cached for the first ``n`` test points at eps >= 0.5
     (the highest over attacks): what the bound check holds a run's curves to (the bound is
@@ -375,13 +416,13 @@ def check_run(run_dir, settings: CheckSettings = CheckSettings(), ctx: EvalConte
         surrogate_model = load_model(Path(surrogate))
     cache = EvalCache(run_dir)
     s = replace(settings, eps=eps, seed=ctx.seed, batch_size=ctx.batch_size, cache=cache,
-                reported=reported_accuracies(cache, len(y)), memo={})
+                reported=reported_accuracies(cache, len(y)), curve_eps=cached_curve_eps(cache, len(y)), memo={})
     results = check_model(model, x, y, s, ctx.device, surrogate_model, geometry_for(cfg.data).num_classes,
                           on_result, method_class(cfg.method.name).graybox_model(model))
     report = {"eps": eps, "n": len(y), "alpha": s.alpha, "tol": s.tol,
               "min_effects": {k: s.min_effect(k) for k in MIN_EFFECT}, "steps": s.steps,
               "long_steps": s.long_steps, "restarts": s.restarts, "ensemble_steps": s.ensemble_steps,
-              "targets": s.targets, "status": overall_status(results), "summary": summary_line(results),
+              "targets": s.targets, "queries": s.queries, "status": overall_status(results), "summary": summary_line(results),
               "checks": [r.as_dict() for r in results]}
     atomic_write(run.file("check.json"), json.dumps(report, indent=1))
     return results

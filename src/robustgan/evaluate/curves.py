@@ -60,7 +60,7 @@ def method_label(cfg) -> str:
     return method_class(cfg.method.name).label(cfg)
 
 
-def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets, restarts, seed, **kw):
+def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets, restarts, seed, queries=None, **kw):
     """(n, len(grid)) per-point results of the worst-case ensemble through the cache. Only
     eps values not cached are attacked (in one ascending, warm-started pass; points fooled
     at a smaller cached eps are skipped), and every result is closed upwards over all cached
@@ -70,7 +70,7 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
     saved (``cache.partial()``) before the next starts, so a curve killed mid-way redoes only
     the batch it was in. The random starts are drawn per test point, so the batches give
     what one pass over all points gives."""
-    base = mask_settings("ensemble", 1.0, len(y), seed, steps, None, restarts, targets)
+    base = mask_settings("ensemble", 1.0, len(y), seed, steps, None, restarts, targets, queries)
     del base["eps"]
     known = cache.matching(**base)
     missing = sorted({e for e in grid if e > 0 and e not in known})
@@ -87,6 +87,7 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
             if any(mask is None for mask in done):
                 part = sharded(lambda ids: worst_case(model, x[points[ids]], y[points[ids]], missing, steps=steps,
                                                       targets=targets, restarts=restarts, seed=seed, ids=points[ids],
+                                                      queries=base["queries"],
                                                       known_fooled=known_fooled[points[ids]], **kw).correct,
                                len(points))
                 partial.put_many([(part[:, k], key) for k, key in enumerate(keys)])
@@ -109,7 +110,7 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
 
 
 def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack="ensemble", steps=None, step_size=None,
-                  restarts=1, targets=DEFAULT_TARGETS, protocol=True, channels_last=False) -> Curve:
+                  restarts=1, targets=DEFAULT_TARGETS, queries=None, protocol=True, channels_last=False) -> Curve:
     """Clean accuracy and accuracy under ``attack`` at each eps of ``eps_grid`` for one run
     (its first ``ctx.limit`` test images), through the run's evaluation cache, per point. By
     default the attack is the worst-case ensemble and the papers' protocol (PGD-40) is
@@ -131,13 +132,15 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
     clean = cached_mask(cache, model, x, y, attack="none", **mask_kw)
     if attack == "ensemble":
         correct = ensemble_masks(cache, model, x, y, eps_grid, clean, steps=steps, targets=targets,
-                                 restarts=restarts, seed=ctx.seed, **kw)
+                                 restarts=restarts, seed=ctx.seed, queries=queries, **kw)
     else:
         correct = per_eps(attack=attack, steps=steps, step_size=step_size, restarts=restarts)
     paper = per_eps(attack="pgd", steps=PROTOCOL_STEPS) if protocol else None
-    settings = {"attack": attack, "attacks": ensemble_names(targets) if attack == "ensemble" else [attack],
+    key = mask_settings(attack, 1.0, 0, 0, steps, queries=queries)
+    settings = {"attack": attack, "attacks": ensemble_names(targets, key["queries"]) if attack == "ensemble" else [attack],
                 "steps": steps if spec.steps is not None else None, "restarts": restarts,
                 "targets": targets if attack == "ensemble" else None,
+                "queries": key.get("queries"),
                 "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": ctx.seed,
                 "seconds": time.perf_counter() - start}
     return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustgan.attacks import default_step_size
+from robustgan.attacks import default_step_size, pgd
+from robustgan.attacks.losses import trades_kl
 from robustgan.attacks.threat import attack_mode
 from robustgan.config import check_eps_value
 from robustgan.errors import ConfigError
@@ -38,32 +39,16 @@ class TRADESConfig(MethodConfig):
             raise ConfigError(f"method.beta and method.ramp_epochs must be >= 0, got {self.beta}, {self.ramp_epochs}")
 
 
-def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(logits_clean) || softmax(logits_adv)) per sample (N,), float32: the
-    robustness term of TRADES (eq. 5; the official code's KLDivLoss(log_softmax(f(x')),
-    softmax(f(x))))."""
-    log_p_adv = F.log_softmax(logits_adv.float(), 1)
-    log_p_clean = F.log_softmax(logits_clean.float(), 1)
-    return (log_p_clean.exp() * (log_p_clean - log_p_adv)).sum(1)
-
-
 def trades_adversarial(model, x: torch.Tensor, eps: float, steps: int, step_size: float) -> torch.Tensor:
     """The inner maximisation: x' in the eps ball and [0, 1] maximising the KL to f(x), by
-    ``steps`` signed-gradient steps from x + 0.001 N(0, I) (eval mode, parameters frozen).
-    The clean distribution is computed once (the official code recomputes it every step: the
-    same values in eval mode, one forward pass per step more)."""
+    ``steps`` signed-gradient steps of the shared PGD from x + 0.001 N(0, I) (eval mode,
+    parameters frozen). The clean distribution is computed once (the official code recomputes
+    it every step: the same values in eval mode, one forward pass per step more)."""
     x = x.detach()
-    with attack_mode(model):
-        with torch.no_grad():
-            logits_clean = model(x)
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp_(0, 1)
-        lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            with torch.enable_grad():
-                (grad,) = torch.autograd.grad(trades_kl(model(x_adv), logits_clean).sum(), x_adv)
-            x_adv = torch.max(torch.min(x_adv.detach() + step_size * grad.sign(), hi), lo)
-    return x_adv.detach()
+    with attack_mode(model), torch.no_grad():
+        logits_clean = model(x).float()
+    noise = torch.randn_like(x).mul_(0.001 / eps)  # the start x + eps * noise = x + 0.001 N(0, I)
+    return pgd(model, x, logits_clean, eps, steps, step_size, best=False, loss="kl", noise=noise, check=False)
 
 
 @register_method

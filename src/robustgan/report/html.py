@@ -138,7 +138,8 @@ def check_html(run: RunDir) -> str:
 
 
 def build_report(runs: list[Path], out: Path, ctx: EvalContext = EvalContext(), *, eps_grid=None, steps: int = 20,
-                 index: int = 0, curve_steps: int | None = None, targets: int = DEFAULT_TARGETS) -> Path:
+                 index: int = 0, curve_steps: int | None = None, targets: int = DEFAULT_TARGETS,
+                 queries: int | None = None) -> Path:
     """The HTML page for ``runs``: curves by the worst-case ensemble (``curve_steps`` per
     attack, default 100; APGD-T towards up to ``targets`` classes) with PGD-40 beside it,
     saliency maps by PGD-``steps``."""
@@ -146,7 +147,7 @@ def build_report(runs: list[Path], out: Path, ctx: EvalContext = EvalContext(), 
     configs = [RunDir(r).config() for r in runs]
     dataset = configs[0].data.name
     grid = eps_grid or grid_for(dataset)
-    curves = [compute_curve(r, grid, ctx, steps=curve_steps, targets=targets)
+    curves = [compute_curve(r, grid, ctx, steps=curve_steps, targets=targets, queries=queries)
               for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
     parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
