@@ -11,9 +11,24 @@ from robustgan.cli import demo, evaluation, reports, training
 from robustgan.cli.common import err_console
 from robustgan.errors import Interrupted, RobustganError
 from robustgan.runtime import keep_freed_memory
+from robustgan.version import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train and evaluate GAN-based adversarial defenses (ATGAN, GAN-AT) and their baselines.")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        sys.stdout.write(f"robustgan {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit")):
+    """Train and evaluate GAN-based adversarial defenses (ATGAN, GAN-AT) and their baselines."""
+
+
 app.command()(training.train)
 app.command("eval")(evaluation.eval_)
 for command in (evaluation.curve, evaluation.check, evaluation.saliency, training.sweep, reports.report,
