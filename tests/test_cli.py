@@ -15,3 +15,22 @@ def test_a_negative_query_budget_is_one_line(tmp_path, monkeypatch, capsys):
     for command in ("eval", "curve", "check"):
         done = run_main([command, tmp_path, "--queries", "-1"], monkeypatch, capsys)
         assert_one_line(done, "--queries must be >= 0")
+
+
+def test_each_range_error_names_its_option_and_value(tmp_path, monkeypatch, capsys):
+    cases = {("eval", "--limit", "-5"): "--limit must be >= 0, got -5",
+             ("eval", "--batch-size", "0"): "--batch-size must be positive, got 0",
+             ("eval", "--restarts", "0"): "--restarts must be positive, got 0",
+             ("check", "--long-steps", "0"): "--long-steps must be positive, got 0",
+             ("eval", "--eps", "0.1,,0.2"): "--eps: an empty value",
+             ("eval", "--eps", "0.1,0.1"): "--eps: a value given twice"}
+    for (command, *option), message in cases.items():
+        assert_one_line(run_main([command, tmp_path, *option], monkeypatch, capsys), message)
+
+
+def test_an_index_outside_the_test_set_is_one_line(digits_runs, tmp_path, monkeypatch, capsys):
+    for index in ("9999", "-1"):
+        done = run_main(["saliency", digits_runs / "standard", "--index", index, "--out", tmp_path / "s.png"],
+                        monkeypatch, capsys)
+        assert_one_line(done, f"--index must be in [0, 358], got {index}")
+        assert not (tmp_path / "s.png").exists()

@@ -39,7 +39,7 @@ def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
     values = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
-            continue
+            raise RobustganError(f"{option}: an empty value in {text!r} (use e.g. 0.1,0.2 or 8/255)")
         try:
             value = parse_number(part)
         except (ValueError, ZeroDivisionError):
@@ -47,6 +47,8 @@ def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
         values.append(check_eps(value))
     if not values:
         raise RobustganError(f"{option}: give at least one value")
+    if len(set(values)) < len(values):
+        raise RobustganError(f"{option}: a value given twice in {text!r}")
     return values
 
 
@@ -69,6 +71,14 @@ def check_attack(attack: str, steps: int | None = None, targets: int = 0) -> Non
         raise RobustganError(f"--attack must be one of {', '.join(attack_names())}; got {attack!r}")
     require(steps is None or steps > 0, f"--steps must be positive, got {steps}")
     require(0 <= targets <= 9, f"--targets must be in 0..9, got {targets}")
+
+
+def check_common(*, limit: int = 0, restarts: int = 1, batch_size: int = 1, queries: int | None = None) -> None:
+    """One-line errors, each naming its option and value, for options several commands take."""
+    at_least_zero("--limit", limit)
+    positive("--restarts", restarts)
+    positive("--batch-size", batch_size)
+    require(queries is None or queries >= 0, f"--queries must be >= 0, got {queries}")
 
 
 MODEL = typer.Option(None, "--model", help="Your own classifier instead of a run: MODULE:FACTORY or FILE.py:FACTORY, "
@@ -98,6 +108,15 @@ def single_subject(run: Path | None, model: str | None, weights: Path | None, da
     """The one run directory a single-subject command (eval, check, card) works on: RUN or --model."""
     require(run is None or model is None, "give a run directory or --model, not both")
     return subject_runs([run] if run else [], model, weights, dataset, data_root, results)[0]
+
+
+def positive(option: str, value) -> None:
+    """A one-line error naming ``option`` and its value unless it is > 0."""
+    require(value > 0, f"{option} must be positive, got {value}")
+
+
+def at_least_zero(option: str, value) -> None:
+    require(value >= 0, f"{option} must be >= 0, got {value}")
 
 
 def require(ok: bool, message: str) -> None:

@@ -15,7 +15,8 @@ from rich.table import Table
 from robustgan import distributed
 from robustgan.attacks import ATTACKS, attack_label
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, STEPS, TARGETS,
-                                  WEIGHTS, check_attack, check_ensemble_steps, eps_grid, err_console, json_eps, out_console, parse_eps_list,
+                                  WEIGHTS, at_least_zero, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
+                                  out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs)
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.context import EvalContext, evaluation
@@ -76,7 +77,7 @@ def eval_(
       robustgan eval --model mynet.py:build --weights mynet.safetensors --dataset cifar10 --data-root ~/data --eps 8/255
     """
     check_eval_options(attack, steps, targets, restarts, limit, batch_size, step_size, min_norm)
-    require(queries is None or queries >= 0, f"--queries must be >= 0, got {queries}")
+    check_common(queries=queries)
     run = single_subject(run, model, weights, dataset, data_root, results)
     eps_list = parse_eps_list(eps) if eps else [default_eps(RunDir(run).config())]
     require(any(e > 0 for e in eps_list), "pass --eps (this model has no eval or training eps)")
@@ -100,7 +101,7 @@ def eval_(
 def check_eval_options(attack, steps, targets, restarts, limit, batch_size, step_size, min_norm) -> None:
     """One-line errors for eval's attack settings."""
     check_attack(attack, steps, targets)
-    require(restarts > 0 and limit >= 0 and batch_size > 0, "--restarts and --batch-size must be positive, --limit >= 0")
+    check_common(limit=limit, restarts=restarts, batch_size=batch_size)
     require(step_size is None or step_size > 0, f"--step-size must be positive, got {step_size}")
     require(not min_norm or attack == "ensemble", "--min-norm needs --attack ensemble")
 
@@ -175,8 +176,7 @@ def curve(
       robustgan curve runs/sweep-mnist/* --attack pgd --steps 40   # the papers' protocol alone
     """
     check_attack(attack, steps, targets)
-    require(restarts > 0 and limit >= 0, "--restarts must be positive, --limit >= 0")
-    require(queries is None or queries >= 0, f"--queries must be >= 0, got {queries}")
+    check_common(limit=limit, restarts=restarts, queries=queries)
     runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
@@ -238,8 +238,11 @@ def check(
     """
     run = single_subject(run, model, weights, dataset, data_root, results)
     eps_value = parse_one_eps(eps, "--eps") if eps is not None else None
-    require(min(steps, long_steps, restarts) > 0 and limit >= 0 and (tol is None or 0 <= tol <= 1) and targets >= 0,
-            "--steps, --long-steps and --restarts must be positive, --targets >= 0, --tol in [0, 1]")
+    for option, value in (("--steps", steps), ("--long-steps", long_steps), ("--autoattack-limit", autoattack_limit)):
+        positive(option, value)
+    check_common(limit=limit, restarts=restarts, queries=queries)
+    at_least_zero("--targets", targets)
+    require(tol is None or 0 <= tol <= 1, f"--tol must be in [0, 1], got {tol}")
     require(long_steps > steps, f"--long-steps ({long_steps}) must exceed --steps ({steps})")
     check_ensemble_steps(ensemble_steps, out_console, "bound and autoattack may warn falsely, protocol understates "
                                                       "PGD's gap")
@@ -248,7 +251,6 @@ def check(
     def show(result):
         out_console.print(f"{marks[result.status]}  {result.name:<15} {result.detail}")
 
-    require(queries is None or queries >= 0, f"--queries must be >= 0, got {queries}")
     settings = CheckSettings(eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, tol=tol,
                              ensemble_steps=ensemble_steps, targets=targets, queries=queries, autoattack=autoattack,
                              autoattack_limit=autoattack_limit)
@@ -279,7 +281,7 @@ def saliency(
 
       robustgan saliency runs/sweep/atgan-eps0.1 runs/sweep/atgan-eps0.3 --index 7 --eps-i 0.1,0.2,0.3
     """
-    require(steps > 0, "--steps must be positive")
+    positive("--steps", steps)
     runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
     grid = parse_eps_list(eps_i, "--eps-i") if eps_i else grid_for(dataset)[::4][:3]

@@ -11,7 +11,8 @@ import typer
 
 from robustgan.attacks import ATTACKS
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, QUERIES, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
-                                  check_ensemble_steps, err_console, json_eps, out_console, require, single_subject)
+                                  check_attack, check_common, check_ensemble_steps, err_console, json_eps, out_console, positive,
+                                  require, single_subject)
 from robustgan.eps import format_eps
 from robustgan.evaluate.card import build_card, write_card
 from robustgan.evaluate.context import EvalContext, evaluation
@@ -47,7 +48,9 @@ def report(
 
       robustgan report runs/sweep-mnist/* --check
     """
-    require(steps > 0 and limit >= 0 and 0 <= targets <= 9, "--steps must be positive, --limit >= 0, --targets in 0..9")
+    positive("--steps", steps)
+    check_common(limit=limit, queries=queries)
+    require(0 <= targets <= 9, f"--targets must be in 0..9, got {targets}")
     check_ensemble_steps(ensemble_steps, err_console, "the curves may overstate robustness")
     grid = eps_grid(eps, RunDir(runs[0]).config().data.name)
     device = resolve_device(device)
@@ -90,8 +93,8 @@ def card(
 
       robustgan card --model mynet.py:build --weights mynet.safetensors --dataset digits --eps 0.1,0.2
     """
-    require(limit >= 0 and (steps is None or steps > 0) and 0 <= targets <= 9,
-            "--limit >= 0, --steps positive, --targets in 0..9")
+    check_attack("ensemble", steps, targets)
+    check_common(limit=limit, queries=queries)
     run = single_subject(run, model, weights, dataset, data_root, results)
     grid = eps_grid(eps, RunDir(run).config().data.name)
     device = resolve_device(device)
@@ -128,8 +131,8 @@ def frontier(
 
       robustgan frontier runs/pgd-digits runs/fgsm-rs-digits runs/trades-digits --eps 0.3 --json
     """
-    require(limit >= 0 and (steps is None or steps > 0) and 0 <= targets <= 9,
-            "--limit >= 0, --steps positive, --targets in 0..9")
+    check_attack("ensemble", steps, targets)
+    check_common(limit=limit, queries=queries)
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
     if eps:

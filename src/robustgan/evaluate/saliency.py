@@ -9,6 +9,7 @@ import torch
 
 from robustgan.attacks import attack_mode, default_step_size, pgd
 from robustgan.eps import format_eps
+from robustgan.errors import RobustganError
 from robustgan.evaluate.curves import method_label
 from robustgan.methods import eps_train
 from robustgan.plotting import pyplot
@@ -34,6 +35,8 @@ def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_r
                              squeeze=False)
     for r, run in enumerate(runs):
         cfg, model, x_all, y_all = open_run(run, data_root=data_root)
+        if not 0 <= index < len(y_all):
+            raise RobustganError(f"--index must be in [0, {len(y_all) - 1}], got {index}")
         x, y = x_all[index:index + 1].float() / 255, y_all[index:index + 1]
         for c, eps in enumerate(eps_cols):
             torch.manual_seed(0)
