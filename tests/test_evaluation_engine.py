@@ -340,6 +340,7 @@ def test_eval_json_says_which_attacks_ran(small_run, monkeypatch, capsys):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["attack"] == "ensemble" and result["attacks"] == ["apgd-ce", "apgd-t(2 targets)", "square(250)"]
+    assert result["cost"]["grad_evals"] > 0 and result["cost"]["forwards"] >= 0 and result["queries"] == 250
     assert result["steps"] == 5 and result["targets"] == 2 and result["n"] == 24 and result["seconds"] > 0
     assert result["protocol"] == "pgd-40" and len(result["min_eps"]) == 24
     for row in result["results"]:

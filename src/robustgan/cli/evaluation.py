@@ -128,7 +128,7 @@ def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
     s = curve.settings
     result = {"run": str(run), "n": curve.n, "attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"],
               "targets": s["targets"], "queries": s["queries"], "restarts": restarts, "seed": seed, "protocol": s["protocol"],
-              "seconds": round(seconds, 3), "clean": curve.clean,
+              "seconds": round(seconds, 3), "cost": s["cost"], "clean": curve.clean,
               "results": [{"eps": json_eps(e), "accuracy": acc,
                            **({"protocol_accuracy": curve.protocol[i]} if curve.protocol is not None else {})}
                           for i, (e, acc) in enumerate(zip(curve.eps, curve.acc))]}

@@ -60,7 +60,8 @@ def method_label(cfg) -> str:
     return method_class(cfg.method.name).label(cfg)
 
 
-def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets, restarts, seed, queries=None, **kw):
+def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets, restarts, seed, queries=None,
+                   spent: dict | None = None, **kw):
     """(n, len(grid)) per-point results of the worst-case ensemble through the cache. Only
     eps values not cached are attacked (in one ascending, warm-started pass; points fooled
     at a smaller cached eps are skipped), and every result is closed upwards over all cached
@@ -69,7 +70,8 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
     Resumable: the points are attacked one batch at a time and each batch's results are
     saved (``cache.partial()``) before the next starts, so a curve killed mid-way redoes only
     the batch it was in. The random starts are drawn per test point, so the batches give
-    what one pass over all points gives."""
+    what one pass over all points gives. ``spent`` (a dict) gets this process's gradient
+    evaluations and gradient-free forward passes added (nothing for cached results)."""
     base = mask_settings("ensemble", 1.0, len(y), seed, steps, None, restarts, targets, queries)
     del base["eps"]
     known = cache.matching(**base)
@@ -85,11 +87,16 @@ def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets
             batch_keys += keys
             done = [partial.get(**key) for key in keys]
             if any(mask is None for mask in done):
-                part = sharded(lambda ids: worst_case(model, x[points[ids]], y[points[ids]], missing, steps=steps,
-                                                      targets=targets, restarts=restarts, seed=seed, ids=points[ids],
-                                                      queries=base["queries"],
-                                                      known_fooled=known_fooled[points[ids]], **kw).correct,
-                               len(points))
+                def attack(ids):
+                    found = worst_case(model, x[points[ids]], y[points[ids]], missing, steps=steps, targets=targets,
+                                       restarts=restarts, seed=seed, ids=points[ids], queries=base["queries"],
+                                       known_fooled=known_fooled[points[ids]], **kw)
+                    if spent is not None:
+                        spent["grad_evals"] += found.grad_evals
+                        spent["forwards"] += found.forwards
+                    return found.correct
+
+                part = sharded(attack, len(points))
                 partial.put_many([(part[:, k], key) for k, key in enumerate(keys)])
             else:
                 part = torch.stack(done, 1)
@@ -129,9 +136,10 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
         return torch.stack([cached_mask(cache, model, x, y, eps=e, **settings, **mask_kw) for e in eps_grid], 1)
 
     start = time.perf_counter()
+    spent = {"grad_evals": 0, "forwards": 0}
     clean = cached_mask(cache, model, x, y, attack="none", **mask_kw)
     if attack == "ensemble":
-        correct = ensemble_masks(cache, model, x, y, eps_grid, clean, steps=steps, targets=targets,
+        correct = ensemble_masks(cache, model, x, y, eps_grid, clean, steps=steps, targets=targets, spent=spent,
                                  restarts=restarts, seed=ctx.seed, queries=queries, **kw)
     else:
         correct = per_eps(attack=attack, steps=steps, step_size=step_size, restarts=restarts)
@@ -142,11 +150,15 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
                 "targets": targets if attack == "ensemble" else None,
                 "queries": key.get("queries"),
                 "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": ctx.seed,
-                "seconds": time.perf_counter() - start}
+                "seconds": time.perf_counter() - start, "cost": spent if attack == "ensemble" else None}
     return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),
-                 correct.float().mean(0).tolist() if len(y) else [0.0] * len(eps_grid),
-                 clean.float().mean().item() if len(y) else 0.0, len(y), settings,
-                 paper.float().mean(0).tolist() if paper is not None and len(y) else None, correct, clean)
+                 fractions(correct) if len(y) else [0.0] * len(eps_grid), fractions(clean) if len(y) else 0.0,
+                 len(y), settings, fractions(paper) if paper is not None and len(y) else None, correct, clean)
+
+
+def fractions(correct: torch.Tensor):
+    """Accuracy as the fraction k / n in float64 (per column of an (n, k) mask): 0.6, not 0.6000000238."""
+    return (correct.sum(0).double() / len(correct)).tolist()
 
 
 def min_norm_distances(run_dir, curve: Curve, ctx: EvalContext = EvalContext(), *, rounds=4) -> torch.Tensor:
