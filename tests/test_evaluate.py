@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_path, monkeypatch):
-    args = ["--restarts", "2", "--no-autoattack", "--targets", "1", "--eps", "0.2"]
+    args = ["--restarts", "2", "--no-autoattack", "--targets", "1", "--eps", "0.2", "--queries", "100"]
     run = copy_run(digits_runs / "pgd", tmp_path / "pgd")
     # the honest run on 32 images: its false-alarm rate is bounded at any n (the paired rule;
     # test_identical_attacks_never_warn_over_seeds, docs/evaluation.md)

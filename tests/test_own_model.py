@@ -13,6 +13,7 @@ from robustgan.evaluate.card import SCHEMA
 from tests.helpers import assert_one_line, copy_run, run_main
 
 FACTORIES = '''
+import torch
 import torch.nn as nn
 from robustgan import models
 
@@ -34,6 +35,20 @@ class Scaled(nn.Module):
 def scaled():
     """The same network with its logits times 1e4: the same weights (state dict under net.)."""
     return Scaled()
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = cw_cnn()
+
+    def forward(self, x):
+        return self.net((x + 0.1 * torch.randn_like(x)).clamp(0, 1))
+
+
+def noisy():
+    """The same network behind Gaussian noise at test time: a randomized model."""
+    return Noisy()
 '''
 # a small gradient-free stage: these tests are about where results come from, not their strength
 EVAL_SETTINGS = ["--eps", "0.1,0.2", "--steps", "10", "--limit", "24", "--targets", "1", "--queries", "50"]
@@ -51,6 +66,15 @@ def own_model(digits_runs, tmp_path):
     state = load_file(weights)
     save_file({f"net.{k}": v for k, v in state.items()}, tmp_path / "pgd-net.safetensors")
     return tmp_path / "mynets.py", weights, tmp_path / "pgd-net.safetensors"
+
+
+def test_a_randomized_model_is_evaluated_with_eot_by_default(own_model, monkeypatch, capsys):
+    factory, _, net_weights = own_model
+    done = run_main(["eval", "--model", f"{factory}:noisy", "--weights", net_weights, "--dataset", "digits", "--eps", "0.2",
+                     "--steps", "5", "--limit", "16", "--no-protocol", "--json"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["attack"] == "eot" and result["attacks"] == ["eot"] and result["steps"] == 5
 
 
 def test_own_model_gives_the_run_directorys_numbers(own_model, digits_runs, tmp_path, monkeypatch, capsys):

@@ -17,7 +17,7 @@ from robustgan.attacks import ATTACKS, AttackArgs, AttackError, attack_label, at
 from robustgan.evaluate.cache import EvalCache, cache_key, cached_mask, mask_settings
 from tests.helpers import CONFIGS, run_main, tiny_cnn
 
-BUILT_IN = ("ensemble", "apgd-ce", "apgd-dlr", "autoattack", "fgsm", "pgd", "pgd-dlr", "pgd-unsaturated", "square")
+BUILT_IN = ("ensemble", "apgd-ce", "apgd-dlr", "autoattack", "fgsm", "pgd", "pgd-dlr", "pgd-unsaturated", "square", "eot")
 # a value of each key setting other than its default
 OTHER = {"steps": 7, "step_size": 0.123, "restarts": 3, "targets": 2, "queries": 77}
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 import robustgan.attacks.autoattack  # noqa: F401  (each attack module registers its attacks when imported)
+import robustgan.attacks.eot  # noqa: F401
 import robustgan.attacks.gradient  # noqa: F401
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.registry import AttackArgs, default_step_size, get_attack

@@ -86,9 +86,11 @@ def _stopping(hit, groups, best_loss, quota, early_stop) -> torch.Tensor:
     return stop
 
 
-def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, groups, prune) -> APGDResult:
+def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, groups, prune, eot=1) -> APGDResult:
     """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample. Rows of one
-    ``groups`` value attack one point side by side (``apgd_run``). One function on purpose:
+    ``groups`` value attack one point side by side (``apgd_run``). With ``eot`` > 1 the loss
+    and its gradient are averaged over that many forward passes (expectation over
+    transformation, Athalye et al. 2018, for randomized models). One function on purpose:
     its state is the algorithm's, and splitting it would pass fourteen per-sample
     tensors between the pieces."""
     lo, hi = ball(x, eps)
@@ -100,11 +102,16 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
 
     def evaluate(point):
         point = point.detach().requires_grad_(True)
+        value_sum, grad_sum = 0, 0
         with torch.enable_grad():
-            logits = model(point).float()
-            value = loss_fn(logits, y[live], None if target is None else target[live])
-            (grad,) = torch.autograd.grad(value.sum(), point)
-        return value.detach(), grad, logits.argmax(1) != y[live]
+            for _ in range(eot):  # the last draw's logits decide "misclassified", as AutoAttack's rand version
+                logits = model(point).float()
+                value = loss_fn(logits, y[live], None if target is None else target[live])
+                (grad,) = torch.autograd.grad(value.sum(), point)
+                value_sum, grad_sum = value_sum + value.detach(), grad_sum + grad
+        if eot == 1:
+            return value.detach(), grad, logits.argmax(1) != y[live]
+        return value_sum / eot, grad_sum / eot, logits.argmax(1) != y[live]
 
     def record(hit):  # misclassified: this iterate is the sample's result
         out[live[hit]], out_loss[live[hit]], fooled[live[hit]] = cur[hit].detach(), loss[hit], True
@@ -114,7 +121,7 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
     loss, grad, hit = evaluate(cur)
     record(hit)
     best_x, best_loss, best_grad = cur.clone(), loss.clone(), grad
-    evals = len(live)
+    evals = len(live) * eot
     marks = checkpoints(steps)
     mark = 1
     success = torch.zeros_like(loss)
@@ -138,7 +145,7 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
             step = 1.0 if k == 1 else ALPHA  # the first step has no momentum (Alg. 1, line 3)
             prev, cur = cur, (cur + step * (z - cur) + (1 - step) * (cur - prev)).clamp_(lo, hi)
         new_loss, grad, hit = evaluate(cur)
-        evals += len(live)
+        evals += len(live) * eot
         success += (new_loss > loss).float()
         loss = new_loss
         record(hit & ~fooled[live])  # the first misclassified iterate
@@ -186,7 +193,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
              target_rank: int | None = None, target: torch.Tensor | None = None, restarts: int = 1,
              seed: int | torch.Tensor = 0, x_init: torch.Tensor | None = None, ids: torch.Tensor | None = None,
              early_stop: bool = True, groups: torch.Tensor | None = None,
-             prune: tuple[int, ...] | None = None) -> APGDResult:
+             prune: tuple[int, ...] | None = None, eot: int = 1) -> APGDResult:
     """APGD on a batch with everything the evaluation engine needs: per-sample eps (a number
     or an (N,) tensor), a warm start ``x_init`` for the first run, the samples' test-set
     indices ``ids`` and seeds (a number or one per sample: their random starts do not depend
@@ -198,7 +205,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
     stop, once one of them is fooled the others stop. ``prune``: successive halving over a
     group's rows (Jamieson & Talwalkar 2016): after the j-th step-size checkpoint (Sec. 3.2)
     only the ``prune[j-1]`` rows of each group with the highest best loss go on; the others
-    keep their best point. Inputs are not checked here."""
+    keep their best point. ``eot``: gradients averaged over that many draws of a randomized
+    model (each counted as a gradient evaluation). Inputs are not checked here."""
     if loss not in LOSSES:
         raise AttackError(f"APGD loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if int(steps) <= 0 or int(restarts) <= 0:
@@ -224,7 +232,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
                 start = (x[todo] + eps[todo].view(-1, 1, 1, 1) * noise).clamp_(lo, hi)
             got, got_loss = _apgd_once(model, x[todo], y[todo], None if target is None else target[todo], eps[todo],
                                        start, int(steps), LOSSES[loss], early_stop,
-                                       None if groups is None else groups[todo], prune)
+                                       None if groups is None else groups[todo], prune, int(eot))
             better = got.fooled | (got_loss > best_loss[todo])
             idx = todo[better]
             best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]

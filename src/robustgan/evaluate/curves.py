@@ -121,12 +121,17 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
     """Clean accuracy and accuracy under ``attack`` at each eps of ``eps_grid`` for one run
     (its first ``ctx.limit`` test images), through the run's evaluation cache, per point. By
     default the attack is the worst-case ensemble and the papers' protocol (PGD-40) is
-    measured beside it (``protocol=False`` skips it). Under torchrun the test points are
-    sharded across ranks. ``eval`` prints one of these; ``curve`` and ``report`` plot several."""
+    measured beside it (``protocol=False`` skips it). On a randomized model (two passes over the
+    first test images differ) the default is ``eot`` instead: the ensemble's gradients and
+    queries are scored on single draws, which test-time randomness misleads. Under torchrun the
+    test points are sharded across ranks. ``eval`` prints one of these; ``curve`` and ``report``
+    plot several."""
+    cfg, model, x, y = open_run(run_dir, limit=ctx.limit, data_root=ctx.data_root, device=ctx.device)
+    if attack == "ensemble" and randomized(model, x[:64].to(ctx.device)):
+        attack = "eot"
     spec = get_attack(attack)
     steps = spec.steps if steps is None else steps
     protocol = protocol and attack != "pgd"
-    cfg, model, x, y = open_run(run_dir, limit=ctx.limit, data_root=ctx.data_root, device=ctx.device)
     cache = EvalCache(run_dir)
     columns = 1 + len(eps_grid) * (2 if protocol else 1)
     kw = dict(device=ctx.device, batch_size=ctx.batch_size, advance=ctx.advance(Path(run_dir).name, len(y) * columns))
@@ -154,6 +159,13 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
     return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),
                  fractions(correct) if len(y) else [0.0] * len(eps_grid), fractions(clean) if len(y) else 0.0,
                  len(y), settings, fractions(paper) if paper is not None and len(y) else None, correct, clean)
+
+
+def randomized(model, x: torch.Tensor) -> bool:
+    """Whether two eval-mode passes over ``x`` (uint8 or [0, 1]) differ (the deterministic check's test)."""
+    x = x.float().div(255) if x.dtype == torch.uint8 else x
+    with torch.no_grad():
+        return bool((model.eval()(x) - model(x)).abs().max() > 1e-5) if len(x) else False
 
 
 def fractions(correct: torch.Tensor):
