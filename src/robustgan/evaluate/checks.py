@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,13 +51,13 @@ from robustgan.errors import RobustganError
 from robustgan.evaluate.cache import EvalCache, cached_mask
 from robustgan.evaluate.context import EvalContext
 from robustgan.evaluate.paired import ALPHA, paired
+from robustgan.evaluate.verdicts import CheckResult, overall_status, skipped, status_of, summary_line  # noqa: F401
 from robustgan.methods import method_class
 from robustgan.methods.standard import clean_config
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import default_eps, geometry_for, load_model, open_run
 from robustgan.train import ensure_trained
 
-STATUSES = ("pass", "warn", "skipped")
 # Smallest accuracy gap (fraction of points) each paired check warns at, above noise. Set
 # from gaps measured on honest digits models (docs/evaluation.md, "Minimum effects"):
 # restarts and long PGD legitimately find a few points more; a one-step, transferred or
@@ -65,21 +65,6 @@ STATUSES = ("pass", "warn", "skipped")
 MIN_EFFECT = {"fgsm_vs_pgd": 0.02, "restarts": 0.06, "long_pgd": 0.06, "loss_invariance": 0.02, "scale": 0.01,
               "gradient_free": 0.02, "transfer": 0.02, "graybox": 0.02, "protocol": 0.25, "autoattack": 0.02}
 BOUND_EPS = 0.5  # every [0, 1] image lies within 0.5 of the constant 0.5 image
-
-
-@dataclass
-class CheckResult:
-    name: str
-    status: str  # "pass" | "warn" | "skipped"
-    detail: str
-    values: dict
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def skipped(name: str, reason: str) -> CheckResult:
-    return CheckResult(name, "skipped", f"skipped: {reason}", {"reason": reason})
 
 
 @dataclass
@@ -340,42 +325,6 @@ def check_model(model, x, y, settings: CheckSettings, device="cpu", surrogate=No
     return results
 
 
-def overall_status(results) -> str:
-    """warn if any check warned, else pass (skipped checks never make it a warn, nor a pass
-    of their own: the summary line names them)."""
-    return "warn" if any(status_of(r) == "warn" for r in results) else "pass"
-
-
-def summary_line(results) -> str:
-    """e.g. '9 passed, 1 warned (restarts), 2 skipped (transfer: no surrogate; autoattack: --no-autoattack)'."""
-    by = {status: [r for r in results if status_of(r) == status] for status in STATUSES}
-    parts = [f"{len(by['pass'])} passed"]
-    if by["warn"]:
-        parts.append(f"{len(by['warn'])} warned ({', '.join(_name(r) for r in by['warn'])})")
-    if by["skipped"]:
-        reasons = "; ".join(f"{_name(r)}: {_values(r).get('reason', 'not run')}" for r in by["skipped"])
-        parts.append(f"{len(by['skipped'])} skipped ({reasons})")
-    return ", ".join(parts)
-
-
-def status_of(result) -> str:
-    """A CheckResult's or a check.json entry's status (entries written before statuses existed
-    said ``passed`` and marked skips in ``values``: read them as what they were)."""
-    if isinstance(result, CheckResult):
-        return result.status
-    if "status" in result:
-        return result["status"]
-    return "skipped" if result.get("values", {}).get("skipped") else ("pass" if result.get("passed") else "warn")
-
-
-def _name(result) -> str:
-    return result.name if isinstance(result, CheckResult) else result["name"]
-
-
-def _values(result) -> dict:
-    return result.values if isinstance(result, CheckResult) else result.get("values", {})
-
-
 def cached_curve_eps(cache: EvalCache, n: int) -> list[float]:
     """Every finite eps > 0 the ensemble was cached at for the first ``n`` test points."""
     return sorted({float(st["eps"]) for st, _ in cache.results()
@@ -394,12 +343,13 @@ def reported_accuracies(cache: EvalCache, n: int) -> dict[float, float]:
     return highest
 
 
-def check_run(run_dir, settings: CheckSettings = CheckSettings(), ctx: EvalContext = EvalContext(), *,
+def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext = EvalContext(), *,
               surrogate: str | None = None, surrogate_epochs: int = 5, on_result=None) -> list[CheckResult]:
     """The `robustgan check` command: every check on a run's defended model, saved to
     <run>/check.json. ``settings.eps`` None is the run's eval or training eps; the attacks'
     seed and batch size are the context's. ``surrogate`` is a run directory, or 'auto' to
     train a standard model of the same backbone into <run>/surrogate (independent seed) first."""
+    settings = CheckSettings() if settings is None else settings
     if settings.long_steps <= settings.steps:
         raise RobustganError(f"--long-steps ({settings.long_steps}) must exceed --steps ({settings.steps}): the long "
                              "PGD check compares PGD-steps with a longer PGD")
