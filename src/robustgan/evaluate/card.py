@@ -25,13 +25,7 @@ from robustgan.evaluate.curves import compute_curve
 from robustgan.evaluate.verdicts import status_of, summary_line
 from robustgan.methods import method_class
 from robustgan.runs import RunDir, atomic_write
-from robustgan.runtime import (
-    file_sha256,
-    guard_collapse,
-    load_split,
-    training_cost,
-    weights_path,
-)
+from robustgan.runtime import file_sha256, guard_collapse, load_split, training_cost, weights_path
 from robustgan.version import __version__
 
 SCHEMA = Path(__file__).with_name("model_card.schema.json")

@@ -15,14 +15,7 @@ from pathlib import Path
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluate.context import EvalContext
-from robustgan.evaluate.curves import (
-    Curve,
-    area,
-    caption,
-    compute_curve,
-    method_label,
-    plot_curves,
-)
+from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
 from robustgan.evaluate.frontier import frontier_points, plot_frontier
 from robustgan.evaluate.paired import ALPHA
 from robustgan.evaluate.saliency import saliency_grid
