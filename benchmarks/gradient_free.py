@@ -2,7 +2,8 @@
 layer, tests/planted.py) and on the same model without it, against Square alone at every eps
 (AutoAttack's last attack, 5000 queries) and, optionally, standard AutoAttack.
 
-    python benchmarks/gradient_free.py                         # 100 test images, the 9-eps grid
+    python benchmarks/gradient_free.py                         # 100 test images, the 9-eps grid, 100 steps
+    python benchmarks/gradient_free.py --eps 0.1,0.2,0.3 --steps 10   # the test's settings: 500 queries
     python benchmarks/gradient_free.py --limit 200 --autoattack
 
 The model is the tests' tiny CNN after 8 epochs of PGD-5 training at eps 0.2 on digits (about
@@ -23,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from robustgan.attacks import robust_mask, worst_case  # noqa: E402
+from robustgan.attacks.registry import QUERIES_PER_STEP  # noqa: E402
 from robustgan.attacks.threat import attack_mode  # noqa: E402
 from robustgan.data import load  # noqa: E402
 from tests.helpers import tiny_cnn, train_pgd_at  # noqa: E402
@@ -56,6 +58,8 @@ def measure(name, model, run) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--eps", default=",".join(map(str, GRID)), help="comma-separated eps grid")
+    parser.add_argument("--steps", type=int, default=100, help="the ensemble's steps; queries: 50 x steps")
     parser.add_argument("--autoattack", action="store_true", help="also standard AutoAttack (needs torchattacks)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -65,20 +69,22 @@ def main() -> None:
     net = tiny_cnn()
     train_pgd_at(net, x.float() / 255, y)
     x, y = xt[:args.limit].float() / 255, yt[:args.limit]
+    grid, steps = [float(e) for e in args.eps.split(",")], args.steps
+    queries = QUERIES_PER_STEP * steps
     for label, model in (("PGD-AT tiny CNN", net.eval()), ("the same behind a thresholding input layer",
                                                             ThresholdInputs(net).eval())):
         rows = [measure("ensemble, gradient attacks only (--queries 0)", model,
-                        lambda m: worst_case(m, x, y, GRID, queries=0).correct),
-                measure("ensemble (default: + Square stage, 5000 queries)", model,
-                        lambda m: worst_case(m, x, y, GRID).correct),
-                measure("Square alone at every eps (5000 queries)", model,
-                        lambda m: torch.stack([robust_mask(m, x, y, attack="square", eps=e, seed=0) for e in GRID], 1))]
+                        lambda m: worst_case(m, x, y, grid, steps=steps, queries=0).correct),
+                measure(f"ensemble (default: + Square stage, {queries} queries)", model,
+                        lambda m: worst_case(m, x, y, grid, steps=steps).correct),
+                measure(f"Square alone at every eps ({queries} queries)", model, lambda m: torch.stack(
+                    [robust_mask(m, x, y, attack="square", eps=e, steps=queries, seed=0) for e in grid], 1))]
         if args.autoattack:
             rows.append(measure("standard AutoAttack (torchattacks)", model, lambda m: torch.stack(
-                [robust_mask(m, x, y, attack="autoattack", eps=e) for e in GRID], 1)))
+                [robust_mask(m, x, y, attack="autoattack", eps=e) for e in grid], 1)))
         print(f"\n{label}, first {len(y)} digits test images\n")
-        print("| attack | " + " | ".join(f"{e:g}" for e in GRID) + " | grad evals / point | forwards / point | seconds |")
-        print("| --- " * (len(GRID) + 4) + "|")
+        print("| attack | " + " | ".join(f"{e:g}" for e in grid) + " | grad evals / point | forwards / point | seconds |")
+        print("| --- " * (len(grid) + 4) + "|")
         for r in rows:
             print(f"| {r['name']} | " + " | ".join(f"{100 * a:.0f}" for a in r["acc"])
                   + f" | {r['grad'] / len(y):.0f} | {r['forward_only'] / len(y):.0f} | {r['seconds']:.1f} |")
