@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.conftest import without_sweep  # noqa: E402  (the seed fixture's own reading of a node id)
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
 
@@ -42,7 +43,7 @@ def outcomes(report: Path) -> dict[str, list[bool]]:
     """{test (without its seed parameter): [passed?] per seed tried}."""
     found = defaultdict(list)
     for case in ET.parse(report).iter("testcase"):
-        name = re.sub(r"\[seed\d+\]$|-seed\d+(?=\]$)|(?<=\[)seed\d+-", "", case.get("name"))
+        name = without_sweep(case.get("name"))
         failed = case.find("failure") is not None or case.find("error") is not None
         if case.find("skipped") is None:
             found[f"{case.get('classname').rsplit('.', 1)[-1]}::{name}"].append(not failed)

@@ -64,7 +64,7 @@ NOISE_MAY_TRIP = {"restarts", "long_pgd", "protocol", "gradient_free"}
 
 
 # The ensemble's gradient-free stage (Square) sees through gross masking, so its accuracy at eps
-# 0.5 may now fall below the largest class share: bound may or may not warn there. Where the
+# 0.5 may fall below the largest class share: bound may or may not warn there. Where the
 # masking moves the number by only a few points (logits x 1e4 or x 18: Square finds 8-11 points
 # gradients missed, measured) gradient_free sits near its minimum effect: allowed either way.
 EITHER_BOUND = {"bound"}

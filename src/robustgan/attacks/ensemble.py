@@ -53,9 +53,7 @@ from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
 FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
 CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap
-# Successive halving over Square's queries: (fraction of the budget, share of the probe's points
-# that go on to it): all to 1/8, the half closest to fooled to 1/4, a quarter to 1/2, an eighth to the end
-SQUARE_HALVING = ((1 / 8, 1), (1 / 4, 1 / 2), (1 / 2, 1 / 4), (1, 1 / 8))
+
 CLOSE_RESTART = 0.5  # close enough for a second APGD-CE from a random start: half the gap closed
 HALVING = (4, 2, 1)  # targets 2-9 kept per point after APGD's first three checkpoints (22, 41, 57 of 100 steps)
 
@@ -240,19 +238,20 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                     advance(len(yb))
             gradients_correct[sl] = correct[sl]
             if queries:
-                forwards += gradient_free_stage(model, xb, yb, ids[sl], eps, correct[sl], clean_margin, queries, seed,
+                forwards += gradient_free_stage(model, xb, yb, ids[sl], eps, correct[sl], queries, seed,
                                                 None if examples is None else examples[:, sl])
     return WorstCase(eps, correct, clean, ensemble_names(int(targets), queries), grad_evals, time.perf_counter() - start,
                      examples, forwards, gradients_correct)
 
 
-def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tensor, clean_margin: torch.Tensor,
-                        queries: int, seed: int, examples: torch.Tensor | None = None) -> int:
+def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tensor, queries: int, seed: int,
+                        examples: torch.Tensor | None = None) -> int:
     """Square (``attacks.square``) on the points every gradient attack left robust, at the eps
     where it can still pay: first at each point's largest eps still robust (a point Square
     cannot fool there it is taken not to fool at smaller eps), then, where it succeeded, by
     bisection over the smaller robust eps of the grid for the smallest it fools. Each probe
-    shares ``queries`` per point by successive halving (``SQUARE_HALVING``). Updates
+    spends up to ``queries`` per point (fewer on a point it fools), decided per point, so a
+    batch or a shard gets what one process gets. Updates
     ``correct`` (n, len(eps), CPU) and ``examples`` in place; returns the forward passes spent."""
     grid = torch.tensor(eps)  # ascending
     usable = torch.isfinite(grid) & (grid > 0)
@@ -264,7 +263,7 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     while (active := (probe >= 0) & (lo <= probe)).any():
         idx = active.nonzero()[:, 0]
         eps_point = grid[probe[idx]].to(x.device, x.dtype)
-        fooled, x_adv, spent = _square_probe(model, x[idx], y[idx], ids[idx], eps_point, clean_margin[idx], queries, seed)
+        fooled, x_adv, spent = _square_probe(model, x[idx], y[idx], ids[idx], eps_point, queries, seed)
         forwards += spent
         for i, k, hit, example in zip(idx.tolist(), probe[idx].tolist(), fooled.cpu().tolist(), x_adv):
             if hit:
@@ -279,24 +278,12 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     return forwards
 
 
-def _square_probe(model, x, y, ids, eps, clean_margin, queries, seed):
-    """One Square run on a batch (eps one per point) with successive halving over queries: all
-    points to the first budget fraction of ``SQUARE_HALVING``, then the share closest to fooled
-    (margin / clean margin, invariant to scaling the logits) to the next. Returns (fooled,
-    best examples, forward passes)."""
+def _square_probe(model, x, y, ids, eps, queries, seed):
+    """One Square run on a batch (eps one per point): (fooled, best examples, forward passes)."""
     state = square_init(model, x, y, eps, seed, ids)
-    forwards, done = len(x), 0
     rows = torch.arange(len(x), device=x.device)
-    for fraction, share in SQUARE_HALVING:
-        live = rows[~state.fooled[rows]]
-        if not len(live):
-            break
-        ratio = state.margin[live] / clean_margin[live].clamp(max=-1e-12)
-        rows = live[ratio.argsort()[:max(1, math.ceil(share * len(x)))]]
-        end = int(fraction * queries)
-        forwards += square_steps(model, x, y, eps, state, rows, done, end, queries, seed, ids)
-        done = end
-    return state.fooled, state.x_best, forwards
+    spent = square_steps(model, x, y, eps, state, rows, 0, queries, queries, seed, ids)
+    return state.fooled, state.x_best, len(x) + spent
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
@@ -304,8 +291,9 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
                    ids: torch.Tensor | None = None, advance: Callable[[int], None] | None = None) -> torch.Tensor:
     """Each point's smallest fooling eps, narrowed by bisection between the largest grid eps
     it withstood and the smallest that fooled it (``rounds`` halvings of that gap, the
-    ensemble at each midpoint): an upper bound on the point's minimal adversarial L-inf
-    norm, within gap / 2**rounds of the best this ensemble finds. inf where never fooled."""
+    ensemble's gradient attacks at each midpoint): an upper bound on the point's minimal
+    adversarial L-inf norm, within gap / 2**rounds of the best those attacks find. inf where
+    never fooled."""
     upper = found.min_eps().clone()
     grid = torch.tensor([0.0, *found.eps])
     lower = grid[(grid[None, :] < upper[:, None]).sum(1) - 1].clamp(min=0)  # the largest grid eps below it
@@ -353,7 +341,7 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, devic
 
 
 @register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=_ensemble_label,
-                 mask=_ensemble_mask, version=7,  # 7: the gradient-free stage
+                 mask=_ensemble_mask, version=7,  # its numbers include the gradient-free stage
                  help="the worst case of APGD-CE, targeted APGD-DLR and Square per point (the default)")
 def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     found = worst_case(model, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,

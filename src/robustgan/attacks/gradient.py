@@ -132,6 +132,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         raise AttackError(f"PGD restarts must be positive, got {restarts}")
     if loss not in PGD_LOSSES:
         raise AttackError(f"PGD loss must be one of {', '.join(PGD_LOSSES)}, got {loss!r}")
+    if (loss == "kl" or noise is not None) and (best or restarts != 1):
+        raise AttackError("PGD's KL loss and a given start take one start and the last iterate (best=False)")
     x = x.detach()
     with attack_mode(model):
         if not best and restarts == 1:

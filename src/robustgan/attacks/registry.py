@@ -48,7 +48,7 @@ class AttackArgs:
     seed: int | None = None  # None: torch's global generator
     ids: torch.Tensor | None = None  # the batch's indices in the test set (per-point random starts)
     check: bool = True  # validate the inputs (one host sync)
-    queries: int | None = None  # the ensemble's gradient-free budget (None: its default; 0: none); not cached
+    queries: int | None = None  # the ensemble's gradient-free budget per point (None: 50 x steps; 0: none)
 
 
 @dataclass(frozen=True)

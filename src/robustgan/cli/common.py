@@ -25,8 +25,8 @@ STEPS = typer.Option(None, help="Steps per attack (default: " + "; ".join(
     f"{spec.steps} for {name}" for name, spec in ATTACKS.items() if spec.steps) + ")")
 ATTACK = typer.Option(DEFAULT_ATTACK, help=" | ".join(attack_names()) + " (ensemble: the worst case of APGD-CE and "
                       "targeted APGD-DLR per point; pgd --steps 40: the papers' protocol)")
-QUERIES = typer.Option(None, "--queries", help="The ensemble's gradient-free stage: Square queries per point and "
-                       "probe (default 50 x --steps: 5000, AutoAttack's; 0 turns the stage off)")
+QUERIES = typer.Option(None, "--queries", help="The ensemble's gradient-free stage: at most this many Square queries "
+                       "per point and probe (default 50 x the ensemble's steps: 5000, AutoAttack's; 0 turns it off)")
 TARGETS = typer.Option(DEFAULT_TARGETS, "--targets",
                        help="Target classes of the ensemble's targeted APGD, ranked at each point's worst example; "
                             "targets after the first only on points close to fooled (0: APGD-CE only)")

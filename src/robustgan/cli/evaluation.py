@@ -15,7 +15,7 @@ from rich.table import Table
 from robustgan import distributed
 from robustgan.attacks import ATTACKS, attack_label
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, STEPS, TARGETS,
-                                  WEIGHTS, at_least_zero, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
+                                  WEIGHTS, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
                                   out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs)
 from robustgan.eps import format_eps, grid_for
@@ -89,6 +89,8 @@ def eval_(
                     show=here.is_main) as ctx:
         curve = compute_curve(run, eps_list, ctx, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
                               targets=targets, queries=queries, protocol=protocol, channels_last=channels_last)
+        require(not min_norm or curve.settings["attack"] == "ensemble",
+                f"--min-norm needs the ensemble; this model is randomized, evaluated with {curve.settings['attack']}")
         distances = min_norm_distances(run, curve, ctx) if min_norm else None
     if not here.is_main:
         return
@@ -241,7 +243,7 @@ def check(
     for option, value in (("--steps", steps), ("--long-steps", long_steps), ("--autoattack-limit", autoattack_limit)):
         positive(option, value)
     check_common(limit=limit, restarts=restarts, queries=queries)
-    at_least_zero("--targets", targets)
+    check_attack("ensemble", None, targets)
     require(tol is None or 0 <= tol <= 1, f"--tol must be in [0, 1], got {tol}")
     require(long_steps > steps, f"--long-steps ({long_steps}) must exceed --steps ({steps})")
     check_ensemble_steps(ensemble_steps, out_console, "bound and autoattack may warn falsely, protocol understates "

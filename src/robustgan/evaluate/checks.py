@@ -80,13 +80,13 @@ class CheckSettings:
     alpha: float = ALPHA
     zero_tol: float = 0.05
     unbounded_steps: int = 100
-    batch_size: int = 256
+    batch_size: int = 256  # check_run: the context's
     autoattack: bool = True
     autoattack_limit: int = 200
-    seed: int = 0  # the attacks' random starts, drawn per point
+    seed: int = 0  # the attacks' random starts, drawn per point (check_run: the context's)
     cache: EvalCache | None = None  # a run's evaluation cache: attacks measured there are reused
     reported: dict = field(default_factory=dict)  # {eps: accuracy} of cached curve points (bound check)
-    curve_eps: list = field(default_factory=list)  # every eps of the run's cached curves (gradient_free check)
+    curve_eps: list = field(default_factory=list)  # every eps the run's ensemble results are cached at (gradient_free)
     memo: dict = field(default_factory=dict, repr=False)  # measurements shared between checks
 
     def min_effect(self, name: str) -> float:
@@ -235,8 +235,11 @@ def check_gradient_free(model, x, y, s, device) -> CheckResult:
     """Per eps of the check's eps and the cached curves' (ascending, warm-started as a curve is),
     the paired rule on the points the ensemble's gradient attacks left robust against those the
     whole ensemble (with Square) left: warns if at any eps Square found beyond chance and the
-    minimum effect more than gradients did. Reports the eps with the largest gap."""
+    minimum effect more than gradients did (no correction for testing several eps: a curve
+    with more eps warns a little more readily). Reports the eps with the largest gap."""
     grid = sorted({float(s.eps), *s.curve_eps} - {0.0, math.inf})
+    if not grid:
+        return skipped("gradient_free", "no bounded eps to check")
     found = worst_case(model, x, y, grid, steps=s.ensemble_steps, targets=s.targets, seed=s.seed,
                        batch_size=s.batch_size, device=device, queries=s.queries)
     s.memo[("worst_case", id(model), len(y))] = found  # the ensemble's results at these eps, for the other checks
