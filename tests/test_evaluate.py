@@ -161,13 +161,13 @@ def test_report_command_writes_one_self_contained_page(digits_runs, tmp_path):
     runs = [str(copy_run(digits_runs / name, tmp_path / name)) for name in ("standard", "pgd")]  # it writes caches
     done = runner.invoke(app, ["report", *runs, "--out", str(out),
                                "--eps", "0.1,0.3", "--steps", "2", "--limit", "16", "--targets", "0",
-                               "--ensemble-steps", "5"])
+                               "--ensemble-steps", "5", "--queries", "50"])
     assert done.exit_code == 0, done.output
     page = out.read_text()
     # curves + frontier + saliency + one training figure per run
     assert page.count("<img ") == 5 and "src=\"http" not in page and "Robustness curves" in page
     assert "n = 16 test images" in page and "Robustness against training cost" in page
-    assert "worst case of APGD-CE + Square (250 queries), 5 steps" in page  # the caption names the ensemble's budget
+    assert "worst case of APGD-CE + Square (50 queries), 5 steps" in page  # the caption names the ensemble's budget
 
 
 def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
@@ -176,7 +176,8 @@ def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
 
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
-    settings = CheckSettings(eps=0.2, steps=3, long_steps=5, restarts=2, targets=1, ensemble_steps=3, autoattack=False)
+    settings = CheckSettings(eps=0.2, steps=3, long_steps=5, restarts=2, targets=1, ensemble_steps=3, autoattack=False,
+                             queries=30)
     results = check_run(run, settings, EvalContext(limit=32), surrogate="auto", surrogate_epochs=1)
     transfer = next(r for r in results if r.name == "transfer")
     assert transfer.status != "skipped" and 0 <= transfer.values["alt"] <= 1  # alt: accuracy under the transfer

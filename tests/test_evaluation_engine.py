@@ -147,7 +147,8 @@ def test_ensemble_invariants(robust_tiny, digits, seed):
     _, _, xt, yt = digits
     x, y = xt[:96], yt[:96]
     grid = [0.05, 0.15, 0.25, 0.3]
-    found = worst_case(robust_tiny, x, y, grid[::-1], steps=20, targets=2, keep_examples=True, seed=seed)
+    # a short gradient-free stage: its examples are stored too
+    found = worst_case(robust_tiny, x, y, grid[::-1], steps=20, targets=2, keep_examples=True, seed=seed, queries=200)
     assert found.eps == grid
     assert (found.correct[:, 1:] <= found.correct[:, :-1]).all() and (found.correct[:, 0] <= found.clean).all()
     for k, eps in enumerate(grid):

@@ -160,7 +160,8 @@ def test_run_card_with_checks(digits_runs, tmp_path, monkeypatch, capsys):
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
     done = run_main(["check", run, "--eps", "0.2", "--steps", "5", "--long-steps", "10", "--restarts", "2",
-                     "--limit", "32", "--no-autoattack", "--targets", "1", "--ensemble-steps", "10"], monkeypatch, capsys)
+                     "--limit", "32", "--no-autoattack", "--targets", "1", "--ensemble-steps", "10", "--queries", "50"],
+                    monkeypatch, capsys)
     assert done.returncode in (0, 1), done.stderr
     done = run_main(["card", run, "--eps", "0.1,0.2", "--steps", "10", "--limit", "32", "--targets", "1", "--queries",
                      "50"], monkeypatch, capsys)

@@ -81,6 +81,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     device = resolve_device("auto")
     limit, steps = (16, 3) if quick else (40, 40)  # checks: PGD-40 (PGD-20 under-attacked ATGAN by up to 8 points)
     targets = 1 if quick else DEFAULT_TARGETS  # quick: a smoke test of every stage, not a measurement
+    queries = 30 if quick else None  # the gradient-free stage: quick runs it briefly
     runs = {}
     for i, name in enumerate(RUNS, 1):
         console.rule(f"[bold]{i}/{len(RUNS)}: training {name}")
@@ -88,7 +89,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     console.rule("[bold]robustness curves")
     with evaluation(device, limit=limit, console=console) as ctx:
         # the worst-case ensemble (in the quick demo: 3 steps per attack), the papers' PGD-40 beside it
-        curves = {n: compute_curve(r, EPS_GRID, ctx, steps=steps if quick else None, targets=targets)
+        curves = {n: compute_curve(r, EPS_GRID, ctx, steps=steps if quick else None, targets=targets, queries=queries)
                   for n, r in runs.items()}
     console.rule("[bold]gradient-masking checks")
     checks = {}
@@ -96,7 +97,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         # the same images and attacks as the curves at eps 0.2 (read from the run's cache)
         surrogate = runs["pgd_at"] if name == "standard" else runs["standard"]
         settings = CheckSettings(eps=0.2, steps=steps, long_steps=10 if quick else 60, restarts=2, autoattack=False,
-                                 ensemble_steps=steps if quick else 100, targets=targets)
+                                 ensemble_steps=steps if quick else 100, targets=targets, queries=queries)
         results = check_run(run, settings, EvalContext(device, limit=limit), surrogate=str(surrogate))
         checks[name] = ("WARN: " if overall_status(results) == "warn" else "") + summary_line(results)
         console.print(f"{name:>9}: {checks[name]}")
@@ -104,7 +105,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     console.rule("[bold]report")
     with evaluation(device, limit=limit, console=console) as ctx:
         report = build_report(list(runs.values()), out / "report.html", ctx, eps_grid=EPS_GRID, steps=steps,
-                              curve_steps=steps if quick else None, targets=targets, index=3)
+                              curve_steps=steps if quick else None, targets=targets, queries=queries, index=3)
     first = next(iter(curves.values()))
     table = Table(title=f"digits test set (first {limit} images): {attack_label(first.settings)}; "
                         f"in parentheses {first.settings['protocol'].upper()}, the papers' protocol")
