@@ -15,7 +15,7 @@ import torch
 
 from robustgan.attacks import ATTACKS, AttackArgs, AttackError, attack_label, attack_names, register_attack, robust_mask
 from robustgan.evaluate.cache import EvalCache, cache_key, cached_mask, mask_settings
-from tests.helpers import CONFIGS, run_main, tiny_cnn
+from tests.helpers import CONFIGS, copy_run, run_main, tiny_cnn
 
 BUILT_IN = ("ensemble", "apgd-ce", "apgd-dlr", "autoattack", "fgsm", "pgd", "pgd-dlr", "pgd-unsaturated", "square", "eot")
 # a value of each key setting other than its default
@@ -95,12 +95,10 @@ def test_an_incomplete_attack_fails_at_registration(entry, problem):
         register_attack("pgd", help="again")(lambda *a: None)
 
 
-def test_a_toy_attack_added_through_the_registry_runs_everywhere(toy_attack, tmp_path, monkeypatch, capsys, seed):
+def test_a_toy_attack_added_through_the_registry_runs_everywhere(toy_attack, digits_runs, tmp_path, monkeypatch, capsys,
+                                                                 seed):
     """Registered in the fixture and nowhere else: robust_mask, the cache (its steps in the key),
     the label and `robustgan eval --attack toy` all take it."""
-    from robustgan.config import load_config
-    from robustgan.train import fit
-
     model = tiny_cnn().eval()
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     mask = robust_mask(model, x, y, attack=toy_attack, eps=0.2, seed=seed)
@@ -111,9 +109,7 @@ def test_a_toy_attack_added_through_the_registry_runs_everywhere(toy_attack, tmp
     assert keys[0]["attack"] == "toy" and keys[0]["steps"] == 3
     assert attack_label({"attack": "toy", "steps": 5}) == "TOY-5"
 
-    run = tmp_path / "run"
-    fit(load_config(CONFIGS / "standard-digits.toml", ["train.epochs=1", "data.train_limit=128", "train.eval_limit=16",
-                                                       "train.device=cpu"]), run, quiet=True)
+    run = copy_run(digits_runs / "standard", tmp_path / "run")
     done = run_main(["eval", run, "--attack", "toy", "--eps", "0.1,0.3", "--limit", "24", "--json"], monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
