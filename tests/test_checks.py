@@ -68,10 +68,15 @@ NOISE_MAY_TRIP = {"restarts", "long_pgd", "protocol", "gradient_free"}
 # masking moves the number by only a few points (logits x 1e4 or x 18: Square finds 8-11 points
 # gradients missed, measured) gradient_free sits near its minimum effect: allowed either way.
 EITHER_BOUND = {"bound"}
+# On the wrappers Square sees through, the protocol gap (PGD-10 against the ensemble) depends on
+# how much the tests' 100-query stage finds: measured 26-35 points against protocol's 25; and
+# white-box PGD still works a little there, so transfer's gap is a few points (80-83% against
+# 85-88%), near its minimum effect. Both allowed either way.
+NEAR_GROSS = EITHER_BOUND | {"protocol", "transfer"}
 
 
 @pytest.mark.parametrize("wrap,trips,may_trip,n", [
-    (RoundInputs, {"gradients", "unbounded", "transfer", "gradient_free", "protocol"}, EITHER_BOUND, GROSS_N),
+    (RoundInputs, {"gradients", "unbounded", "gradient_free"}, NEAR_GROSS, GROSS_N),
     (lambda m: ScaledLogits(m, 1e4), {"gradients", "loss_invariance", "scale", "unbounded", "protocol", "transfer"},
      {"gradient_free"}, GROSS_N),
     # every other check passes; DLR-PGD is itself a point or two weaker than CE-PGD on a PGD-AT
@@ -82,9 +87,8 @@ EITHER_BOUND = {"bound"}
     # from the surrogate beats it by a few points, near transfer's minimum effect: either way
     (SaturatedSoftmax, {"logits", "gradients", "unbounded", "gradient_free"}, EITHER_BOUND | {"protocol", "transfer"},
      GROSS_N),
-    (lambda m: ShatteredGradients(m, seed=0), {"unbounded", "transfer", "gradient_free", "protocol"}, EITHER_BOUND,
-     GROSS_N),
-    (ThresholdInputs, {"gradients", "unbounded", "transfer", "gradient_free", "protocol"}, EITHER_BOUND, GROSS_N),
+    (lambda m: ShatteredGradients(m, seed=0), {"unbounded", "gradient_free"}, NEAR_GROSS, GROSS_N),
+    (ThresholdInputs, {"gradients", "unbounded", "gradient_free"}, NEAR_GROSS, GROSS_N),
 ], ids=["quantised", "logits-x1e4", "logits-x-moderate", "noise", "softmax", "shattered", "threshold"])
 @pytest.mark.statistical
 def test_planted_masking_trips_its_checks(wrap, trips, may_trip, n, robust_tiny, trained_tiny, digits, seed):
