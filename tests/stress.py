@@ -54,6 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--no-orders", action="store_true", help="only the seed sweep")
+    parser.add_argument("-k", dest="select", default="", help="only the statistical tests pytest -k selects")
     args = parser.parse_args()
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +62,7 @@ def main() -> int:
         for threads, schedule in ((1, ["-n", "2"]), (2, ["-p", "no:xdist"])):
             print(f"seed sweep: {args.seeds} seeds at {threads} thread(s) ...", flush=True)
             report = Path(tmp) / f"sweep{threads}.xml"
-            code, seconds = run(["-m", "statistical", *schedule],
+            code, seconds = run(["-m", "statistical", *(["-k", args.select] if args.select else []), *schedule],
                                 {"ROBUSTGAN_TEST_SEEDS": str(args.seeds)}, report)
             sweeps[threads] = outcomes(report)
             failed |= code != 0
