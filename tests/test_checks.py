@@ -73,10 +73,14 @@ EITHER_BOUND = {"bound"}
 # white-box PGD still works a little there, so transfer's gap is a few points (80-83% against
 # 85-88%), near its minimum effect. Both allowed either way.
 NEAR_GROSS = EITHER_BOUND | {"protocol", "transfer"}
+# Where input gradients are exactly zero (quantised, thresholded inputs) FGSM stays at the clean
+# image while PGD scores only its random start, which can land a misclassified point back on
+# the right side: FGSM "wins" on a handful of points (9 vs 0 at one seed of 20), either way.
+ZERO_GRADIENTS = NEAR_GROSS | {"fgsm_vs_pgd"}
 
 
 @pytest.mark.parametrize("wrap,trips,may_trip,n", [
-    (RoundInputs, {"gradients", "unbounded", "gradient_free"}, NEAR_GROSS, GROSS_N),
+    (RoundInputs, {"gradients", "unbounded", "gradient_free"}, ZERO_GRADIENTS, GROSS_N),
     (lambda m: ScaledLogits(m, 1e4), {"gradients", "loss_invariance", "scale", "unbounded", "protocol", "transfer"},
      {"gradient_free"}, GROSS_N),
     # every other check passes; DLR-PGD is itself a point or two weaker than CE-PGD on a PGD-AT
@@ -88,7 +92,7 @@ NEAR_GROSS = EITHER_BOUND | {"protocol", "transfer"}
     (SaturatedSoftmax, {"logits", "gradients", "unbounded", "gradient_free"}, EITHER_BOUND | {"protocol", "transfer"},
      GROSS_N),
     (lambda m: ShatteredGradients(m, seed=0), {"unbounded", "gradient_free"}, NEAR_GROSS, GROSS_N),
-    (ThresholdInputs, {"gradients", "unbounded", "gradient_free"}, NEAR_GROSS, GROSS_N),
+    (ThresholdInputs, {"gradients", "unbounded", "gradient_free"}, ZERO_GRADIENTS, GROSS_N),
 ], ids=["quantised", "logits-x1e4", "logits-x-moderate", "noise", "softmax", "shattered", "threshold"])
 @pytest.mark.statistical
 def test_planted_masking_trips_its_checks(wrap, trips, may_trip, n, robust_tiny, trained_tiny, digits, seed):
