@@ -33,8 +33,8 @@ STEP_SIZE = typer.Option(None, "--step-size", help="PGD step (default 2.5*eps/st
 RESTARTS = typer.Option(1, help="PGD random restarts (each sample keeps its worst case)")
 
 
-# 61 lines, 23 of them the typer signature (one option a line, as in every command here); the
-# body is validate, evaluate, print, with check_eval_options, eval_table and eval_json as its pieces.
+# Over 60 lines, most of them the typer signature (one option a line, as in every command here);
+# the body is validate, evaluate, print, with check_eval_options, eval_table and eval_json as its pieces.
 def eval_(
     run: Optional[Path] = typer.Argument(None, help="Run directory (or --model ...)"),
     attack: str = ATTACK,

@@ -25,7 +25,7 @@ from robustgan import models
 from robustgan.errors import ConfigError
 from robustgan.methods.base import (GeneratorOptimConfig, Method, batch_accuracy, build_classifier, frozen,
                                     make_optimizer, register_method, update)
-from robustgan.methods.pgd_at import InnerAttackConfig, make_adversarial
+from robustgan.methods.pgd_at import InnerAttackConfig, InnerAttackContract, make_adversarial
 from robustgan.methods.standard import clean_config
 
 GENERATOR_FOR_DATASET = {"mnist": "atgan_g_mnist", "digits": "atgan_g_mnist", "synthetic": "atgan_g_mnist",
@@ -92,17 +92,9 @@ PINNED_ACC = 0.995  # an epoch's real and fake discriminator accuracies both abo
 
 
 @register_method
-class ATGAN(Method):
+class ATGAN(InnerAttackContract, Method):
     name = "atgan"
     Config = ATGANConfig
-
-    @classmethod
-    def train_eps(cls, cfg):
-        return cfg.method.eps
-
-    @classmethod
-    def label(cls, cfg):
-        return cls.name + ("-frac" if cfg.method.frac < 1 else "")  # FracAT
 
     @classmethod
     def architecture(cls, cfg):

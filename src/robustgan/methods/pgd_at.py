@@ -72,10 +72,11 @@ class PGDATConfig(InnerAttackConfig):
     name: str = "pgd_at"
 
 
-@register_method
-class PGDAT(Standard):
-    name = "pgd_at"
-    Config = PGDATConfig
+class InnerAttackContract:
+    """What a method whose [method] is an ``InnerAttackConfig`` states: its eps_t, and "-frac"
+    after its name under FracAT (paper 000 Sec. 4.2)."""
+
+    name: str
 
     @classmethod
     def train_eps(cls, cfg):
@@ -83,7 +84,13 @@ class PGDAT(Standard):
 
     @classmethod
     def label(cls, cfg):
-        return cls.name + ("-frac" if cfg.method.frac < 1 else "")  # FracAT
+        return cls.name + ("-frac" if cfg.method.frac < 1 else "")
+
+
+@register_method
+class PGDAT(InnerAttackContract, Standard):
+    name = "pgd_at"
+    Config = PGDATConfig
 
     def step(self, x, y):
         mcfg = self.cfg.method
