@@ -19,7 +19,7 @@ import torch
 
 import robustgan
 from robustgan.config import load_config
-from robustgan.evaluate import robust_accuracy
+from robustgan.evaluation import robust_accuracy
 from robustgan.runs import RunDir
 from robustgan.train import fit
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 import robustgan
 from robustgan.config import load_config
-from robustgan.evaluate import robust_accuracy
-from robustgan.evaluate.checks import CheckSettings, check_scale
+from robustgan.evaluation import robust_accuracy
+from robustgan.evaluation.checks import CheckSettings, check_scale
 from robustgan.methods import Geometry, method_class
 from robustgan.runs import RunDir
 from robustgan.train import fit

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robustgan.attacks import AttackError, fgsm, pgd
-from robustgan.evaluate.paired import paired
+from robustgan.evaluation.paired import paired
 from tests.helpers import accuracy, tiny_cnn
 
 

@@ -11,8 +11,8 @@ import torch
 import robustgan
 from robustgan.attacks import robust_accuracy
 from robustgan.config import ScheduleConfig, load_config
-from robustgan.evaluate.curves import Curve
-from robustgan.evaluate.frontier import frontier_points
+from robustgan.evaluation.curves import Curve
+from robustgan.evaluation.frontier import frontier_points
 from robustgan.methods.fgsm_rs import single_step_example
 from robustgan.methods.trades import trades_adversarial, trades_kl
 from robustgan.runs import RunDir
@@ -87,13 +87,13 @@ def test_baselines_learn_above_their_bars_and_fgsm_rs_does_not_collapse(baseline
 
 
 def test_frontier_marks_the_runs_nobody_beats(monkeypatch):
-    import robustgan.evaluate.frontier
+    import robustgan.evaluation.frontier
 
     def curve(run, acc):
         return Curve(run=run, method="m", eps_t=0.2, eps=[0.2], acc=[acc], clean=0.9, n=100)
 
     costs = {"cheap": 10, "dear": 100, "worse": 100, "robust": 1000}
-    monkeypatch.setattr(robustgan.evaluate.frontier, "training_cost",
+    monkeypatch.setattr(robustgan.evaluation.frontier, "training_cost",
                         lambda run: {"passes_per_image": costs[run], "seconds": 1.0})
     points = frontier_points([curve("cheap", 0.1), curve("dear", 0.5), curve("worse", 0.4), curve("robust", 0.6)], 0.2)
     assert {p.run: p.on_front for p in points} == {"cheap": True, "dear": True, "worse": False, "robust": True}

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from robustgan.attacks.apgd import margin
-from robustgan.evaluate.checks import (MIN_EFFECT, CheckResult, CheckSettings, _ensemble, _pgd, check_gradients,
+from robustgan.evaluation.checks import (MIN_EFFECT, CheckResult, CheckSettings, _ensemble, _pgd, check_gradients,
                                        check_model, check_scale, overall_status, summary_line)
-from robustgan.evaluate.paired import ALPHA, paired, sign_test
+from robustgan.evaluation.paired import ALPHA, paired, sign_test
 from robustgan.report.html import check_html
 from robustgan.runs import RunDir
 from tests.planted import (NaNGradients, NoisyInputs, RoundInputs, SaturatedSoftmax, ScaledLogits,
@@ -238,8 +238,8 @@ def test_report_shows_skipped_checks_in_a_neutral_colour(tmp_path):
 def test_bound_check_holds_cached_curve_points_to_the_largest_class_share(trained_tiny, digits, tmp_path):
     """A curve point at eps >= 0.5 above the largest class share (14.2% on digits) is an
     evaluation bug whatever the attack said: the bound check reads the run's cache for them."""
-    from robustgan.evaluate.cache import EvalCache
-    from robustgan.evaluate.checks import check_bound, reported_accuracies
+    from robustgan.evaluation.cache import EvalCache
+    from robustgan.evaluation.checks import check_bound, reported_accuracies
 
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)

@@ -35,7 +35,7 @@ def test_predict_returns_the_models_own_prediction(digits_runs, tmp_path):
     from PIL import Image
 
     import robustgan
-    from robustgan.evaluate.predict import load_image
+    from robustgan.evaluation.predict import load_image
 
     x, _ = robustgan.data.load("digits", split="test")
     model = robustgan.load(digits_runs / "pgd")

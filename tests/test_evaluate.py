@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 import robustgan
 from robustgan.cli import app
 from robustgan.config import load_config
-from robustgan.evaluate.curves import area
-from robustgan.evaluate.saliency import saliency
+from robustgan.evaluation.curves import area
+from robustgan.evaluation.saliency import saliency
 from robustgan.runs import RunDir
 from robustgan.sweep import run_sweep
 from tests.helpers import CONFIGS, copy_run, run_main
@@ -171,8 +171,8 @@ def test_report_command_writes_one_self_contained_page(digits_runs, tmp_path):
 
 
 def test_auto_surrogate_is_an_independent_clean_run(digits_runs, tmp_path):
-    from robustgan.evaluate.checks import CheckSettings, check_run
-    from robustgan.evaluate.context import EvalContext
+    from robustgan.evaluation.checks import CheckSettings, check_run
+    from robustgan.evaluation.context import EvalContext
 
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)

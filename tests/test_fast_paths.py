@@ -17,7 +17,7 @@ from tests.helpers import CONFIGS
 
 
 def test_channels_last_eval_gives_the_same_accuracy(trained_tiny, digits):
-    from robustgan.evaluate import robust_accuracy
+    from robustgan.evaluation import robust_accuracy
 
     _, _, xt, yt = digits
     model = copy.deepcopy(trained_tiny)

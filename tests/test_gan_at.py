@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 import robustgan
 from robustgan.config import load_config
-from robustgan.evaluate import robust_accuracy
-from robustgan.evaluate.checks import CheckSettings, check_scale
-from robustgan.evaluate.trends import run_trends
+from robustgan.evaluation import robust_accuracy
+from robustgan.evaluation.checks import CheckSettings, check_scale
+from robustgan.evaluation.trends import run_trends
 from robustgan.methods import Geometry, method_class
 from robustgan.methods.gan_at import FORMULATIONS
 from tests.helpers import changed, snapshot

@@ -9,7 +9,7 @@ import shutil
 import jsonschema
 import pytest
 
-from robustgan.evaluate.card import SCHEMA
+from robustgan.evaluation.card import SCHEMA
 from tests.helpers import assert_one_line, copy_run, run_main
 
 FACTORIES = '''

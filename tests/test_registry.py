@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from robustgan.attacks import ATTACKS, AttackArgs, AttackError, attack_label, attack_names, register_attack, robust_mask
-from robustgan.evaluate.cache import EvalCache, cache_key, cached_mask, mask_settings
+from robustgan.evaluation.cache import EvalCache, cache_key, cached_mask, mask_settings
 from tests.helpers import CONFIGS, copy_run, run_main, tiny_cnn
 
 BUILT_IN = ("ensemble", "apgd-ce", "apgd-dlr", "autoattack", "fgsm", "pgd", "pgd-dlr", "pgd-unsaturated", "square", "eot")

@@ -322,7 +322,7 @@ def test_bad_input_on_the_command_line(tmp_path, digits_runs, args, message, mon
 
 def test_nan_and_out_of_range_images_are_refused_by_attacks(trained_tiny, digits):
     from robustgan.attacks import AttackError, fgsm, pgd
-    from robustgan.evaluate import robust_accuracy
+    from robustgan.evaluation import robust_accuracy
 
     _, _, xt, yt = digits
     x, y = xt[:8].clone(), yt[:8]

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 import robustgan
 from robustgan.config import load_config
 from robustgan.errors import RunError
-from robustgan.evaluate import robust_accuracy
+from robustgan.evaluation import robust_accuracy
 from robustgan.runs import RunDir, load_state, save_state
 from robustgan.train import fit
 

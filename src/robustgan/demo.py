@@ -16,12 +16,12 @@ from rich.table import Table
 
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import load_config
-from robustgan.evaluate.context import EvalContext, evaluation
-from robustgan.evaluate.checks import CheckSettings, check_run, overall_status, summary_line
+from robustgan.evaluation.context import EvalContext, evaluation
+from robustgan.evaluation.checks import CheckSettings, check_run, overall_status, summary_line
 from robustgan.attacks import attack_label
-from robustgan.evaluate.curves import area, caption, compute_curve
-from robustgan.evaluate.frontier import frontier_points, plot_frontier
-from robustgan.evaluate.frontier import frontier_table as table_of_points
+from robustgan.evaluation.curves import area, caption, compute_curve
+from robustgan.evaluation.frontier import frontier_points, plot_frontier
+from robustgan.evaluation.frontier import frontier_table as table_of_points
 from robustgan.report.html import build_report
 from robustgan.runtime import resolve_device, training_cost
 from robustgan.train import fit

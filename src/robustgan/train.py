@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from robustgan import data, distributed
 from robustgan.attacks import robust_accuracy
-from robustgan.config import Config
+from robustgan.config import Config, load_config
 from robustgan.errors import Diverged, Interrupted, RunError
 from robustgan.methods import Method, method_class
 from robustgan.monitor import OverfitGuard, PassCounter, build_guard
@@ -58,12 +58,15 @@ class Training:
 
 
 # ------------------------------------------------------------------ the story
-def fit(cfg: Config | None, out: str | Path, *, resume: bool = False, quiet: bool = False,
-        stop_after: int | None = None, data_root: str | None = None) -> RunDir:
-    """Train ``cfg`` into run directory ``out``; with ``resume`` continue from its
-    checkpoint (using the run's saved config). ``stop_after`` ends this invocation after
+def fit(cfg: Config | str | Path | None, out: str | Path, *, resume: bool = False, quiet: bool = False,
+        stop_after: int | None = None, data_root: str | None = None, overrides: list[str] = ()) -> RunDir:
+    """Train ``cfg`` (a Config, or a TOML file read with ``overrides`` such as
+    "train.epochs=3") into run directory ``out``; with ``resume`` continue from its
+    checkpoint (using the run's saved config). ``robustgan.fit`` from a notebook. ``stop_after`` ends this invocation after
     that many epochs (the run stays resumable). Returns the run directory. On glibc it also
     keeps freed CPU memory in the process from then on (``runtime.keep_freed_memory``)."""
+    if isinstance(cfg, (str, Path)):
+        cfg = load_config(cfg, list(overrides))
     keep_freed_memory()
     run = RunDir(out)
     cfg, resume = resolve_start(run, cfg, resume, data_root)

@@ -15,7 +15,7 @@ import robustgan.attacks.eot  # noqa: F401
 import robustgan.attacks.gradient  # noqa: F401
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.registry import AttackArgs, default_step_size, get_attack
-from robustgan.attacks.threat import check_images
+from robustgan.attacks.threat import check_images, model_device
 
 __all__ = ["attack_batch", "robust_mask", "robust_accuracy", "default_step_size"]
 
@@ -36,7 +36,7 @@ def attack_batch(model, x, y, attack: str, eps: float, steps: int | None = None,
 
 def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "ensemble", eps: float = 0.0,
                 steps: int | None = None, step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS,
-                seed: int | None = None, ids: torch.Tensor | None = None, batch_size: int = 256, device="cpu",
+                seed: int | None = None, ids: torch.Tensor | None = None, batch_size: int = 256, device=None,
                 num_classes: int = 10, advance: Callable[[int], None] | None = None, channels_last: bool = False,
                 source: nn.Module | None = None, queries: int | None = None) -> torch.Tensor:
     """Which test points ``model`` (eval mode) still classifies correctly under ``attack`` (a
@@ -49,7 +49,8 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
     ones, 40 for PGD). ``queries``: the ensemble's gradient-free budget (None: its default, 0:
     gradient attacks only). ``advance(k)`` is called as each batch of k points is done.
     ``channels_last`` converts the model (in place) and the batches to that memory format:
-    faster convolutions, same numbers up to float rounding."""
+    faster convolutions, same numbers up to float rounding. ``device`` defaults to the model's."""
+    device = model_device(model) if device is None else device
     spec = None if attack == "none" or eps == 0 else get_attack(attack)
     model.eval()
     source = model if source is None else source.eval()

@@ -28,6 +28,14 @@ The thresholds were set on the digits PGD-AT and ATGAN presets (docs/evaluation.
 measurements): a model whose fooled points stay far from the boundary until the last step may
 need ``close=1, halving=False`` (every target on every point, all its steps).
 
+What keeps the decision cannot move the result (docs/evaluation.md): APGD-CE's loss is the
+cross-entropy of standardized logits (``losses.standardized``) and APGD-T's is DLR, both
+invariant to scaling the logits and to shifting each point's; the gating and the worst-case
+choice compare margins only by sign and ratio; Square's margins only by order; and a model
+whose outputs are probabilities is attacked through their logarithm (``LogProbabilities``).
+So logits times any constant, their log-softmax or their softmax give the unwrapped model's
+result, up to float rounding.
+
 Two savings that change cost, not results:
 - monotonicity: a point fooled at eps_k is fooled at every larger eps (the same example lies
   in the larger ball), so only still-robust points are attacked at the next eps;
@@ -48,7 +56,7 @@ import torch.nn as nn
 from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.registry import QUERIES_PER_STEP, AttackArgs, register_attack
 from robustgan.attacks.square import square_init, square_steps
-from robustgan.attacks.threat import AttackError, attack_mode, check_eps
+from robustgan.attacks.threat import AttackError, attack_mode, check_eps, model_device
 
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
 FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
@@ -84,6 +92,24 @@ class WorstCase:
         grid = torch.tensor([0.0, *self.eps, math.inf])
         table = torch.cat([self.clean[:, None], self.correct, torch.zeros(len(self.clean), 1, dtype=torch.bool)], 1)
         return grid[(~table).float().argmax(1)]
+
+
+class LogProbabilities(nn.Module):
+    """The log of a model's probability outputs: its logits up to a per-point shift, which no
+    loss or margin of the ensemble sees. Probabilities that round to 0 become log(tiny) = -87.3."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float().clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def is_probabilities(outputs: torch.Tensor) -> bool:
+    """Every row in [0, 1] and summing to 1 (to 1e-3): a softmax's output, not logits."""
+    outputs = outputs.float()
+    return bool(((outputs >= 0) & (outputs <= 1)).all() and ((outputs.sum(1) - 1).abs() <= 1e-3).all())
 
 
 def ensemble_names(targets: int, queries: int = 0) -> list[str]:
@@ -184,15 +210,15 @@ def attack_runs(targets: int, seed: int, warm_start: bool = False, close: float 
     rest = tuple(range(FIRST_TARGETS + 1, int(targets) + 1))
     targeted = first + ([AttackRun("dlr-targeted", rest, seed, close, False, HALVING if halving else None)]
                         if rest else [])
-    restart = [AttackRun("ce", (), seed, CLOSE_RESTART, False)] if warm_start else []
-    return [AttackRun("ce", (), seed, None, warm_start), *targeted, *restart]
+    restart = [AttackRun("ce-standardized", (), seed, CLOSE_RESTART, False)] if warm_start else []
+    return [AttackRun("ce-standardized", (), seed, None, warm_start), *targeted, *restart]
 
 
-def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], *, steps: int = 100,
+def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float] | float, *, steps: int = 100,
                targets: int = DEFAULT_TARGETS, restarts: int = 1, seed: int = 0, warm_start: bool = True,
                early_stop: bool = True, close: float = CLOSE, halving: bool = True,
                keep_examples: bool = False, batch_size: int = 256,
-               device="cpu", ids: torch.Tensor | None = None, known_fooled: torch.Tensor | None = None,
+               device=None, ids: torch.Tensor | None = None, known_fooled: torch.Tensor | None = None,
                advance: Callable[[int], None] | None = None, queries: int | None = None) -> WorstCase:
     """Run the ensemble on x (uint8 or float in [0, 1]) at every eps of ``eps`` (sorted here);
     ``close`` is the closeness threshold of targets 2.. (1: every target on every point);
@@ -202,9 +228,11 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     ``ids`` are the points' indices in the test set (their random starts are drawn from
     them, so a shard or a batch gets what one process would); ``known_fooled`` (n, len(eps))
     marks points already known to be fooled at an eps (from cached smaller eps): they are
-    not attacked there. ``advance(k)`` is called with the points done, per batch and eps."""
+    not attacked there. ``advance(k)`` is called with the points done, per batch and eps.
+    ``device`` defaults to the model's."""
     start = time.perf_counter()
-    eps = sorted(check_eps(e) for e in eps)
+    device = model_device(model) if device is None else device
+    eps = sorted(check_eps(e) for e in ([eps] if isinstance(eps, (int, float)) else eps))
     if int(steps) <= 0 or int(targets) < 0 or int(restarts) <= 0:
         raise AttackError(f"steps and restarts must be positive and targets >= 0, got {steps}, {targets}, {restarts}")
     if keep_examples and known_fooled is not None:
@@ -221,6 +249,8 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
         for sl, xb, yb in batches(x, y, batch_size, device):
             with torch.no_grad():
                 logits = model(xb).float()
+            net = LogProbabilities(model) if is_probabilities(logits) else model  # decided per batch
+            logits = logits.clamp_min(torch.finfo(torch.float32).tiny).log() if net is not model else logits
             fooled = logits.argmax(1) != yb
             clean[sl] = ~fooled.cpu()
             clean_margin = margin(logits, yb)
@@ -229,7 +259,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 if known_fooled is not None:
                     fooled |= known_fooled[sl, k].to(device)
                 if e > 0:
-                    grad_evals += _attack_robust(model, xb, yb, ids[sl], e, fooled, worst, worst_margin, clean_margin,
+                    grad_evals += _attack_robust(net, xb, yb, ids[sl], e, fooled, worst, worst_margin, clean_margin,
                                                  runs, steps, restarts, early_stop, batch_size)
                 correct[sl, k] = ~fooled.cpu()
                 if keep_examples:
@@ -238,7 +268,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                     advance(len(yb))
             gradients_correct[sl] = correct[sl]
             if queries:
-                forwards += gradient_free_stage(model, xb, yb, ids[sl], eps, correct[sl], queries, seed,
+                forwards += gradient_free_stage(net, xb, yb, ids[sl], eps, correct[sl], queries, seed,
                                                 None if examples is None else examples[:, sl])
     return WorstCase(eps, correct, clean, ensemble_names(int(targets), queries), grad_evals, time.perf_counter() - start,
                      examples, forwards, gradients_correct)
@@ -341,7 +371,7 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, devic
 
 
 @register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=_ensemble_label,
-                 mask=_ensemble_mask, version=7,  # its numbers include the gradient-free stage
+                 mask=_ensemble_mask, version=8,  # its numbers: the gradient-free stage, the standardized CE
                  help="the worst case of APGD-CE, targeted APGD-DLR and Square per point (the default)")
 def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     found = worst_case(model, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,

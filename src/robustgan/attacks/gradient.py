@@ -101,7 +101,7 @@ def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss
     return keep
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40, step_size: float | None = None,
         random_start: bool = True, restarts: int = 1, *, best: bool = True, seed: int | None = None,
         ids: torch.Tensor | None = None, loss: str = "ce", noise: torch.Tensor | None = None,
         check: bool = True) -> torch.Tensor:
@@ -120,8 +120,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     [0, 1]. Random starts come from torch's global generator, or with ``seed`` from one
     stream per sample (its test-set index in ``ids``), independent of batch and shard, or are
     x + eps * ``noise`` (one start, ``best=False``: e.g. TRADES' x + 0.001 N(0, I)).
-    ``check=False`` skips the input check (one host sync)."""
+    ``steps`` defaults to the papers' PGD-40, ``step_size`` to 2.5 eps / steps
+    (``default_step_size``). ``check=False`` skips the input check (one host sync)."""
     eps = check_eps(eps)
+    step_size = default_step_size(eps, steps) if step_size is None else step_size
     if check:
         check_images(x, y)
     if int(steps) <= 0:

@@ -85,6 +85,14 @@ def no_param_grads(model: nn.Module):
             p.requires_grad_(flag)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (else its buffers) are: the default device of the
+    evaluation functions; the CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 @contextmanager
 def attack_mode(model: nn.Module):
     """Eval mode and parameters frozen (gradients flow to the input only); both restored."""

@@ -19,13 +19,13 @@ from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MOD
                                   out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs)
 from robustgan.eps import format_eps, grid_for
-from robustgan.evaluate.context import EvalContext, evaluation
-from robustgan.evaluate.checks import CheckSettings, check_run, overall_status, summary_line
-from robustgan.evaluate.curves import (area, compute_curve, curves_csv, min_norm_distances, plot_curves,
+from robustgan.evaluation.context import EvalContext, evaluation
+from robustgan.evaluation.checks import CheckSettings, check_run, overall_status, summary_line
+from robustgan.evaluation.curves import (area, compute_curve, curves_csv, min_norm_distances, plot_curves,
                                       pointwise_tables)
-from robustgan.evaluate.predict import predict as classify
-from robustgan.evaluate.saliency import saliency_grid
-from robustgan.evaluate.trends import run_trends
+from robustgan.evaluation.predict import predict as classify
+from robustgan.evaluation.saliency import saliency_grid
+from robustgan.evaluation.trends import run_trends
 from robustgan.runs import RunDir
 from robustgan.runtime import default_eps, resolve_device, training_cost
 

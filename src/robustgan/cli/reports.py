@@ -14,11 +14,11 @@ from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, QUER
                                   check_attack, check_common, check_ensemble_steps, err_console, json_eps, out_console, positive,
                                   require, single_subject)
 from robustgan.eps import format_eps
-from robustgan.evaluate.card import build_card, write_card
-from robustgan.evaluate.context import EvalContext, evaluation
-from robustgan.evaluate.checks import CheckSettings, check_run
-from robustgan.evaluate.curves import caption, compute_curve
-from robustgan.evaluate.frontier import frontier_points, frontier_table, plot_frontier
+from robustgan.evaluation.card import build_card, write_card
+from robustgan.evaluation.context import EvalContext, evaluation
+from robustgan.evaluation.checks import CheckSettings, check_run
+from robustgan.evaluation.curves import caption, compute_curve
+from robustgan.evaluation.frontier import frontier_points, frontier_table, plot_frontier
 from robustgan.report.html import build_report
 from robustgan.runs import RunDir
 from robustgan.runtime import resolve_device
@@ -83,7 +83,7 @@ def card(
     results: Optional[Path] = RESULTS,
 ):
     """A model card: model_card.json (RobustBench's model-info fields where one exists; schema
-    in robustgan/evaluate/model_card.schema.json) and model_card.md, in the run directory.
+    in robustgan/evaluation/model_card.schema.json) and model_card.md, in the run directory.
     Worst-case accuracy per eps with the exact protocol, the masking checks, training config,
     software versions and the weights' SHA-256.
 

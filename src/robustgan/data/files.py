@@ -24,7 +24,7 @@ SVHN_URL = "http://ufldl.stanford.edu/housenumbers/ (format 2: train_32x32.mat, 
 
 def _need_root(root: Path | None, name: str, layout: str, url: str) -> Path:
     if root is None:
-        raise DataError(f"{name}: no data root given; pass --data-root DIR holding {layout} (get them from {url})")
+        raise DataError(f"{name}: no data root given: --data-root DIR (root=DIR in Python) holding {layout} (get them from {url})")
     return root
 
 

@@ -30,7 +30,7 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 # ------------------------------------------------------------------- imagefolder
 def _class_dirs(root: Path | None, split: str) -> list[Path]:
     if root is None:
-        raise DataError(f"imagefolder: no data root given; pass --data-root DIR holding {FOLDER_LAYOUT}")
+        raise DataError(f"imagefolder: no data root given: --data-root DIR (root=DIR in Python) holding {FOLDER_LAYOUT}")
     folder = root / split
     if not folder.is_dir():
         raise DataError(f"imagefolder: {folder} is not a directory; expected {FOLDER_LAYOUT}")
@@ -102,9 +102,9 @@ def load_folder(root: Path | None, split: str, *, channels: int, image_size: int
 # ----------------------------------------------------------------------------- npz
 def _read_npz(root: Path | None) -> dict[str, np.ndarray]:
     if root is None:
-        raise DataError("npz: no data root given; pass --data-root FILE.npz holding " + ", ".join(NPZ_KEYS))
+        raise DataError("npz: no data root given: --data-root FILE.npz (root= in Python) holding " + ", ".join(NPZ_KEYS))
     if not root.is_file():
-        raise DataError(f"npz: {root} is not a file; pass --data-root FILE.npz holding {', '.join(NPZ_KEYS)}")
+        raise DataError(f"npz: {root} is not a file: --data-root FILE.npz (root= in Python) holding {', '.join(NPZ_KEYS)}")
     try:
         archive = np.load(root, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.eps import format_eps, grid_for
-from robustgan.evaluate.context import EvalContext
-from robustgan.evaluate.curves import Curve, area, caption, compute_curve, method_label, plot_curves
-from robustgan.evaluate.frontier import frontier_points, plot_frontier
-from robustgan.evaluate.paired import ALPHA
-from robustgan.evaluate.saliency import saliency_grid
-from robustgan.evaluate.trends import run_trends
-from robustgan.evaluate.verdicts import status_of, summary_line
+from robustgan.evaluation.context import EvalContext
+from robustgan.evaluation.curves import Curve, area, caption, compute_curve, method_label, plot_curves
+from robustgan.evaluation.frontier import frontier_points, plot_frontier
+from robustgan.evaluation.paired import ALPHA
+from robustgan.evaluation.saliency import saliency_grid
+from robustgan.evaluation.trends import run_trends
+from robustgan.evaluation.verdicts import status_of, summary_line
 from robustgan.methods import eps_train, method_class
 from robustgan.plotting import pyplot
 from robustgan.runs import RunDir

@@ -18,8 +18,8 @@ from robustgan.attacks.ensemble import DEFAULT_TARGETS, ensemble_names, refine_m
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
 from robustgan.methods import eps_train, method_class
-from robustgan.evaluate.cache import EvalCache, cached_mask, mask_settings
-from robustgan.evaluate.context import EvalContext
+from robustgan.evaluation.cache import EvalCache, cached_mask, mask_settings
+from robustgan.evaluation.context import EvalContext
 from robustgan.plotting import pyplot
 from robustgan.runtime import geometry_for, open_run
 

@@ -10,7 +10,7 @@ import torch
 from robustgan.attacks import attack_mode, default_step_size, pgd
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
-from robustgan.evaluate.curves import method_label
+from robustgan.evaluation.curves import method_label
 from robustgan.methods import eps_train
 from robustgan.plotting import pyplot
 from robustgan.runtime import open_run

@@ -20,9 +20,9 @@ import torch
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import to_dict
 from robustgan.eps import format_eps
-from robustgan.evaluate.context import EvalContext
-from robustgan.evaluate.curves import compute_curve
-from robustgan.evaluate.verdicts import status_of, summary_line
+from robustgan.evaluation.context import EvalContext
+from robustgan.evaluation.curves import compute_curve
+from robustgan.evaluation.verdicts import status_of, summary_line
 from robustgan.methods import method_class
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import file_sha256, guard_collapse, load_split, training_cost, weights_path

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from robustgan.errors import RobustganError
 from robustgan.eps import format_eps
-from robustgan.evaluate.curves import Curve
+from robustgan.evaluation.curves import Curve
 from robustgan.plotting import pyplot
 from robustgan.runtime import training_cost
 

@@ -48,10 +48,10 @@ from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.threat import loss_and_grad
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
-from robustgan.evaluate.cache import EvalCache, cached_mask
-from robustgan.evaluate.context import EvalContext
-from robustgan.evaluate.paired import ALPHA, paired
-from robustgan.evaluate.verdicts import CheckResult, overall_status, skipped, status_of, summary_line  # noqa: F401
+from robustgan.evaluation.cache import EvalCache, cached_mask
+from robustgan.evaluation.context import EvalContext
+from robustgan.evaluation.paired import ALPHA, paired
+from robustgan.evaluation.verdicts import CheckResult, overall_status, skipped, status_of, summary_line  # noqa: F401
 from robustgan.methods import method_class
 from robustgan.methods.standard import clean_config
 from robustgan.runs import RunDir, atomic_write
@@ -283,12 +283,12 @@ def check_graybox(model, x, y, s, device, graybox: nn.Module | None) -> CheckRes
 
 
 def check_autoattack(model, x, y, s, device, num_classes) -> CheckResult:
-    try:  # optional dependency
+    if not s.autoattack:
+        return skipped("autoattack", "--no-autoattack")
+    try:  # optional dependency (a second to import: only when asked for)
         import torchattacks  # noqa: F401
     except ImportError:
         return skipped("autoattack", "torchattacks not installed")
-    if not s.autoattack:
-        return skipped("autoattack", "--no-autoattack")
     n = min(len(y), s.autoattack_limit)
     ours = _ensemble(model, x, y, s, device)[:n]
     theirs = _mask(model, x[:n], y[:n], s, device, attack="autoattack", eps=s.eps, num_classes=num_classes)
