@@ -20,7 +20,7 @@ def test_the_readmes_python_blocks_run(tmp_path, monkeypatch, capsys):
     for block in blocks:  # in order, one namespace: a later block may use an earlier block's names
         exec(compile(block, "README.md", "exec"), namespace)
     printed = capsys.readouterr().out
-    assert "Evaluation(ensemble, n=100" in printed and "torch.Size([100, 3])" in printed
+    assert "Evaluation(ensemble, n=50" in printed and "torch.Size([50, 3])" in printed
     result, pgd40 = namespace["result"], namespace["pgd40"]
     assert result.attacks[0] == "apgd-ce" and result.gradient_evaluations > 0 and pgd40.attacks == ["pgd"]
-    assert result.accuracy == {e: result.correct[:, k].sum().item() / 100 for k, e in enumerate(result.eps)}
+    assert result.accuracy == {e: result.correct[:, k].sum().item() / 50 for k, e in enumerate(result.eps)}

@@ -28,7 +28,7 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
   autoattack       standard AutoAttack (published arguments, 100 steps) is not stronger than the
                    ensemble (optional: needs torchattacks)
 
-The comparisons of two attacks are paired on the same points (``evaluate.paired``): a check
+The comparisons of two attacks are paired on the same points (``evaluation.paired``): a check
 warns when the stronger-than-allowed attack's extra successes are more than chance explains
 (one-sided exact sign test, p < alpha) and at least the check's minimum effect
 (``MIN_EFFECT``, measured on honest digits models; docs/evaluation.md)."""
