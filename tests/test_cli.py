@@ -34,3 +34,21 @@ def test_an_index_outside_the_test_set_is_one_line(digits_runs, tmp_path, monkey
                         monkeypatch, capsys)
         assert_one_line(done, f"--index must be in [0, 358], got {index}")
         assert not (tmp_path / "s.png").exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """/proc takes no new files, a file is not a folder, a folder not a file: one line, exit 2,
+    before a run is even read (the runs named here do not exist), and nothing created."""
+    (tmp_path / "afile").write_text("")
+    run, config = tmp_path / "no-run", "configs/standard-digits.toml"
+    cases = [["report", run, "--out", "/proc/nope/report.html"], ["frontier", run, "--out", "/proc/nope/f.png"],
+             ["curve", run, "--out", "/proc/nope"], ["saliency", run, "--out", "/proc/nope/s.png"],
+             ["trends", run, "--out", "/proc/nope"], ["train", "-c", config, "--out", "/proc/nope/run"],
+             ["sweep", "-c", config, "--out", "/proc/nope"], ["demo", "--out", "/proc/nope"],
+             ["curve", run, "--out", tmp_path / "afile"], ["report", run, "--out", tmp_path]]
+    before = sorted(tmp_path.rglob("*"))
+    for args in cases:
+        done = run_main(args, monkeypatch, capsys)
+        assert_one_line(done, "--out")
+        assert "cannot write in /proc" in done.stderr or "a directory" in done.stderr, (args, done.stderr)
+    assert sorted(tmp_path.rglob("*")) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import typer
@@ -117,6 +118,25 @@ def positive(option: str, value) -> None:
 
 def at_least_zero(option: str, value) -> None:
     require(value >= 0, f"{option} must be >= 0, got {value}")
+
+
+def writable(path: Path, option: str = "--out", folder: bool = False) -> None:
+    """A one-line error before any work unless ``path`` (a file, or with ``folder`` a
+    directory) can be written: an existing path is of the right kind, and a file can be made
+    in the directory it goes in or, where that does not exist yet, in its nearest existing
+    ancestor (a file made and deleted at once: permissions, read-only and pseudo file
+    systems all answer). Leaves nothing behind."""
+    path = Path(path).expanduser()
+    if path.exists():
+        require(path.is_dir() == folder, f"{option} {path}: " + ("not a directory" if folder else "is a directory"))
+    where = path if folder and path.is_dir() else path.parent
+    while not where.exists():
+        where = where.parent
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as err:
+        raise RobustganError(f"{option} {path}: cannot write in {where} ({err.strerror})") from None
 
 
 def require(ok: bool, message: str) -> None:

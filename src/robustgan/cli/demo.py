@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from robustgan.cli.common import writable
 from robustgan.demo import run_demo
 
 
@@ -23,4 +24,5 @@ def demo(
 
       robustgan demo --quick --out /tmp/demo
     """
+    writable(out, folder=True)
     run_demo(out, quick=quick)

@@ -17,7 +17,7 @@ from robustgan.attacks import ATTACKS, attack_label
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, STEPS, TARGETS,
                                   WEIGHTS, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
                                   out_console, parse_eps_list, positive,
-                                  parse_one_eps, require, single_subject, subject_runs)
+                                  parse_one_eps, require, single_subject, subject_runs, writable)
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluation.context import EvalContext, evaluation
 from robustgan.evaluation.checks import CheckSettings, check_run, overall_status, summary_line
@@ -179,6 +179,7 @@ def curve(
     """
     check_attack(attack, steps, targets)
     check_common(limit=limit, restarts=restarts, queries=queries)
+    writable(out, folder=True)
     runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
@@ -284,6 +285,7 @@ def saliency(
       robustgan saliency runs/sweep/atgan-eps0.1 runs/sweep/atgan-eps0.3 --index 7 --eps-i 0.1,0.2,0.3
     """
     positive("--steps", steps)
+    writable(out)
     runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
     grid = parse_eps_list(eps_i, "--eps-i") if eps_i else grid_for(dataset)[::4][:3]
@@ -309,6 +311,7 @@ def trends(
       robustgan trends runs/pgd-digits --eps-max 0.3 --out figures/
     """
     value = parse_one_eps(eps_max, "--eps-max") if eps_max is not None else None
+    writable(out if out is not None else run / "trends", folder=True)
     png, csv_path, found = run_trends(run, index, value, out, data_root)
     for t in found:
         where = f"overtaken at +{t.crossing:.3f}" if t.crossing is not None else "never overtaken"

@@ -12,7 +12,7 @@ import typer
 from robustgan.attacks import ATTACKS
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, QUERIES, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
                                   check_attack, check_common, check_ensemble_steps, err_console, json_eps, out_console, positive,
-                                  require, single_subject)
+                                  require, single_subject, writable)
 from robustgan.eps import format_eps
 from robustgan.evaluation.card import build_card, write_card
 from robustgan.evaluation.context import EvalContext, evaluation
@@ -50,6 +50,7 @@ def report(
     """
     positive("--steps", steps)
     check_common(limit=limit, queries=queries)
+    writable(out)
     require(0 <= targets <= 9, f"--targets must be in 0..9, got {targets}")
     check_ensemble_steps(ensemble_steps, err_console, "the curves may overstate robustness")
     grid = eps_grid(eps, RunDir(runs[0]).config().data.name)
@@ -133,6 +134,7 @@ def frontier(
     """
     check_attack("ensemble", steps, targets)
     check_common(limit=limit, queries=queries)
+    writable(out)
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
     if eps:

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from robustgan.cli.common import DATA_ROOT, err_console, out_console, parse_eps_list, require
+from robustgan.cli.common import DATA_ROOT, err_console, out_console, parse_eps_list, require, writable
 from robustgan.config import check_frac, load_config
 from robustgan.errors import RobustganError
 from robustgan.sweep import run_parallel, run_sweep, train_commands
@@ -51,6 +51,7 @@ def train(
     if config is None:
         raise RobustganError("give --config PRESET (see configs/) or --resume --out RUN_DIR")
     cfg = load_config(config, set_)
+    writable(out or Path("runs") / config.stem, folder=True)
     fit(cfg, out or Path("runs") / config.stem, quiet=quiet, stop_after=stop_after, data_root=data_root)
 
 
@@ -96,6 +97,8 @@ def sweep(
       robustgan sweep -c configs/atgan-mnist.toml --set data.root=~/data --print-commands > jobs.txt
     """
     grid = parse_eps_list(eps_t, "--eps-t") if eps_t else None
+    if out is not None:
+        writable(out, folder=True)
     if frac is not None:
         check_frac(frac, "--frac")
     cfg = load_config(config, set_)
