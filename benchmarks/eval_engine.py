@@ -1,4 +1,4 @@
-"""Issue 15: the worst-case evaluation engine against torchattacks' APGD-CE + APGD-T, Foolbox's
+"""The worst-case evaluation engine against torchattacks' APGD-CE + APGD-T, Foolbox's
 PGD and our PGD-40, on trained digits models: as strong, and cheaper per accuracy curve.
 
     python benchmarks/eval_engine.py             # both digits presets, 359 images, 3 repeats (hours on 2 CPU cores)
