@@ -52,3 +52,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, m
         assert_one_line(done, "--out")
         assert "cannot write in /proc" in done.stderr or "a directory" in done.stderr, (args, done.stderr)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_usage_errors_are_one_line(monkeypatch, capsys):
+    cases = {("eval", "--nope"): "No such option: --nope", ("frontier",): "Missing argument 'runs'",
+             ("eval", "x", "--limit", "abc"): "Invalid value for '--limit'", ("nosuchcommand",): "No such command"}
+    for args, message in cases.items():
+        assert_one_line(run_main(list(args), monkeypatch, capsys), message)
+    assert run_main(["eval", "--help"], monkeypatch, capsys).returncode == 0

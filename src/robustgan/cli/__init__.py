@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # click as typer 0.29 vendors it (pinned)
 
 from robustgan.cli import demo, evaluation, reports, training
 from robustgan.cli.common import err_console
@@ -40,7 +41,17 @@ def main(argv: list[str] | None = None):
     """The console script: ``argv`` (default: the command line) without the program name."""
     keep_freed_memory()  # every command's CPU steps: no page faults on each step's activations
     try:
-        app(args=argv, prog_name="robustgan")
+        code = app(args=argv, prog_name="robustgan", standalone_mode=False)
+    except NoArgsIsHelpError as err:  # a group without a command: its help, as --help prints it
+        app(args=[*err.ctx.command_path.split()[1:], "--help"], prog_name="robustgan")
+    except UsageError as err:  # a missing argument, an unknown option, a value of the wrong type
+        command = err.ctx.command_path if err.ctx is not None else "robustgan"
+        err_console.print(f"error: {err.format_message()} (see {command} --help)", highlight=False, markup=False,
+                          soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("interrupted")
+        sys.exit(130)
     except RobustganError as err:
         text = str(err) if isinstance(err, Interrupted) else f"error: {err}"
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)
@@ -48,3 +59,4 @@ def main(argv: list[str] | None = None):
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(k) and --help return their code here
