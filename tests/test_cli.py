@@ -55,7 +55,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, m
 
 
 def test_usage_errors_are_one_line(monkeypatch, capsys):
-    cases = {("eval", "--nope"): "No such option: --nope", ("frontier",): "Missing argument 'runs'",
+    cases = {("eval", "--nope"): "No such option: --nope", ("frontier",): "Missing argument 'RUN...'",
              ("eval", "x", "--limit", "abc"): "Invalid value for '--limit'", ("nosuchcommand",): "No such command"}
     for args, message in cases.items():
         assert_one_line(run_main(list(args), monkeypatch, capsys), message)

@@ -3,6 +3,7 @@ Errors a user can cause print one line and exit 2 (``main``)."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import typer
@@ -14,7 +15,7 @@ from robustgan.errors import Interrupted, RobustganError
 from robustgan.runtime import keep_freed_memory
 from robustgan.version import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Train and evaluate GAN-based adversarial defenses (ATGAN, GAN-AT) and their baselines.")
 
 
@@ -30,11 +31,20 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
     """Train and evaluate GAN-based adversarial defenses (ATGAN, GAN-AT) and their baselines."""
 
 
-app.command()(training.train)
-app.command("eval")(evaluation.eval_)
-for command in (evaluation.curve, evaluation.check, evaluation.saliency, training.sweep, reports.report,
-                evaluation.trends, evaluation.predict, reports.card, reports.frontier, demo.demo):
-    app.command()(command)
+def terminal_help(doc: str) -> str:
+    """A command's docstring as its --help: prose paragraphs reflow to the terminal, example
+    lines (those starting with ``robustgan``) are kept as written (click's ``\\b`` marker)."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join("\b\n" + p if p.lstrip().startswith("robustgan ") else p for p in paragraphs)
+
+
+COMMANDS = {"train": training.train, "eval": evaluation.eval_, "curve": evaluation.curve, "check": evaluation.check,
+            "saliency": evaluation.saliency, "sweep": training.sweep, "report": reports.report,
+            "trends": evaluation.trends, "predict": evaluation.predict, "card": reports.card,
+            "frontier": reports.frontier, "demo": demo.demo}
+for name, command in COMMANDS.items():
+    app.command(name, help=terminal_help(command.__doc__),
+                context_settings={"max_content_width": 120})(command)
 
 
 def main(argv: list[str] | None = None):

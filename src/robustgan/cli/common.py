@@ -19,16 +19,16 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 # options several commands take, defined once
-DEVICE = typer.Option("auto", help="auto | cpu | cuda | cuda:N")
-DATA_ROOT = typer.Option(None, "--data-root", help="Directory with the dataset files")
-LIMIT = typer.Option(0, help="Use only the first N test images (0 = all)")
-STEPS = typer.Option(None, help="Steps per attack (default: " + "; ".join(
+DEVICE = typer.Option("auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N")
+DATA_ROOT = typer.Option(None, "--data-root", metavar="DIR", help="Directory with the dataset files")
+LIMIT = typer.Option(0, metavar="N", help="Use only the first N test images (0 = all)")
+STEPS = typer.Option(None, metavar="N", help="Steps per attack (default: " + "; ".join(
     f"{spec.steps} for {name}" for name, spec in ATTACKS.items() if spec.steps) + ")")
-ATTACK = typer.Option(DEFAULT_ATTACK, help=" | ".join(attack_names()) + " (ensemble: the worst case of APGD-CE and "
-                      "targeted APGD-DLR per point; pgd --steps 40: the papers' protocol)")
-QUERIES = typer.Option(None, "--queries", help="The ensemble's gradient-free stage: at most this many Square queries "
+ATTACK = typer.Option(DEFAULT_ATTACK, metavar="NAME", help=" | ".join(attack_names()) + " (ensemble: the worst case of "
+                      "APGD-CE, targeted APGD-DLR and Square per point; pgd --steps 40: the papers' protocol)")
+QUERIES = typer.Option(None, "--queries", metavar="N", help="The ensemble's gradient-free stage: at most this many Square queries "
                        "per point and probe (default 50 x the ensemble's steps: 5000, AutoAttack's; 0 turns it off)")
-TARGETS = typer.Option(DEFAULT_TARGETS, "--targets",
+TARGETS = typer.Option(DEFAULT_TARGETS, "--targets", metavar="K",
                        help="Target classes of the ensemble's targeted APGD, ranked at each point's worst example; "
                             "targets after the first only on points close to fooled (0: APGD-CE only)")
 PROTOCOL = typer.Option(True, "--protocol/--no-protocol",
@@ -82,12 +82,12 @@ def check_common(*, limit: int = 0, restarts: int = 1, batch_size: int = 1, quer
     require(queries is None or queries >= 0, f"--queries must be >= 0, got {queries}")
 
 
-MODEL = typer.Option(None, "--model", help="Your own classifier instead of a run: MODULE:FACTORY or FILE.py:FACTORY, "
+MODEL = typer.Option(None, "--model", metavar="MODULE:FACTORY", help="Your own classifier instead of a run: MODULE:FACTORY or FILE.py:FACTORY, "
                      "FACTORY() returning an nn.Module from [0, 1] images to logits")
-WEIGHTS = typer.Option(None, "--weights", help="With --model: its weights, a .safetensors file")
-DATASET = typer.Option(None, "--dataset", help="With --model: the dataset to evaluate on (digits, mnist, cifar10, "
+WEIGHTS = typer.Option(None, "--weights", metavar="FILE", help="With --model: its weights, a .safetensors file")
+DATASET = typer.Option(None, "--dataset", metavar="NAME", help="With --model: the dataset to evaluate on (digits, mnist, cifar10, "
                        "svhn, imagefolder, npz)")
-RESULTS = typer.Option(None, "--results", help="With --model: where its cache, checks and card go "
+RESULTS = typer.Option(None, "--results", metavar="DIR", help="With --model: where its cache, checks and card go "
                        "(default: next to the weights)")
 
 

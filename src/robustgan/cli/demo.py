@@ -11,7 +11,7 @@ from robustgan.demo import run_demo
 
 
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go"),
+    out: Path = typer.Option(Path("runs/demo"), "--out", metavar="PATH", help="Where the demo's runs go"),
     quick: bool = typer.Option(False, "--quick", help="A reduced version for smoke tests"),
 ):
     """The main job: train standard, PGD-AT, ATGAN, GAN-AT, FGSM-RS and TRADES on the embedded

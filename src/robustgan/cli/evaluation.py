@@ -29,16 +29,16 @@ from robustgan.evaluation.trends import run_trends
 from robustgan.runs import RunDir
 from robustgan.runtime import default_eps, resolve_device, training_cost
 
-STEP_SIZE = typer.Option(None, "--step-size", help="PGD step (default 2.5*eps/steps)")
-RESTARTS = typer.Option(1, help="PGD random restarts (each sample keeps its worst case)")
+STEP_SIZE = typer.Option(None, "--step-size", metavar="SIZE", help="PGD step (default 2.5*eps/steps)")
+RESTARTS = typer.Option(1, metavar="N", help="PGD random restarts (each sample keeps its worst case)")
 
 
 # Over 60 lines, most of them the typer signature (one option a line, as in every command here);
 # the body is validate, evaluate, print, with check_eval_options, eval_table and eval_json as its pieces.
 def eval_(
-    run: Optional[Path] = typer.Argument(None, help="Run directory (or --model ...)"),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory (or --model ...)"),
     attack: str = ATTACK,
-    eps: str = typer.Option("", help="Comma-separated eps values in pixel scale (8/255 allowed); default: the run's eval eps"),
+    eps: str = typer.Option("", metavar="EPS", help="Comma-separated eps values in pixel scale (8/255 allowed); default: the run's eval eps"),
     steps: Optional[int] = STEPS,
     step_size: Optional[float] = STEP_SIZE,
     restarts: int = RESTARTS,
@@ -49,10 +49,10 @@ def eval_(
                                   "between grid points, ensemble only); prints its median and quartiles"),
     data_root: Optional[Path] = DATA_ROOT,
     limit: int = LIMIT,
-    batch_size: int = typer.Option(256, "--batch-size"),
+    batch_size: int = typer.Option(256, "--batch-size", metavar="N"),
     device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout"),
-    seed: int = typer.Option(0, help="Seed for random starts"),
+    seed: int = typer.Option(0, metavar="N", help="Seed for random starts"),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (faster convolutions)"),
     model: Optional[str] = MODEL,
     weights: Optional[Path] = WEIGHTS,
@@ -144,8 +144,8 @@ def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
 
 
 def curve(
-    runs: Optional[List[Path]] = typer.Argument(None, help="Run directories (e.g. a sweep's runs)"),
-    eps: str = typer.Option("", help="eps_i grid, comma-separated (default: the paper's grid for the dataset)"),
+    runs: Optional[List[Path]] = typer.Argument(None, metavar="RUN...", help="Run directories (e.g. a sweep's runs)"),
+    eps: str = typer.Option("", metavar="EPS", help="eps_i grid, comma-separated (default: the paper's grid for the dataset)"),
     attack: str = ATTACK,
     steps: Optional[int] = STEPS,
     step_size: Optional[float] = STEP_SIZE,
@@ -153,9 +153,9 @@ def curve(
     targets: int = TARGETS,
     queries: Optional[int] = QUERIES,
     protocol: bool = PROTOCOL,
-    table_eps: str = typer.Option("", "--table-eps", help="eps_i values for the point-wise tables (default: all)"),
+    table_eps: str = typer.Option("", "--table-eps", metavar="EPS", help="eps_i values for the point-wise tables (default: all)"),
     limit: int = LIMIT,
-    out: Path = typer.Option(Path("runs/curves"), "--out", help="Output folder"),
+    out: Path = typer.Option(Path("runs/curves"), "--out", metavar="PATH", help="Output folder"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
     model: Optional[str] = MODEL,
@@ -206,20 +206,20 @@ def curve(
 
 
 def check(
-    run: Optional[Path] = typer.Argument(None, help="Run directory (or --model ...)"),
-    eps: Optional[str] = typer.Option(None, help="eps for the checks, e.g. 0.3 or 8/255 (default: the run's eval / training eps)"),
-    steps: int = typer.Option(40, help="PGD steps of the reference attack (the papers' protocol)"),
-    long_steps: int = typer.Option(1000, "--long-steps", help="Steps of the long PGD (must exceed --steps)"),
-    restarts: int = typer.Option(5, help="Random restarts for the restart check"),
-    surrogate: Optional[str] = typer.Option(None, help="Surrogate run for the transfer check, or 'auto' to train one"),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory (or --model ...)"),
+    eps: Optional[str] = typer.Option(None, metavar="EPS", help="eps for the checks, e.g. 0.3 or 8/255 (default: the run's eval / training eps)"),
+    steps: int = typer.Option(40, metavar="N", help="PGD steps of the reference attack (the papers' protocol)"),
+    long_steps: int = typer.Option(1000, "--long-steps", metavar="N", help="Steps of the long PGD (must exceed --steps)"),
+    restarts: int = typer.Option(5, metavar="N", help="Random restarts for the restart check"),
+    surrogate: Optional[str] = typer.Option(None, metavar="RUN", help="Surrogate run for the transfer check, or 'auto' to train one"),
     autoattack: bool = typer.Option(True, "--autoattack/--no-autoattack", help="Run AutoAttack (needs torchattacks)"),
-    autoattack_limit: int = typer.Option(200, "--autoattack-limit", help="Images for AutoAttack"),
+    autoattack_limit: int = typer.Option(200, "--autoattack-limit", metavar="N", help="Images for AutoAttack"),
     limit: int = LIMIT,
-    tol: Optional[float] = typer.Option(None, help="Minimum accuracy gap every paired check warns at, instead of "
+    tol: Optional[float] = typer.Option(None, metavar="FRACTION", help="Minimum accuracy gap every paired check warns at, instead of "
                                                    "each check's own (docs/evaluation.md)"),
     targets: int = TARGETS,
     queries: Optional[int] = QUERIES,
-    ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps", help="APGD steps per attack of the worst-case "
+    ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps", metavar="N", help="APGD steps per attack of the worst-case "
                                                                        "ensemble (the protocol, bound and autoattack checks)"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
@@ -267,11 +267,11 @@ def check(
 
 
 def saliency(
-    runs: Optional[List[Path]] = typer.Argument(None, help="Run directories, one row pair each"),
-    index: int = typer.Option(0, "--index", "-i", help="Test image index"),
-    eps_i: str = typer.Option("", "--eps-i", help="Test eps values (default: 3 from the dataset's grid)"),
-    steps: int = typer.Option(40, help="PGD steps for the adversarial images"),
-    out: Path = typer.Option(Path("runs/saliency.png"), "--out", help="Output PNG"),
+    runs: Optional[List[Path]] = typer.Argument(None, metavar="RUN...", help="Run directories, one row pair each"),
+    index: int = typer.Option(0, "--index", "-i", metavar="INDEX", help="Test image index"),
+    eps_i: str = typer.Option("", "--eps-i", metavar="EPS", help="Test eps values (default: 3 from the dataset's grid)"),
+    steps: int = typer.Option(40, metavar="N", help="PGD steps for the adversarial images"),
+    out: Path = typer.Option(Path("runs/saliency.png"), "--out", metavar="PATH", help="Output PNG"),
     data_root: Optional[Path] = DATA_ROOT,
     model: Optional[str] = MODEL,
     weights: Optional[Path] = WEIGHTS,
@@ -294,10 +294,10 @@ def saliency(
 
 
 def trends(
-    run: Path = typer.Argument(..., help="Run directory"),
-    index: int = typer.Option(0, "--index", "-i", help="Test image index"),
-    eps_max: Optional[str] = typer.Option(None, "--eps-max", help="Largest perturbation, e.g. 0.3 or 16/255 (default: the run's eps)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/trends)"),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory"),
+    index: int = typer.Option(0, "--index", "-i", metavar="INDEX", help="Test image index"),
+    eps_max: Optional[str] = typer.Option(None, "--eps-max", metavar="EPS", help="Largest perturbation, e.g. 0.3 or 16/255 (default: the run's eps)"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="PATH", help="Output folder (default RUN/trends)"),
     data_root: Optional[Path] = DATA_ROOT,
 ):
     """Logit trends along random, FGSM, PGD and generator directions (paper 002, Fig. 5).
@@ -320,8 +320,8 @@ def trends(
 
 
 def predict(
-    run: Path = typer.Argument(..., help="Run directory"),
-    images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...)"),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory"),
+    images: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...)"),
 ):
     """Classify image files with a run's defended model (converted to grey/RGB and resized
     to the run's dataset as needed). Prints path, class index, confidence and class name

@@ -25,17 +25,17 @@ from robustgan.runtime import resolve_device
 
 
 def report(
-    runs: List[Path] = typer.Argument(..., help="Run directories"),
-    out: Path = typer.Option(Path("runs/report.html"), "--out", help="HTML file to write"),
-    eps: str = typer.Option("", help="eps_i grid for the curves (default: the paper's grid)"),
-    steps: int = typer.Option(20, help="PGD steps of the saliency images (curves: --ensemble-steps)"),
-    ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps",
+    runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run directories"),
+    out: Path = typer.Option(Path("runs/report.html"), "--out", metavar="PATH", help="HTML file to write"),
+    eps: str = typer.Option("", metavar="EPS", help="eps_i grid for the curves (default: the paper's grid)"),
+    steps: int = typer.Option(20, metavar="N", help="PGD steps of the saliency images (curves: --ensemble-steps)"),
+    ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps", metavar="N",
                                        help="APGD steps per attack of the curves' worst-case ensemble, PGD-40 "
                                             "beside it (--check keeps eval's 100)"),
     targets: int = TARGETS,
     queries: Optional[int] = QUERIES,
     limit: int = LIMIT,
-    index: int = typer.Option(0, "--index", help="Test image for saliency and trends"),
+    index: int = typer.Option(0, "--index", metavar="INDEX", help="Test image for saliency and trends"),
     run_checks: bool = typer.Option(False, "--check/--no-check", help="Run the checks first where missing"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
@@ -68,8 +68,8 @@ def report(
 
 
 def card(
-    run: Optional[Path] = typer.Argument(None, help="Run directory (or --model ...)"),
-    eps: str = typer.Option("", help="eps grid of the card (default: the paper's grid for the dataset)"),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory (or --model ...)"),
+    eps: str = typer.Option("", metavar="EPS", help="eps grid of the card (default: the paper's grid for the dataset)"),
     steps: Optional[int] = STEPS,
     targets: int = TARGETS,
     queries: Optional[int] = QUERIES,
@@ -110,13 +110,13 @@ def card(
 
 
 def frontier(
-    runs: List[Path] = typer.Argument(..., help="Run directories trained by robustgan (their training cost is recorded)"),
-    eps: str = typer.Option("", help="The eps of the robustness axis (default: the middle of the paper's grid)"),
+    runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run directories trained by robustgan (their training cost is recorded)"),
+    eps: str = typer.Option("", metavar="EPS", help="The eps of the robustness axis (default: the middle of the paper's grid)"),
     steps: Optional[int] = STEPS,
     targets: int = TARGETS,
     queries: Optional[int] = QUERIES,
     limit: int = LIMIT,
-    out: Path = typer.Option(Path("runs/frontier.png"), "--out", help="PNG file to write"),
+    out: Path = typer.Option(Path("runs/frontier.png"), "--out", metavar="PATH", help="PNG file to write"),
     as_json: bool = typer.Option(False, "--json", help="Print the points as JSON on stdout"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,

@@ -19,14 +19,14 @@ from robustgan.train import fit
 
 
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML preset, e.g. configs/pgd-at-digits.toml"),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a key: --set method.eps=0.3 (repeatable)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<config name>)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="TOML preset, e.g. configs/pgd-at-digits.toml"),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a key: --set method.eps=0.3 (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Run directory (default runs/<config name>)"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint"),
-    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this many epochs (resumable)"),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", metavar="N", help="Stop after this many epochs (resumable)"),
     data_root: Optional[Path] = DATA_ROOT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines"),
-    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (runs torchrun --nproc_per_node=N)"),
+    nproc: int = typer.Option(1, "--nproc", metavar="N", help="Data-parallel processes (runs torchrun --nproc_per_node=N)"),
 ):
     """Train a model into a run directory.
 
@@ -71,14 +71,14 @@ def relaunch_with_torchrun(nproc: int) -> None:
 
 
 def sweep(
-    config: Path = typer.Option(..., "--config", "-c", help="Base preset"),
-    eps_t: str = typer.Option("", "--eps-t", help="Training eps values (default: the paper's grid for the dataset)"),
-    methods: str = typer.Option("", help="Comma-separated methods (default: the config's), e.g. pgd_at,atgan"),
-    frac: Optional[float] = typer.Option(None, help="Also train FracAT variants with this fraction"),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a key of the base config"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<config>)"),
+    config: Path = typer.Option(..., "--config", "-c", metavar="FILE", help="Base preset"),
+    eps_t: str = typer.Option("", "--eps-t", metavar="EPS", help="Training eps values (default: the paper's grid for the dataset)"),
+    methods: str = typer.Option("", metavar="NAMES", help="Comma-separated methods (default: the config's), e.g. pgd_at,atgan"),
+    frac: Optional[float] = typer.Option(None, metavar="FRACTION", help="Also train FracAT variants with this fraction"),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a key of the base config"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="PATH", help="Sweep folder (default runs/sweep-<config>)"),
     data_root: Optional[Path] = DATA_ROOT,
-    devices: str = typer.Option("", "--devices", help="Train one run per device at a time, e.g. cuda:0,cuda:1 "
+    devices: str = typer.Option("", "--devices", metavar="DEVICES", help="Train one run per device at a time, e.g. cuda:0,cuda:1 "
                                 "(cpu allowed); default: one run after another in this process"),
     print_commands: bool = typer.Option(False, "--print-commands", help="Print one `robustgan train ...` line per "
                                         "unfinished run (e.g. for a scheduler's job array) instead of training"),
