@@ -45,7 +45,7 @@ def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_
     assert masked.exit_code == 1 and "WARN" in masked.output and "possible gradient masking" in masked.output
 
 
-def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path):
+def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path, monkeypatch, capsys):
     """No surrogate and no AutoAttack: both say skipped (CLI, check.json), and the exit is 0."""
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
@@ -58,6 +58,12 @@ def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path):
     status = {c["name"]: c["status"] for c in report["checks"]}
     assert status["transfer"] == status["autoattack"] == "skipped" and report["status"] == "pass"
     assert "2 skipped" in report["summary"] and report["ensemble_steps"] == 10
+    # --json: check.json on stdout, the lines on stderr (the same attacks: read from the run's cache)
+    done = run_main(["check", run, "--limit", "32", "--steps", "5", "--long-steps", "10", "--targets", "1",
+                     "--restarts", "2", "--no-autoattack", "--ensemble-steps", "10", "--eps", "0.2", "--json"],
+                    monkeypatch, capsys)
+    assert done.returncode == 0 and json.loads(done.stdout) == json.loads((run / "check.json").read_text())
+    assert "skipped  transfer" in done.stderr
 
 
 def test_area_is_exact():
@@ -83,6 +89,10 @@ def test_curve_csv_equals_eval(digits_runs, tmp_path, monkeypatch, capsys):
     result = json.loads(done.stdout)
     assert curve[0.0] == result["clean"]
     assert [curve[0.1], curve[0.2]] == [r["accuracy"] for r in result["results"]]
+    # curve --json: the same numbers on stdout (from the cache: nothing is attacked again)
+    done = run_main(["curve", a, *same, "--out", tmp_path / "curves", "--json"], monkeypatch, capsys)
+    (row,) = json.loads(done.stdout)
+    assert row["clean"] == result["clean"] and row["results"] == result["results"]
 
 
 def test_saliency_shape_and_zero_where_ignored():

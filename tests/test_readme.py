@@ -18,7 +18,7 @@ def test_the_readmes_python_blocks_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:  # in order, one namespace: a later block may use an earlier block's names
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, "README.md", "exec"), namespace)  # the README's own text is what is tested
     printed = capsys.readouterr().out
     assert "Evaluation(ensemble, n=50" in printed and "torch.Size([50, 3])" in printed
     result, pgd40 = namespace["result"], namespace["pgd40"]

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from robustgan import data, distributed
 from robustgan.attacks import robust_accuracy
 from robustgan.config import Config, load_config
-from robustgan.errors import Diverged, Interrupted, RunError
+from robustgan.errors import ConfigError, Diverged, Interrupted, RunError
 from robustgan.methods import Method, method_class
 from robustgan.monitor import OverfitGuard, PassCounter, build_guard
 from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state, save_state
@@ -59,14 +60,16 @@ class Training:
 
 # ------------------------------------------------------------------ the story
 def fit(cfg: Config | str | Path | None, out: str | Path, *, resume: bool = False, quiet: bool = False,
-        stop_after: int | None = None, data_root: str | None = None, overrides: list[str] = ()) -> RunDir:
+        stop_after: int | None = None, data_root: str | None = None, overrides: Sequence[str] = ()) -> RunDir:
     """Train ``cfg`` (a Config, or a TOML file read with ``overrides`` such as
     "train.epochs=3") into run directory ``out``; with ``resume`` continue from its
-    checkpoint (using the run's saved config). ``robustgan.fit`` from a notebook. ``stop_after`` ends this invocation after
+    checkpoint (using the run's saved config). Exported as ``robustgan.fit``. ``stop_after`` ends this invocation after
     that many epochs (the run stays resumable). Returns the run directory. On glibc it also
     keeps freed CPU memory in the process from then on (``runtime.keep_freed_memory``)."""
     if isinstance(cfg, (str, Path)):
         cfg = load_config(cfg, list(overrides))
+    elif overrides:
+        raise ConfigError("overrides apply to a config file; set the fields of a Config directly")
     keep_freed_memory()
     run = RunDir(out)
     cfg, resume = resolve_start(run, cfg, resume, data_root)

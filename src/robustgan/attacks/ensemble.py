@@ -33,7 +33,7 @@ cross-entropy of standardized logits (``losses.standardized``) and APGD-T's is D
 invariant to scaling the logits and to shifting each point's; the gating and the worst-case
 choice compare margins only by sign and ratio; Square's margins only by order; and a model
 whose outputs are probabilities is attacked through their logarithm (``LogProbabilities``).
-So logits times any constant, their log-softmax or their softmax give the unwrapped model's
+So logits times any constant k > 0, their log-softmax or their softmax give the unwrapped model's
 result, up to float rounding.
 
 Two savings that change cost, not results:
@@ -107,9 +107,21 @@ class LogProbabilities(nn.Module):
 
 
 def is_probabilities(outputs: torch.Tensor) -> bool:
-    """Every row in [0, 1] and summing to 1 (to 1e-3): a softmax's output, not logits."""
+    """Every row in [0, 1] and summing to 1 (to 1e-3, or K half-precision ulps): a softmax's
+    output, not logits."""
+    tol = max(1e-3, outputs.shape[1] * torch.finfo(outputs.dtype).eps) if outputs.is_floating_point() else 1e-3
     outputs = outputs.float()
-    return bool(((outputs >= 0) & (outputs <= 1)).all() and ((outputs.sum(1) - 1).abs() <= 1e-3).all())
+    return bool(((outputs >= 0) & (outputs <= 1)).all() and ((outputs.sum(1) - 1).abs() <= tol).all())
+
+
+def as_logits(model: nn.Module, outputs: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """The model the ensemble attacks and its float32 logits, given its ``outputs`` on a batch:
+    the model itself, or ``LogProbabilities(model)`` where the outputs are probabilities.
+    Decided per batch (a model whose outputs are probabilities on some batches only is not
+    one we can tell apart)."""
+    if is_probabilities(outputs):
+        return LogProbabilities(model), outputs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
+    return model, outputs.float()
 
 
 def ensemble_names(targets: int, queries: int = 0) -> list[str]:
@@ -248,9 +260,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batch_size, device):
             with torch.no_grad():
-                logits = model(xb).float()
-            net = LogProbabilities(model) if is_probabilities(logits) else model  # decided per batch
-            logits = logits.clamp_min(torch.finfo(torch.float32).tiny).log() if net is not model else logits
+                net, logits = as_logits(model, model(xb))
             fooled = logits.argmax(1) != yb
             clean[sl] = ~fooled.cpu()
             clean_margin = margin(logits, yb)
@@ -317,13 +327,14 @@ def _square_probe(model, x, y, ids, eps, queries, seed):
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
-                   steps: int = 100, targets: int = DEFAULT_TARGETS, seed: int = 0, batch_size: int = 256, device="cpu",
+                   steps: int = 100, targets: int = DEFAULT_TARGETS, seed: int = 0, batch_size: int = 256, device=None,
                    ids: torch.Tensor | None = None, advance: Callable[[int], None] | None = None) -> torch.Tensor:
     """Each point's smallest fooling eps, narrowed by bisection between the largest grid eps
     it withstood and the smallest that fooled it (``rounds`` halvings of that gap, the
     ensemble's gradient attacks at each midpoint): an upper bound on the point's minimal
     adversarial L-inf norm, within gap / 2**rounds of the best those attacks find. inf where
-    never fooled."""
+    never fooled. ``device`` defaults to the model's."""
+    device = model_device(model) if device is None else device
     upper = found.min_eps().clone()
     grid = torch.tensor([0.0, *found.eps])
     lower = grid[(grid[None, :] < upper[:, None]).sum(1) - 1].clamp(min=0)  # the largest grid eps below it
@@ -333,12 +344,13 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
         for sl, xb, yb in batches(x, y, batch_size, device):
             low, high = lower[sl].to(device), upper[sl].to(device)
             open_gap = (high > 0) & torch.isfinite(high)
+            with torch.no_grad():
+                net, logits = as_logits(model, model(xb))
             for _ in range(int(rounds)):
                 mid = (low + high) / 2
                 fooled = ~open_gap.clone()
-                with torch.no_grad():
-                    worst_margin = margin(model(xb).float(), yb)
-                _attack_robust(model, xb, yb, ids[sl], mid, fooled, xb.clone(), worst_margin, worst_margin.clone(),
+                worst_margin = margin(logits, yb)
+                _attack_robust(net, xb, yb, ids[sl], mid, fooled, xb.clone(), worst_margin, worst_margin.clone(),
                                runs, steps, 1, True, batch_size)
                 high = torch.where(open_gap & fooled, mid, high)
                 low = torch.where(open_gap & ~fooled, mid, low)

@@ -123,11 +123,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     ``steps`` defaults to the papers' PGD-40, ``step_size`` to 2.5 eps / steps
     (``default_step_size``). ``check=False`` skips the input check (one host sync)."""
     eps = check_eps(eps)
-    step_size = default_step_size(eps, steps) if step_size is None else step_size
     if check:
         check_images(x, y)
     if int(steps) <= 0:
         raise AttackError(f"PGD steps must be positive, got {steps}")
+    step_size = default_step_size(eps, steps) if step_size is None else step_size
     if not step_size > 0:
         raise AttackError(f"PGD step size must be positive, got {step_size}")
     if int(restarts) <= 0:

@@ -93,6 +93,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def randomized(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether two eval-mode passes over ``x`` (uint8 or [0, 1]) differ (the deterministic
+    check's test): such a model is evaluated with EOT, not the ensemble."""
+    x = x.float().div(255) if x.dtype == torch.uint8 else x
+    with torch.no_grad():
+        return bool((model.eval()(x) - model(x)).abs().max() > 1e-5) if len(x) else False
+
+
 @contextmanager
 def attack_mode(model: nn.Module):
     """Eval mode and parameters frozen (gradients flow to the input only); both restored."""

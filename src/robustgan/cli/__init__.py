@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None):
     keep_freed_memory()  # every command's CPU steps: no page faults on each step's activations
     try:
         code = app(args=argv, prog_name="robustgan", standalone_mode=False)
-    except NoArgsIsHelpError as err:  # a group without a command: its help, as --help prints it
-        app(args=[*err.ctx.command_path.split()[1:], "--help"], prog_name="robustgan")
+    except NoArgsIsHelpError as err:  # no command: the help, on stderr, and exit 2 (as click does)
+        err_console.print(err.ctx.get_help(), highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
     except UsageError as err:  # a missing argument, an unknown option, a value of the wrong type
         command = err.ctx.command_path if err.ctx is not None else "robustgan"
         err_console.print(f"error: {err.format_message()} (see {command} --help)", highlight=False, markup=False,
@@ -69,4 +70,6 @@ def main(argv: list[str] | None = None):
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    if code == 130:  # typer turns Ctrl-C into Exit(130)
+        err_console.print("interrupted")
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(k) and --help return their code here

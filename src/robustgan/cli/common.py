@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,9 @@ QUERIES = typer.Option(None, "--queries", metavar="N", help="The ensemble's grad
 TARGETS = typer.Option(DEFAULT_TARGETS, "--targets", metavar="K",
                        help="Target classes of the ensemble's targeted APGD, ranked at each point's worst example; "
                             "targets after the first only on points close to fooled (0: APGD-CE only)")
+SEED = typer.Option(0, "--seed", metavar="N", help="Seed of the attacks' random starts (drawn per test point, so a "
+                    "shard or a batch gets what one process gets)")
+JSON = typer.Option(False, "--json", help="Print the results as JSON on stdout")
 PROTOCOL = typer.Option(True, "--protocol/--no-protocol",
                         help="Also measure the papers' protocol (PGD-40) and show it beside the worst case")
 
@@ -122,21 +126,22 @@ def at_least_zero(option: str, value) -> None:
 
 def writable(path: Path, option: str = "--out", folder: bool = False) -> None:
     """A one-line error before any work unless ``path`` (a file, or with ``folder`` a
-    directory) can be written: an existing path is of the right kind, and a file can be made
-    in the directory it goes in or, where that does not exist yet, in its nearest existing
-    ancestor (a file made and deleted at once: permissions, read-only and pseudo file
-    systems all answer). Leaves nothing behind."""
+    directory) can be written: an existing path is of the right kind (and an existing file
+    writable), and a file can be made in the directory it goes in or, where that does not exist
+    yet, in its nearest existing ancestor (a file made and deleted at once: permissions,
+    read-only and pseudo file systems all answer). Leaves nothing behind."""
     path = Path(path).expanduser()
-    if path.exists():
-        require(path.is_dir() == folder, f"{option} {path}: " + ("not a directory" if folder else "is a directory"))
-    where = path if folder and path.is_dir() else path.parent
-    while not where.exists():
-        where = where.parent
     try:
+        if path.exists():
+            require(path.is_dir() == folder, f"{option} {path}: " + ("not a directory" if folder else "is a directory"))
+            require(folder or os.access(path, os.W_OK), f"{option} {path}: not writable")
+        where = path if folder and path.is_dir() else path.parent
+        while not where.exists():
+            where = where.parent
         with tempfile.TemporaryFile(dir=where):
             pass
     except OSError as err:
-        raise RobustganError(f"{option} {path}: cannot write in {where} ({err.strerror})") from None
+        raise RobustganError(f"{option} {path}: cannot write there ({err.strerror})") from None
 
 
 def require(ok: bool, message: str) -> None:

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from robustgan import distributed
 from robustgan.attacks import ATTACKS, attack_label
-from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, STEPS, TARGETS,
+from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, SEED,
+                                  STEPS, TARGETS,
                                   WEIGHTS, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
                                   out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs, writable)
@@ -52,7 +53,7 @@ def eval_(
     batch_size: int = typer.Option(256, "--batch-size", metavar="N"),
     device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout"),
-    seed: int = typer.Option(0, metavar="N", help="Seed for random starts"),
+    seed: int = SEED,
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (faster convolutions)"),
     model: Optional[str] = MODEL,
     weights: Optional[Path] = WEIGHTS,
@@ -156,6 +157,8 @@ def curve(
     table_eps: str = typer.Option("", "--table-eps", metavar="EPS", help="eps_i values for the point-wise tables (default: all)"),
     limit: int = LIMIT,
     out: Path = typer.Option(Path("runs/curves"), "--out", metavar="PATH", help="Output folder"),
+    seed: int = SEED,
+    as_json: bool = JSON,
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
     model: Optional[str] = MODEL,
@@ -184,7 +187,7 @@ def curve(
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
     table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
-    with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
+    with evaluation(resolve_device(device), limit=limit, data_root=data_root, seed=seed) as ctx:
         curves = [compute_curve(r, grid, ctx, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
                                 targets=targets, queries=queries, protocol=protocol)
                   for r in runs]
@@ -201,8 +204,15 @@ def curve(
     for c in curves:
         table.add_row(str(c.run), c.method, format_eps(c.eps_t), f"{c.clean:.1%}", f"{c.auc:.3f}",
                       *([f"{area(c.eps, c.protocol):.3f}"] if paper else []))
-    out_console.print(table)
-    out_console.print(f"wrote {out}/curves.png, curves.csv, tables.md, tables.csv")
+    console = err_console if as_json else out_console
+    console.print(table)
+    console.print(f"wrote {out}/curves.png, curves.csv, tables.md, tables.csv")
+    if as_json:
+        rows = [{"run": str(c.run), "method": c.method, "n": c.n, "clean": c.clean, "area": c.auc,
+                 "attack": attack_label(c.settings),
+                 "results": [{"eps": json_eps(e), "accuracy": a, **({"protocol_accuracy": p} if p is not None else {})}
+                             for e, a, p in zip(c.eps, c.acc, c.protocol or [None] * len(c.eps))]} for c in curves]
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
 
 
 def check(
@@ -221,6 +231,8 @@ def check(
     queries: Optional[int] = QUERIES,
     ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps", metavar="N", help="APGD steps per attack of the worst-case "
                                                                        "ensemble (the protocol, bound and autoattack checks)"),
+    seed: int = SEED,
+    as_json: bool = typer.Option(False, "--json", help="Print check.json on stdout (the lines go to stderr)"),
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
     model: Optional[str] = MODEL,
@@ -247,29 +259,34 @@ def check(
     check_attack("ensemble", None, targets)
     require(tol is None or 0 <= tol <= 1, f"--tol must be in [0, 1], got {tol}")
     require(long_steps > steps, f"--long-steps ({long_steps}) must exceed --steps ({steps})")
-    check_ensemble_steps(ensemble_steps, out_console, "bound and autoattack may warn falsely, protocol understates "
-                                                      "PGD's gap")
+    console = err_console if as_json else out_console  # --json: stdout holds the JSON alone
+    check_ensemble_steps(ensemble_steps, console, "bound and autoattack may warn falsely, protocol understates "
+                                                  "PGD's gap")
     marks = {"pass": "[green]pass[/green]   ", "warn": "[bold red]WARN[/bold red]   ", "skipped": "[dim]skipped[/dim]"}
 
     def show(result):
-        out_console.print(f"{marks[result.status]}  {result.name:<15} {result.detail}")
+        console.print(f"{marks[result.status]}  {result.name:<15} {result.detail}")
 
     settings = CheckSettings(eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, tol=tol,
                              ensemble_steps=ensemble_steps, targets=targets, queries=queries, autoattack=autoattack,
                              autoattack_limit=autoattack_limit)
-    ctx = EvalContext(resolve_device(device), limit=limit, data_root=data_root)
+    ctx = EvalContext(resolve_device(device), limit=limit, data_root=data_root, seed=seed)
     results = check_run(run, settings, ctx, surrogate=surrogate, on_result=show)
     summary = summary_line(results)
+    if as_json:
+        sys.stdout.write(RunDir(run).file("check.json").read_text().rstrip("\n") + "\n")
     if overall_status(results) == "warn":
-        out_console.print(f"[bold red]possible gradient masking[/bold red]: {summary} (saved {run}/check.json)")
+        console.print(f"[bold red]possible gradient masking[/bold red]: {summary} (saved {run}/check.json)")
         raise typer.Exit(1)
-    out_console.print(f"{summary} (saved {run}/check.json)")
+    console.print(f"{summary} (saved {run}/check.json)")
 
 
 def saliency(
     runs: Optional[List[Path]] = typer.Argument(None, metavar="RUN...", help="Run directories, one row pair each"),
     index: int = typer.Option(0, "--index", "-i", metavar="INDEX", help="Test image index"),
-    eps_i: str = typer.Option("", "--eps-i", metavar="EPS", help="Test eps values (default: 3 from the dataset's grid)"),
+    eps: str = typer.Option("", "--eps", metavar="EPS", help="Test eps values, comma-separated (default: 3 from the "
+                            "dataset's grid)"),
+    eps_i: str = typer.Option("", "--eps-i", hidden=True, help="The old name of --eps"),
     steps: int = typer.Option(40, metavar="N", help="PGD steps for the adversarial images"),
     out: Path = typer.Option(Path("runs/saliency.png"), "--out", metavar="PATH", help="Output PNG"),
     data_root: Optional[Path] = DATA_ROOT,
@@ -282,13 +299,15 @@ def saliency(
 
     Examples:
 
-      robustgan saliency runs/sweep/atgan-eps0.1 runs/sweep/atgan-eps0.3 --index 7 --eps-i 0.1,0.2,0.3
+      robustgan saliency runs/sweep/atgan-eps0.1 runs/sweep/atgan-eps0.3 --index 7 --eps 0.1,0.2,0.3
     """
     positive("--steps", steps)
     writable(out)
     runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
-    grid = parse_eps_list(eps_i, "--eps-i") if eps_i else grid_for(dataset)[::4][:3]
+    require(not (eps and eps_i), "give --eps (--eps-i is its old name), not both")
+    eps, option = (eps_i, "--eps-i") if eps_i else (eps, "--eps")
+    grid = parse_eps_list(eps, option) if eps else grid_for(dataset)[::4][:3]
     path = saliency_grid(runs, index, grid, out, steps, data_root)
     out_console.print(f"wrote {path}")
 

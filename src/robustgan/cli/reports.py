@@ -10,7 +10,8 @@ from typing import List, Optional
 import typer
 
 from robustgan.attacks import ATTACKS
-from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, QUERIES, RESULTS, STEPS, TARGETS, WEIGHTS, eps_grid,
+from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, QUERIES, RESULTS, SEED, STEPS, TARGETS, WEIGHTS,
+                                  eps_grid,
                                   check_attack, check_common, check_ensemble_steps, err_console, json_eps, out_console, positive,
                                   require, single_subject, writable)
 from robustgan.eps import format_eps
@@ -37,6 +38,7 @@ def report(
     limit: int = LIMIT,
     index: int = typer.Option(0, "--index", metavar="INDEX", help="Test image for saliency and trends"),
     run_checks: bool = typer.Option(False, "--check/--no-check", help="Run the checks first where missing"),
+    seed: int = SEED,
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
 ):
@@ -60,8 +62,8 @@ def report(
             if not RunDir(r).file("check.json").is_file():
                 err_console.print(f"checking {r}")
                 check_run(r, CheckSettings(long_steps=200, targets=targets, autoattack=False),
-                          EvalContext(device, limit=limit, data_root=data_root))
-    with evaluation(device, limit=limit, data_root=data_root) as ctx:
+                          EvalContext(device, limit=limit, data_root=data_root, seed=seed))
+    with evaluation(device, limit=limit, data_root=data_root, seed=seed) as ctx:
         path = build_report(runs, out, ctx, eps_grid=grid, steps=steps, index=index, targets=targets,
                             curve_steps=ensemble_steps, queries=queries)
     out_console.print(f"wrote {path}")
@@ -76,6 +78,7 @@ def card(
     limit: int = LIMIT,
     run_checks: bool = typer.Option(False, "--check/--no-check", help="Run the masking checks first if the run has "
                                     "no check.json (else the card says 'not run')"),
+    seed: int = SEED,
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
     model: Optional[str] = MODEL,
@@ -102,8 +105,8 @@ def card(
     if run_checks and not RunDir(run).file("check.json").is_file():
         err_console.print(f"checking {run}")
         check_run(run, CheckSettings(eps=max(grid), autoattack=False), EvalContext(device, limit=limit,
-                                                                                   data_root=data_root))
-    with evaluation(device, limit=limit, data_root=data_root) as ctx:
+                                                                                   data_root=data_root, seed=seed))
+    with evaluation(device, limit=limit, data_root=data_root, seed=seed) as ctx:
         found = build_card(run, grid, ctx, steps=steps, targets=targets, queries=queries)
     paths = write_card(run, found)
     out_console.print(f"wrote {paths[0]} and {paths[1]}")
@@ -118,6 +121,7 @@ def frontier(
     limit: int = LIMIT,
     out: Path = typer.Option(Path("runs/frontier.png"), "--out", metavar="PATH", help="PNG file to write"),
     as_json: bool = typer.Option(False, "--json", help="Print the points as JSON on stdout"),
+    seed: int = SEED,
     device: str = DEVICE,
     data_root: Optional[Path] = DATA_ROOT,
 ):
@@ -140,7 +144,7 @@ def frontier(
     if eps:
         require(len(grid) == 1, "--eps takes one value: the frontier is drawn at one eps")
     at = grid[len(grid) // 2]
-    with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
+    with evaluation(resolve_device(device), limit=limit, data_root=data_root, seed=seed) as ctx:
         curves = [compute_curve(r, [at], ctx, steps=steps, targets=targets, queries=queries) for r in runs]
     points = frontier_points(curves, at)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -97,8 +97,7 @@ def sweep(
       robustgan sweep -c configs/atgan-mnist.toml --set data.root=~/data --print-commands > jobs.txt
     """
     grid = parse_eps_list(eps_t, "--eps-t") if eps_t else None
-    if out is not None:
-        writable(out, folder=True)
+    writable(out or Path("runs") / f"sweep-{config.stem}", folder=True)
     if frac is not None:
         check_frac(frac, "--frac")
     cfg = load_config(config, set_)

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks import attack_mode, default_step_size, robust_mask, worst_case
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks.ensemble import DEFAULT_TARGETS, is_probabilities
 from robustgan.attacks.threat import loss_and_grad
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
@@ -145,7 +145,7 @@ def check_logits(model, x, y, s, device) -> CheckResult:
     xb = x[:64].float().div(255).to(device)
     with torch.no_grad():
         out = model.eval()(xb).float()
-    probs = bool((out >= 0).all() and torch.allclose(out.sum(1), torch.ones(len(out), device=device), atol=1e-3))
+    probs = is_probabilities(out)
     return CheckResult("logits", "warn" if probs else "pass",
                        "outputs look like probabilities (non-negative, rows sum to 1)" if probs
                        else "outputs are unnormalised logits", {"probabilities": probs})

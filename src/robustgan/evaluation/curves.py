@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from robustgan.attacks import WorstCase, attack_label, get_attack, worst_case
+from robustgan.attacks.threat import randomized
 from robustgan.attacks.ensemble import DEFAULT_TARGETS, ensemble_names, refine_min_eps
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
@@ -159,13 +160,6 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
     return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),
                  fractions(correct) if len(y) else [0.0] * len(eps_grid), fractions(clean) if len(y) else 0.0,
                  len(y), settings, fractions(paper) if paper is not None and len(y) else None, correct, clean)
-
-
-def randomized(model, x: torch.Tensor) -> bool:
-    """Whether two eval-mode passes over ``x`` (uint8 or [0, 1]) differ (the deterministic check's test)."""
-    x = x.float().div(255) if x.dtype == torch.uint8 else x
-    with torch.no_grad():
-        return bool((model.eval()(x) - model(x)).abs().max() > 1e-5) if len(x) else False
 
 
 def fractions(correct: torch.Tensor):

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import attack_names, get_attack, robust_mask, worst_case
-from robustgan.attacks.threat import AttackError, model_device
+from robustgan.attacks import get_attack, robust_mask, worst_case
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks.threat import AttackError, check_eps, check_images, model_device, randomized
+from robustgan.evaluation.curves import fractions
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Evaluation:
     """Per-eps accuracies, the per-point matrix behind them, and what the evaluation cost."""
 
     eps: list[float]  # ascending
-    accuracy: dict[float, float]  # eps -> fraction of the n points correct under every attack
+    accuracy: dict[float, float]  # eps -> fraction k / n of the points correct under every attack (exact)
     correct: torch.Tensor  # (n, len(eps)) bool: point i withstood every attack at eps[k]
     clean: float  # clean accuracy
     attack: str
@@ -38,50 +40,42 @@ class Evaluation:
         return f"Evaluation({self.attack}, n={len(self.correct)}, clean {self.clean:.1%}, {{{accuracy}}})"
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps=(0.1, 0.2, 0.3), *, attack: str = "ensemble",
-             steps: int | None = None, queries: int | None = None, seed: int = 0, batch_size: int = 256,
-             device=None) -> Evaluation:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack: str = "ensemble",
+             steps: int | None = None, targets: int = DEFAULT_TARGETS, queries: int | None = None, seed: int = 0,
+             batch_size: int = 256, device=None) -> Evaluation:
     """Robust accuracy of ``model`` (any nn.Module mapping [0, 1] images to class scores) on
-    ``x`` (N, C, H, W), uint8 or float in [0, 1], and labels ``y`` (N,), at every L-inf
-    radius of ``eps`` (pixel scale, e.g. 0.3 or 8 / 255).
+    ``x`` (N, C, H, W), uint8 or float in [0, 1], and int64 labels ``y`` (N,), at every L-inf
+    radius of ``eps`` (a number or a list, pixel scale, e.g. 0.3 or 8 / 255).
 
     ``attack``: "ensemble" (the default: APGD-CE, APGD-T and Square, worst case per point)
     or any name of ``robustgan.attacks.attack_names()``; on a model whose outputs change
     between two passes the ensemble is replaced by "eot". ``steps`` and ``queries`` default
-    to the attack's own (100 steps, 5000 Square queries). ``device`` defaults to the
-    model's. The model is put in eval mode; its parameters are not changed. Bad arguments raise
-    ``robustgan.attacks.AttackError`` (a ValueError)."""
-    from robustgan.evaluation.curves import randomized
-
-    eps = [float(e) for e in ([eps] if isinstance(eps, (int, float)) else eps)]
-    if not eps or any(not 0 <= e <= 1 and e != float("inf") for e in eps):
-        raise AttackError(f"eps must be a non-empty list of radii in [0, 1] (or inf), got {eps}")
-    if len(set(eps)) != len(eps):
-        raise AttackError(f"eps has a radius twice: {eps}")
-    if attack not in attack_names():
-        raise AttackError(f"attack must be one of {', '.join(attack_names())}, got {attack!r}")
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() != 4 or len(x) != len(y):
-        raise AttackError("x must be a tensor (N, C, H, W) and y a tensor (N,) of labels, as many as images")
+    to the attack's own (100 steps, 5000 Square queries); ``targets=0`` for fewer than 4
+    classes. ``device`` defaults to the model's. The model is left in eval mode; its
+    parameters are not changed. Bad arguments raise ``robustgan.attacks.AttackError`` (a
+    ValueError)."""
+    eps = sorted(check_eps(e) for e in ([eps] if isinstance(eps, (int, float)) else eps))
+    if not eps or len(set(eps)) != len(eps):
+        raise AttackError(f"eps must be one radius or a list of distinct radii, got {eps}")
+    spec = get_attack(attack)
+    if not isinstance(x, torch.Tensor) or not len(x):
+        raise AttackError("x must be a non-empty tensor of images (N, C, H, W)")
+    check_images(x.float().div(255) if x.dtype == torch.uint8 else x, y)
     device = model_device(model) if device is None else torch.device(device)
-    eps = sorted(eps)
     model.eval()
     if attack == "ensemble" and randomized(model, x[:64].to(device)):
-        attack = "eot"
+        attack, spec = "eot", get_attack("eot")
     start = time.perf_counter()
-    try:
-        if attack == "ensemble":
-            found = worst_case(model, x, y, eps, steps=steps or get_attack(attack).steps, queries=queries, seed=seed,
-                               batch_size=batch_size, device=device)
-            correct, clean, attacks = found.correct, found.clean, found.attacks
-            grads, forwards = found.grad_evals, found.forwards
-        else:
-            clean = robust_mask(model, x, y, attack="none", batch_size=batch_size, device=device)
-            correct = torch.stack([robust_mask(model, x, y, attack=attack, eps=e, steps=steps, seed=seed,
-                                               batch_size=batch_size, device=device, queries=queries) for e in eps], 1)
-            attacks, grads, forwards = [attack], None, None
-    except AttackError as err:
-        raise AttackError(str(err)) from None
-    n = max(len(y), 1)
-    accuracy = {e: correct[:, k].sum().item() / n for k, e in enumerate(eps)}
-    return Evaluation(eps, accuracy, correct, clean.sum().item() / n, attack, attacks, grads, forwards,
-                      time.perf_counter() - start)
+    steps = spec.steps if steps is None else steps
+    if attack == "ensemble":
+        found = worst_case(model, x, y, eps, steps=steps, targets=targets, queries=queries, seed=seed,
+                           batch_size=batch_size, device=device)
+        correct, clean, attacks = found.correct, found.clean, found.attacks
+        grads, forwards = found.grad_evals, found.forwards
+    else:
+        clean = robust_mask(model, x, y, attack="none", batch_size=batch_size, device=device)
+        correct = torch.stack([robust_mask(model, x, y, attack=attack, eps=e, steps=steps, targets=targets, seed=seed,
+                                           batch_size=batch_size, device=device, queries=queries) for e in eps], 1)
+        attacks, grads, forwards = [attack], None, None
+    return Evaluation(eps, dict(zip(eps, fractions(correct))), correct, fractions(clean), attack, attacks, grads,
+                      forwards, time.perf_counter() - start)
