@@ -71,3 +71,19 @@ def test_seed_and_json_are_on_every_evaluating_command(monkeypatch, capsys):
         assert "--json" in run_main([command, "--help"], monkeypatch, capsys).stdout, command
     saliency = run_main(["saliency", "--help"], monkeypatch, capsys).stdout
     assert "--eps EPS" in saliency and "--eps-i" not in saliency
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    """A --model that does not import, and a training whose data is missing: one line, exit 2,
+    and no results folder or half-made run directory left."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
+    done = run_main(["eval", "--model", "nosuchmodule:build", "--weights", tmp_path / "w.safetensors",
+                     "--dataset", "digits", "--eps", "0.1"], monkeypatch, capsys)
+    assert_one_line(done, "cannot import nosuchmodule")
+    done = run_main(["train", "-c", "configs/pgd-at-mnist.toml", "--out", tmp_path / "run",
+                     "--data-root", tmp_path / "no-mnist-here"], monkeypatch, capsys)
+    assert done.returncode == 2 and "mnist" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]

@@ -173,6 +173,7 @@ def external_run(factory: str, weights: str | Path, dataset: str, *, data_root=N
     weights = Path(weights).expanduser().resolve()
     external.check_weights_file(weights)
     factory = external.absolute_factory(factory)
+    external.import_factory(factory)  # a factory that does not import fails here, before anything is written
     tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in factory.rsplit("/", 1)[-1])
     path = Path(out) if out is not None else weights.with_name(f"{weights.stem}.{tag}.robustgan")
     root = str(Path(data_root).expanduser().resolve()) if data_root is not None else None

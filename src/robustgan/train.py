@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import signal
 import threading
 import time
@@ -63,9 +64,11 @@ def fit(cfg: Config | str | Path | None, out: str | Path, *, resume: bool = Fals
         stop_after: int | None = None, data_root: str | None = None, overrides: Sequence[str] = ()) -> RunDir:
     """Train ``cfg`` (a Config, or a TOML file read with ``overrides`` such as
     "train.epochs=3") into run directory ``out``; with ``resume`` continue from its
-    checkpoint (using the run's saved config). Exported as ``robustgan.fit``. ``stop_after`` ends this invocation after
-    that many epochs (the run stays resumable). Returns the run directory. On glibc it also
-    keeps freed CPU memory in the process from then on (``runtime.keep_freed_memory``)."""
+    checkpoint (using the run's saved config). Exported as ``robustgan.fit``. ``stop_after``
+    ends this invocation after that many epochs (the run stays resumable). Returns the run
+    directory. A directory this call made is removed again if its data cannot be loaded
+    (nothing of the run is written before that). On glibc it also keeps freed CPU memory
+    in the process from then on (``runtime.keep_freed_memory``)."""
     if isinstance(cfg, (str, Path)):
         cfg = load_config(cfg, list(overrides))
     elif overrides:
@@ -74,12 +77,19 @@ def fit(cfg: Config | str | Path | None, out: str | Path, *, resume: bool = Fals
     run = RunDir(out)
     cfg, resume = resolve_start(run, cfg, resume, data_root)
     here = distributed.setup(resolve_device(cfg.train.device))
+    made = not run.path.exists()
     if here.is_main:  # rank 0 owns the directory and its lock
         run.path.mkdir(parents=True, exist_ok=True)
         run.acquire_lock()
     try:
-        train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")  # bad data: no run
-        cfg.data = resolve_layout(cfg.data)  # imagefolder / npz: the run records channels, size and classes
+        try:
+            train_split, test_split = load_split(cfg.data, "train"), load_split(cfg.data, "test")  # bad data: no run
+            cfg.data = resolve_layout(cfg.data)  # imagefolder / npz: the run records channels, size and classes
+        except BaseException:
+            if made and here.is_main:
+                run.release_lock()
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
         if not resume and here.is_main:
             run.create(cfg)
         subrun_models = {} if resume else train_subruns(cfg, run, quiet)  # a resumed method holds them
