@@ -64,13 +64,16 @@ def test_usage_errors_are_one_line(monkeypatch, capsys):
 
 def test_seed_and_json_are_on_every_evaluating_command(monkeypatch, capsys):
     """One name per idea: --seed on every command that attacks, --json on those that print
-    results, --eps for test eps everywhere (saliency's --eps-i stays as a hidden old name)."""
+    results, --device on every command that runs a model, --eps for test eps everywhere
+    (saliency's --eps-i stays as a hidden old name)."""
     for command in ("eval", "curve", "check", "card", "report", "frontier"):
         assert "--seed N" in run_main([command, "--help"], monkeypatch, capsys).stdout, command
     for command in ("eval", "curve", "check", "frontier"):
         assert "--json" in run_main([command, "--help"], monkeypatch, capsys).stdout, command
     saliency = run_main(["saliency", "--help"], monkeypatch, capsys).stdout
     assert "--eps EPS" in saliency and "--eps-i" not in saliency
+    for command in ("eval", "curve", "check", "card", "report", "frontier", "saliency", "trends", "predict"):
+        assert "--device DEVICE" in run_main([command, "--help"], monkeypatch, capsys).stdout, command
 
 
 def test_a_failed_start_leaves_nothing_behind(tmp_path, monkeypatch, capsys):

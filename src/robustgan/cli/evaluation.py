@@ -287,6 +287,7 @@ def saliency(
     eps: str = typer.Option("", "--eps", metavar="EPS", help="Test eps values, comma-separated (default: 3 from the "
                             "dataset's grid)"),
     eps_i: str = typer.Option("", "--eps-i", hidden=True, help="The old name of --eps"),
+    device: str = DEVICE,
     steps: int = typer.Option(40, metavar="N", help="PGD steps for the adversarial images"),
     out: Path = typer.Option(Path("runs/saliency.png"), "--out", metavar="PATH", help="Output PNG"),
     data_root: Optional[Path] = DATA_ROOT,
@@ -308,7 +309,7 @@ def saliency(
     require(not (eps and eps_i), "give --eps (--eps-i is its old name), not both")
     eps, option = (eps_i, "--eps-i") if eps_i else (eps, "--eps")
     grid = parse_eps_list(eps, option) if eps else grid_for(dataset)[::4][:3]
-    path = saliency_grid(runs, index, grid, out, steps, data_root)
+    path = saliency_grid(runs, index, grid, out, steps, data_root, resolve_device(device))
     out_console.print(f"wrote {path}")
 
 
@@ -318,6 +319,7 @@ def trends(
     eps_max: Optional[str] = typer.Option(None, "--eps-max", metavar="EPS", help="Largest perturbation, e.g. 0.3 or 16/255 (default: the run's eps)"),
     out: Optional[Path] = typer.Option(None, "--out", metavar="PATH", help="Output folder (default RUN/trends)"),
     data_root: Optional[Path] = DATA_ROOT,
+    device: str = DEVICE,
 ):
     """Logit trends along random, FGSM, PGD and generator directions (paper 002, Fig. 5).
 
@@ -331,7 +333,7 @@ def trends(
     """
     value = parse_one_eps(eps_max, "--eps-max") if eps_max is not None else None
     writable(out if out is not None else run / "trends", folder=True)
-    png, csv_path, found = run_trends(run, index, value, out, data_root)
+    png, csv_path, found = run_trends(run, index, value, out, data_root, resolve_device(device))
     for t in found:
         where = f"overtaken at +{t.crossing:.3f}" if t.crossing is not None else "never overtaken"
         out_console.print(f"{t.name:>10}: {where}")
@@ -341,6 +343,7 @@ def trends(
 def predict(
     run: Path = typer.Argument(..., metavar="RUN", help="Run directory"),
     images: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...)"),
+    device: str = DEVICE,
 ):
     """Classify image files with a run's defended model (converted to grey/RGB and resized
     to the run's dataset as needed). Prints path, class index, confidence and class name
@@ -350,5 +353,5 @@ def predict(
 
       robustgan predict runs/demo/atgan digit.png another.png
     """
-    for path, label, confidence, name in classify(run, images):
+    for path, label, confidence, name in classify(run, images, resolve_device(device)):
         sys.stdout.write(f"{path}\t{label}\t{confidence:.3f}\t{name}\n")  # tab-separated: path, class, confidence, name

@@ -28,17 +28,17 @@ def load_image(path: Path, channels: int, size: int) -> torch.Tensor:
     return raw.view(size, size, channels).permute(2, 0, 1)[None].float() / 255
 
 
-def predict(run_dir, paths: list[Path]) -> list[tuple[Path, int, float, str]]:
+def predict(run_dir, paths: list[Path], device="cpu") -> list[tuple[Path, int, float, str]]:
     """(path, class, confidence, class name) for each image, from the run's defended model;
     the names are an imagefolder run's folder names (else the class index)."""
     dcfg = RunDir(run_dir).config().data
     geometry = geometry_for(dcfg)  # no dataset files needed
-    model = load_model(run_dir)
+    model = load_model(run_dir).to(device)
     results = []
     for path in paths:
         x = load_image(Path(path), geometry.channels, geometry.image_size)
         with torch.no_grad():
-            probs = torch.softmax(model(x).float(), 1)[0]
+            probs = torch.softmax(model(x.to(device)).float(), 1)[0].cpu()
         label = int(probs.argmax())
         results.append((Path(path), label, float(probs.max()), dcfg.classes[label] if dcfg.classes else str(label)))
     return results

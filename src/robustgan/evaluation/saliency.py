@@ -26,7 +26,7 @@ def saliency(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return grad.abs().amax(1, keepdim=True)
 
 
-def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_root=None) -> Path:
+def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_root=None, device="cpu") -> Path:
     """One PNG: a row pair per run (images, saliency), a column per eps_i (0 = clean)."""
     plt = pyplot()
 
@@ -34,18 +34,18 @@ def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_r
     fig, axes = plt.subplots(2 * len(runs), len(eps_cols), figsize=(1.6 * len(eps_cols), 3.3 * len(runs)),
                              squeeze=False)
     for r, run in enumerate(runs):
-        cfg, model, x_all, y_all = open_run(run, data_root=data_root)
+        cfg, model, x_all, y_all = open_run(run, data_root=data_root, device=device)
         if not 0 <= index < len(y_all):
             raise RobustganError(f"--index must be in [0, {len(y_all) - 1}], got {index}")
-        x, y = x_all[index:index + 1].float() / 255, y_all[index:index + 1]
+        x, y = x_all[index:index + 1].float().div(255).to(device), y_all[index:index + 1].to(device)
         for c, eps in enumerate(eps_cols):
             torch.manual_seed(0)
             x_adv = pgd(model, x, y, eps, steps, default_step_size(eps, steps)) if eps > 0 else x
             with torch.no_grad():
                 pred = int(model(x_adv).argmax(1))
-            sal = saliency(model, x_adv, y)[0, 0]
+            sal = saliency(model, x_adv, y)[0, 0].cpu()
             img_ax, sal_ax = axes[2 * r, c], axes[2 * r + 1, c]
-            img = x_adv[0].permute(1, 2, 0).squeeze(-1).numpy()
+            img = x_adv[0].permute(1, 2, 0).squeeze(-1).cpu().numpy()
             img_ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
             sal_ax.imshow(sal.numpy(), cmap="hot")
             img_ax.set_title(("clean" if eps == 0 else f"eps_i={format_eps(eps)}") + f"\npred {pred}", fontsize=7,

@@ -41,7 +41,7 @@ def unit(d: torch.Tensor) -> torch.Tensor:
 def directions(model, x, y, eps_max: float, generator_delta: torch.Tensor | None, seed: int = 0) -> dict:
     """{'random', 'fgsm', 'pgd'[, 'generator']} -> (1, C, H, W) directions with L-inf norm 1."""
     gen = torch.Generator().manual_seed(seed)
-    out = {"random": unit(torch.randn(x.shape, generator=gen))}
+    out = {"random": unit(torch.randn(x.shape, generator=gen)).to(x.device)}
     with attack_mode(model):
         _, grad = loss_and_grad(model, x.clone().requires_grad_(True), y)
     out["fgsm"] = grad.sign()
@@ -60,12 +60,12 @@ def logit_trends(model, x, y, dirs: dict, eps_max: float, points: int = 81) -> l
     scales[len(scales) // 2] = 0.0
     trends = []
     for name, d in dirs.items():
-        s = torch.tensor(scales, dtype=x.dtype).view(-1, 1, 1, 1)
-        logits = model((x + s * d).clamp(0, 1)).float().numpy()  # (S, k)
+        s = torch.tensor(scales, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
+        logits = model((x + s * d).clamp(0, 1)).float().cpu().numpy()  # (S, k)
         true = logits[:, int(y)]
         others = np.delete(logits, int(y), axis=1).max(1)
         overtaken = [sc for sc, t, o in zip(scales, true, others) if sc > 0 and o > t]
-        trends.append(Trend(name, d[0], scales, logits, float(min(overtaken)) if overtaken else None))
+        trends.append(Trend(name, d[0].cpu(), scales, logits, float(min(overtaken)) if overtaken else None))
     return trends
 
 
@@ -107,17 +107,19 @@ def plot(trends: list[Trend], x: torch.Tensor, y: int, path: Path, title: str) -
 
 
 def run_trends(run_dir, index: int = 0, eps_max: float | None = None, out: Path | None = None,
-               data_root=None) -> tuple[Path, Path, list[Trend]]:
+               data_root=None, device="cpu") -> tuple[Path, Path, list[Trend]]:
     """The `robustgan trends` command: PNG + CSV for test image ``index`` of the run's data.
     ``eps_max`` defaults to the run's eps (``runtime.default_eps``), else 0.1."""
     run = RunDir(run_dir)
-    cfg, model, x_all, y_all = open_run(run_dir, data_root=data_root)
+    cfg, model, x_all, y_all = open_run(run_dir, data_root=data_root, device=device)
     if not 0 <= index < len(y_all):
         raise RobustganError(f"--index must be in [0, {len(y_all) - 1}], got {index}")
     x, y = x_all[index:index + 1].float() / 255, y_all[index:index + 1]
     eps_max = eps_max or default_eps(cfg) or 0.1
-    delta = generator_perturbation(run, cfg, geometry_for(cfg.data), x, y)
+    delta = generator_perturbation(run, cfg, geometry_for(cfg.data), x, y)  # on the CPU
+    x, y, delta = x.to(device), y.to(device), None if delta is None else delta.to(device)
     trends = logit_trends(model, x, y, directions(model, x, y, eps_max, delta), eps_max)
+    x = x.cpu()
     out = Path(out) if out else run.path / "trends"
     out.mkdir(parents=True, exist_ok=True)
     png, csv_path = out / f"trends_{index}.png", out / f"trends_{index}.csv"
