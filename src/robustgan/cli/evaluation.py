@@ -197,6 +197,14 @@ def curve(
     md, table_csv = pointwise_tables(curves, table_grid)
     (out / "tables.md").write_text(md)
     (out / "tables.csv").write_text(table_csv)
+    console = err_console if as_json else out_console  # --json: stdout holds the JSON alone
+    console.print(area_table(curves))
+    console.print(f"wrote {out}/curves.png, curves.csv, tables.md, tables.csv")
+    if as_json:
+        sys.stdout.write(json.dumps([curve_json(c) for c in curves], indent=1) + "\n")
+
+
+def area_table(curves) -> Table:
     paper = curves[0].protocol is not None
     table = Table(title=f"area under the robustness curve ({attack_label(curves[0].settings)}, n={curves[0].n})")
     for col in ("run", "method", "eps_t", "clean", "area", *(["area, PGD-40 (papers' protocol)"] if paper else [])):
@@ -204,15 +212,15 @@ def curve(
     for c in curves:
         table.add_row(str(c.run), c.method, format_eps(c.eps_t), f"{c.clean:.1%}", f"{c.auc:.3f}",
                       *([f"{area(c.eps, c.protocol):.3f}"] if paper else []))
-    console = err_console if as_json else out_console
-    console.print(table)
-    console.print(f"wrote {out}/curves.png, curves.csv, tables.md, tables.csv")
-    if as_json:
-        rows = [{"run": str(c.run), "method": c.method, "n": c.n, "clean": c.clean, "area": c.auc,
-                 "attack": attack_label(c.settings),
-                 "results": [{"eps": json_eps(e), "accuracy": a, **({"protocol_accuracy": p} if p is not None else {})}
-                             for e, a, p in zip(c.eps, c.acc, c.protocol or [None] * len(c.eps))]} for c in curves]
-        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+    return table
+
+
+def curve_json(c) -> dict:
+    """One run's curve as `curve --json` prints it (the keys of `eval --json`'s results)."""
+    return {"run": str(c.run), "method": c.method, "n": c.n, "clean": c.clean, "area": c.auc,
+            "attack": attack_label(c.settings),
+            "results": [{"eps": json_eps(e), "accuracy": a, **({"protocol_accuracy": p} if p is not None else {})}
+                        for e, a, p in zip(c.eps, c.acc, c.protocol or [None] * len(c.eps))]}
 
 
 def check(
@@ -262,16 +270,11 @@ def check(
     console = err_console if as_json else out_console  # --json: stdout holds the JSON alone
     check_ensemble_steps(ensemble_steps, console, "bound and autoattack may warn falsely, protocol understates "
                                                   "PGD's gap")
-    marks = {"pass": "[green]pass[/green]   ", "warn": "[bold red]WARN[/bold red]   ", "skipped": "[dim]skipped[/dim]"}
-
-    def show(result):
-        console.print(f"{marks[result.status]}  {result.name:<15} {result.detail}")
-
     settings = CheckSettings(eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, tol=tol,
                              ensemble_steps=ensemble_steps, targets=targets, queries=queries, autoattack=autoattack,
                              autoattack_limit=autoattack_limit)
     ctx = EvalContext(resolve_device(device), limit=limit, data_root=data_root, seed=seed)
-    results = check_run(run, settings, ctx, surrogate=surrogate, on_result=show)
+    results = check_run(run, settings, ctx, surrogate=surrogate, on_result=lambda result: show_check(result, console))
     summary = summary_line(results)
     if as_json:
         sys.stdout.write(RunDir(run).file("check.json").read_text().rstrip("\n") + "\n")
@@ -279,6 +282,13 @@ def check(
         console.print(f"[bold red]possible gradient masking[/bold red]: {summary} (saved {run}/check.json)")
         raise typer.Exit(1)
     console.print(f"{summary} (saved {run}/check.json)")
+
+
+CHECK_MARKS = {"pass": "[green]pass[/green]   ", "warn": "[bold red]WARN[/bold red]   ", "skipped": "[dim]skipped[/dim]"}
+
+
+def show_check(result, console) -> None:
+    console.print(f"{CHECK_MARKS[result.status]}  {result.name:<15} {result.detail}")
 
 
 def saliency(
