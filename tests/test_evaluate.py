@@ -46,24 +46,21 @@ def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_
 
 
 def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path, monkeypatch, capsys):
-    """No surrogate and no AutoAttack: both say skipped (CLI, check.json), and the exit is 0."""
+    """No surrogate and no AutoAttack: both say skipped (CLI, check.json), and the exit is 0.
+    With --json, check.json is printed on stdout and the lines go to stderr."""
     run = tmp_path / "pgd"
     copy_run(digits_runs / "pgd", run)
-    done = runner.invoke(app, ["check", str(run), "--limit", "32", "--steps", "5", "--long-steps", "10", "--targets", "1",
-                               "--restarts", "2", "--no-autoattack", "--ensemble-steps", "10", "--eps", "0.2"])
-    assert done.exit_code == 0, done.output
-    assert "skipped  transfer" in done.output and "skipped  autoattack" in done.output
-    assert "2 skipped (transfer: no surrogate" in done.output and "; autoattack: --no-autoattack)" in done.output
-    report = json.loads((run / "check.json").read_text())
-    status = {c["name"]: c["status"] for c in report["checks"]}
-    assert status["transfer"] == status["autoattack"] == "skipped" and report["status"] == "pass"
-    assert "2 skipped" in report["summary"] and report["ensemble_steps"] == 10
-    # --json: check.json on stdout, the lines on stderr (the same attacks: read from the run's cache)
     done = run_main(["check", run, "--limit", "32", "--steps", "5", "--long-steps", "10", "--targets", "1",
                      "--restarts", "2", "--no-autoattack", "--ensemble-steps", "10", "--eps", "0.2", "--json"],
                     monkeypatch, capsys)
-    assert done.returncode == 0 and json.loads(done.stdout) == json.loads((run / "check.json").read_text())
-    assert "skipped  transfer" in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "skipped  transfer" in done.stderr and "skipped  autoattack" in done.stderr
+    assert "2 skipped (transfer: no surrogate" in done.stderr and "; autoattack: --no-autoattack)" in done.stderr
+    report = json.loads((run / "check.json").read_text())
+    assert json.loads(done.stdout) == report
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert status["transfer"] == status["autoattack"] == "skipped" and report["status"] == "pass"
+    assert "2 skipped" in report["summary"] and report["ensemble_steps"] == 10
 
 
 def test_area_is_exact():
