@@ -20,15 +20,15 @@ from robustgan.evaluation.paired import paired
 from tests.helpers import CONFIGS, accuracy, copy_run, run_main, tiny_cnn
 
 
-class Scaled(torch.nn.Module):
-    """Logits times a constant: the same classifier, a saturated softmax."""
+class Outputs(torch.nn.Module):
+    """The model with ``wrap`` applied to its outputs (logits times a constant, a softmax...)."""
 
-    def __init__(self, model, scale):
+    def __init__(self, model, wrap):
         super().__init__()
-        self.model, self.scale = model, scale
+        self.model, self.wrap = model, wrap
 
     def forward(self, x):
-        return self.model(x) * self.scale
+        return self.wrap(self.model(x))
 
 
 def test_dlr_losses_ignore_shifting_and_scaling_the_logits():
@@ -209,7 +209,7 @@ def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits
 def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tiny, digits, seed):
     _, _, xt, yt = digits
     x, y = xt[:100], yt[:100]  # the effects are tens of points (measured below at 1 / 2 threads)
-    saturated = Scaled(robust_tiny, 1e4).eval()
+    saturated = Outputs(robust_tiny, DECISION_KEEPING["logits x 1e4"]).eval()
     assert accuracy(saturated, x, y) == accuracy(robust_tiny, x, y)
     pgd_plain = robust_mask(robust_tiny, x, y, attack="pgd", eps=0.2, steps=40, seed=seed)
     pgd_saturated = robust_mask(saturated, x, y, attack="pgd", eps=0.2, steps=40, seed=seed)
@@ -228,15 +228,6 @@ DECISION_KEEPING = {
     "log-softmax of logits x 1e3": lambda z: torch.log_softmax(z * 1e3, 1),
     "softmax": lambda z: torch.softmax(z, 1),
 }
-
-
-class Outputs(torch.nn.Module):
-    def __init__(self, model, wrap):
-        super().__init__()
-        self.model, self.wrap = model, wrap
-
-    def forward(self, x):
-        return self.wrap(self.model(x))
 
 
 @pytest.mark.statistical

@@ -103,7 +103,11 @@ class LogProbabilities(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).float().clamp_min(torch.finfo(torch.float32).tiny).log()
+        return log_probabilities(self.model(x))
+
+
+def log_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    return outputs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
 def is_probabilities(outputs: torch.Tensor) -> bool:
@@ -120,7 +124,7 @@ def as_logits(model: nn.Module, outputs: torch.Tensor) -> tuple[nn.Module, torch
     Decided per batch (a model whose outputs are probabilities on some batches only is not
     one we can tell apart)."""
     if is_probabilities(outputs):
-        return LogProbabilities(model), outputs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
+        return LogProbabilities(model), log_probabilities(outputs)
     return model, outputs.float()
 
 
