@@ -54,13 +54,16 @@ def _draws(ids: torch.Tensor, seed: int, chunk: int, width: int) -> torch.Tensor
 
 
 def square_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, seed: int,
-                ids: torch.Tensor) -> SquareState:
+                ids: torch.Tensor, start: torch.Tensor | None = None, warm: torch.Tensor | None = None) -> SquareState:
     """Vertical stripes: x + eps * (one random sign per channel and column), in the box; eps
-    (n,) one per point."""
+    (n,) one per point. The rows ``warm`` (n,) bool start at ``start`` instead (a point of
+    their ball, e.g. a fooling example from a larger ball, scaled)."""
     n, c, _, w = x.shape
     signs = torch.stack([torch.randint(0, 2, (c, 1, w), generator=_generator(seed, i, 0)) for i in ids.tolist()])
     lo, hi = ball(x, eps)
     x_best = torch.max(torch.min(x + eps.view(-1, 1, 1, 1) * (2 * signs.to(x) - 1), hi), lo)
+    if warm is not None:
+        x_best = torch.where(warm[:, None, None, None], torch.max(torch.min(start, hi), lo), x_best)
     with torch.no_grad():
         logits = model(x_best).float()
     return SquareState(x_best, margin(logits, y), logits.argmax(1) != y)
