@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustgan.attacks import ATTACKS, AttackArgs, AttackError, attack_label, attack_names, register_attack, robust_mask
+from robustgan.attacks import (ATTACKS, AttackArgs, AttackError, attack_label, attack_names, attack_table, register_attack,
+                               robust_mask)
 from robustgan.evaluation.cache import EvalCache, cache_key, cached_mask, mask_settings
 from tests.helpers import CONFIGS, copy_run, run_main, tiny_cnn
 
@@ -154,3 +155,8 @@ def test_a_toy_method_added_through_the_registry_states_its_contract():
         assert eps_train(load_config(CONFIGS / "standard-digits.toml")) == 0.0
     finally:
         del METHODS["toy_method"], METHOD_CONFIGS["toy_method"]
+
+
+def test_the_docs_attack_table_is_the_registrys():
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "evaluation.md").read_text()
+    assert attack_table() in docs, "docs/evaluation.md: paste robustgan.attacks.attack_table() in place of its table"

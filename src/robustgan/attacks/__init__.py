@@ -8,7 +8,7 @@ from robustgan.attacks.ensemble import WorstCase, worst_case
 from robustgan.attacks.gradient import fgsm, pgd
 from robustgan.attacks.losses import dlr_loss, dlr_targeted_loss
 from robustgan.attacks.square import square
-from robustgan.attacks.registry import (ATTACK_VERSION, ATTACKS, DEFAULT_ATTACK, AttackArgs, AttackSpec, attack_label, attack_names,
+from robustgan.attacks.registry import (ATTACK_VERSION, ATTACKS, DEFAULT_ATTACK, AttackArgs, AttackSpec, attack_label, attack_names, attack_table,
                                         default_step_size, get_attack, register_attack)
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images
 
@@ -16,5 +16,5 @@ ATTACK_NAMES = attack_names()  # the built-in attacks; attack_names() also lists
 
 __all__ = ["fgsm", "pgd", "apgd", "autoattack", "square", "worst_case", "WorstCase", "dlr_loss", "dlr_targeted_loss",
            "robust_accuracy", "robust_mask", "attack_batch", "default_step_size", "ATTACK_NAMES", "ATTACK_VERSION",
-           "ATTACKS", "DEFAULT_ATTACK", "AttackArgs", "AttackSpec", "attack_label", "attack_names", "get_attack",
+           "ATTACKS", "DEFAULT_ATTACK", "AttackArgs", "AttackSpec", "attack_label", "attack_names", "attack_table", "get_attack",
            "register_attack", "AttackError", "attack_mode", "ball", "check_eps", "check_images"]

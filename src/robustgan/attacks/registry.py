@@ -122,6 +122,17 @@ def attack_names() -> tuple[str, ...]:
     return tuple(sorted(ATTACKS, key=lambda name: (name != DEFAULT_ATTACK, name)))
 
 
+def attack_table() -> str:
+    """The registered attacks as a markdown table (docs/evaluation.md holds it; a test keeps the
+    two equal): name, default steps, the settings its numbers depend on, its help line."""
+    rows = ["| `--attack` | default `--steps` | its numbers depend on | what it runs |", "| --- | --- | --- | --- |"]
+    for name in attack_names():
+        spec = ATTACKS[name]
+        depends = ", ".join(["eps", "n", "seed", *spec.key])
+        rows.append(f"| `{name}` | {spec.steps if spec.steps else '-'} | {depends} | {spec.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def attack_label(settings: dict) -> str:
     """The label of a cached result's settings, e.g. "worst case of APGD-CE + APGD-T (9
     targets), 100 steps" or "PGD-40, 5 restarts"."""
