@@ -302,11 +302,12 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     time Square fools it, at the next smaller eps of the grid, starting from the fooling example
     scaled into the smaller ball (x + delta * eps_k / eps_k+1: Square's corners stay corners).
     Where such a warm-started probe fails, a fresh one (Square's own start, other draws) tries
-    the same eps for ``RETRY`` of the budget; where a fresh probe fails, the point is taken as not fooled at smaller eps
-    either. Each probe spends up to ``queries`` forward passes per point, fewer on a point it
-    fools or gives up on (``GIVE_UP``), decided per point, with draws from (seed, the point's
-    index, the eps, fresh or warm), so a batch or a shard gets what one process gets. Updates
-    ``correct`` (n, len(eps), CPU) and ``examples`` in place; returns the forward passes spent."""
+    the same eps for ``RETRY`` of the budget; where a fresh probe fails, the point is taken as
+    not fooled at smaller eps either. Each probe spends up to ``queries`` forward passes per
+    point, fewer on a point it fools or gives up on (``GIVE_UP``), decided per point, with draws
+    from (seed, the point's index, the eps, fresh or warm), so a batch or a shard gets what one
+    process gets. Updates ``correct`` (n, len(eps), CPU) and ``examples`` in place; returns the
+    forward passes spent."""
     grid = torch.tensor(eps)  # ascending: 0 first, inf last, if at all
     smallest = int((grid <= 0).sum())
     largest = int((grid < math.inf).sum()) - 1
@@ -334,9 +335,11 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
             if examples is not None:
                 examples[k:, i][correct[i, k:]] = example.cpu()
             correct[i, k:] = False
-            probe[i], retry[i], warm[i] = (k - 1 if k > smallest else -1), False, True
-            if k > smallest:
+            if k > smallest:  # the next smaller eps, from this example scaled into its ball
+                probe[i], retry[i], warm[i] = k - 1, False, True
                 start[i] = x[i] + (example - x[i]) * float(grid[k - 1] / grid[k])
+            else:
+                probe[i], retry[i] = -1, False
     return forwards
 
 
@@ -345,7 +348,7 @@ def _square_probe(model, x, y, streams, eps, queries, budget, seed, start, warm,
     a schedule of ``queries``, each point stopping after its ``budget`` (n,) queries, or at a
     ``GIVE_UP`` checkpoint where its margin is still more than that fraction of ``reference``
     (its clean margin): (fooled, best examples, forward passes)."""
-    state = square_init(model, x, y, eps, seed, streams, torch.where(warm[:, None, None, None], start, x), warm)
+    state = square_init(model, x, y, eps, seed, streams, start, warm)
     rows, spent, done = torch.arange(len(x), device=x.device), len(x), 0
     give_up = dict(GIVE_UP)
     budget = budget.to(x.device)
