@@ -454,6 +454,32 @@ def test_the_gradient_free_stage_finds_what_gradients_cannot(robust_tiny, digits
         assert not paired(ensemble.correct[:, k], square_alone[:, k]).excess(0.0), k
 
 
+class ConstantLogits(torch.nn.Module):
+    """Logits (2, 1, 0) whatever the input: a margin of -1 no query can move."""
+
+    def forward(self, x):
+        return torch.tensor([2.0, 1.0, 0.0]).expand(len(x), 3) + 0 * x.flatten(1)[:, :1]
+
+
+def test_a_square_probe_starts_warm_where_asked_and_gives_up_where_the_margin_does_not_close():
+    """The gradient-free stage's probe: warm rows start at the given example; a point whose
+    margin has not closed is dropped at GIVE_UP's first checkpoint instead of running its 5000
+    queries; a smaller budget (a fresh retry's) stops its point there."""
+    from robustgan.attacks.gradient_free import GIVE_UP, _square_probe
+    from robustgan.attacks.square import square_init
+
+    model, n = ConstantLogits().eval(), 4
+    x, y, eps = torch.rand(n, 1, 8, 8) * 0.5 + 0.25, torch.zeros(n, dtype=torch.long), torch.full((n,), 0.1)
+    start, warm = x + 0.1 * torch.sign(torch.randn_like(x)), torch.tensor([True, False, True, False])
+    state = square_init(model, x, y, eps, 0, torch.arange(n), start, warm)
+    assert torch.equal(state.x_best[warm], start[warm]) and not torch.equal(state.x_best[~warm], start[~warm])
+    probe = dict(streams=torch.arange(n), seed=0, queries=5000, start=start, warm=warm, reference=torch.full((n,), -1.0))
+    fooled, _, spent = _square_probe(model, x, y, eps, budget=torch.full((n,), 5000), **probe)
+    assert not fooled.any() and spent == n + n * GIVE_UP[0][0]
+    _, _, spent = _square_probe(model, x, y, eps, budget=torch.tensor([5000, 5000, 200, 200]), **probe)
+    assert spent == n + 2 * GIVE_UP[0][0] + 2 * 200
+
+
 @pytest.mark.statistical
 def test_eot_evaluates_a_randomized_model_near_its_noise_free_twin(robust_tiny, digits, seed):
     """Noise at test time (std 0.1, tests/planted.py): APGD-CE and APGD-DLR with gradients

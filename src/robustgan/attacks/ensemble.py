@@ -55,7 +55,7 @@ import torch.nn as nn
 
 from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.registry import QUERIES_PER_STEP, AttackArgs, register_attack
-from robustgan.attacks.square import square_init, square_steps
+from robustgan.attacks.gradient_free import gradient_free_stage
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps, model_device
 
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
@@ -63,13 +63,6 @@ FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher r
 CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap
 
 CLOSE_RESTART = 0.5  # close enough for a second APGD-CE from a random start: half the gap closed
-# The gradient-free stage gives up on a point at query 500 if its margin is still above half its
-# clean margin, at 1000 above a quarter, at 2000 above a tenth: on the tests' PGD-AT CNN, the
-# planted thresholding model and both behind logits compressed to sign(z)|z|^0.25 (5000 queries,
-# eps 0.1-0.3, 2290 probes) the points Square fooled after a checkpoint had at most 0.12, 0.05
-# and 0.04 left there (benchmarks/square_give_up.py; docs/evaluation.md).
-GIVE_UP = ((500, 0.5), (1000, 0.25), (2000, 0.1))
-RETRY = 0.5  # a fresh retry's queries (its first half of Square's schedule), where a warm start failed
 HALVING = (4, 2, 1)  # targets 2-9 kept per point after APGD's first three checkpoints (22, 41, 57 of 100 steps)
 
 
@@ -289,79 +282,10 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                     advance(len(yb))
             gradients_correct[sl] = correct[sl]
             if queries:
-                forwards += gradient_free_stage(net, xb, yb, ids[sl], eps, correct[sl], queries, seed,
+                forwards += gradient_free_stage(net, xb, yb, ids[sl], eps, correct[sl], clean_margin, queries, seed,
                                                 None if examples is None else examples[:, sl])
     return WorstCase(eps, correct, clean, ensemble_names(int(targets), queries), grad_evals, time.perf_counter() - start,
                      examples, forwards, gradients_correct)
-
-
-def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tensor, queries: int, seed: int,
-                        examples: torch.Tensor | None = None) -> int:
-    """Square (``attacks.square``) on the points every gradient attack left robust, from each
-    point's largest robust eps downwards: first at the largest eps it withstood, then, each
-    time Square fools it, at the next smaller eps of the grid, starting from the fooling example
-    scaled into the smaller ball (x + delta * eps_k / eps_k+1: Square's corners stay corners).
-    Where such a warm-started probe fails, a fresh one (Square's own start, other draws) tries
-    the same eps for ``RETRY`` of the budget; where a fresh probe fails, the point is taken as
-    not fooled at smaller eps either. Each probe spends up to ``queries`` forward passes per
-    point, fewer on a point it fools or gives up on (``GIVE_UP``), decided per point, with draws
-    from (seed, the point's index, the eps, fresh or warm), so a batch or a shard gets what one
-    process gets. Updates ``correct`` (n, len(eps), CPU) and ``examples`` in place; returns the
-    forward passes spent."""
-    grid = torch.tensor(eps)  # ascending: 0 first, inf last, if at all
-    smallest = int((grid <= 0).sum())
-    largest = int((grid < math.inf).sum()) - 1
-    top = (correct.sum(1) - 1).clamp(max=largest)  # the largest finite eps each point withstood (correct is monotone)
-    probe = torch.where(top >= smallest, top, torch.full_like(top, -1))
-    if not (probe >= 0).any():
-        return 0
-    start, warm = x.clone(), torch.zeros(len(x), dtype=torch.bool)
-    retry = torch.zeros_like(warm)
-    with torch.no_grad():
-        reference = margin(model(x), y)  # the clean margins (< 0 on the points probed)
-    forwards = len(x)
-    while (active := probe >= 0).any():
-        idx = active.nonzero()[:, 0]
-        k = probe[idx]
-        streams = (ids[idx] * 1_000_003 + (grid[k] * 1e6).round().long()) * 2 + warm[idx]  # the draws
-        budget = torch.where(retry[idx], int(queries * RETRY), queries)
-        fooled, x_adv, spent = _square_probe(model, x[idx], y[idx], streams, grid[k].to(x.device, x.dtype), queries,
-                                             budget, seed, start[idx], warm[idx].to(x.device), reference[idx])
-        forwards += spent
-        for i, k, hit, example in zip(idx.tolist(), k.tolist(), fooled.cpu().tolist(), x_adv):
-            if not hit:  # a warm start failed: retry fresh; a fresh start failed: done
-                probe[i], retry[i], warm[i] = (k if warm[i] else -1), bool(warm[i]), False
-                continue
-            if examples is not None:
-                examples[k:, i][correct[i, k:]] = example.cpu()
-            correct[i, k:] = False
-            if k > smallest:  # the next smaller eps, from this example scaled into its ball
-                probe[i], retry[i], warm[i] = k - 1, False, True
-                start[i] = x[i] + (example - x[i]) * float(grid[k - 1] / grid[k])
-            else:
-                probe[i], retry[i] = -1, False
-    return forwards
-
-
-def _square_probe(model, x, y, streams, eps, queries, budget, seed, start, warm, reference):
-    """One Square run on a batch (eps one per point; the ``warm`` rows start from ``start``) on
-    a schedule of ``queries``, each point stopping after its ``budget`` (n,) queries, or at a
-    ``GIVE_UP`` checkpoint where its margin is still more than that fraction of ``reference``
-    (its clean margin): (fooled, best examples, forward passes)."""
-    state = square_init(model, x, y, eps, seed, streams, start, warm)
-    rows, spent, done = torch.arange(len(x), device=x.device), len(x), 0
-    give_up = dict(GIVE_UP)
-    budget = budget.to(x.device)
-    for query in sorted({*give_up, *budget.tolist(), queries}):
-        if query > queries or not len(rows):
-            break
-        spent += square_steps(model, x, y, eps, state, rows, done, query, queries, seed, streams)
-        done = query
-        keep = ~state.fooled[rows] & (budget[rows] > query)
-        if query in give_up:
-            keep &= state.margin[rows] >= give_up[query] * reference[rows]
-        rows = rows[keep]
-    return state.fooled, state.x_best, spent
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
@@ -421,7 +345,7 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, devic
 
 
 @register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=_ensemble_label,
-                 mask=_ensemble_mask, version=9,  # its numbers: the gradient-free stage, the standardized CE
+                 mask=_ensemble_mask, version=10,  # its numbers: the gradient-free stage, the standardized CE
                  help="the worst case of APGD-CE, targeted APGD-DLR and Square per point (the default)")
 def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     found = worst_case(model, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,

@@ -10,8 +10,10 @@ the change if the margin max_{j != y} z_j - z_y grew. p_i halves at fixed fracti
 budget from p_init = 0.8 (the official ``p_selection``, as AutoAttack runs it). A point stops
 once misclassified.
 
-Random draws are a function of (seed, the point's test-set index, the query number), never of
-the batch: a sharded or pruned run draws what one process draws. x: (N, C, H, W) in [0, 1]."""
+Random draws are a function of (seed, the point's id, the query number), never of the batch:
+a sharded or pruned run draws what one process draws. The id is the point's test-set index, or
+a stream the caller derives from it (the ensemble's stage: the index, the eps, warm or fresh).
+x: (N, C, H, W) in [0, 1]."""
 
 from __future__ import annotations
 
