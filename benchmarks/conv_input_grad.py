@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 
 import torch
 
@@ -35,6 +36,7 @@ def median_ms(fn, runs: int = 20) -> float:
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore", message="TF32 acceleration")  # torch's note on Intel GPUs
     torch.set_num_threads(1)
     torch.manual_seed(0)
     print("| layer | batch | oneDNN | forward ms | forward + input gradient ms | gradient / forward |")

@@ -9,7 +9,9 @@ built to bend margin ratios). For each eps of 0.1-0.3 and each point the ensembl
 attacks (100 steps) leave robust, Square runs 5000 queries from its own start; at each
 checkpoint of ``GIVE_UP`` the script reads the point's margin as a fraction of its clean margin.
 Prints, per model and checkpoint: the largest fraction left on a point Square fooled later
-(the rule must stay above it), the median on points never fooled, and what the rule saves.
+(the rule must stay above it), the median on points never fooled, and what the rule saves (a
+fooled point is counted to the checkpoint after it was fooled, so that ratio is approximate).
+Fresh probes only: the stage's warm starts begin nearer the boundary.
 """
 
 from __future__ import annotations
