@@ -1,4 +1,4 @@
-"""What the gradient-free stage's give-up rule (``attacks.ensemble.GIVE_UP``) rests on: Square's
+"""What the gradient-free stage's give-up rule (``attacks.gradient_free.GIVE_UP``) rests on: Square's
 margin trajectories on the points the gradient attacks leave robust.
 
     python benchmarks/square_give_up.py              # first 200 digits test images, about 4 minutes
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from robustgan.attacks import worst_case  # noqa: E402
 from robustgan.attacks.apgd import margin  # noqa: E402
-from robustgan.attacks.ensemble import GIVE_UP  # noqa: E402
+from robustgan.attacks.gradient_free import GIVE_UP  # noqa: E402
 from robustgan.attacks.square import QUERIES, square_init, square_steps  # noqa: E402
 from robustgan.attacks.threat import attack_mode  # noqa: E402
-from robustgan.data import load  # noqa: E402
-from tests.helpers import tiny_cnn, train_pgd_at  # noqa: E402
+from gradient_free import pgd_at_tiny_cnn  # noqa: E402
 from tests.planted import ThresholdInputs  # noqa: E402
 
 
@@ -78,14 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=200)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    x, y = load("digits", split="train")
-    xt, yt = load("digits", split="test")
-    torch.manual_seed(0)
-    net = tiny_cnn()
-    train_pgd_at(net, x.float() / 255, y)
-    x, y = xt[:args.limit].float() / 255, yt[:args.limit]
-    models = {"PGD-AT tiny CNN": net.eval(), "behind the thresholding layer": ThresholdInputs(net).eval()}
+    net, x, y = pgd_at_tiny_cnn(args.limit)
+    models = {"PGD-AT tiny CNN": net, "behind the thresholding layer": ThresholdInputs(net).eval()}
     models |= {f"{name}, compressed logits": Compressed(m).eval() for name, m in list(models.items())}
     print("| model | probes | fooled | " + " | ".join(f"query {q}: rule / most left on a later-fooled point / "
                                                      "median never fooled" for q, _ in GIVE_UP) + " | queries saved |")
