@@ -31,8 +31,9 @@ need ``close=1, halving=False`` (every target on every point, all its steps).
 What keeps the decision cannot move the result (docs/evaluation.md): APGD-CE's loss is the
 cross-entropy of standardized logits (``losses.standardized``) and APGD-T's is DLR, both
 invariant to scaling the logits and to shifting each point's; the gating and the worst-case
-choice compare margins only by sign and ratio; Square's margins only by order; and a model
-whose outputs are probabilities is attacked through their logarithm (``LogProbabilities``).
+choice compare margins only by sign and ratio; Square's margins only by order, and its give-up
+rule by their ratio to the clean margin; and a model whose outputs are probabilities is
+attacked through their logarithm (``LogProbabilities``).
 So logits times any constant k > 0, their log-softmax or their softmax give the unwrapped model's
 result, up to float rounding.
 
