@@ -9,8 +9,9 @@ built to bend margin ratios). For each eps of 0.1-0.3 and each point the ensembl
 attacks (100 steps) leave robust, Square runs 5000 queries from its own start; at each
 checkpoint of ``GIVE_UP`` the script reads the point's margin as a fraction of its clean margin.
 Prints, per model and checkpoint: the largest fraction left on a point Square fooled later
-(the rule must stay above it), the median on points never fooled, and what the rule saves (a
-fooled point is counted to the checkpoint after it was fooled, so that ratio is approximate).
+(the rule must stay above it), the median on points never fooled, and what the rule saves
+(queries with the rule against queries without it, each fooled point counted to the query that
+fooled it).
 Fresh probes only: the stage's warm starts begin nearer the boundary.
 """
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robustgan.attacks import worst_case  # noqa: E402
 from robustgan.attacks.apgd import margin  # noqa: E402
 from robustgan.attacks.gradient_free import GIVE_UP  # noqa: E402
-from robustgan.attacks.square import QUERIES, square_init, square_steps  # noqa: E402
+from robustgan.attacks.square import QUERIES, SquareSearch  # noqa: E402
 from robustgan.attacks.threat import attack_mode  # noqa: E402
 from gradient_free import pgd_at_tiny_cnn  # noqa: E402
 from tests.planted import ThresholdInputs  # noqa: E402
@@ -60,17 +61,20 @@ def trajectories(model, x, y, grid) -> list[tuple[int | None, list[float]]]:
             xs, ys, eps = x[idx], y[idx], torch.full((len(idx),), e)
             with torch.no_grad():
                 clean = margin(model(xs), ys)
-            state = square_init(model, xs, ys, eps, 0, idx)
-            rows, done, fractions = torch.arange(len(idx)), 0, []
-            fooled_by = torch.full((len(idx),), -1)
-            for query in (*checkpoints, QUERIES):
-                square_steps(model, xs, ys, eps, state, rows, done, query, QUERIES, 0, idx)
-                fooled_by[(fooled_by < 0) & state.fooled] = query
-                fractions.append((state.margin / clean).tolist())
-                done = query
+            search = SquareSearch(model, xs, ys, QUERIES, 0)
+            search.add(torch.arange(len(idx)), eps, idx, torch.full((len(idx),), QUERIES))
+            fooled_by, fractions = torch.full((len(idx),), -1), torch.zeros(len(idx), len(checkpoints))
+            for query in range(1, QUERIES + 1):
+                done = search.step()
+                fooled_by[done.points[done.fooled]] = query
+                if query in checkpoints and search.live is not None:  # the probes still running there
+                    live = search.live["points"]
+                    fractions[live, checkpoints.index(query)] = search.live["margin"] / clean[live]
+                if not search:
+                    break
             for j in range(len(idx)):
                 by = int(fooled_by[j])
-                probes.append((by if by > 0 else None, [f[j] for f in fractions[:-1]]))
+                probes.append((by if by > 0 else None, fractions[j].tolist()))
     return probes
 
 

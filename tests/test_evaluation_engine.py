@@ -462,22 +462,53 @@ class ConstantLogits(torch.nn.Module):
 
 
 def test_a_square_probe_starts_warm_where_asked_and_gives_up_where_the_margin_does_not_close():
-    """The gradient-free stage's probe: warm rows start at the given example; a point whose
+    """The gradient-free stage's probes: warm rows start at the given example; a point whose
     margin has not closed is dropped at GIVE_UP's first checkpoint instead of running its 5000
     queries; a smaller budget (a fresh retry's) stops its point there."""
-    from robustgan.attacks.gradient_free import GIVE_UP, _square_probe
-    from robustgan.attacks.square import square_init
+    from robustgan.attacks.gradient_free import GIVE_UP
+    from robustgan.attacks.square import SquareSearch, square_init
 
     model, n = ConstantLogits().eval(), 4
     x, y, eps = torch.rand(n, 1, 8, 8) * 0.5 + 0.25, torch.zeros(n, dtype=torch.long), torch.full((n,), 0.1)
     start, warm = x + 0.1 * torch.sign(torch.randn_like(x)), torch.tensor([True, False, True, False])
-    state = square_init(model, x, y, eps, 0, torch.arange(n), start, warm)
-    assert torch.equal(state.x_best[warm], start[warm]) and not torch.equal(state.x_best[~warm], start[~warm])
-    probe = dict(streams=torch.arange(n), seed=0, queries=5000, start=start, warm=warm, reference=torch.full((n,), -1.0))
-    fooled, _, spent = _square_probe(model, x, y, eps, budget=torch.full((n,), 5000), **probe)
-    assert not fooled.any() and spent == n + n * GIVE_UP[0][0]
-    _, _, spent = _square_probe(model, x, y, eps, budget=torch.tensor([5000, 5000, 200, 200]), **probe)
-    assert spent == n + 2 * GIVE_UP[0][0] + 2 * 200
+    x_init, _ = square_init(model, x, y, eps, 0, torch.arange(n), start, warm)
+    assert torch.equal(x_init[warm], start[warm]) and not torch.equal(x_init[~warm], start[~warm])
+    for budget, forwards in ((torch.full((n,), 5000), n + n * GIVE_UP[0][0]),
+                             (torch.tensor([5000, 5000, 200, 200]), n + 2 * GIVE_UP[0][0] + 2 * 200)):
+        search = SquareSearch(model, x, y, 5000, 0, give_up=GIVE_UP)
+        search.add(torch.arange(n), eps, torch.arange(n), budget, start, warm, torch.full((n,), -1.0))
+        finished = []
+        while search:
+            finished += search.step().points.tolist()
+        assert sorted(finished) == list(range(n)) and search.forwards == forwards
+
+
+def test_square_probes_side_by_side_draw_what_each_draws_alone(seed):
+    """Probes that start at different queries share forward passes, not draws: each point's
+    example is the one it gets when attacked alone (draws keyed by stream and query)."""
+    from robustgan.attacks.square import SquareSearch
+
+    torch.manual_seed(seed)
+    model = tiny_cnn().eval()
+    x = torch.rand(6, 1, 28, 28)
+    y = model(x).argmax(1).detach()  # every point starts correct
+    eps, streams, budget = torch.full((6,), 0.05), torch.arange(6) + 7, torch.full((6,), 300)
+
+    def run(groups: list[list[int]], delay: int) -> torch.Tensor:  # each group joins ``delay`` queries after the last
+        search, x_best = SquareSearch(model, x, y, 300, seed), torch.empty_like(x)
+        for steps, group in enumerate(groups):
+            idx = torch.tensor(group)
+            search.add(idx, eps[idx], streams[idx], budget[idx])
+            for _ in range(delay if steps < len(groups) - 1 else 10_000):
+                done = search.step()
+                x_best[done.points] = done.x_best
+                if not search:
+                    break
+        return x_best
+
+    alone = torch.cat([run([[i]], 0)[i:i + 1] for i in range(6)])
+    assert not torch.equal(alone, x)
+    assert torch.allclose(run([[0, 1], [2, 3], [4, 5]], 37), alone, atol=1e-6)
 
 
 @pytest.mark.statistical

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from robustgan.attacks.square import square_init, square_steps
+from robustgan.attacks.square import SquareSearch
 
 # A probe gives up on a point at query 500 if its margin is still above half its clean margin, at
 # 1000 above a quarter, at 2000 above a tenth: on the tests' PGD-AT CNN, the planted thresholding
@@ -30,57 +30,41 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     such a warm start fails, a fresh start (other draws) tries the same eps for ``RETRY`` of the
     budget; where a fresh start fails, the point is taken as not fooled at smaller eps either.
     Each probe spends up to ``queries`` forward passes per point, fewer on a point it fools or
-    gives up on (``GIVE_UP``, against ``clean_margin`` (n,)). Every decision is per point, with
-    draws from (seed, the point's index, the eps, warm or fresh), so a batch or a shard gets
-    what one process gets. Returns the forward passes spent."""
+    gives up on (``GIVE_UP``, against ``clean_margin`` (n,)). The probes of all points run side
+    by side (``SquareSearch``): a point's next probe starts as its last one ends. Every
+    decision is per point, with draws from (seed, the point's index, the eps, warm or fresh), so
+    a batch or a shard gets what one process gets. Returns the forward passes spent."""
     grid = torch.tensor(eps)  # ascending: 0 first, inf last, if at all
     smallest = int((grid <= 0).sum())
     largest = int((grid < math.inf).sum()) - 1
-    top = (correct.sum(1) - 1).clamp(max=largest)  # the largest finite eps each point withstood (correct is monotone)
-    probe = torch.where(top >= smallest, top, torch.full_like(top, -1))
-    start, warm = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+    at = (correct.sum(1) - 1).clamp(max=largest)  # the eps index each point's probe runs at: first the largest
+    start, warm = x.clone(), torch.zeros(len(x), dtype=torch.bool)  # finite eps it withstood (correct is monotone)
     retry = torch.zeros_like(warm)
-    forwards = 0
-    while (active := probe >= 0).any():
-        idx = active.nonzero()[:, 0]
-        at = probe[idx]  # each point's eps index
-        streams = (ids[idx] * len(eps) + at) * 2 + warm[idx]  # distinct per (point, eps, warm or fresh)
-        fooled, x_adv, spent = _square_probe(
-            model, x[idx], y[idx], grid[at].to(x.device, x.dtype), streams=streams, seed=seed, queries=queries,
-            budget=torch.where(retry[idx], int(queries * RETRY), queries), start=start[idx],
-            warm=warm[idx].to(x.device), reference=clean_margin[idx])
-        forwards += spent
-        for i, k, hit, example in zip(idx.tolist(), at.tolist(), fooled.cpu().tolist(), x_adv):
+    search = SquareSearch(model, x, y, queries, seed, give_up=GIVE_UP)
+
+    def probe(points: torch.Tensor) -> None:  # start each point's probe at its ``at``, ``warm`` and ``retry``
+        k = at[points]
+        search.add(points, grid[k], (ids[points] * len(eps) + k) * 2 + warm[points],  # a stream per (point, eps, warm)
+                   torch.where(retry[points], int(queries * RETRY), queries), start[points],
+                   warm[points].to(x.device), clean_margin[points.to(x.device)])
+
+    probe((at >= smallest).nonzero()[:, 0])
+    while search:
+        done, next_probes = search.step(), []
+        for i, hit, example in zip(done.points.tolist(), done.fooled.tolist(), done.x_best):
+            k = int(at[i])
             if not hit:  # a warm start failed: retry fresh; a fresh start failed: done
-                probe[i], retry[i], warm[i] = (k if warm[i] else -1), bool(warm[i]), False
+                if warm[i]:
+                    retry[i], warm[i] = True, False
+                    next_probes.append(i)
                 continue
             if examples is not None:
                 examples[k:, i][correct[i, k:]] = example.cpu()
             correct[i, k:] = False
             if k > smallest:  # the next smaller eps, from this example scaled into its ball
-                probe[i], retry[i], warm[i] = k - 1, False, True
+                at[i], retry[i], warm[i] = k - 1, False, True
                 start[i] = x[i] + (example - x[i]) * float(grid[k - 1] / grid[k])
-            else:
-                probe[i], retry[i] = -1, False
-    return forwards
-
-
-def _square_probe(model, x, y, eps, *, streams, seed, queries, budget, start, warm, reference):
-    """One Square run on a batch (eps one per point; the ``warm`` rows start from ``start``) on
-    a schedule of ``queries``, each point stopping after its ``budget`` (n,) queries, or at a
-    ``GIVE_UP`` checkpoint where its margin is still more than that fraction of ``reference``
-    (its clean margin): (fooled, best examples, forward passes)."""
-    state = square_init(model, x, y, eps, seed, streams, start, warm)
-    rows, spent, done = torch.arange(len(x), device=x.device), len(x), 0
-    give_up = dict(GIVE_UP)
-    budget = budget.to(x.device)
-    for query in sorted({*give_up, *budget.tolist(), queries}):
-        if query > queries or not len(rows):
-            break
-        spent += square_steps(model, x, y, eps, state, rows, done, query, queries, seed, streams)
-        done = query
-        keep = ~state.fooled[rows] & (budget[rows] > query)
-        if query in give_up:
-            keep &= state.margin[rows] >= give_up[query] * reference[rows]
-        rows = rows[keep]
-    return state.fooled, state.x_best, spent
+                next_probes.append(i)
+        if next_probes:
+            probe(torch.tensor(next_probes))
+    return search.forwards

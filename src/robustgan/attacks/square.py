@@ -34,12 +34,6 @@ CHUNK = 100  # queries whose draws one per-point generator makes at once
 P_HALVINGS = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 
 
-class SquareState(NamedTuple):
-    x_best: torch.Tensor  # (n, C, H, W): each point's best corner of the ball so far
-    margin: torch.Tensor  # (n,) its margin (>= 0: misclassified)
-    fooled: torch.Tensor  # (n,) bool
-
-
 def p_fraction(query: int, queries: int, p_init: float = P_INIT) -> float:
     """The fraction of pixels a window covers at ``query`` of ``queries`` (``p_selection``)."""
     halvings = sum(query > f * queries for f in P_HALVINGS)
@@ -50,73 +44,139 @@ def _generator(seed: int, point: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 10_000_019 + point) % (1 << 63))
 
 
-def _draws(ids: torch.Tensor, seed: int, chunk: int, width: int) -> torch.Tensor:
-    """(n, CHUNK, width) uniforms for queries [chunk * CHUNK, (chunk + 1) * CHUNK) of each point."""
-    return torch.stack([torch.rand(CHUNK, width, generator=_generator(seed, i, chunk + 1)) for i in ids.tolist()])
+def _draws(ids: list[int], chunks: list[int], seed: int, width: int) -> torch.Tensor:
+    """(n, CHUNK, width) uniforms: queries [chunk * CHUNK, (chunk + 1) * CHUNK) of each point."""
+    return torch.stack([torch.rand(CHUNK, width, generator=_generator(seed, i, chunk + 1))
+                        for i, chunk in zip(ids, chunks)])
 
 
 def square_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, seed: int,
-                ids: torch.Tensor, start: torch.Tensor | None = None, warm: torch.Tensor | None = None) -> SquareState:
+                ids: torch.Tensor, start: torch.Tensor | None = None, warm: torch.Tensor | None = None):
     """Vertical stripes: x + eps * (one random sign per channel and column), in the box; eps
     (n,) one per point. The rows ``warm`` (n,) bool start at ``start`` instead (a point of
-    their ball, e.g. a fooling example from a larger ball, scaled)."""
+    their ball, e.g. a fooling example from a larger ball, scaled). Returns (x_init, logits)."""
     n, c, _, w = x.shape
     signs = torch.stack([torch.randint(0, 2, (c, 1, w), generator=_generator(seed, i, 0)) for i in ids.tolist()])
     lo, hi = ball(x, eps)
-    x_best = torch.max(torch.min(x + eps.view(-1, 1, 1, 1) * (2 * signs.to(x) - 1), hi), lo)
+    x_init = torch.max(torch.min(x + eps.view(-1, 1, 1, 1) * (2 * signs.to(x) - 1), hi), lo)
     if warm is not None:
-        x_best = torch.where(warm[:, None, None, None], torch.max(torch.min(start, hi), lo), x_best)
+        x_init = torch.where(warm[:, None, None, None], torch.max(torch.min(start, hi), lo), x_init)
     with torch.no_grad():
-        logits = model(x_best).float()
-    return SquareState(x_best, margin(logits, y), logits.argmax(1) != y)
+        return x_init, model(x_init).float()
 
 
-def square_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, state: SquareState,
-                 rows: torch.Tensor, first: int, last: int, queries: int, seed: int, ids: torch.Tensor,
-                 p_init: float = P_INIT) -> int:
-    """Queries ``first``..``last - 1`` (of a ``queries`` budget) on the points ``rows`` of
-    ``state``, updated in place; eps (n,) one per point. Returns the forward passes spent (one
-    per live point and query). The live points' tensors are gathered once and again only when
-    one is fooled (the hot loop indexes nothing else)."""
-    n, c, h, w = x.shape
-    grid_h, grid_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-    forwards, draws, live = 0, None, None
-    for query in range(first, last):
-        if live is None:  # gather the points still to attack
-            alive = ~state.fooled[rows]
-            live, at = rows[alive], alive.nonzero()[:, 0]  # at: their positions in ``rows`` (the draws')
-            if not len(live):
-                break
-            x_live, y_live, eps_live = x[live], y[live], eps[live].view(-1, 1, 1, 1)
-            lo, hi = ball(x_live, eps[live])
-            best, best_margin = state.x_best[live], state.margin[live]
-        if draws is None or query % CHUNK == 0:
-            draws = _draws(ids[rows.cpu()], seed, query // CHUNK, 2 + c).to(x.device)  # (len(rows), CHUNK, 2 + c)
-        u = draws[at, query % CHUNK]  # (live, 2 + c)
-        side = min(max(int(round(math.sqrt(p_fraction(query, queries, p_init) * h * w))), 1), h - 1)
-        top = (u[:, 0] * (h - side)).long()[:, None]
-        left = (u[:, 1] * (w - side)).long()[:, None]
-        window = (((grid_h >= top) & (grid_h < top + side))[:, :, None]
-                  & ((grid_w >= left) & (grid_w < left + side))[:, None, :])[:, None]  # (live, 1, H, W)
-        step = (2 * (u[:, 2:] < 0.5).to(x.dtype) - 1)[:, :, None, None] * eps_live  # (live, C, 1, 1): a corner
-        candidate = torch.where(window, torch.max(torch.min(x_live + step, hi), lo), best)
+class Finished(NamedTuple):
+    points: torch.Tensor  # (k,) indices into the search's x
+    fooled: torch.Tensor  # (k,) bool
+    x_best: torch.Tensor  # (k, C, H, W): the fooling example, else the best corner found
+    margin: torch.Tensor  # (k,) its margin max_{j != y} z_j - z_y (>= 0: misclassified)
+
+
+class SquareSearch:
+    """Square probes side by side in one batch, each at its own query (x: (N, C, H, W) in
+    [0, 1], the model in eval mode). ``add`` starts probes (a point, its eps, its draws'
+    stream, its budget); ``step`` runs one query of every live probe (one forward pass for all)
+    and returns the probes that finished: fooled, out of budget, or given up by ``give_up``
+    ((query, fraction) pairs: stop where the margin is still below that fraction of the probe's
+    ``reference`` margin). A caller that chains probes per point starts each new one as the last
+    ends, so points at different queries share every forward pass. Window sizes follow the
+    ``queries`` schedule (``p_fraction``); draws come from (seed, stream, query) only."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, queries: int, seed: int,
+                 p_init: float = P_INIT, give_up: tuple[tuple[int, float], ...] = ()):
+        _, self.channels, h, w = x.shape
+        self.model, self.x, self.y, self.seed, self.forwards = model, x, y, seed, 0
+        self.sides = torch.tensor([min(max(int(round(math.sqrt(p_fraction(q, queries, p_init) * h * w))), 1), h - 1)
+                                   for q in range(queries)] or [1], device=x.device)
+        self.give_up = torch.zeros(queries + 1, device=x.device)  # the fraction checked after each query, 0: none
+        for query, fraction in give_up:
+            if query <= queries:
+                self.give_up[query] = fraction
+        self.grid_h, self.grid_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        self.live: dict[str, torch.Tensor] | None = None  # the live probes' tensors, one row each
+        self.done: list[Finished] = []
+
+    def __bool__(self) -> bool:
+        return self.live is not None or bool(self.done)
+
+    def add(self, points: torch.Tensor, eps: torch.Tensor, streams: torch.Tensor, budget: torch.Tensor,
+            start: torch.Tensor | None = None, warm: torch.Tensor | None = None,
+            reference: torch.Tensor | None = None) -> None:
+        """Start a probe on each of ``points`` (k,) with its eps (k,), draws' stream (k,), budget
+        of queries (k,), and, for the ``warm`` rows, its start (k, C, H, W) instead of
+        Square's stripes; ``reference`` (k,) is the margin ``give_up`` compares with."""
+        if not len(points):
+            return
+        device = self.x.device
+        points, eps, budget = points.to(device), eps.to(device, self.x.dtype), budget.to(device)
+        x, y = self.x[points], self.y[points]
+        x_init, logits = square_init(self.model, x, y, eps, self.seed, streams.cpu(), start, warm)
+        self.forwards += len(points)
+        lo, hi = ball(x, eps)
+        rows = dict(points=points, streams=streams.cpu(), x=x, y=y, eps=eps.view(-1, 1, 1, 1), lo=lo, hi=hi,
+                    best=x_init, margin=margin(logits, y), fooled=logits.argmax(1) != y, budget=budget,
+                    reference=torch.full_like(eps, -math.inf) if reference is None else reference.to(device),
+                    query=torch.zeros_like(points), draws=torch.empty(len(points), CHUNK, 2 + self.channels,
+                                                                      device=device))
+        self._leave(rows, rows["fooled"] | (budget <= 0))
+        if len(rows["points"]):
+            self.live = rows if self.live is None else {k: torch.cat([v, rows[k]]) for k, v in self.live.items()}
+
+    def step(self) -> Finished:
+        """One query of every live probe (Alg. 1, lines 4-9): a window of side sqrt(p * H * W) at
+        a random place, set to a random corner of the ball (one sign per channel; the other
+        corner where it already is that one), kept where the margin grew."""
+        if self.live is not None:
+            self._query(self.live)
+        done, self.done = self.done, []
+        if not done:  # nothing finished at this query
+            x = self.x[:0]
+            return Finished(x.new_zeros(0, dtype=torch.long), x.new_zeros(0, dtype=torch.bool), x, x.new_zeros(0))
+        return Finished(*(torch.cat(parts) for parts in zip(*done)))
+
+    def _query(self, r: dict[str, torch.Tensor]) -> None:
+        query = r["query"]
+        refill = (query % CHUNK == 0).nonzero()[:, 0]
+        if len(refill):
+            r["draws"][refill] = _draws(r["streams"][refill.cpu()].tolist(), (query[refill] // CHUNK).tolist(),
+                                        self.seed, 2 + self.channels).to(r["draws"])
+        u = r["draws"][torch.arange(len(query), device=query.device), query % CHUNK]  # (k, 2 + C)
+        side = self.sides[query][:, None]  # (k, 1)
+        h, w = len(self.grid_h), len(self.grid_w)
+        top, left = (u[:, :1] * (h - side)).long(), (u[:, 1:2] * (w - side)).long()
+        window = (((self.grid_h >= top) & (self.grid_h < top + side))[:, :, None]
+                  & ((self.grid_w >= left) & (self.grid_w < left + side))[:, None, :])[:, None]  # (k, 1, H, W)
+        step = (2 * (u[:, 2:] < 0.5).to(r["x"].dtype) - 1)[:, :, None, None] * r["eps"]  # (k, C, 1, 1): a corner
+        best, x, lo, hi = r["best"], r["x"], r["lo"], r["hi"]
+        candidate = torch.where(window, torch.max(torch.min(x + step, hi), lo), best)
         same = ((candidate - best).abs() < 1e-7).flatten(1).all(1)  # the window is already that corner: take the other
         if same.any():
-            flipped = torch.where(window, torch.max(torch.min(x_live - step, hi), lo), best)
+            flipped = torch.where(window, torch.max(torch.min(x - step, hi), lo), best)
             candidate = torch.where(same[:, None, None, None], flipped, candidate)
         with torch.no_grad():
-            logits = model(candidate).float()
-        forwards += len(live)
-        new_margin = margin(logits, y_live)
-        better = new_margin > best_margin
-        best = torch.where(better[:, None, None, None], candidate, best)
-        best_margin = torch.where(better, new_margin, best_margin)
-        hit = logits.argmax(1) != y_live
-        if hit.any() or query == last - 1:
-            state.x_best[live], state.margin[live] = best, best_margin
-            state.fooled[live] |= hit
-            live = None
-    return forwards
+            logits = self.model(candidate).float()
+        self.forwards += len(query)
+        new_margin = margin(logits, r["y"])
+        r["fooled"] = logits.argmax(1) != r["y"]
+        better = (new_margin > r["margin"]) | r["fooled"]
+        r["best"] = torch.where(better[:, None, None, None], candidate, best)
+        r["margin"] = torch.where(better, new_margin, r["margin"])
+        r["query"] = query = query + 1
+        fraction = self.give_up[query]
+        out = r["fooled"] | (query >= r["budget"]) | (
+            (fraction > 0) & (r["margin"] < fraction * r["reference"]))
+        if out.any():
+            self._leave(r, out)
+            self.live = r if len(r["points"]) else None
+
+    def _leave(self, rows: dict[str, torch.Tensor], out: torch.Tensor) -> None:
+        """Move the rows ``out`` of ``rows`` (in place) to the finished probes."""
+        if out.any():
+            self.done.append(Finished(rows["points"][out], rows["fooled"][out], rows["best"][out],
+                                      rows["margin"][out]))
+            keep = ~out
+            for k, v in rows.items():
+                rows[k] = v[keep.to(v.device)]
 
 
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int = QUERIES,
@@ -127,13 +187,15 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queri
     if eps == 0 or math.isinf(eps):
         return x.detach().clone()
     ids = torch.arange(len(x)) if ids is None else ids.cpu()
-    per_point = torch.full((len(x),), eps, device=x.device, dtype=x.dtype)
+    x = x.detach()
+    x_adv = x.clone()
     with attack_mode(model):
-        x = x.detach()
-        state = square_init(model, x, y, per_point, seed, ids)
-        square_steps(model, x, y, per_point, state, torch.arange(len(x), device=x.device), 0, queries, queries, seed,
-                     ids, p_init)
-    return state.x_best
+        search = SquareSearch(model, x, y, queries, seed, p_init)
+        search.add(torch.arange(len(x)), torch.full((len(x),), eps), ids, torch.full((len(x),), queries))
+        while search:
+            done = search.step()
+            x_adv[done.points] = done.x_best.to(x_adv)
+    return x_adv
 
 
 @register_attack("square", steps=QUERIES, key=("steps",), help="Square Attack, gradient-free (Andriushchenko et al. "
