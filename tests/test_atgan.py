@@ -126,7 +126,7 @@ def test_atgan_digits_end_to_end(atgan_run, digits_runs):
     # unbounded PGD, 20 steps of 0.05 (as far as the default 100 of 0.01, a fifth of the passes): measured 0
     acc_unbounded = robust_accuracy(atgan, x[:100], y[:100], attack="pgd", eps=math.inf, steps=20, step_size=0.05)
     assert acc_unbounded < 0.05, "unbounded PGD must break any model: gradient masking?"
-    scale = check_scale(atgan, x[:100], y[:100], CheckSettings(eps=0.2, steps=10), "cpu")  # honest: never a warn
+    scale = check_scale(atgan, x[:100], y[:100], CheckSettings(eps=0.2, steps=10))  # honest: never a warn
     assert scale.status == "pass", scale.detail
 
 

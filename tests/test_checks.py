@@ -118,7 +118,7 @@ def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digit
     scaled = ScaledLogits(robust_tiny, moderate_scale(robust_tiny, x_test)).eval()
 
     def mask(model, attack):  # 3 targets, all on every point (APGD-T is what cannot be masked by scale)
-        return attack(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}, seed=seed), "cpu")
+        return attack(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}, seed=seed))
 
     assert not paired(mask(robust_tiny, _pgd), mask(scaled, _pgd)).excess(0.0)  # the scaled PGD is no stronger
     honest, on_scaled = mask(robust_tiny, _ensemble), mask(scaled, _ensemble)
@@ -139,15 +139,15 @@ def test_scale_check_warns_whenever_scaling_raises_pgd(robust_tiny, digits, seed
     raises it; on the honest model it passes (measured: not one point differs)."""
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
-    honest = _pgd(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed), "cpu")
-    honest_check = check_scale(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed), "cpu")
+    honest = _pgd(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed))
+    honest_check = check_scale(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed))
     assert honest_check.status == "pass", honest_check.detail
     raised = set()
     for k in SCALES:
         settings = CheckSettings(**SETTINGS, seed=seed)  # one per model: its memo is keyed by the model's id
         scaled = ScaledLogits(robust_tiny, k).eval()
-        rise = paired(_pgd(scaled, x, y_test, settings, "cpu"), honest)  # the unscaled model's PGD fooling more
-        result = check_scale(scaled, x, y_test, settings, "cpu")
+        rise = paired(_pgd(scaled, x, y_test, settings), honest)  # the unscaled model's PGD fooling more
+        result = check_scale(scaled, x, y_test, settings)
         if rise.excess(MIN_EFFECT["scale"], settings.alpha):
             raised.add(k)
             assert result.status == "warn", (k, rise.describe(), result.detail)
@@ -159,9 +159,9 @@ def test_scale_check_warns_whenever_scaling_raises_pgd(robust_tiny, digits, seed
 def test_nan_gradients_fail_the_gradients_check(trained_tiny, digits):
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
-    result = check_gradients(NaNGradients(trained_tiny).eval(), x, y_test, CheckSettings(eps=0.2), "cpu")
+    result = check_gradients(NaNGradients(trained_tiny).eval(), x, y_test, CheckSettings(eps=0.2))
     assert result.status == "warn" and result.values["nonfinite_fraction"] == 1.0
-    assert check_gradients(trained_tiny, x, y_test, CheckSettings(eps=0.2), "cpu").status == "pass"
+    assert check_gradients(trained_tiny, x, y_test, CheckSettings(eps=0.2)).status == "pass"
 
 
 def test_sign_test_is_exact():
@@ -205,8 +205,8 @@ def test_identical_attacks_never_warn_over_seeds(robust_tiny, digits, seed):
     settings = CheckSettings(eps=0.2, steps=10)
     alarms = 0
     for k in range(8):
-        a = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed + k)
-        b = _pgd(robust_tiny, x, y_test, settings, "cpu", seed=seed + k + 100)
+        a = _pgd(robust_tiny, x, y_test, settings, seed=seed + k)
+        b = _pgd(robust_tiny, x, y_test, settings, seed=seed + k + 100)
         result = paired(a, b)
         assert result.only_alt + result.only_ref > 0  # the two starts do disagree on some points
         assert not result.excess(min(MIN_EFFECT.values())), (k, result)
@@ -250,8 +250,8 @@ def test_bound_check_holds_cached_curve_points_to_the_largest_class_share(traine
     assert reported_accuracies(cache, len(y_test)) == {0.5: pytest.approx(0.5, abs=0.01)}
     assert reported_accuracies(cache, 100) == {}  # another subset: another bound
     settings = CheckSettings(**SETTINGS)
-    honest = check_bound(trained_tiny, x, y_test, settings, "cpu", 10)
+    honest = check_bound(trained_tiny, x, y_test, settings, 10)
     assert honest.status == "pass" and honest.values["bound"] == pytest.approx(0.142, abs=0.001)
     settings.reported = reported_accuracies(cache, len(y_test))
-    flagged = check_bound(trained_tiny, x, y_test, settings, "cpu", 10)
+    flagged = check_bound(trained_tiny, x, y_test, settings, 10)
     assert flagged.status == "warn" and "exceed it" in flagged.detail

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from robustgan.attacks import apgd, dlr_loss, dlr_targeted_loss, fgsm, pgd, robust_mask, worst_case
+from robustgan.attacks import Savings, apgd, dlr_loss, dlr_targeted_loss, fgsm, pgd, robust_mask, worst_case
 from robustgan.attacks.apgd import checkpoints
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.evaluation.cache import EvalCache, cache_key
@@ -121,7 +121,7 @@ def test_ensemble_calls_never_exceed_the_batch_size(robust_tiny, digits, seed):
     pass takes more rows than ``batch_size`` (what the user sized to the device's memory)."""
     _, _, xt, yt = digits
     model = BatchSizes(robust_tiny).eval()
-    found = worst_case(model, xt[:40], yt[:40], [0.1], steps=5, close=1.0, batch_size=20, seed=seed)
+    found = worst_case(model, xt[:40], yt[:40], [0.1], steps=5, savings=Savings(close=1.0), batch_size=20, seed=seed)
     # 8 targets x 2 points per call; measured: 4 calls of 16 rows at 1 and 2 threads
     assert max(model.sizes) <= 20 and model.sizes.count(16) >= 2, model.sizes
     assert found.grad_evals > 0
@@ -179,8 +179,8 @@ def test_adaptive_targets_spend_only_on_close_points(robust_tiny, digits, seed):
     x, y = xt[:96], yt[:96]
     gradients = dict(steps=20, seed=seed, queries=0)  # targets' gating is about the gradient attacks
     adaptive = worst_case(robust_tiny, x, y, [0.15, 0.25], **gradients)
-    full_length = worst_case(robust_tiny, x, y, [0.15, 0.25], halving=False, **gradients)
-    every = worst_case(robust_tiny, x, y, [0.15, 0.25], close=1.0, halving=False, **gradients)
+    full_length = worst_case(robust_tiny, x, y, [0.15, 0.25], savings=Savings(halving=False), **gradients)
+    every = worst_case(robust_tiny, x, y, [0.15, 0.25], savings=Savings(close=1.0, halving=False), **gradients)
     assert adaptive.grad_evals < full_length.grad_evals < every.grad_evals
     for k in range(2):
         assert not paired(adaptive.correct[:, k], every.correct[:, k]).excess(0.0), k
@@ -215,8 +215,9 @@ def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tin
     pgd_saturated = robust_mask(saturated, x, y, attack="pgd", eps=0.2, steps=40, seed=seed)
     assert paired(pgd_saturated, pgd_plain).excess(0.1)  # the CE gradient underflows: measured 53 / 54 vs 0 of 100
     # every target on every point (close=1): APGD-T's DLR is scale-invariant, neither finds significantly more
-    plain = worst_case(robust_tiny, x, y, [0.2], steps=50, targets=3, close=1.0, seed=seed, queries=0).correct[:, 0]
-    ensemble = worst_case(saturated, x, y, [0.2], steps=50, targets=3, close=1.0, seed=seed, queries=0).correct[:, 0]
+    every = dict(steps=50, targets=3, savings=Savings(close=1.0), seed=seed, queries=0)
+    plain = worst_case(robust_tiny, x, y, [0.2], **every).correct[:, 0]
+    ensemble = worst_case(saturated, x, y, [0.2], **every).correct[:, 0]
     assert not paired(plain, ensemble).excess(0.0) and not paired(ensemble, plain).excess(0.0)
     assert paired(pgd_saturated, robust_mask(saturated, x, y, eps=0.2, steps=50, seed=seed, queries=0)).excess(0.1)
 
@@ -254,8 +255,8 @@ def test_warm_start_and_early_stop_change_cost_not_results(robust_tiny, digits, 
     x, y = xt[:120], yt[:120]
     grid = [0.1, 0.15, 0.2]
     fast = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, seed=seed, queries=0)
-    slow = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, warm_start=False, early_stop=False, seed=seed,
-                      queries=0)
+    slow = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, seed=seed, queries=0,
+                      savings=Savings(warm_start=False, early_stop=False))
     assert fast.grad_evals < 0.7 * slow.grad_evals  # measured 16746 vs 32400
     for k in range(len(grid)):  # measured: the same points at every eps
         a, b = fast.correct[:, k], slow.correct[:, k]

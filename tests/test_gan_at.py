@@ -92,7 +92,7 @@ def test_grad_formulation_is_robust_and_not_masked(gan_runs, digits_runs):
     assert acc_gan > acc_standard + 0.1, (acc_gan, acc_standard)  # measured 0.167-0.195 vs 0.01 (TEST_SIZE): 20 images to spare
     # unbounded PGD, 20 steps of 0.05 (as far as the default 100 of 0.01): measured 0
     assert robust_accuracy(gan, x[:200], y[:200], attack="pgd", eps=math.inf, steps=20, step_size=0.05) < 0.05
-    scale = check_scale(gan, x[:200], y[:200], CheckSettings(eps=0.2, steps=10), "cpu")  # honest: never a warn
+    scale = check_scale(gan, x[:200], y[:200], CheckSettings(eps=0.2, steps=10))  # honest: never a warn
     assert scale.status == "pass", scale.detail
 
 

@@ -4,17 +4,17 @@ attack is registered (``register_attack``): ``attack_names()`` lists them, the d
 from robustgan.attacks.accuracy import attack_batch, robust_accuracy, robust_mask
 from robustgan.attacks.apgd import apgd
 from robustgan.attacks.autoattack import autoattack
-from robustgan.attacks.ensemble import WorstCase, worst_case
+from robustgan.attacks.ensemble import Savings, WorstCase, worst_case
 from robustgan.attacks.gradient import fgsm, pgd
 from robustgan.attacks.losses import dlr_loss, dlr_targeted_loss
 from robustgan.attacks.square import square
-from robustgan.attacks.registry import (ATTACK_VERSION, ATTACKS, DEFAULT_ATTACK, AttackArgs, AttackSpec, attack_label, attack_names, attack_table,
-                                        default_step_size, get_attack, register_attack)
+from robustgan.attacks.registry import (ATTACK_VERSION, ATTACKS, DEFAULT_ATTACK, AttackArgs, AttackSpec, attack_label,
+                                        attack_names, attack_table, default_step_size, get_attack, register_attack)
 from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images
 
 ATTACK_NAMES = attack_names()  # the built-in attacks; attack_names() also lists those registered later
 
-__all__ = ["fgsm", "pgd", "apgd", "autoattack", "square", "worst_case", "WorstCase", "dlr_loss", "dlr_targeted_loss",
-           "robust_accuracy", "robust_mask", "attack_batch", "default_step_size", "ATTACK_NAMES", "ATTACK_VERSION",
+__all__ = ["fgsm", "pgd", "apgd", "autoattack", "square", "worst_case", "WorstCase", "Savings", "dlr_loss",
+           "dlr_targeted_loss", "robust_accuracy", "robust_mask", "attack_batch", "default_step_size", "ATTACK_NAMES", "ATTACK_VERSION",
            "ATTACKS", "DEFAULT_ATTACK", "AttackArgs", "AttackSpec", "attack_label", "attack_names", "attack_table", "get_attack",
            "register_attack", "AttackError", "attack_mode", "ball", "check_eps", "check_images"]

@@ -19,14 +19,14 @@ attack where it can still succeed):
   checkpoint (22 of 100 steps), the 4 with the highest targeted loss to the second (41), 2 to
   the third (57), 1 to the end; a point fooled by one target stops the others. One batch
   instead of eight keeps the CPU or GPU busy on a handful of close points. Without halving
-  (``halving=False``) these are the runs of ranks 2-9 one after another (same targets, same
+  (``Savings(halving=False)``) these are the runs of ranks 2-9 one after another (same targets, same
   random starts, the same points fooled);
 - each targeted run starts, as in AutoAttack, from a random point of the ball; and since
   APGD-CE's warm start (below) can trap a point that a fresh start fools, the points that have
   closed half their gap (``CLOSE_RESTART``) get APGD-CE once more from its random start.
 The thresholds were set on the digits PGD-AT and ATGAN presets (docs/evaluation.md has the
 measurements): a model whose fooled points stay far from the boundary until the last step may
-need ``close=1, halving=False`` (every target on every point, all its steps).
+need ``Savings(close=1, halving=False)`` (every target on every point, all its steps).
 
 What keeps the decision cannot move the result (docs/evaluation.md): APGD-CE's loss is the
 cross-entropy of standardized logits (``losses.standardized``) and APGD-T's is DLR, both
@@ -42,7 +42,7 @@ Two savings that change cost, not results:
   in the larger ball), so only still-robust points are attacked at the next eps;
 - warm start: APGD-CE on those points starts from their worst point at the previous eps
   (inside the larger ball) instead of from a random one.
-Both can be turned off (``warm_start``, ``early_stop``) to check that claim."""
+Both can be turned off (``Savings(warm_start=False, early_stop=False)``) to check that claim."""
 
 from __future__ import annotations
 
@@ -142,6 +142,21 @@ class AttackRun(NamedTuple):
     prune: tuple[int, ...] | None = None  # successive halving over a point's targets (``apgd_run``)
 
 
+@dataclass(frozen=True)
+class Savings:
+    """Where the ensemble spends less than attacking every point with everything (module
+    docstring), each switchable off to measure what it saves: ``warm_start`` (APGD-CE from the
+    worst point at the previous eps, and once more from a random start on close points),
+    ``early_stop`` (a fooled point is not attacked again), ``close`` (ranks 2-9 only on points
+    whose margin ratio is at most ``close``; 1: every point), ``halving`` (successive halving
+    over those ranks)."""
+
+    warm_start: bool = True
+    early_stop: bool = True
+    close: float = CLOSE
+    halving: bool = True
+
+
 def close_to_fooled(worst_margin: torch.Tensor, clean_margin: torch.Tensor, close: float) -> torch.Tensor:
     """Points whose worst example has closed all but ``close`` of the clean logit gap:
     worst margin / clean margin <= close, both negative on a correct point (the ratio is
@@ -215,31 +230,29 @@ def batches(x, y, batch_size, device):
         yield sl, (xb.float().div(255) if xb.dtype == torch.uint8 else xb), yb
 
 
-def attack_runs(targets: int, seed: int, warm_start: bool = False, close: float = CLOSE,
-                halving: bool = True) -> list[AttackRun]:
+def attack_runs(targets: int, seed: int, savings: Savings = Savings(warm_start=False)) -> list[AttackRun]:
     """Each attack of the ensemble in order: APGD-CE (from the worst point so far with
-    ``warm_start``); APGD-T towards the first ``FIRST_TARGETS`` target ranks on every point,
-    then towards the other ranks side by side on the points closer than ``close`` (with
-    ``halving``, pruned by successive halving: ``HALVING``), from random starts; and with
-    ``warm_start``, APGD-CE once more from its random start on the points closer than
-    ``CLOSE_RESTART`` (a warm start can trap a point a fresh start fools)."""
+    ``savings.warm_start``); APGD-T towards the first ``FIRST_TARGETS`` target ranks on every
+    point, then towards the other ranks side by side on the points closer than
+    ``savings.close`` (with ``savings.halving``, pruned by successive halving: ``HALVING``),
+    from random starts; and with ``savings.warm_start``, APGD-CE once more from its random
+    start on the points closer than ``CLOSE_RESTART`` (a warm start can trap a point a fresh
+    start fools)."""
     first = [AttackRun("dlr-targeted", (r,), seed, None, False) for r in range(1, min(int(targets), FIRST_TARGETS) + 1)]
     rest = tuple(range(FIRST_TARGETS + 1, int(targets) + 1))
-    targeted = first + ([AttackRun("dlr-targeted", rest, seed, close, False, HALVING if halving else None)]
-                        if rest else [])
-    restart = [AttackRun("ce-standardized", (), seed, CLOSE_RESTART, False)] if warm_start else []
-    return [AttackRun("ce-standardized", (), seed, None, warm_start), *targeted, *restart]
+    targeted = first + ([AttackRun("dlr-targeted", rest, seed, savings.close, False,
+                                   HALVING if savings.halving else None)] if rest else [])
+    restart = [AttackRun("ce-standardized", (), seed, CLOSE_RESTART, False)] if savings.warm_start else []
+    return [AttackRun("ce-standardized", (), seed, None, savings.warm_start), *targeted, *restart]
 
 
 def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float] | float, *, steps: int = 100,
-               targets: int = DEFAULT_TARGETS, restarts: int = 1, seed: int = 0, warm_start: bool = True,
-               early_stop: bool = True, close: float = CLOSE, halving: bool = True,
+               targets: int = DEFAULT_TARGETS, restarts: int = 1, seed: int = 0, savings: Savings = Savings(),
                keep_examples: bool = False, batch_size: int = 256,
                device=None, ids: torch.Tensor | None = None, known_fooled: torch.Tensor | None = None,
                advance: Callable[[int], None] | None = None, queries: int | None = None) -> WorstCase:
     """Run the ensemble on x (uint8 or float in [0, 1]) at every eps of ``eps`` (sorted here);
-    ``close`` is the closeness threshold of targets 2.. (1: every target on every point);
-    ``halving=False`` runs each of those targets for all its steps; ``queries`` is the
+    ``savings`` switches the ensemble's savings off one by one (``Savings``); ``queries`` is the
     gradient-free stage's Square budget per probe (default ``QUERIES_PER_STEP * steps``, 0: no stage).
 
     ``ids`` are the points' indices in the test set (their random starts are drawn from
@@ -261,7 +274,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     grad_evals = forwards = 0
     gradients_correct = torch.zeros_like(correct)
     queries = QUERIES_PER_STEP * int(steps) if queries is None else int(queries)
-    runs = attack_runs(targets, seed, warm_start, close, halving)
+    runs = attack_runs(targets, seed, savings)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batch_size, device):
             with torch.no_grad():
@@ -275,7 +288,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                     fooled |= known_fooled[sl, k].to(device)
                 if e > 0:
                     grad_evals += _attack_robust(net, xb, yb, ids[sl], e, fooled, worst, worst_margin, clean_margin,
-                                                 runs, steps, restarts, early_stop, batch_size)
+                                                 runs, steps, restarts, savings.early_stop, batch_size)
                 correct[sl, k] = ~fooled.cpu()
                 if keep_examples:
                     examples[k, sl] = worst.cpu()

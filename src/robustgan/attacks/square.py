@@ -95,6 +95,7 @@ class SquareSearch:
         self.grid_h, self.grid_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         self.live: dict[str, torch.Tensor] | None = None  # the live probes' tensors, one row each
         self.done: list[Finished] = []
+        self.refill_in = 0  # queries until some live probe needs its next CHUNK of draws
 
     def __bool__(self) -> bool:
         return self.live is not None or bool(self.done)
@@ -121,6 +122,7 @@ class SquareSearch:
         self._leave(rows, rows["fooled"] | (budget <= 0))
         if len(rows["points"]):
             self.live = rows if self.live is None else {k: torch.cat([v, rows[k]]) for k, v in self.live.items()}
+            self.refill_in = 0
 
     def step(self) -> Finished:
         """One query of every live probe (Alg. 1, lines 4-9): a window of side sqrt(p * H * W) at
@@ -136,10 +138,13 @@ class SquareSearch:
 
     def _query(self, r: dict[str, torch.Tensor]) -> None:
         query = r["query"]
-        refill = (query % CHUNK == 0).nonzero()[:, 0]
-        if len(refill):
-            r["draws"][refill] = _draws(r["streams"][refill.cpu()].tolist(), (query[refill] // CHUNK).tolist(),
-                                        self.seed, 2 + self.channels).to(r["draws"])
+        if self.refill_in == 0:  # draws for the probes at the start of a CHUNK (one host sync per CHUNK queries)
+            refill = (query % CHUNK == 0).nonzero()[:, 0]
+            if len(refill):  # none where the probe that was due has finished
+                r["draws"][refill] = _draws(r["streams"][refill.cpu()].tolist(), (query[refill] // CHUNK).tolist(),
+                                            self.seed, 2 + self.channels).to(r["draws"])
+            self.refill_in = CHUNK - int((query % CHUNK).max())
+        self.refill_in -= 1
         u = r["draws"][torch.arange(len(query), device=query.device), query % CHUNK]  # (k, 2 + C)
         side = self.sides[query][:, None]  # (k, 1)
         h, w = len(self.grid_h), len(self.grid_w)

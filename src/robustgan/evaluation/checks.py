@@ -81,6 +81,7 @@ class CheckSettings:
     zero_tol: float = 0.05
     unbounded_steps: int = 100
     batch_size: int = 256  # check_run: the context's
+    device: torch.device | str = "cpu"  # where the model and the attacks run (check_run: the context's)
     autoattack: bool = True
     autoattack_limit: int = 200
     seed: int = 0  # the attacks' random starts, drawn per point (check_run: the context's)
@@ -93,30 +94,30 @@ class CheckSettings:
         return self.tol if self.tol is not None else MIN_EFFECT[name]
 
 
-def _mask(model, x, y, s: CheckSettings, device, **kw) -> torch.Tensor:
+def _mask(model, x, y, s: CheckSettings, **kw) -> torch.Tensor:
     """Which points stay correct under an attack (bool (n,)), measured once per check run and,
     for a run, through its evaluation cache. Random starts are drawn per point (``s.seed``), so
     PGD with restarts starts its first run where plain PGD does."""
     key = (id(model), len(y), tuple(sorted((k, id(v) if isinstance(v, nn.Module) else v) for k, v in kw.items())))
     if key not in s.memo:
-        kw = {"seed": s.seed, "batch_size": s.batch_size, "device": device, **kw}
+        kw = {"seed": s.seed, "batch_size": s.batch_size, "device": s.device, **kw}
         cacheable = s.cache is not None and "source" not in kw and kw["attack"] != "autoattack"
         s.memo[key] = (cached_mask(s.cache, model, x, y, **kw) if cacheable else robust_mask(model, x, y, **kw))
     return s.memo[key]
 
 
-def _pgd(model, x, y, s, device, **kw) -> torch.Tensor:
-    return _mask(model, x, y, s, device, attack="pgd", eps=s.eps, steps=s.steps, **kw)
+def _pgd(model, x, y, s, **kw) -> torch.Tensor:
+    return _mask(model, x, y, s, attack="pgd", eps=s.eps, steps=s.steps, **kw)
 
 
-def _ensemble(model, x, y, s, device, eps=None) -> torch.Tensor:
+def _ensemble(model, x, y, s, eps=None) -> torch.Tensor:
     """The ensemble's mask at ``eps`` (default the check's), from the gradient_free check's
     run when it covered that eps (the same attacks, seed and points), else measured."""
     eps = s.eps if eps is None else eps
     found = s.memo.get(("worst_case", id(model), len(y)))
     if found is not None and eps in found.eps:
         return found.correct[:, found.eps.index(eps)]
-    return _mask(model, x, y, s, device, attack="ensemble", eps=eps, steps=s.ensemble_steps, targets=s.targets,
+    return _mask(model, x, y, s, attack="ensemble", eps=eps, steps=s.ensemble_steps, targets=s.targets,
                  queries=s.queries)
 
 
@@ -131,8 +132,8 @@ def compare(name: str, s: CheckSettings, ref: torch.Tensor, alt: torch.Tensor, r
     return CheckResult(name, status, detail, result.as_dict() | {"min_effect": effect, "alpha": s.alpha})
 
 
-def check_deterministic(model, x, y, s, device) -> CheckResult:
-    xb = x[:64].float().div(255).to(device)
+def check_deterministic(model, x, y, s) -> CheckResult:
+    xb = x[:64].float().div(255).to(s.device)
     model.eval()
     with torch.no_grad():
         a, b = model(xb), model(xb)
@@ -141,8 +142,8 @@ def check_deterministic(model, x, y, s, device) -> CheckResult:
                        f"max |f(x) - f(x)| over two passes = {diff:.2e}", {"diff": diff})
 
 
-def check_logits(model, x, y, s, device) -> CheckResult:
-    xb = x[:64].float().div(255).to(device)
+def check_logits(model, x, y, s) -> CheckResult:
+    xb = x[:64].float().div(255).to(s.device)
     with torch.no_grad():
         out = model.eval()(xb).float()
     probs = is_probabilities(out)
@@ -151,8 +152,8 @@ def check_logits(model, x, y, s, device) -> CheckResult:
                        else "outputs are unnormalised logits", {"probabilities": probs})
 
 
-def check_gradients(model, x, y, s, device) -> CheckResult:
-    xb, yb = x[:256].float().div(255).to(device), y[:256].to(device)
+def check_gradients(model, x, y, s) -> CheckResult:
+    xb, yb = x[:256].float().div(255).to(s.device), y[:256].to(s.device)
     with attack_mode(model):
         _, grad = loss_and_grad(model, xb.clone().requires_grad_(True), yb)
     flat = grad.flatten(1)
@@ -164,34 +165,34 @@ def check_gradients(model, x, y, s, device) -> CheckResult:
                        {"zero_fraction": zero, "nonfinite_fraction": broken})
 
 
-def check_fgsm_vs_pgd(model, x, y, s, device) -> CheckResult:
-    fgsm = _mask(model, x, y, s, device, attack="fgsm", eps=s.eps)
-    return compare("fgsm_vs_pgd", s, _pgd(model, x, y, s, device), fgsm, f"PGD-{s.steps}", "FGSM",
+def check_fgsm_vs_pgd(model, x, y, s) -> CheckResult:
+    fgsm = _mask(model, x, y, s, attack="fgsm", eps=s.eps)
+    return compare("fgsm_vs_pgd", s, _pgd(model, x, y, s), fgsm, f"PGD-{s.steps}", "FGSM",
                    " (one step must not win)")
 
 
-def check_restarts(model, x, y, s, device) -> CheckResult:
-    many = _pgd(model, x, y, s, device, restarts=s.restarts)
-    return compare("restarts", s, _pgd(model, x, y, s, device), many, "1 start", f"{s.restarts} restarts")
+def check_restarts(model, x, y, s) -> CheckResult:
+    many = _pgd(model, x, y, s, restarts=s.restarts)
+    return compare("restarts", s, _pgd(model, x, y, s), many, "1 start", f"{s.restarts} restarts")
 
 
-def check_long_pgd(model, x, y, s, device) -> CheckResult:
-    long = _mask(model, x, y, s, device, attack="pgd", eps=s.eps, steps=s.long_steps,
+def check_long_pgd(model, x, y, s) -> CheckResult:
+    long = _mask(model, x, y, s, attack="pgd", eps=s.eps, steps=s.long_steps,
                  step_size=default_step_size(s.eps, s.steps) / 4)
-    return compare("long_pgd", s, _pgd(model, x, y, s, device), long, f"PGD-{s.steps}", f"PGD-{s.long_steps}")
+    return compare("long_pgd", s, _pgd(model, x, y, s), long, f"PGD-{s.steps}", f"PGD-{s.long_steps}")
 
 
-def check_loss_invariance(model, x, y, s, device) -> CheckResult:
+def check_loss_invariance(model, x, y, s) -> CheckResult:
     """PGD-k with the DLR loss (eq. 6 of Croce & Hein 2020: invariant to scaling and shifting
     the logits) against PGD-k with cross-entropy, same steps, step size and starts: DLR
     winning means the CE gradient vanishes somewhere (a saturated softmax, a temperature),
     so the papers' CE-based numbers are masked."""
-    dlr = _mask(model, x, y, s, device, attack="pgd-dlr", eps=s.eps, steps=s.steps)
-    return compare("loss_invariance", s, _pgd(model, x, y, s, device), dlr, f"PGD-{s.steps} (CE)",
+    dlr = _mask(model, x, y, s, attack="pgd-dlr", eps=s.eps, steps=s.steps)
+    return compare("loss_invariance", s, _pgd(model, x, y, s), dlr, f"PGD-{s.steps} (CE)",
                    f"PGD-{s.steps} with DLR")
 
 
-def check_scale(model, x, y, s, device) -> CheckResult:
+def check_scale(model, x, y, s) -> CheckResult:
     """PGD-k on the unsaturated cross-entropy (``losses.ce_unsaturated_loss``) against PGD-k on
     the cross-entropy, same steps, step size and starts. The two take the same steps wherever
     float32 holds the softmax, so an honest model gives (all but) the same points and the
@@ -199,27 +200,27 @@ def check_scale(model, x, y, s, device) -> CheckResult:
     margin times k exceeds ~17, and there the unsaturated attack wins. Comparing like with
     like is what DLR against CE cannot do: on a PGD-AT model DLR alone is a point or two
     weaker than CE, which hides a scale that raises CE-PGD by less than that."""
-    unsaturated = _mask(model, x, y, s, device, attack="pgd-unsaturated", eps=s.eps, steps=s.steps)
-    return compare("scale", s, _pgd(model, x, y, s, device), unsaturated, f"PGD-{s.steps} (CE)",
+    unsaturated = _mask(model, x, y, s, attack="pgd-unsaturated", eps=s.eps, steps=s.steps)
+    return compare("scale", s, _pgd(model, x, y, s), unsaturated, f"PGD-{s.steps} (CE)",
                    f"PGD-{s.steps} on the unsaturated CE")
 
 
-def check_unbounded(model, x, y, s, device) -> CheckResult:
-    acc = _mask(model, x, y, s, device, attack="pgd", eps=math.inf, steps=s.unbounded_steps,
+def check_unbounded(model, x, y, s) -> CheckResult:
+    acc = _mask(model, x, y, s, attack="pgd", eps=math.inf, steps=s.unbounded_steps,
                 step_size=0.01).float().mean().item()
     return CheckResult("unbounded", "pass" if acc <= s.zero_tol else "warn",
                        f"unbounded PGD-{s.unbounded_steps} leaves {acc:.1%} correct (must be <= {s.zero_tol:.0%})", {"accuracy": acc})
 
 
-def check_bound(model, x, y, s, device, num_classes) -> CheckResult:
+def check_bound(model, x, y, s, num_classes) -> CheckResult:
     """The threat model's own bound: at eps >= 0.5 the constant 0.5 image is in every ball,
     so no classifier is right on more than the largest class share of the test set."""
     share = torch.bincount(y.cpu(), minlength=num_classes).float() / max(len(y), 1)
     bound = share.max().item()
     with torch.no_grad():
-        grey = torch.full((1, *x.shape[1:]), 0.5, device=device)
+        grey = torch.full((1, *x.shape[1:]), 0.5, device=s.device)
         grey_class = int(model.eval()(grey).argmax(1).item())
-    acc = _ensemble(model, x, y, s, device, eps=BOUND_EPS).float().mean().item()
+    acc = _ensemble(model, x, y, s, eps=BOUND_EPS).float().mean().item()
     over = {e: a for e, a in s.reported.items() if e >= BOUND_EPS and a > bound + 1e-9}
     detail = (f"ensemble at eps {BOUND_EPS}: {acc:.1%} vs the bound {bound:.1%} (largest class share; the 0.5 image "
               f"alone leaves {share[grey_class].item():.1%})")
@@ -231,7 +232,7 @@ def check_bound(model, x, y, s, device, num_classes) -> CheckResult:
                         "over": {str(e): a for e, a in over.items()}})
 
 
-def check_gradient_free(model, x, y, s, device) -> CheckResult:
+def check_gradient_free(model, x, y, s) -> CheckResult:
     """Per eps of the check's eps and the cached curves' (ascending, warm-started as a curve is),
     the paired rule on the points the ensemble's gradient attacks left robust against those the
     whole ensemble (with Square) left: warns if at any eps Square found beyond chance and the
@@ -241,7 +242,7 @@ def check_gradient_free(model, x, y, s, device) -> CheckResult:
     if not grid:
         return skipped("gradient_free", "no bounded eps to check")
     found = worst_case(model, x, y, grid, steps=s.ensemble_steps, targets=s.targets, seed=s.seed,
-                       batch_size=s.batch_size, device=device, queries=s.queries)
+                       batch_size=s.batch_size, device=s.device, queries=s.queries)
     s.memo[("worst_case", id(model), len(y))] = found  # the ensemble's results at these eps, for the other checks
     per_eps = [compare("gradient_free", s, found.gradients_correct[:, k], found.correct[:, k], "gradient attacks",
                        "gradient attacks + Square") for k in range(len(grid))]
@@ -255,8 +256,8 @@ def check_gradient_free(model, x, y, s, device) -> CheckResult:
     return result
 
 
-def check_protocol(model, x, y, s, device) -> CheckResult:
-    ref, worst = _pgd(model, x, y, s, device), _ensemble(model, x, y, s, device)
+def check_protocol(model, x, y, s) -> CheckResult:
+    ref, worst = _pgd(model, x, y, s), _ensemble(model, x, y, s)
     result = compare("protocol", s, ref, worst, f"PGD-{s.steps} (papers' protocol)", "worst-case ensemble")
     gap = 100 * result.values["gap"]
     verdict = f"overstates by {gap:.1f} points" if gap >= 0 else f"is {-gap:.1f} points below the ensemble"
@@ -264,25 +265,25 @@ def check_protocol(model, x, y, s, device) -> CheckResult:
     return result
 
 
-def check_transfer(model, x, y, s, device, surrogate: nn.Module | None) -> CheckResult:
+def check_transfer(model, x, y, s, surrogate: nn.Module | None) -> CheckResult:
     if surrogate is None:
         return skipped("transfer", "no surrogate (--surrogate RUN, or auto to train one)")
-    transfer = _pgd(model, x, y, s, device, source=surrogate.to(device))
-    return compare("transfer", s, _pgd(model, x, y, s, device), transfer, "white-box", "transfer from surrogate",
+    transfer = _pgd(model, x, y, s, source=surrogate.to(s.device))
+    return compare("transfer", s, _pgd(model, x, y, s), transfer, "white-box", "transfer from surrogate",
                    " (transfer must not win)")
 
 
-def check_graybox(model, x, y, s, device, graybox: nn.Module | None) -> CheckResult | None:
+def check_graybox(model, x, y, s, graybox: nn.Module | None) -> CheckResult | None:
     """Where the method offers one (``Method.graybox_model``; ATGAN: D alone, no gradient
     through G): PGD on that part, evaluated on the full pipeline."""
     if graybox is None:
         return None  # not applicable: the method has no gray-box model
-    gray = _pgd(model, x, y, s, device, source=graybox)
-    return compare("graybox", s, _pgd(model, x, y, s, device), gray, "white-box on D(G(x))",
+    gray = _pgd(model, x, y, s, source=graybox)
+    return compare("graybox", s, _pgd(model, x, y, s), gray, "white-box on D(G(x))",
                    "gray-box (PGD on D alone)")
 
 
-def check_autoattack(model, x, y, s, device, num_classes) -> CheckResult:
+def check_autoattack(model, x, y, s, num_classes) -> CheckResult:
     if not s.autoattack:
         return skipped("autoattack", "--no-autoattack")
     try:  # optional dependency (a second to import: only when asked for)
@@ -290,32 +291,33 @@ def check_autoattack(model, x, y, s, device, num_classes) -> CheckResult:
     except ImportError:
         return skipped("autoattack", "torchattacks not installed")
     n = min(len(y), s.autoattack_limit)
-    ours = _ensemble(model, x, y, s, device)[:n]
-    theirs = _mask(model, x[:n], y[:n], s, device, attack="autoattack", eps=s.eps, num_classes=num_classes)
+    ours = _ensemble(model, x, y, s)[:n]
+    theirs = _mask(model, x[:n], y[:n], s, attack="autoattack", eps=s.eps, num_classes=num_classes)
     return compare("autoattack", s, ours, theirs, "our ensemble", "AutoAttack (torchattacks)", f" on {n} images")
 
 
-def check_model(model, x, y, settings: CheckSettings, device="cpu", surrogate=None, num_classes=10,
+def check_model(model, x, y, settings: CheckSettings, surrogate=None, num_classes=10,
                 on_result=None, graybox: nn.Module | None = None) -> list[CheckResult]:
     """All checks on (x uint8, y); ``on_result(result)`` is called as each one finishes.
-    Checks that do not apply (graybox without a gray-box model) are left out."""
-    model = model.to(device).eval()
+    Checks that do not apply (graybox without a gray-box model) are left out. The model and
+    the attacks run on ``settings.device``."""
+    model = model.to(settings.device).eval()
     plan = [
-        lambda: check_deterministic(model, x, y, settings, device),
-        lambda: check_logits(model, x, y, settings, device),
-        lambda: check_gradients(model, x, y, settings, device),
-        lambda: check_fgsm_vs_pgd(model, x, y, settings, device),
-        lambda: check_restarts(model, x, y, settings, device),
-        lambda: check_long_pgd(model, x, y, settings, device),
-        lambda: check_loss_invariance(model, x, y, settings, device),
-        lambda: check_scale(model, x, y, settings, device),
-        lambda: check_gradient_free(model, x, y, settings, device),
-        lambda: check_unbounded(model, x, y, settings, device),
-        lambda: check_bound(model, x, y, settings, device, num_classes),
-        lambda: check_protocol(model, x, y, settings, device),
-        lambda: check_transfer(model, x, y, settings, device, surrogate),
-        lambda: check_graybox(model, x, y, settings, device, graybox),
-        lambda: check_autoattack(model, x, y, settings, device, num_classes),
+        lambda: check_deterministic(model, x, y, settings),
+        lambda: check_logits(model, x, y, settings),
+        lambda: check_gradients(model, x, y, settings),
+        lambda: check_fgsm_vs_pgd(model, x, y, settings),
+        lambda: check_restarts(model, x, y, settings),
+        lambda: check_long_pgd(model, x, y, settings),
+        lambda: check_loss_invariance(model, x, y, settings),
+        lambda: check_scale(model, x, y, settings),
+        lambda: check_gradient_free(model, x, y, settings),
+        lambda: check_unbounded(model, x, y, settings),
+        lambda: check_bound(model, x, y, settings, num_classes),
+        lambda: check_protocol(model, x, y, settings),
+        lambda: check_transfer(model, x, y, settings, surrogate),
+        lambda: check_graybox(model, x, y, settings, graybox),
+        lambda: check_autoattack(model, x, y, settings, num_classes),
     ]
     results = []
     for run_check in plan:
@@ -368,9 +370,9 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
     elif surrogate:
         surrogate_model = load_model(Path(surrogate))
     cache = EvalCache(run_dir)
-    s = replace(settings, eps=eps, seed=ctx.seed, batch_size=ctx.batch_size, cache=cache,
+    s = replace(settings, eps=eps, seed=ctx.seed, batch_size=ctx.batch_size, device=ctx.device, cache=cache,
                 reported=reported_accuracies(cache, len(y)), curve_eps=cached_curve_eps(cache, len(y)), memo={})
-    results = check_model(model, x, y, s, ctx.device, surrogate_model, geometry_for(cfg.data).num_classes,
+    results = check_model(model, x, y, s, surrogate_model, geometry_for(cfg.data).num_classes,
                           on_result, method_class(cfg.method.name).graybox_model(model))
     report = {"eps": eps, "n": len(y), "alpha": s.alpha, "tol": s.tol,
               "min_effects": {k: s.min_effect(k) for k in MIN_EFFECT}, "steps": s.steps,
