@@ -480,36 +480,59 @@ def test_a_square_probe_starts_warm_where_asked_and_gives_up_where_the_margin_do
         search.add(torch.arange(n), eps, torch.arange(n), budget, start, warm, torch.full((n,), -1.0))
         finished = []
         while search:
-            finished += search.step().points.tolist()
+            done = search.step()
+            assert not done.fooled.any()
+            assert torch.equal(done.x_best[warm[done.points]], start[done.points][warm[done.points]])  # no query helps
+            finished += done.points.tolist()
         assert sorted(finished) == list(range(n)) and search.forwards == forwards
 
 
-def test_square_probes_side_by_side_draw_what_each_draws_alone(seed):
+class NeverFooled(torch.nn.Module):
+    """The model's logits and an 11th class at 1000: label 10 is never fooled, and its margin
+    max_j z_j - 1000 still moves with the input."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        z = self.model(x)
+        return torch.cat([z, torch.full_like(z[:, :1], 1000.0)], 1)
+
+
+@pytest.mark.parametrize("fooled", ["some", "none"])
+def test_square_probes_side_by_side_draw_what_each_draws_alone(fooled, seed):
     """Probes that start at different queries share forward passes, not draws: each point's
-    example is the one it gets when attacked alone (draws keyed by stream and query)."""
-    from robustgan.attacks.square import SquareSearch
+    example is the one it gets when attacked alone (draws keyed by stream and query), whether
+    rows leave because they are fooled (a random CNN, its own labels) or at their budget (never
+    fooled: every probe runs its 300 queries, so the groups overlap and cross a CHUNK of draws
+    at different queries)."""
+    from robustgan.attacks.square import CHUNK, SquareSearch
 
     torch.manual_seed(seed)
-    model = tiny_cnn().eval()
-    x = torch.rand(6, 1, 28, 28)
+    model, x = tiny_cnn().eval(), torch.rand(6, 1, 28, 28)
     y = model(x).argmax(1).detach()  # every point starts correct
+    if fooled == "none":
+        model, y = NeverFooled(model).eval(), torch.full((6,), 10)
     eps, streams, budget = torch.full((6,), 0.05), torch.arange(6) + 7, torch.full((6,), 300)
 
-    def run(groups: list[list[int]], delay: int) -> torch.Tensor:  # each group joins ``delay`` queries after the last
-        search, x_best = SquareSearch(model, x, y, 300, seed), torch.empty_like(x)
-        for steps, group in enumerate(groups):
+    def run(groups: list[list[int]], delay: int) -> tuple[torch.Tensor, int]:  # a group joins ``delay`` queries after the last
+        search, x_best, steps = SquareSearch(model, x, y, 300, seed), torch.empty_like(x), 0
+        for k, group in enumerate(groups):
             idx = torch.tensor(group)
             search.add(idx, eps[idx], streams[idx], budget[idx])
-            for _ in range(delay if steps < len(groups) - 1 else 10_000):
-                done = search.step()
+            for _ in range(delay if k < len(groups) - 1 else 10_000):
+                done, steps = search.step(), steps + 1
                 x_best[done.points] = done.x_best
                 if not search:
                     break
-        return x_best
+        return x_best, steps
 
-    alone = torch.cat([run([[i]], 0)[i:i + 1] for i in range(6)])
-    assert not torch.equal(alone, x)
-    assert torch.allclose(run([[0, 1], [2, 3], [4, 5]], 37), alone, atol=1e-6)
+    alone = torch.cat([run([[i]], 0)[0][i:i + 1] for i in range(6)])
+    together, steps = run([[0, 1], [2, 3], [4, 5]], 37)
+    assert torch.allclose(together, alone, atol=1e-6)
+    if fooled == "none":
+        assert steps == 2 * 37 + 300 > 2 * 37 + CHUNK and not torch.equal(together, x)
 
 
 @pytest.mark.statistical

@@ -15,6 +15,7 @@ from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, 
 ATTACK_NAMES = attack_names()  # the built-in attacks; attack_names() also lists those registered later
 
 __all__ = ["fgsm", "pgd", "apgd", "autoattack", "square", "worst_case", "WorstCase", "Savings", "dlr_loss",
-           "dlr_targeted_loss", "robust_accuracy", "robust_mask", "attack_batch", "default_step_size", "ATTACK_NAMES", "ATTACK_VERSION",
-           "ATTACKS", "DEFAULT_ATTACK", "AttackArgs", "AttackSpec", "attack_label", "attack_names", "attack_table", "get_attack",
-           "register_attack", "AttackError", "attack_mode", "ball", "check_eps", "check_images"]
+           "dlr_targeted_loss", "robust_accuracy", "robust_mask", "attack_batch", "default_step_size", "ATTACK_NAMES",
+           "ATTACK_VERSION", "ATTACKS", "DEFAULT_ATTACK", "AttackArgs", "AttackSpec", "attack_label", "attack_names",
+           "attack_table", "get_attack", "register_attack", "AttackError", "attack_mode", "ball", "check_eps",
+           "check_images"]

@@ -37,8 +37,9 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     grid = torch.tensor(eps)  # ascending: 0 first, inf last, if at all
     smallest = int((grid <= 0).sum())
     largest = int((grid < math.inf).sum()) - 1
-    at = (correct.sum(1) - 1).clamp(max=largest)  # the eps index each point's probe runs at: first the largest
-    start, warm = x.clone(), torch.zeros(len(x), dtype=torch.bool)  # finite eps it withstood (correct is monotone)
+    # the eps index each point's probe runs at: first the largest finite eps it withstood (correct is monotone)
+    at = (correct.sum(1) - 1).clamp(max=largest)
+    start, warm = x.clone(), torch.zeros(len(x), dtype=torch.bool)
     retry = torch.zeros_like(warm)
     search = SquareSearch(model, x, y, queries, seed, give_up=GIVE_UP)
 

@@ -85,7 +85,7 @@ class SquareSearch:
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, queries: int, seed: int,
                  p_init: float = P_INIT, give_up: tuple[tuple[int, float], ...] = ()):
         _, self.channels, h, w = x.shape
-        self.model, self.x, self.y, self.seed, self.forwards = model, x, y, seed, 0
+        self.model, self.x, self.y, self.seed, self.queries, self.forwards = model, x, y, seed, queries, 0
         self.sides = torch.tensor([min(max(int(round(math.sqrt(p_fraction(q, queries, p_init) * h * w))), 1), h - 1)
                                    for q in range(queries)] or [1], device=x.device)
         self.give_up = torch.zeros(queries + 1, device=x.device)  # the fraction checked after each query, 0: none
@@ -104,12 +104,13 @@ class SquareSearch:
             start: torch.Tensor | None = None, warm: torch.Tensor | None = None,
             reference: torch.Tensor | None = None) -> None:
         """Start a probe on each of ``points`` (k,) with its eps (k,), draws' stream (k,), budget
-        of queries (k,), and, for the ``warm`` rows, its start (k, C, H, W) instead of
-        Square's stripes; ``reference`` (k,) is the margin ``give_up`` compares with."""
+        of queries (k,; at most the schedule's ``queries``), and, for the ``warm`` rows, its start
+        (k, C, H, W) instead of Square's stripes; ``reference`` (k,) is the margin ``give_up``
+        compares with."""
         if not len(points):
             return
         device = self.x.device
-        points, eps, budget = points.to(device), eps.to(device, self.x.dtype), budget.to(device)
+        points, eps, budget = points.to(device), eps.to(device, self.x.dtype), budget.to(device).clamp(max=self.queries)
         x, y = self.x[points], self.y[points]
         x_init, logits = square_init(self.model, x, y, eps, self.seed, streams.cpu(), start, warm)
         self.forwards += len(points)
@@ -127,7 +128,7 @@ class SquareSearch:
     def step(self) -> Finished:
         """One query of every live probe (Alg. 1, lines 4-9): a window of side sqrt(p * H * W) at
         a random place, set to a random corner of the ball (one sign per channel; the other
-        corner where it already is that one), kept where the margin grew."""
+        corner where it already is that one), kept where the margin grew or the point is fooled."""
         if self.live is not None:
             self._query(self.live)
         done, self.done = self.done, []
@@ -136,23 +137,23 @@ class SquareSearch:
             return Finished(x.new_zeros(0, dtype=torch.long), x.new_zeros(0, dtype=torch.bool), x, x.new_zeros(0))
         return Finished(*(torch.cat(parts) for parts in zip(*done)))
 
-    def _query(self, r: dict[str, torch.Tensor]) -> None:
-        query = r["query"]
-        if self.refill_in == 0:  # draws for the probes at the start of a CHUNK (one host sync per CHUNK queries)
+    def _query(self, rows: dict[str, torch.Tensor]) -> None:
+        query = rows["query"]
+        if self.refill_in == 0:  # draws for the probes at the start of a CHUNK (checked once per CHUNK, or on a join)
             refill = (query % CHUNK == 0).nonzero()[:, 0]
             if len(refill):  # none where the probe that was due has finished
-                r["draws"][refill] = _draws(r["streams"][refill.cpu()].tolist(), (query[refill] // CHUNK).tolist(),
-                                            self.seed, 2 + self.channels).to(r["draws"])
+                streams, chunks = rows["streams"][refill.cpu()].tolist(), (query[refill] // CHUNK).tolist()
+                rows["draws"][refill] = _draws(streams, chunks, self.seed, 2 + self.channels).to(rows["draws"])
             self.refill_in = CHUNK - int((query % CHUNK).max())
         self.refill_in -= 1
-        u = r["draws"][torch.arange(len(query), device=query.device), query % CHUNK]  # (k, 2 + C)
+        u = rows["draws"][torch.arange(len(query), device=query.device), query % CHUNK]  # (k, 2 + C)
         side = self.sides[query][:, None]  # (k, 1)
         h, w = len(self.grid_h), len(self.grid_w)
         top, left = (u[:, :1] * (h - side)).long(), (u[:, 1:2] * (w - side)).long()
         window = (((self.grid_h >= top) & (self.grid_h < top + side))[:, :, None]
                   & ((self.grid_w >= left) & (self.grid_w < left + side))[:, None, :])[:, None]  # (k, 1, H, W)
-        step = (2 * (u[:, 2:] < 0.5).to(r["x"].dtype) - 1)[:, :, None, None] * r["eps"]  # (k, C, 1, 1): a corner
-        best, x, lo, hi = r["best"], r["x"], r["lo"], r["hi"]
+        step = (2 * (u[:, 2:] < 0.5).to(rows["x"].dtype) - 1)[:, :, None, None] * rows["eps"]  # (k, C, 1, 1): a corner
+        best, x, lo, hi = rows["best"], rows["x"], rows["lo"], rows["hi"]
         candidate = torch.where(window, torch.max(torch.min(x + step, hi), lo), best)
         same = ((candidate - best).abs() < 1e-7).flatten(1).all(1)  # the window is already that corner: take the other
         if same.any():
@@ -161,18 +162,18 @@ class SquareSearch:
         with torch.no_grad():
             logits = self.model(candidate).float()
         self.forwards += len(query)
-        new_margin = margin(logits, r["y"])
-        r["fooled"] = logits.argmax(1) != r["y"]
-        better = (new_margin > r["margin"]) | r["fooled"]
-        r["best"] = torch.where(better[:, None, None, None], candidate, best)
-        r["margin"] = torch.where(better, new_margin, r["margin"])
-        r["query"] = query = query + 1
+        new_margin = margin(logits, rows["y"])
+        rows["fooled"] = logits.argmax(1) != rows["y"]
+        better = (new_margin > rows["margin"]) | rows["fooled"]
+        rows["best"] = torch.where(better[:, None, None, None], candidate, best)
+        rows["margin"] = torch.where(better, new_margin, rows["margin"])
+        rows["query"] = query = query + 1
         fraction = self.give_up[query]
-        out = r["fooled"] | (query >= r["budget"]) | (
-            (fraction > 0) & (r["margin"] < fraction * r["reference"]))
+        out = rows["fooled"] | (query >= rows["budget"]) | (
+            (fraction > 0) & (rows["margin"] < fraction * rows["reference"]))
         if out.any():
-            self._leave(r, out)
-            self.live = r if len(r["points"]) else None
+            self._leave(rows, out)
+            self.live = rows if len(rows["points"]) else None
 
     def _leave(self, rows: dict[str, torch.Tensor], out: torch.Tensor) -> None:
         """Move the rows ``out`` of ``rows`` (in place) to the finished probes."""
@@ -196,7 +197,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queri
     x_adv = x.clone()
     with attack_mode(model):
         search = SquareSearch(model, x, y, queries, seed, p_init)
-        search.add(torch.arange(len(x)), torch.full((len(x),), eps), ids, torch.full((len(x),), queries))
+        search.add(torch.arange(len(x)), torch.full((len(x),), eps, dtype=x.dtype), ids, torch.full((len(x),), queries))
         while search:
             done = search.step()
             x_adv[done.points] = done.x_best.to(x_adv)

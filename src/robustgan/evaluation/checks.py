@@ -296,7 +296,7 @@ def check_autoattack(model, x, y, s, num_classes) -> CheckResult:
     return compare("autoattack", s, ours, theirs, "our ensemble", "AutoAttack (torchattacks)", f" on {n} images")
 
 
-def check_model(model, x, y, settings: CheckSettings, surrogate=None, num_classes=10,
+def check_model(model, x, y, settings: CheckSettings, *, surrogate=None, num_classes=10,
                 on_result=None, graybox: nn.Module | None = None) -> list[CheckResult]:
     """All checks on (x uint8, y); ``on_result(result)`` is called as each one finishes.
     Checks that do not apply (graybox without a gray-box model) are left out. The model and
@@ -352,7 +352,7 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
               surrogate: str | None = None, surrogate_epochs: int = 5, on_result=None) -> list[CheckResult]:
     """The `robustgan check` command: every check on a run's defended model, saved to
     <run>/check.json. ``settings.eps`` None is the run's eval or training eps; the attacks'
-    seed and batch size are the context's. ``surrogate`` is a run directory, or 'auto' to
+    seed, batch size and device are the context's. ``surrogate`` is a run directory, or 'auto' to
     train a standard model of the same backbone into <run>/surrogate (independent seed) first."""
     settings = CheckSettings() if settings is None else settings
     if settings.long_steps <= settings.steps:
@@ -372,8 +372,8 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
     cache = EvalCache(run_dir)
     s = replace(settings, eps=eps, seed=ctx.seed, batch_size=ctx.batch_size, device=ctx.device, cache=cache,
                 reported=reported_accuracies(cache, len(y)), curve_eps=cached_curve_eps(cache, len(y)), memo={})
-    results = check_model(model, x, y, s, surrogate_model, geometry_for(cfg.data).num_classes,
-                          on_result, method_class(cfg.method.name).graybox_model(model))
+    results = check_model(model, x, y, s, surrogate=surrogate_model, num_classes=geometry_for(cfg.data).num_classes,
+                          on_result=on_result, graybox=method_class(cfg.method.name).graybox_model(model))
     report = {"eps": eps, "n": len(y), "alpha": s.alpha, "tol": s.tol,
               "min_effects": {k: s.min_effect(k) for k in MIN_EFFECT}, "steps": s.steps,
               "long_steps": s.long_steps, "restarts": s.restarts, "ensemble_steps": s.ensemble_steps,
