@@ -35,17 +35,18 @@ standard AutoAttack as published (APGD-CE and APGD-T 100 steps, FAB-T, Square 50
 ``robustgan.attacks.autoattack``) on the first --aa-limit images at --aa-eps, point by point.
 Goals: ours never more than 0.5 point above torchattacks' or adv_lib's APGD-CE + APGD-T or above
 AutoAttack at any eps; at least 5x fewer seconds, gradient evaluations and forwards than
-AutoAttack over the grid (when it ran on every eps). For that comparison ours runs again on
-AutoAttack's images, right before and right after it, and its seconds are the mean of the two:
-a host that speeds up or slows down during AutoAttack's minutes moves both sides.
+AutoAttack over the grid (when --aa-eps is the whole grid). For that comparison ours runs again
+on AutoAttack's images, right before and right after it, and its seconds are the mean of the
+two: a host that speeds up or slows down during AutoAttack's minutes moves both sides.
 
-Cost: the curves in interleaved repeats (ours, torchattacks, adv_lib, foolbox, pgd40, ours...), so
+Cost: the curves in interleaved repeats (ours, ours-gradients, torchattacks, adv_lib, foolbox,
+pgd40, ours...), so
 background load hits all alike; no warm-up run (one curve takes seconds to minutes). Seconds
 min / median / max, time / ours per repeat, and gradient evaluations and forwards per test
 point, counted the same way for everyone: the model is wrapped so that every forward pass adds
 its batch size to the forwards, and one whose input requires grad (one followed by an input
-gradient: a backward pass) to the gradient evaluations. Goal: ours at least 3x faster than
-torchattacks per curve (ours-gradients against torchattacks' chain).
+gradient: a backward pass) to the gradient evaluations. Goal: ours-gradients at least 3x
+faster than torchattacks' chain per curve (ours, where --curves leaves ours-gradients out).
 
 Results: a markdown report on stdout and benchmarks/results_eval.json.
 """
@@ -72,14 +73,15 @@ from robustgan.train import ensure_trained
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from peer_curves import adv_lib_attacks, adv_lib_curve, foolbox_curve, predicts, torchattacks_curve  # noqa: E402
 from run import machine  # noqa: E402 (benchmarks/ on the path first)
 
 PRESETS = ["pgd-at-digits", "atgan-digits"]
 PEERS = ["ours-gradients", "torchattacks", "adv_lib", "foolbox", "pgd40"]
 QUICK = ["train.epochs=2"]  # plus method.loss_net_epochs=1 where the method has one: about 80 s of training
 GOAL_POINTS = 0.5  # ours may be at most this many accuracy points above torchattacks at any eps
-GOAL_SPEEDUP = 3.0  # ours at least this many times faster than torchattacks per curve
-GOAL_AA_SAVING = 5.0  # ours at least this many times fewer grad evals and seconds than AutoAttack (its eps)
+GOAL_SPEEDUP = 3.0  # ours-gradients at least this many times faster than torchattacks per curve
+GOAL_AA_SAVING = 5.0  # ours at least this many times fewer seconds, grad evals and forwards than AutoAttack (grid)
 
 
 class GradCounter(nn.Module):
@@ -118,69 +120,6 @@ def trained_run(preset: str, runs: Path, quick: bool) -> Path:
 
 
 # ------------------------------------------------------------------ curves: fn() -> correct (n, len(eps)) bool
-def predicts(model, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return (model(x_adv).argmax(1) == y).cpu()
-
-
-def torchattacks_curve(model, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> torch.Tensor:
-    """APGD-CE, then APGD-T on the points it left correct (AutoAttack's chaining), per eps."""
-    import torchattacks
-
-    columns = []
-    for e in eps:
-        ok = predicts(model, torchattacks.APGD(model, norm="Linf", eps=e, steps=100, loss="ce", n_restarts=1,
-                                               seed=0)(x, y), y)
-        idx = ok.nonzero()[:, 0]
-        if len(idx):
-            apgdt = torchattacks.APGDT(model, norm="Linf", eps=e, steps=100, n_restarts=1, n_classes=10, seed=0)
-            ok[idx] = predicts(model, apgdt(x[idx], y[idx]), y[idx])
-        columns.append(ok)
-    return torch.stack(columns, 1)
-
-
-def adv_lib_attacks():
-    """adv_lib's ``apgd`` and ``apgd_targeted``. Its ``adv_lib.attacks`` package imports every
-    attack, some of them torchvision, which does not import with the CPU torch build: the
-    auto_pgd module is loaded alone, under a bare package of the same name."""
-    import sys
-    import types
-
-    import adv_lib
-
-    if "adv_lib.attacks" not in sys.modules:
-        package = types.ModuleType("adv_lib.attacks")
-        package.__path__ = [str(Path(adv_lib.__file__).parent / "attacks")]
-        sys.modules["adv_lib.attacks"] = package
-    from adv_lib.attacks.auto_pgd import apgd, apgd_targeted
-
-    return apgd, apgd_targeted
-
-
-def adv_lib_curve(model, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> torch.Tensor:
-    """adv_lib's APGD-CE, then its APGD-T (9 targets) on the points APGD-CE left correct, per eps."""
-    apgd, apgd_targeted = adv_lib_attacks()
-    columns = []
-    for e in eps:
-        torch.manual_seed(0)  # adv_lib draws its random starts from the global generator
-        ok = predicts(model, apgd(model, x, y, e, float("inf"), n_iter=100, loss_function="ce"), y)
-        idx = ok.nonzero()[:, 0]
-        if len(idx):
-            ok[idx] = predicts(model, apgd_targeted(model, x[idx], y[idx], e, float("inf"), n_iter=100,
-                                                    loss_function="dlr", num_targets=9), y[idx])
-        columns.append(ok)
-    return torch.stack(columns, 1)
-
-
-def foolbox_curve(model, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> torch.Tensor:
-    """Foolbox's LinfPGD, PGD-40 with our step size (2.5 eps / 40); it returns the last iterate."""
-    import foolbox
-
-    attack = foolbox.attacks.LinfPGD(rel_stepsize=2.5 / 40, steps=40, random_start=True)
-    _, _, success = attack(foolbox.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)
-    return (~success).T.cpu()  # success: (len(eps), n)
-
-
 def curves(model, x: torch.Tensor, y: torch.Tensor, eps: list[float], device, found: dict) -> dict:
     """{implementation: fn() -> correct (n, len(eps)) bool}; x uint8 on the CPU. Ours also
     leaves its WorstCase in ``found["ours"]`` (for its own count of gradient evaluations)."""
@@ -233,11 +172,12 @@ def measure(counter: GradCounter, runs: dict, repeats: int, device) -> tuple[dic
 
 
 def autoattack_subset(counter: GradCounter, x: torch.Tensor, y: torch.Tensor, eps: list[float], device,
-                      grid: list[float]) -> dict:
-    """{eps: (correct (n,) bool, seconds, grad evals, forwards)} under standard AutoAttack as
+                      grid: list[float] | None) -> tuple[dict, list]:
+    """({eps: (correct (n,) bool, seconds, grad evals, forwards)} under standard AutoAttack as
     published (100 iterations; torchattacks' own AutoAttack runs 10): robustgan.attacks.autoattack;
-    and under "ours": our default on the same images over ``grid``, timed right before and right
-    after AutoAttack, so that a host that speeds up or slows down meanwhile moves both sides."""
+    and, with a ``grid``, [(seconds, grad evals, forwards)] of our default on the same images over
+    it, timed right before and right after AutoAttack, so that a host that speeds up or slows
+    down meanwhile moves both sides)."""
     from robustgan.attacks import autoattack
 
     xf, yd = x.to(device).float().div(255), y.to(device)
@@ -245,21 +185,42 @@ def autoattack_subset(counter: GradCounter, x: torch.Tensor, y: torch.Tensor, ep
 
     def time_ours():
         counter.reset()
+        sync(device)
         start = time.perf_counter()
         worst_case(counter, x, y, grid, device=device)
+        sync(device)
         ours.append((time.perf_counter() - start, counter.count, counter.forwards))
         print(f"    ours on the AutoAttack images: {ours[-1][0]:.1f} s", file=sys.stderr, flush=True)
 
-    time_ours()
+    if grid:
+        time_ours()
     for e in eps:
         counter.reset()
         start = time.perf_counter()
         correct = predicts(counter.model, autoattack(counter, xf, yd, e, num_classes=10), yd)
         found[e] = (correct, time.perf_counter() - start, counter.count, counter.forwards)
         print(f"    autoattack eps {e:g}: {found[e][1]:.0f} s", file=sys.stderr, flush=True)
-    time_ours()
-    found["ours"] = ours
-    return found
+    if grid:
+        time_ours()
+    return found, ours
+
+
+def aa_saving(strength: list[dict], ours: list, aa_n: int) -> dict:
+    """AutoAttack's cost over the eps it ran (``strength``'s rows) and, where it ran on the whole
+    grid (``ours`` measured), ours' on the same images and the ratios: seconds against the mean
+    of ours' two runs, grad evals and forwards per point."""
+    rows = [r for r in strength if "autoattack_subset" in r]
+    cost = {"eps": [r["eps"] for r in rows], "seconds": sum(r["autoattack_seconds"] for r in rows),
+            "grad_evals_per_point": sum(r["autoattack_grad_evals"] for r in rows) / max(1, aa_n),
+            "forwards_per_point": sum(r["autoattack_forwards"] for r in rows) / max(1, aa_n),
+            "whole_grid": bool(ours)}
+    if ours:
+        cost["ours_seconds"] = [t for t, _, _ in ours]
+        cost["ours_grad_evals_per_point"], cost["ours_forwards_per_point"] = (v / aa_n for v in ours[0][1:])
+        cost["ratios"] = {"seconds": cost["seconds"] / statistics.mean(cost["ours_seconds"]),
+                          "grad_evals": cost["grad_evals_per_point"] / cost["ours_grad_evals_per_point"],
+                          "forwards": cost["forwards_per_point"] / cost["ours_forwards_per_point"]}
+    return cost
 
 
 # ------------------------------------------------------------------ one preset
@@ -275,7 +236,9 @@ def bench_preset(run: Path, args, eps: list[float], device) -> dict:
     clean = predicts(model, x.to(device).float().div(255), y.to(device)).float().mean().item()
 
     aa_eps = [e for e in eps if any(abs(e - a) < 1e-9 for a in args.aa_eps)] if args.aa_limit else []
-    aa = autoattack_subset(counter, x[:args.aa_limit], y[:args.aa_limit], aa_eps, device, eps) if aa_eps else {}
+    whole_grid = len(aa_eps) == len(eps)  # only then are ours' seconds over the grid comparable
+    aa, aa_ours = (autoattack_subset(counter, x[:args.aa_limit], y[:args.aa_limit], aa_eps, device,
+                                     eps if whole_grid else None) if aa_eps else ({}, []))
     acc = {k: (100 * c.float().mean(0)).tolist() for k, c in correct.items()}
     peers = [k for k in ("torchattacks", "adv_lib") if k in correct]
     strength = []
@@ -305,31 +268,39 @@ def bench_preset(run: Path, args, eps: list[float], device) -> dict:
                      "vs_ours_max": max(ratios), "grad_evals_per_point": evals[name] / n,
                      "forwards_per_point": forwards[name] / n, "repeats_agree": same[name]})
     base = "ours-gradients" if "ours-gradients" in times else "ours"  # the chains run no gradient-free attack
-    speedup = statistics.median(t / o for t, o in zip(times["torchattacks"], times[base])) if "torchattacks" in times else None
-    aa_rows = [r for r in strength if "autoattack_subset" in r]
+    speedups = {k: statistics.median(t / o for t, o in zip(times[k], times[base]))
+                for k in ("torchattacks", "adv_lib") if k in times}  # per chain, median over repeats
     aa_n = min(args.aa_limit, n)
-    aa_cost = {"eps": [r["eps"] for r in aa_rows], "seconds": sum(r["autoattack_seconds"] for r in aa_rows),
-               "grad_evals_per_point": sum(r["autoattack_grad_evals"] for r in aa_rows) / max(1, aa_n),
-               "forwards_per_point": sum(r["autoattack_forwards"] for r in aa_rows) / max(1, aa_n),
-               "whole_grid": len(aa_rows) == len(eps) and args.aa_limit >= n}
-    if aa:  # ours on the same images over the grid, right before and right after AutoAttack
-        aa_cost["ours_seconds"] = [t for t, _, _ in aa["ours"]]
-        aa_cost["ours_grad_evals_per_point"], aa_cost["ours_forwards_per_point"] = (v / aa_n for v in aa["ours"][0][1:])
-        ours_seconds = statistics.mean(aa_cost["ours_seconds"])
-        aa_cost["ratios"] = {"seconds": aa_cost["seconds"] / ours_seconds,
-                             "grad_evals": aa_cost["grad_evals_per_point"] / aa_cost["ours_grad_evals_per_point"],
-                             "forwards": aa_cost["forwards_per_point"] / aa_cost["ours_forwards_per_point"]}
+    aa_cost = aa_saving(strength, aa_ours, aa_n)
     return {"n": n, "clean": 100 * clean, "aa_n": aa_n, "strength": strength, "cost": cost,
             "ours_own_grad_evals_per_point": found["ours"].grad_evals / n, "autoattack_cost": aa_cost,
             "strength_goal_met": all(r["ours_minus_theirs"] <= GOAL_POINTS for r in strength) if peers else None,
-            "aa_strength_goal_met": all(r["ours_on_subset"] - r["autoattack_subset"] <= GOAL_POINTS for r in aa_rows)
-            if aa_rows else None,
-            "aa_saving_goal_met": (aa_cost["whole_grid"] and min(aa_cost["ratios"].values()) >= GOAL_AA_SAVING)
-            if aa_rows else None,
-            "speedup": speedup, "speedup_base": base, "speed_goal_met": speedup >= GOAL_SPEEDUP if speedup else None}
+            "aa_strength_goal_met": all(r["ours_on_subset"] - r["autoattack_subset"] <= GOAL_POINTS
+                                        for r in strength if "autoattack_subset" in r) if aa else None,
+            "aa_saving_goal_met": min(aa_cost["ratios"].values()) >= GOAL_AA_SAVING if aa_ours else None,
+            "speedups": speedups, "speedup_base": base,
+            "speed_goal_met": speedups["torchattacks"] >= GOAL_SPEEDUP if "torchattacks" in speedups else None}
 
 
 # ------------------------------------------------------------------ report
+def aa_paragraph(r: dict) -> str:
+    """The report's lines on AutoAttack: its cost, ours' on the same images, both goals."""
+    aa, verdict = r["autoattack_cost"], {True: "met", False: "NOT met", None: "-"}
+    text = (f"AutoAttack at eps {', '.join(format_eps(e) for e in aa['eps'])} on the first {r['aa_n']} images: "
+            f"{aa['seconds']:.0f} s, {aa['grad_evals_per_point']:.0f} grad evals and {aa['forwards_per_point']:.0f} "
+            f"forwards per point. Strength goal (ours at most {GOAL_POINTS} point above AutoAttack at each of those "
+            f"eps): {verdict[r['aa_strength_goal_met']]}. ")
+    if not aa["whole_grid"]:
+        return text + "Saving goal: not measured (AutoAttack did not run on every eps of the grid)."
+    (before, after), ratios = aa["ours_seconds"], aa["ratios"]
+    return text + (f"Ours on the same images over the grid, timed right before and right after it: {before:.1f} s "
+                   f"and {after:.1f} s, {aa['ours_grad_evals_per_point']:.0f} grad evals and "
+                   f"{aa['ours_forwards_per_point']:.0f} forwards per point (AutoAttack / ours: "
+                   f"{ratios['seconds']:.1f}x seconds, against the mean of the two; {ratios['grad_evals']:.1f}x grad "
+                   f"evals, {ratios['forwards']:.1f}x forwards). Saving goal (at least {GOAL_AA_SAVING:g}x fewer "
+                   f"seconds, grad evals and forwards over the whole grid): {verdict[r['aa_saving_goal_met']]}.")
+
+
 def report(results: dict) -> str:
     lines = [f"Machine: {results['machine']}", ""]
     cell = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731 (not measured)
@@ -358,33 +329,28 @@ def report(results: dict) -> str:
                          f"{c['seconds_max']:.1f} | {c['vs_ours_min']:.2f} | {c['vs_ours_median']:.2f} | "
                          f"{c['vs_ours_max']:.2f} | {c['grad_evals_per_point']:.0f} | {c['forwards_per_point']:.0f} | "
                          f"{'yes' if c['repeats_agree'] else 'NO'} |")
-        if r["speedup"]:
+        if r["speedups"]:
+            versus = "; ".join(f"{k} / {r['speedup_base']} {v:.2f}x" for k, v in r["speedups"].items())
             lines += ["", (f"Speed goal ({r['speedup_base']} at least {GOAL_SPEEDUP:g}x faster than torchattacks' "
-                           f"APGD-CE + APGD-T per curve, median): {verdict[r['speed_goal_met']]} "
-                           f"({r['speedup']:.2f}x).")]
+                           f"APGD-CE + APGD-T per curve, median): {verdict[r['speed_goal_met']]} ({versus}).")]
         lines += ["", ("Ours counts "
                        f"{r['ours_own_grad_evals_per_point']:.0f} grad evals per point itself. A forward is one point "
                        "through the model, a grad eval one point through a forward pass and an input gradient."), ""]
-        aa = r["autoattack_cost"]
-        if aa["eps"]:
-            before, after = aa["ours_seconds"]
-            ratios = aa["ratios"]
-            lines += [(f"AutoAttack at eps {', '.join(format_eps(e) for e in aa['eps'])} on the first {aa_n} images: "
-                       f"{aa['seconds']:.0f} s, {aa['grad_evals_per_point']:.0f} grad evals and "
-                       f"{aa['forwards_per_point']:.0f} forwards per point. Ours on the same images over the grid, "
-                       f"timed right before and right after it: {before:.1f} s and {after:.1f} s, "
-                       f"{aa['ours_grad_evals_per_point']:.0f} grad evals and {aa['ours_forwards_per_point']:.0f} "
-                       f"forwards per point (AutoAttack / ours: {ratios['seconds']:.1f}x seconds, against the mean "
-                       f"of the two; {ratios['grad_evals']:.1f}x grad evals, {ratios['forwards']:.1f}x forwards). "
-                       f"Strength goal (ours at most {GOAL_POINTS} point above AutoAttack at each of those eps): "
-                       f"{verdict[r['aa_strength_goal_met']]}. Saving goal (at least {GOAL_AA_SAVING:g}x fewer "
-                       "seconds, grad evals and forwards than AutoAttack over the whole grid): "
-                       + (verdict[r["aa_saving_goal_met"]] if aa["whole_grid"] else
-                          "not measured (AutoAttack did not run on every eps and image)")), ""]
+        if r["autoattack_cost"]["eps"]:
+            lines += [aa_paragraph(r), ""]
     for peer in ("foolbox", "adv_lib"):
         if not results[peer]:
             lines.append(f"{peer}: not installed (it installs with `make bench`), skipped.")
     return "\n".join(lines)
+
+
+def curve_names(text: str) -> list[str]:
+    """--curves: comma-separated names of PEERS ("" for none)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown curve {', '.join(unknown)}: choose from {', '.join(PEERS)}")
+    return names
 
 
 def main(argv: list[str] | None = None):
@@ -398,7 +364,7 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--aa-limit", type=int, default=100, help="images for AutoAttack (0 = skip it)")
     parser.add_argument("--aa-eps", type=lambda s: [parse_number(v) for v in s.split(",")], default=[0.2, 0.3],
                         help="eps of the grid where AutoAttack runs")
-    parser.add_argument("--curves", type=lambda s: s.split(","), default=PEERS,
+    parser.add_argument("--curves", type=curve_names, default=PEERS,
                         help=f"the curves beside ours, comma-separated (default {','.join(PEERS)}; those whose "
                              "library is not installed are skipped)")
     parser.add_argument("--quick", action="store_true", help="short training runs (a smoke test)")
