@@ -81,6 +81,7 @@ PEERS = ["ours-gradients", "torchattacks", "adv_lib", "foolbox", "pgd40"]
 QUICK = ["train.epochs=2"]  # plus method.loss_net_epochs=1 where the method has one: about 80 s of training
 GOAL_POINTS = 0.5  # ours may be at most this many accuracy points above torchattacks at any eps
 GOAL_SPEEDUP = 3.0  # ours-gradients at least this many times faster than torchattacks per curve
+VERDICT = {True: "met", False: "NOT met", None: "-"}  # a goal's verdict; None: not measured
 GOAL_AA_SAVING = 5.0  # ours at least this many times fewer seconds, grad evals and forwards than AutoAttack (grid)
 
 
@@ -285,11 +286,11 @@ def bench_preset(run: Path, args, eps: list[float], device) -> dict:
 # ------------------------------------------------------------------ report
 def aa_paragraph(r: dict) -> str:
     """The report's lines on AutoAttack: its cost, ours' on the same images, both goals."""
-    aa, verdict = r["autoattack_cost"], {True: "met", False: "NOT met", None: "-"}
+    aa = r["autoattack_cost"]
     text = (f"AutoAttack at eps {', '.join(format_eps(e) for e in aa['eps'])} on the first {r['aa_n']} images: "
             f"{aa['seconds']:.0f} s, {aa['grad_evals_per_point']:.0f} grad evals and {aa['forwards_per_point']:.0f} "
             f"forwards per point. Strength goal (ours at most {GOAL_POINTS} point above AutoAttack at each of those "
-            f"eps): {verdict[r['aa_strength_goal_met']]}. ")
+            f"eps): {VERDICT[r['aa_strength_goal_met']]}. ")
     if not aa["whole_grid"]:
         return text + "Saving goal: not measured (AutoAttack did not run on every eps of the grid)."
     (before, after), ratios = aa["ours_seconds"], aa["ratios"]
@@ -298,13 +299,12 @@ def aa_paragraph(r: dict) -> str:
                    f"{aa['ours_forwards_per_point']:.0f} forwards per point (AutoAttack / ours: "
                    f"{ratios['seconds']:.1f}x seconds, against the mean of the two; {ratios['grad_evals']:.1f}x grad "
                    f"evals, {ratios['forwards']:.1f}x forwards). Saving goal (at least {GOAL_AA_SAVING:g}x fewer "
-                   f"seconds, grad evals and forwards over the whole grid): {verdict[r['aa_saving_goal_met']]}.")
+                   f"seconds, grad evals and forwards over the whole grid): {VERDICT[r['aa_saving_goal_met']]}.")
 
 
 def report(results: dict) -> str:
     lines = [f"Machine: {results['machine']}", ""]
     cell = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731 (not measured)
-    verdict = {True: "met", False: "NOT met", None: "-"}
     for preset, r in results["presets"].items():
         aa_n = r["aa_n"]
         lines += [f"### {preset}: {r['n']} test images, clean accuracy {r['clean']:.1f}%", "",
@@ -321,7 +321,7 @@ def report(results: dict) -> str:
         if r["strength_goal_met"] is not None:
             worst = max(s["ours_minus_theirs"] for s in r["strength"])
             lines += ["", (f"Strength goal (ours at most {GOAL_POINTS} point above each peer at every eps): "
-                           f"{verdict[r['strength_goal_met']]} (worst {worst:+.1f})")]
+                           f"{VERDICT[r['strength_goal_met']]} (worst {worst:+.1f})")]
         lines += ["", ("| curve | seconds min | median | max | time / ours min | median | max | grad evals per point "
                        "| forwards per point | repeats agree |"), "| --- " * 10 + "|"]
         for c in r["cost"]:
@@ -332,7 +332,7 @@ def report(results: dict) -> str:
         if r["speedups"]:
             versus = "; ".join(f"{k} / {r['speedup_base']} {v:.2f}x" for k, v in r["speedups"].items())
             lines += ["", (f"Speed goal ({r['speedup_base']} at least {GOAL_SPEEDUP:g}x faster than torchattacks' "
-                           f"APGD-CE + APGD-T per curve, median): {verdict[r['speed_goal_met']]} ({versus}).")]
+                           f"APGD-CE + APGD-T per curve, median): {VERDICT[r['speed_goal_met']]} ({versus}).")]
         lines += ["", ("Ours counts "
                        f"{r['ours_own_grad_evals_per_point']:.0f} grad evals per point itself. A forward is one point "
                        "through the model, a grad eval one point through a forward pass and an input gradient."), ""]
