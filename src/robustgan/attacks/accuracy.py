@@ -15,7 +15,7 @@ import robustgan.attacks.eot  # noqa: F401
 import robustgan.attacks.gradient  # noqa: F401
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.registry import AttackArgs, default_step_size, get_attack
-from robustgan.attacks.threat import check_images, model_device
+from robustgan.attacks.threat import check_images, classifier, eval_mode, model_device, probe_classes
 
 __all__ = ["attack_batch", "robust_mask", "robust_accuracy", "default_step_size"]
 
@@ -49,35 +49,40 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
     ones, 40 for PGD). ``queries``: the ensemble's gradient-free budget (None: its default, 0:
     gradient attacks only). ``advance(k)`` is called as each batch of k points is done.
     ``channels_last`` converts the model (in place) and the batches to that memory format:
-    faster convolutions, same numbers up to float rounding. ``device`` defaults to the model's."""
+    faster convolutions, same numbers up to float rounding. ``device`` defaults to the model's.
+    ``num_classes`` is read from the model's outputs (it is the fallback on an empty set). Every
+    module's mode is as it was on return (``threat.eval_mode``)."""
     device = model_device(model) if device is None else device
     spec = None if attack == "none" or eps == 0 else get_attack(attack)
-    model.eval()
-    source = model if source is None else source.eval()
+    model = classifier(model)
+    source = model if source is None else classifier(source)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     x, y = x.to(device), y.to(device)
     if x.dtype != torch.uint8:
         check_images(x, y)  # once for the whole set; the batches below skip it
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
-    steps = spec.steps if spec is not None and steps is None else steps
-    if spec is not None and spec.mask is not None:
-        args = AttackArgs(steps, step_size, restarts, targets, num_classes, seed, ids, check=False, queries=queries)
-        return spec.mask(model, source, x, y, eps, args, batch_size, device, advance)
-    correct = torch.zeros(len(y), dtype=torch.bool, device=device)
-    for start in range(0, len(y), batch_size):
-        xb = x[start:start + batch_size]
-        xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        yb = y[start:start + batch_size]
-        x_adv = xb if spec is None else spec.run(source, xb, yb, eps, AttackArgs(
-            steps, step_size, restarts, targets, num_classes, seed, ids[start:start + batch_size], check=False,
-            queries=queries))
-        with torch.no_grad():
-            correct[start:start + batch_size] = model(x_adv).argmax(1) == yb
-        if advance is not None:
-            advance(len(yb))
+    if spec is not None:
+        steps, queries = spec.budget(steps, queries)
+    with eval_mode(model), eval_mode(source):
+        num_classes = probe_classes(model, x, y) or num_classes  # AutoAttack's targets: the model's own classes
+        if spec is not None and spec.mask is not None:
+            args = AttackArgs(steps, step_size, restarts, targets, num_classes, seed, ids, check=False, queries=queries)
+            return spec.mask(model, source, x, y, eps, args, batch_size, device, advance)
+        correct = torch.zeros(len(y), dtype=torch.bool, device=device)
+        for start in range(0, len(y), batch_size):
+            xb = x[start:start + batch_size]
+            xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb.float()
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y[start:start + batch_size]
+            x_adv = xb if spec is None else spec.run(source, xb, yb, eps, AttackArgs(
+                steps, step_size, restarts, targets, num_classes, seed, ids[start:start + batch_size], check=False,
+                queries=queries))
+            with torch.no_grad():
+                correct[start:start + batch_size] = model(x_adv).argmax(1) == yb
+            if advance is not None:
+                advance(len(yb))
     return correct.cpu()
 
 

@@ -30,8 +30,9 @@ def standard_autoattack(model: nn.Module, eps: float, num_classes: int = 10, see
         import torchattacks  # optional dependency
     except ImportError:
         raise AttackError("autoattack needs torchattacks: pip install --no-deps torchattacks==3.5.1") from None
-    if num_classes < 3:
-        raise AttackError(f"AutoAttack's targeted attacks need at least 3 classes, got {num_classes}")
+    if num_classes < 4:
+        raise AttackError(f"AutoAttack's targeted attacks (targeted DLR) need at least 4 classes, the model has "
+                          f"{num_classes}: use attack='ensemble' (APGD-CE and Square there)")
     common = dict(eps=eps, norm="Linf", seed=seed, n_restarts=1)
     parts = [
         torchattacks.APGD(model, loss="ce", steps=STEPS, rho=0.75, **common),

@@ -57,7 +57,7 @@ import torch.nn as nn
 from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.registry import QUERIES_PER_STEP, AttackArgs, register_attack
 from robustgan.attacks.gradient_free import gradient_free_stage
-from robustgan.attacks.threat import AttackError, attack_mode, check_eps, model_device
+from robustgan.attacks.threat import AttackError, attack_mode, check_eps, classifier, model_device, probe_classes
 
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
 FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
@@ -82,6 +82,7 @@ class WorstCase:
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W): each point's worst example, on request
     forwards: int = 0  # forward passes without a gradient: the gradient-free stage's queries
     gradients_correct: torch.Tensor | None = None  # (n, len(eps)): ``correct`` before the gradient-free stage
+    decisions_only: torch.Tensor | None = None  # (n,) bool: clean outputs carry only the decision (``decisions_only``)
 
     @property
     def accuracy(self) -> list[float]:
@@ -117,6 +118,30 @@ def is_probabilities(outputs: torch.Tensor) -> bool:
     tol = max(1e-3, outputs.shape[1] * torch.finfo(outputs.dtype).eps) if outputs.is_floating_point() else 1e-3
     outputs = outputs.float()
     return bool(((outputs >= 0) & (outputs <= 1)).all() and ((outputs.sum(1) - 1).abs() <= tol).all())
+
+
+def decisions_only(outputs: torch.Tensor) -> torch.Tensor:
+    """Per row (N,) bool: probability outputs (``is_probabilities``) whose every entry but the
+    largest is below float32's smallest normal number, so their logarithm is clamped to the same
+    log(tiny) = -87.3: the margin is one constant wherever the decision holds (probabilities of
+    ``softmax(1000 z)``, a hard-label model's one-hot outputs). No gradient and no Square margin
+    sees how close such a point is to the boundary: only the decision is usable."""
+    if not len(outputs) or outputs.shape[1] < 2 or not is_probabilities(outputs):
+        return torch.zeros(len(outputs), dtype=torch.bool, device=outputs.device)
+    return outputs.float().topk(2, 1).values[:, 1] < torch.finfo(torch.float32).tiny
+
+
+def decisions_only_fraction(model: nn.Module, x: torch.Tensor, batch_size: int = 256, device=None) -> float:
+    """The fraction of the points of x (uint8 or [0, 1]) whose clean outputs carry only the
+    decision (``decisions_only``): where it is above 0, accuracies under attack are upper bounds
+    that no attack of ours can tighten on those points."""
+    model = classifier(model)
+    device = model_device(model) if device is None else device
+    found = 0
+    with attack_mode(model), torch.no_grad():
+        for _, xb, _ in batches(x, torch.zeros(len(x), dtype=torch.long), batch_size, device):
+            found += int(decisions_only(model(xb)).sum())
+    return found / len(x) if len(x) else 0.0
 
 
 def as_logits(model: nn.Module, outputs: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
@@ -184,8 +209,6 @@ def _attack_robust(model, x, y, ids, eps, fooled, worst, worst_margin, clean_mar
         if run.ranks and order is None:
             with torch.no_grad():
                 order = target_order(model(worst).float(), y)
-            if order.shape[1] < 4:
-                raise AttackError(f"APGD-T (targeted DLR) needs at least 4 classes, got {order.shape[1]}: --targets 0")
         # as AutoAttack: at most (classes - 1) targets; the last column of ``order`` is the true class
         ranks = torch.tensor([r for r in run.ranks if r < order.shape[1]] if run.ranks else [], dtype=torch.long)
         idx = todo.nonzero()[:, 0]
@@ -223,11 +246,17 @@ def _attack_side_by_side(model, x, y, ids, eps, worst, order, idx, ranks, run, s
 
 
 def batches(x, y, batch_size, device):
-    """(slice, float images in [0, 1] on device, labels on device) per batch of the set."""
+    """(slice, float32 images in [0, 1] on device, labels on device) per batch of the set."""
     for lo in range(0, len(y), batch_size):
         sl = slice(lo, lo + batch_size)
         xb, yb = x[sl].to(device), y[sl].to(device)
-        yield sl, (xb.float().div(255) if xb.dtype == torch.uint8 else xb), yb
+        yield sl, (xb.float().div(255) if xb.dtype == torch.uint8 else xb.float()), yb
+
+
+def usable_targets(targets: int, classes: int) -> int:
+    """APGD-T's targets on a ``classes``-way model: at most classes - 1 (as AutoAttack), and none
+    below 4 classes, where the targeted DLR loss (eq. 6, its targeted form) is undefined."""
+    return min(int(targets), classes - 1) if classes >= 4 else 0
 
 
 def attack_runs(targets: int, seed: int, savings: Savings = Savings(warm_start=False)) -> list[AttackRun]:
@@ -268,17 +297,22 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     if keep_examples and known_fooled is not None:
         raise AttackError("keep_examples needs every eps attacked (no known_fooled)")
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
+    model = classifier(model)
+    targets = usable_targets(targets, probe_classes(model, x, y)) if len(y) else int(targets)
     correct = torch.zeros(len(y), len(eps), dtype=torch.bool)
     clean = torch.zeros(len(y), dtype=torch.bool)
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
     grad_evals = forwards = 0
     gradients_correct = torch.zeros_like(correct)
+    blind = torch.zeros(len(y), dtype=torch.bool)
     queries = QUERIES_PER_STEP * int(steps) if queries is None else int(queries)
     runs = attack_runs(targets, seed, savings)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batch_size, device):
             with torch.no_grad():
-                net, logits = as_logits(model, model(xb))
+                outputs = model(xb)
+                net, logits = as_logits(model, outputs)
+            blind[sl] = decisions_only(outputs).cpu()
             fooled = logits.argmax(1) != yb
             clean[sl] = ~fooled.cpu()
             clean_margin = margin(logits, yb)
@@ -299,7 +333,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 forwards += gradient_free_stage(net, xb, yb, ids[sl], eps, correct[sl], clean_margin, queries, seed,
                                                 None if examples is None else examples[:, sl])
     return WorstCase(eps, correct, clean, ensemble_names(int(targets), queries), grad_evals, time.perf_counter() - start,
-                     examples, forwards, gradients_correct)
+                     examples, forwards, gradients_correct, blind)
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
@@ -315,7 +349,8 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
     grid = torch.tensor([0.0, *found.eps])
     lower = grid[(grid[None, :] < upper[:, None]).sum(1) - 1].clamp(min=0)  # the largest grid eps below it
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
-    runs = attack_runs(targets, seed)
+    model = classifier(model)
+    runs = attack_runs(usable_targets(targets, probe_classes(model, x, y)) if len(y) else 0, seed)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batch_size, device):
             low, high = lower[sl].to(device), upper[sl].to(device)

@@ -48,8 +48,9 @@ def _scored(model, x_adv, y, draws) -> torch.Tensor:
 def randomized_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 100,
                       eot: int = EOT, draws: int = DRAWS, seed: int = 0, ids: torch.Tensor | None = None) -> RandomizedResult:
     """APGD-CE then APGD-DLR with EOT on a batch x (N, C, H, W) in [0, 1]; APGD-DLR only on the
-    points APGD-CE's example fools in fewer than half the draws. Returns the examples, their
-    per-draw correctness and the cost."""
+    points APGD-CE's example fools in fewer than half the draws, and only on 3 or more classes
+    (DLR, eq. 6, needs a third logit: a 2-class model gets APGD-CE alone). Returns the
+    examples, their per-draw correctness and the cost."""
     start = time.perf_counter()
     eps = check_eps(eps)
     with attack_mode(model):
@@ -57,7 +58,9 @@ def randomized_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
         ce = apgd_run(model, x, y, eps, steps=steps, loss="ce", seed=seed, ids=ids, eot=eot)
         x_adv, correct, evals = ce.x_adv, _scored(model, ce.x_adv, y, draws), ce.grad_evals
         todo = (correct.float().mean(1) > 0.5).nonzero()[:, 0]
-        if len(todo) and eps > 0:
+        with torch.no_grad():
+            classes = model(x[:1]).shape[1] if len(x) else 0
+        if len(todo) and eps > 0 and classes >= 3:
             dlr = apgd_run(model, x[todo], y[todo], eps, steps=steps, loss="dlr", seed=seed + 1,
                            ids=None if ids is None else ids[todo.cpu()], eot=eot)
             again = _scored(model, dlr.x_adv, y[todo], draws)

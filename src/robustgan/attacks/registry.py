@@ -64,13 +64,21 @@ class AttackSpec:
     # examples made on ``source``
     mask: Callable | None = None
     version: int = ATTACK_VERSION
+    queries_only: bool = False  # a gradient-free attack whose steps are its queries per point
+
+    def budget(self, steps: int | None, queries: int | None) -> tuple[int | None, int | None]:
+        """(steps, queries) this attack runs with: ``steps`` None is its default; an attack whose
+        steps are queries (``queries_only``) takes ``queries`` as its steps when given."""
+        if self.queries_only and queries is not None:
+            return int(queries), None
+        return (self.steps if steps is None else steps), queries
 
     def settings(self, eps: float, n: int, seed: int, *, steps: int | None = None, step_size: float | None = None,
                  restarts: int = 1, targets: int = 9, queries: int | None = None) -> dict:
         """The cache key's settings: only those that change this attack's numbers."""
         if eps == 0:
             return dict(attack="none", eps=0.0, n=n)
-        steps = self.steps if steps is None else steps
+        steps, queries = self.budget(steps, queries)
         values = dict(steps=steps, restarts=restarts, targets=targets,
                       queries=QUERIES_PER_STEP * steps if queries is None and steps else queries,
                       step_size=step_size or (default_step_size(eps, steps) if steps else None))
@@ -91,9 +99,10 @@ def _plain_label(settings: dict) -> str:
 
 def register_attack(name: str, *, steps: int | None = None, key: tuple[str, ...] = (), help: str,
                     label: Callable[[dict], str] | None = None, mask: Callable | None = None,
-                    version: int = ATTACK_VERSION):
+                    version: int = ATTACK_VERSION, queries_only: bool = False):
     """Register ``run(model, x, y, eps, args: AttackArgs) -> x_adv`` under ``name`` (``mask``:
-    the whole-set path of an attack that batches itself, ``AttackSpec.mask``). Fails at
+    the whole-set path of an attack that batches itself, ``AttackSpec.mask``; ``queries_only``: its
+    steps are queries, which a ``queries`` setting gives). Fails at
     once on a name taken, a key setting we do not know, an attack with steps whose key omits
     them (``--steps 10`` and ``--steps 100`` would share a cache entry), or no help line."""
     def register(run):
@@ -105,7 +114,8 @@ def register_attack(name: str, *, steps: int | None = None, key: tuple[str, ...]
             problems.append("no help line")
         if problems:
             raise AttackError(f"attack {name!r} cannot be registered: {'; '.join(problems)}")
-        ATTACKS[name] = AttackSpec(name, run, steps, tuple(key), help.strip(), label or _plain_label, mask, version)
+        ATTACKS[name] = AttackSpec(name, run, steps, tuple(key), help.strip(), label or _plain_label, mask, version,
+                                   queries_only)
         return run
     return register
 

@@ -204,7 +204,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queri
     return x_adv
 
 
-@register_attack("square", steps=QUERIES, key=("steps",), help="Square Attack, gradient-free (Andriushchenko et al. "
-                 "2020); --steps: queries per point")
+@register_attack("square", steps=QUERIES, key=("steps",), queries_only=True, help="Square Attack, gradient-free "
+                 "(Andriushchenko et al. 2020); --steps or --queries: queries per point")
 def _square(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     return square(model, x, y, eps, queries=args.steps, seed=args.seed or 0, ids=args.ids)

@@ -5,6 +5,7 @@ context every attack runs in."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 import torch
@@ -95,22 +96,92 @@ def model_device(model: nn.Module) -> torch.device:
 
 def randomized(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether two eval-mode passes over ``x`` (uint8 or [0, 1]) differ (the deterministic
-    check's test): such a model is evaluated with EOT, not the ensemble."""
+    check's test): such a model is evaluated with EOT, not the ensemble. Every module's mode is
+    restored."""
     x = x.float().div(255) if x.dtype == torch.uint8 else x
-    with torch.no_grad():
-        return bool((model.eval()(x) - model(x)).abs().max() > 1e-5) if len(x) else False
+    with eval_mode(model), torch.no_grad():
+        return bool((model(x).float() - model(x).float()).abs().max() > 1e-5) if len(x) else False
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Every module in eval mode inside the block, and each module's own ``training`` flag put
+    back on exit. Restoring only the top module's flag (``model.train(flag)``) would set the
+    whole tree to it: a wrapper made here (new modules are in training mode) would leave the
+    user's Dropout live and BatchNorm updating its running statistics."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
 
 
 @contextmanager
 def attack_mode(model: nn.Module):
-    """Eval mode and parameters frozen (gradients flow to the input only); both restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with no_param_grads(model):
-            yield model
-    finally:
-        model.train(was_training)
+    """Eval mode and parameters frozen (gradients flow to the input only); every module's mode
+    and every parameter's requires_grad restored on exit."""
+    with eval_mode(model), no_param_grads(model):
+        yield model
+
+
+class ClassScores(nn.Module):
+    """A classifier as every attack sees it: float images in, the (N, K) tensor of class scores
+    out. Takes the user's output convention (``class_scores``) and casts the images to the
+    model's floating dtype (a float64 or float16 model gets its own dtype; the attack keeps
+    float32 pixels). Its forward is the model's, so numbers are the model's bit for bit."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.dtype = next((t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return class_scores(self.model(x if self.dtype in (None, x.dtype) else x.to(self.dtype)))
+
+
+def classifier(model: nn.Module) -> ClassScores:
+    """``model`` wrapped in ``ClassScores`` (once: a wrapped model is returned as it is)."""
+    return model if isinstance(model, ClassScores) else ClassScores(model)
+
+
+def class_scores(outputs) -> torch.Tensor:
+    """The (N, K) class scores in a model's outputs: the tensor itself, the first item of a
+    tuple or list, a mapping's "logits" entry (Hugging Face outputs), or an object's ``.logits``.
+    Anything else is refused in one line."""
+    found = outputs
+    if isinstance(outputs, Mapping):
+        found = outputs.get("logits")
+    elif isinstance(outputs, (tuple, list)):
+        found = outputs[0] if outputs else None
+    elif not isinstance(outputs, torch.Tensor):
+        found = getattr(outputs, "logits", None)
+    if not isinstance(found, torch.Tensor) or found.ndim != 2 or not found.is_floating_point():
+        got = (f"a {found.dtype} tensor of shape {tuple(found.shape)}" if isinstance(found, torch.Tensor)
+               else type(outputs).__name__ + (f" with keys {sorted(map(str, outputs))}" if isinstance(outputs, Mapping) else ""))
+        raise AttackError("the model must return class scores as a float tensor (N, classes): itself, as the first "
+                          f"item of a tuple, a dict's 'logits' or an output's .logits; got {got}")
+    return found
+
+
+def check_labels(scores: torch.Tensor, y: torch.Tensor) -> int:
+    """The number of classes K of ``scores`` (N, K); refuses labels outside 0..K-1 in one line."""
+    classes = scores.shape[1]
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise AttackError(f"labels must be class indices in 0..{classes - 1} (the model has {classes} outputs), "
+                          f"got labels in {int(y.min())}..{int(y.max())}")
+    return classes
+
+
+def probe_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """One eval-mode forward of ``x[:1]`` (uint8 or [0, 1]): the model's number of classes,
+    with the labels checked against it (``check_labels``)."""
+    if not len(x):
+        return 0
+    xb = x[:1].float().div(255) if x.dtype == torch.uint8 else x[:1].float()
+    with eval_mode(model), torch.no_grad():
+        return check_labels(classifier(model)(xb.to(model_device(model))), y)
 
 
 def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, logits: bool = False, loss: str = "ce"):

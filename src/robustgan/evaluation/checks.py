@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from robustgan.attacks import attack_mode, default_step_size, robust_mask, worst_case
 from robustgan.attacks.ensemble import DEFAULT_TARGETS, is_probabilities
-from robustgan.attacks.threat import loss_and_grad
+from robustgan.attacks.threat import classifier, eval_mode, loss_and_grad
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
 from robustgan.evaluation.cache import EvalCache, cached_mask
@@ -134,9 +134,8 @@ def compare(name: str, s: CheckSettings, ref: torch.Tensor, alt: torch.Tensor, r
 
 def check_deterministic(model, x, y, s) -> CheckResult:
     xb = x[:64].float().div(255).to(s.device)
-    model.eval()
     with torch.no_grad():
-        a, b = model(xb), model(xb)
+        a, b = model(xb).float(), model(xb).float()
     diff = (a - b).abs().max().item()
     return CheckResult("deterministic", "pass" if diff <= 1e-5 else "warn",
                        f"max |f(x) - f(x)| over two passes = {diff:.2e}", {"diff": diff})
@@ -145,7 +144,7 @@ def check_deterministic(model, x, y, s) -> CheckResult:
 def check_logits(model, x, y, s) -> CheckResult:
     xb = x[:64].float().div(255).to(s.device)
     with torch.no_grad():
-        out = model.eval()(xb).float()
+        out = model(xb).float()
     probs = is_probabilities(out)
     return CheckResult("logits", "warn" if probs else "pass",
                        "outputs look like probabilities (non-negative, rows sum to 1)" if probs
@@ -219,7 +218,7 @@ def check_bound(model, x, y, s, num_classes) -> CheckResult:
     bound = share.max().item()
     with torch.no_grad():
         grey = torch.full((1, *x.shape[1:]), 0.5, device=s.device)
-        grey_class = int(model.eval()(grey).argmax(1).item())
+        grey_class = int(model(grey).argmax(1).item())
     acc = _ensemble(model, x, y, s, eps=BOUND_EPS).float().mean().item()
     over = {e: a for e, a in s.reported.items() if e >= BOUND_EPS and a > bound + 1e-9}
     detail = (f"ensemble at eps {BOUND_EPS}: {acc:.1%} vs the bound {bound:.1%} (largest class share; the 0.5 image "
@@ -300,8 +299,10 @@ def check_model(model, x, y, settings: CheckSettings, *, surrogate=None, num_cla
                 on_result=None, graybox: nn.Module | None = None) -> list[CheckResult]:
     """All checks on (x uint8, y); ``on_result(result)`` is called as each one finishes.
     Checks that do not apply (graybox without a gray-box model) are left out. The model and
-    the attacks run on ``settings.device``."""
-    model = model.to(settings.device).eval()
+    the attacks run on ``settings.device``, in eval mode; every module's mode is restored on
+    return."""
+    model = classifier(model.to(settings.device))
+    surrogate = None if surrogate is None else classifier(surrogate)
     plan = [
         lambda: check_deterministic(model, x, y, settings),
         lambda: check_logits(model, x, y, settings),
@@ -320,13 +321,14 @@ def check_model(model, x, y, settings: CheckSettings, *, surrogate=None, num_cla
         lambda: check_autoattack(model, x, y, settings, num_classes),
     ]
     results = []
-    for run_check in plan:
-        result = run_check()
-        if result is None:
-            continue
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
+    with eval_mode(model):
+        for run_check in plan:
+            result = run_check()
+            if result is None:
+                continue
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     return results
 
 

@@ -16,8 +16,10 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks import get_attack, robust_mask, worst_case
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
-from robustgan.attacks.threat import AttackError, check_eps, check_images, model_device, randomized
+from robustgan.attacks.ensemble import DEFAULT_TARGETS, decisions_only_fraction
+from robustgan.attacks.threat import (AttackError, check_eps, check_images, classifier, eval_mode, model_device,
+                                      probe_classes, randomized)
+from robustgan.eps import parse_number
 from robustgan.evaluation.curves import fractions
 
 
@@ -34,10 +36,35 @@ class Evaluation:
     gradient_evaluations: int | None  # forward-backward passes summed over points (ensemble only)
     forward_passes: int | None  # the gradient-free stage's queries (ensemble only)
     seconds: float
+    decisions_only: float = 0.0  # fraction of points whose outputs carry only the decision: accuracies are upper bounds
 
     def __repr__(self) -> str:
-        accuracy = ", ".join(f"{e:g}: {a:.1%}" for e, a in self.accuracy.items())
-        return f"Evaluation({self.attack}, n={len(self.correct)}, clean {self.clean:.1%}, {{{accuracy}}})"
+        bound = "<= " if self.decisions_only else ""
+        accuracy = ", ".join(f"{e:g}: {bound}{a:.1%}" for e, a in self.accuracy.items())
+        warning = f", {decisions_only_warning(self.decisions_only)}" if self.decisions_only else ""
+        return f"Evaluation({self.attack}, n={len(self.correct)}, clean {self.clean:.1%}, {{{accuracy}}}{warning})"
+
+
+def decisions_only_warning(fraction: float) -> str:
+    """The line every report of a decisions-only model carries (``ensemble.decisions_only``)."""
+    return (f"UPPER BOUNDS: the outputs of {fraction:.0%} of the points carry only the decision (probabilities "
+            "that underflow to 0, or one-hot outputs), which no gradient or score-based attack can use; "
+            "evaluate the model's logits instead")
+
+
+def eps_list(eps) -> list[float]:
+    """One radius or several, as floats in ascending order: numbers, numpy or 0-d tensor scalars,
+    fractions like "8/255", or a list, tuple, array or tensor of them."""
+    if isinstance(eps, (str, int, float)) or getattr(eps, "ndim", None) == 0:
+        eps = [eps]
+    try:
+        values = [parse_number(e.item() if hasattr(e, "item") else e) for e in eps]
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise AttackError(f"eps must be a radius (0.3, 8 / 255, \"8/255\") or a list of them, got {eps!r}") from None
+    values = sorted(check_eps(e) for e in values)
+    if not values or len(set(values)) != len(values):
+        raise AttackError(f"eps must be one radius or a list of distinct radii, got {values}")
+    return values
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack: str = "ensemble",
@@ -45,37 +72,42 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack:
              batch_size: int = 256, device=None) -> Evaluation:
     """Robust accuracy of ``model`` (any nn.Module mapping [0, 1] images to class scores) on
     ``x`` (N, C, H, W), uint8 or float in [0, 1], and int64 labels ``y`` (N,), at every L-inf
-    radius of ``eps`` (a number or a list, pixel scale, e.g. 0.3 or 8 / 255).
+    radius of ``eps`` (a number, "8/255", or a list of them; pixel scale, e.g. 0.3 or 8 / 255).
 
-    ``attack``: "ensemble" (the default: APGD-CE, APGD-T and Square, worst case per point)
-    or any name of ``robustgan.attacks.attack_names()``; on a model whose outputs change
-    between two passes the ensemble is replaced by "eot". ``steps`` and ``queries`` default
-    to the attack's own (100 steps, 5000 Square queries); ``targets=0`` for fewer than 4
-    classes. ``device`` defaults to the model's. The model is left in eval mode; its
-    parameters are not changed. Bad arguments raise ``robustgan.attacks.AttackError`` (a
+    The model may return logits, log-probabilities or probabilities, as a tensor, the first item
+    of a tuple, a dict's "logits" or an output's ``.logits``; float16 and float64 images and
+    models are cast to the model's dtype. ``attack``: "ensemble" (the default: APGD-CE, APGD-T
+    and Square, worst case per point) or any name of ``robustgan.attacks.attack_names()``; on a
+    model whose outputs change between two passes the ensemble is replaced by "eot". ``steps``
+    and ``queries`` default to the attack's own (100 steps, 5000 Square queries); APGD-T is left
+    out below 4 classes. ``device`` defaults to the model's. The model is attacked in eval mode
+    and handed back unchanged: every module's mode, every parameter and buffer as they were.
+    Where the outputs carry only decisions (``decisions_only`` > 0) the accuracies are upper
+    bounds, and the result says so. Bad arguments raise ``robustgan.attacks.AttackError`` (a
     ValueError)."""
-    eps = sorted(check_eps(e) for e in ([eps] if isinstance(eps, (int, float)) else eps))
-    if not eps or len(set(eps)) != len(eps):
-        raise AttackError(f"eps must be one radius or a list of distinct radii, got {eps}")
+    eps = eps_list(eps)
     spec = get_attack(attack)
     if not isinstance(x, torch.Tensor) or not len(x):
         raise AttackError("x must be a non-empty tensor of images (N, C, H, W)")
-    check_images(x.float().div(255) if x.dtype == torch.uint8 else x, y)
+    check_images(x.float().div(255) if x.dtype == torch.uint8 else x.float(), y)
     device = model_device(model) if device is None else torch.device(device)
-    model.eval()
-    if attack == "ensemble" and randomized(model, x[:64].to(device)):
-        attack, spec = "eot", get_attack("eot")
-    start = time.perf_counter()
-    steps = spec.steps if steps is None else steps
-    if attack == "ensemble":
-        found = worst_case(model, x, y, eps, steps=steps, targets=targets, queries=queries, seed=seed,
-                           batch_size=batch_size, device=device)
-        correct, clean, attacks = found.correct, found.clean, found.attacks
-        grads, forwards = found.grad_evals, found.forwards
-    else:
-        clean = robust_mask(model, x, y, attack="none", batch_size=batch_size, device=device)
-        correct = torch.stack([robust_mask(model, x, y, attack=attack, eps=e, steps=steps, targets=targets, seed=seed,
-                                           batch_size=batch_size, device=device, queries=queries) for e in eps], 1)
-        attacks, grads, forwards = [attack], None, None
+    model = classifier(model)
+    with eval_mode(model):
+        probe_classes(model, x.to(device), y)
+        if attack == "ensemble" and randomized(model, x[:64].to(device)):
+            attack, spec = "eot", get_attack("eot")
+        start = time.perf_counter()
+        blind = decisions_only_fraction(model, x, batch_size, device)
+        if attack == "ensemble":
+            found = worst_case(model, x, y, eps, steps=spec.steps if steps is None else steps, targets=targets,
+                               queries=queries, seed=seed, batch_size=batch_size, device=device)
+            correct, clean, attacks = found.correct, found.clean, found.attacks
+            grads, forwards = found.grad_evals, found.forwards
+        else:
+            clean = robust_mask(model, x, y, attack="none", batch_size=batch_size, device=device)
+            correct = torch.stack([robust_mask(model, x, y, attack=attack, eps=e, steps=steps, targets=targets,
+                                               seed=seed, batch_size=batch_size, device=device, queries=queries)
+                                   for e in eps], 1)
+            attacks, grads, forwards = [attack], None, None
     return Evaluation(eps, dict(zip(eps, fractions(correct))), correct, fractions(clean), attack, attacks, grads,
-                      forwards, time.perf_counter() - start)
+                      forwards, time.perf_counter() - start, blind)

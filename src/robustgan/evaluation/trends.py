@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from robustgan.attacks import attack_mode, pgd
-from robustgan.attacks.threat import loss_and_grad
+from robustgan.attacks.threat import eval_mode, loss_and_grad
 from robustgan.errors import RobustganError
 from robustgan.methods import method_class
 from robustgan.plotting import pyplot
@@ -54,8 +54,13 @@ def directions(model, x, y, eps_max: float, generator_delta: torch.Tensor | None
 
 @torch.no_grad()
 def logit_trends(model, x, y, dirs: dict, eps_max: float, points: int = 81) -> list[Trend]:
-    """Logits along each direction; the scale grid always contains 0 (the clean logits)."""
-    model.eval()
+    """Logits along each direction (eval mode, every module's mode restored); the scale grid
+    always contains 0 (the clean logits)."""
+    with eval_mode(model):
+        return _trends(model, x, y, dirs, eps_max, points)
+
+
+def _trends(model, x, y, dirs: dict, eps_max: float, points: int) -> list[Trend]:
     scales = np.linspace(-eps_max, eps_max, points if points % 2 else points + 1)
     scales[len(scales) // 2] = 0.0
     trends = []
