@@ -125,6 +125,46 @@ def robust_tiny(digits, tmp_path_factory):
     return tiny_once(tmp_path_factory, "tiny-pgd-at", lambda model: train_pgd_at(model, *digits[:2]))
 
 
+@pytest.fixture(scope="session")
+def digits_rgb(digits):
+    """The digits as 3-channel images (helpers.rgb): the second kind of input the guarantees are
+    tested on."""
+    from tests.helpers import rgb
+
+    x, y, xt, yt = digits
+    return rgb(x), y, rgb(xt), yt
+
+
+@pytest.fixture(scope="session")
+def robust_bn(digits_rgb, tmp_path_factory):
+    """The second kind of model (helpers.bn_dropout_cnn: Normalize inside, BatchNorm, Dropout,
+    3 channels) after robust_tiny's PGD-AT recipe on digits_rgb, in eval mode."""
+    from tests.helpers import bn_dropout_cnn, tiny_once, train_pgd_at
+
+    return tiny_once(tmp_path_factory, "bn-pgd-at", lambda model: train_pgd_at(model, *digits_rgb[:2]), bn_dropout_cnn)
+
+
+@pytest.fixture(scope="session")
+def trained_bn(digits_rgb, tmp_path_factory):
+    """bn_dropout_cnn after plain ERM on digits_rgb (robust_bn's surrogate, an independent seed)."""
+    from tests.helpers import bn_dropout_cnn, tiny_once, train_erm
+
+    return tiny_once(tmp_path_factory, "bn-erm", lambda model: train_erm(model, *digits_rgb[:2]), bn_dropout_cnn)
+
+
+# The kinds of model every guarantee is shown on: (robust model, its independently trained
+# surrogate, the digits it reads). A test takes ``model_kind`` and is parametrized over KINDS.
+KINDS = {"tiny": ("robust_tiny", "trained_tiny", "digits"), "bn-dropout-rgb": ("robust_bn", "trained_bn", "digits_rgb")}
+
+
+@pytest.fixture(params=list(KINDS))
+def model_kind(request):
+    """(robust model, surrogate, x_test, y_test) of each kind of KINDS: the tiny CNN, and a
+    model with a Normalize layer, BatchNorm and Dropout on 3-channel inputs."""
+    robust, surrogate, data = (request.getfixturevalue(name) for name in KINDS[request.param])
+    return robust, surrogate, data[2], data[3]
+
+
 @preset(seconds=28)
 def digits_runs(tmp_path_factory):
     """Standard and PGD-AT runs on digits (helpers.TEST_SIZE), trained once per session.

@@ -61,19 +61,50 @@ def tiny_cnn(num_classes=10, in_channels=1):
     )
 
 
-def tiny_once(tmp_path_factory, name: str, train) -> nn.Module:
-    """A tiny CNN trained by ``train(model)`` once per session (``trained_once``; every
-    worker loads the same weights, whatever its thread count), in eval mode."""
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std as the model's first layer (pixels stay in [0, 1] outside)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def bn_dropout_cnn(num_classes=10, in_channels=3):
+    """The second kind of model every guarantee is tested on (the tiny CNN is the first): a
+    Normalize layer inside, BatchNorm (running statistics an evaluation must not touch) and
+    Dropout (noise if an evaluation left it in training mode), on 3-channel inputs."""
+    return nn.Sequential(
+        Normalize([0.5] * in_channels, [0.25] * in_channels),
+        nn.Conv2d(in_channels, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, num_classes),
+    )
+
+
+def rgb(x: torch.Tensor) -> torch.Tensor:
+    """Grey digits (N, 1, H, W) in [0, 1] as 3-channel images in [0, 1]: the digit, a dimmer
+    copy on a grey background, and its negative."""
+    return torch.cat([x, 0.5 * x + 0.25 * (1 - x), 1 - x], 1)
+
+
+def tiny_once(tmp_path_factory, name: str, train, make=tiny_cnn) -> nn.Module:
+    """A model of ``make()`` (the tiny CNN) trained by ``train(model)`` once per session
+    (``trained_once``; every worker loads the same weights, whatever its thread count), in
+    eval mode."""
     from safetensors.torch import load_file, save_file
 
     def fit_and_save(root):
         root.mkdir(parents=True)
         torch.manual_seed(0)
-        model = tiny_cnn()
+        model = make()
         train(model)
         save_file(model.state_dict(), root / "model.safetensors")
 
-    model = tiny_cnn()
+    model = make()
     model.load_state_dict(load_file(trained_once(tmp_path_factory, name, fit_and_save) / "model.safetensors"))
     return model.eval()
 
@@ -84,7 +115,7 @@ def train_erm(model, x, y):
     for _ in range(15):
         for idx in torch.randperm(len(y)).split(64):
             opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            F.cross_entropy(model.train()(x[idx]), y[idx]).backward()
             opt.step()
 
 

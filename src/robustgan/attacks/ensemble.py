@@ -144,6 +144,13 @@ def decisions_only_fraction(model: nn.Module, x: torch.Tensor, batch_size: int =
     return found / len(x) if len(x) else 0.0
 
 
+def decisions_only_warning(fraction: float) -> str:
+    """The line every report of a decisions-only model carries (``ensemble.decisions_only``)."""
+    return (f"UPPER BOUNDS: the outputs of {fraction:.0%} of the points carry only the decision (probabilities "
+            "that underflow to 0, or one-hot outputs), which no gradient or score-based attack can use; "
+            "evaluate the model's logits instead")
+
+
 def as_logits(model: nn.Module, outputs: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
     """The model the ensemble attacks and its float32 logits, given its ``outputs`` on a batch:
     the model itself, or ``LogProbabilities(model)`` where the outputs are probabilities.

@@ -98,9 +98,10 @@ def randomized(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether two eval-mode passes over ``x`` (uint8 or [0, 1]) differ (the deterministic
     check's test): such a model is evaluated with EOT, not the ensemble. Every module's mode is
     restored."""
-    x = x.float().div(255) if x.dtype == torch.uint8 else x
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    net = classifier(model)
     with eval_mode(model), torch.no_grad():
-        return bool((model(x).float() - model(x).float()).abs().max() > 1e-5) if len(x) else False
+        return bool((net(x).float() - net(x).float()).abs().max() > 1e-5) if len(x) else False
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from robustgan import distributed
 from robustgan.attacks import ATTACKS, attack_label
+from robustgan.attacks.ensemble import decisions_only_warning
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, SEED,
                                   STEPS, TARGETS,
                                   WEIGHTS, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
@@ -119,11 +120,14 @@ def eval_table(run, curve, distances) -> Table:
     if paper:
         table.add_column(f"{s['protocol'].upper()} (papers' protocol)", justify="right")
     table.add_row("clean", f"{curve.clean:.2%}", *([""] if paper else []))
+    bound = "<= " if s.get("decisions_only") else ""  # outputs that carry only decisions: upper bounds
     for i, (e, acc) in enumerate(zip(curve.eps, curve.acc)):
-        table.add_row(format_eps(e), f"{acc:.2%}", *([f"{curve.protocol[i]:.2%}"] if paper else []))
+        table.add_row(format_eps(e), f"{bound}{acc:.2%}", *([f"{bound}{curve.protocol[i]:.2%}"] if paper else []))
+    captions = [f"[bold red]{decisions_only_warning(s['decisions_only'])}[/bold red]"] if bound else []
     if distances is not None:
         q = distances.quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
-        table.caption = f"smallest fooling eps per point: median {q[1]:.4f} (quartiles {q[0]:.4f}, {q[2]:.4f})"
+        captions.append(f"smallest fooling eps per point: median {q[1]:.4f} (quartiles {q[0]:.4f}, {q[2]:.4f})")
+    table.caption = "\n".join(captions) or None
     return table
 
 
@@ -132,6 +136,7 @@ def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
     result = {"run": str(run), "n": curve.n, "attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"],
               "targets": s["targets"], "queries": s["queries"], "restarts": restarts, "seed": seed, "protocol": s["protocol"],
               "seconds": round(seconds, 3), "cost": s["cost"], "clean": curve.clean,
+              "decisions_only": s["decisions_only"],
               "results": [{"eps": json_eps(e), "accuracy": acc,
                            **({"protocol_accuracy": curve.protocol[i]} if curve.protocol is not None else {})}
                           for i, (e, acc) in enumerate(zip(curve.eps, curve.acc))]}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks.ensemble import DEFAULT_TARGETS, decisions_only_warning
 from robustgan.config import to_dict
 from robustgan.eps import format_eps
 from robustgan.evaluation.context import EvalContext
@@ -71,7 +71,8 @@ def build_card(run_dir, eps: list[float], ctx: EvalContext = EvalContext(), *, s
         "additional_data": None if external else False,
         "number_forward_passes": 1,
         "evaluation": {"attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"], "targets": s["targets"],
-                       "restarts": s["restarts"], "seed": s["seed"], "protocol": s["protocol"], "n": curve.n},
+                       "restarts": s["restarts"], "seed": s["seed"], "protocol": s["protocol"], "n": curve.n,
+                       "decisions_only": s["decisions_only"]},
         "splits": {"train": n_train, "test": n_test_all, "evaluated": curve.n},
         "classes": list(cfg.data.classes),
         "checks": _checks(run),
@@ -97,6 +98,7 @@ def card_markdown(card: dict) -> str:
              f"Worst case per test point over {' + '.join(ev['attacks'])} ({ev['steps']} steps, {ev['restarts']} "
              f"restart(s), seed {ev['seed']}, n = {ev['n']}); the papers' protocol ({ev['protocol'] or 'not run'}) "
              "beside it.", "",
+             *([f"**{decisions_only_warning(ev['decisions_only'])}.**", ""] if ev.get("decisions_only") else []),
              "| eps | worst case (%) | papers' protocol (%) |", "| --- | --- | --- |"]
     for r in card["robust_acc"]:
         protocol = "-" if r["protocol"] is None else f"{r['protocol']:.2f}"

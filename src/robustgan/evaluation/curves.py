@@ -15,7 +15,7 @@ import torch
 
 from robustgan.attacks import WorstCase, attack_label, get_attack, worst_case
 from robustgan.attacks.threat import randomized
-from robustgan.attacks.ensemble import DEFAULT_TARGETS, ensemble_names, refine_min_eps
+from robustgan.attacks.ensemble import DEFAULT_TARGETS, decisions_only_fraction, ensemble_names, refine_min_eps
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
 from robustgan.methods import eps_train, method_class
@@ -156,7 +156,8 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
                 "targets": targets if attack == "ensemble" else None,
                 "queries": key.get("queries"),
                 "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": ctx.seed,
-                "seconds": time.perf_counter() - start, "cost": spent if attack == "ensemble" else None}
+                "seconds": time.perf_counter() - start, "cost": spent if attack == "ensemble" else None,
+                "decisions_only": decisions_only_fraction(model, x, ctx.batch_size, ctx.device)}
     return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),
                  fractions(correct) if len(y) else [0.0] * len(eps_grid), fractions(clean) if len(y) else 0.0,
                  len(y), settings, fractions(paper) if paper is not None and len(y) else None, correct, clean)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks import get_attack, robust_mask, worst_case
-from robustgan.attacks.ensemble import DEFAULT_TARGETS, decisions_only_fraction
+from robustgan.attacks.ensemble import DEFAULT_TARGETS, decisions_only_fraction, decisions_only_warning
 from robustgan.attacks.threat import (AttackError, check_eps, check_images, classifier, eval_mode, model_device,
                                       probe_classes, randomized)
 from robustgan.eps import parse_number
@@ -43,13 +43,6 @@ class Evaluation:
         accuracy = ", ".join(f"{e:g}: {bound}{a:.1%}" for e, a in self.accuracy.items())
         warning = f", {decisions_only_warning(self.decisions_only)}" if self.decisions_only else ""
         return f"Evaluation({self.attack}, n={len(self.correct)}, clean {self.clean:.1%}, {{{accuracy}}}{warning})"
-
-
-def decisions_only_warning(fraction: float) -> str:
-    """The line every report of a decisions-only model carries (``ensemble.decisions_only``)."""
-    return (f"UPPER BOUNDS: the outputs of {fraction:.0%} of the points carry only the decision (probabilities "
-            "that underflow to 0, or one-hot outputs), which no gradient or score-based attack can use; "
-            "evaluate the model's logits instead")
 
 
 def eps_list(eps) -> list[float]:
