@@ -74,7 +74,7 @@ def pytest_collection_modifyitems(items):
 def without_sweep(nodeid: str) -> str:
     """The node id without the seed sweep's parameter: a test's k-th seed is its own seed plus k,
     whether k comes from the sweep or from ROBUSTGAN_TEST_SEED."""
-    return re.sub(r"\[seed\d+\]$|-seed\d+(?=\]$)|(?<=\[)seed\d+-", "", nodeid)
+    return re.sub(r"\[seed\d+\]$|-seed\d+(?=\]$)|(?<=[\[-])seed\d+-", "", nodeid)
 
 
 @pytest.fixture
@@ -161,7 +161,13 @@ KINDS = {"tiny": ("robust_tiny", "trained_tiny", "digits"), "bn-dropout-rgb": ("
 def model_kind(request):
     """(robust model, surrogate, x_test, y_test) of each kind of KINDS: the tiny CNN, and a
     model with a Normalize layer, BatchNorm and Dropout on 3-channel inputs."""
+    import copy
+
+    from tests.helpers import FLOAT64
+
     robust, surrogate, data = (request.getfixturevalue(name) for name in KINDS[request.param])
+    if os.environ.get(FLOAT64) == "1":  # the models in float64 (the attacks keep float32 pixels)
+        robust, surrogate = copy.deepcopy(robust).double(), copy.deepcopy(surrogate).double()
     return robust, surrogate, data[2], data[3]
 
 

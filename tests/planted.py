@@ -3,8 +3,48 @@ is, each in a way one or more checks must catch (tests/test_checks.py)."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+
 import torch
 import torch.nn as nn
+
+# tests/stress.py --margins sets this to a file: every planted or honest case appends each
+# check's distance to its threshold there (``record_margins``)
+MARGINS = "ROBUSTGAN_MARGINS"
+
+
+def margin(result, zero_tol: float = 0.05) -> tuple[float, float | None]:
+    """(ratio, p) of a check's result: ratio >= 1 is on the warning side of its effect threshold
+    (gap / minimum effect for the paired checks, else the measured value over its bar); p the
+    paired checks' p-value (they warn where also p < alpha), None for the others."""
+    v = result.values
+    if "p_value" in v:
+        return v["gap"] / v["min_effect"], v["p_value"]
+    ratios = {"gradients": lambda: (v["zero_fraction"] + v["nonfinite_fraction"]) / zero_tol,
+              "unbounded": lambda: v["accuracy"] / zero_tol,
+              "deterministic": lambda: v["diff"] / 1e-5,
+              "logits": lambda: math.inf if v["probabilities"] else 0.0,
+              "bound": lambda: max([v["accuracy"], *v["over"].values()]) / v["bound"]}
+    return ratios[result.name](), None
+
+
+def record_margins(case: str, results, trips: set, may_trip: set) -> None:
+    """Append (case, check, required / allowed / forbidden, ratio, p, status) per check to the
+    file named by $ROBUSTGAN_MARGINS, with the float path this process ran on."""
+    path = os.environ.get(MARGINS)
+    if not path:
+        return
+    path_name = os.environ.get("ROBUSTGAN_FLOAT_PATH", "default")
+    with open(path, "a") as out:
+        for r in results:
+            if r.status == "skipped":
+                continue
+            role = "required" if r.name in trips else "allowed" if r.name in may_trip else "forbidden"
+            ratio, p = margin(r)
+            out.write(json.dumps({"case": case, "check": r.name, "role": role, "ratio": ratio, "p": p,
+                                  "status": r.status, "path": path_name, "threads": torch.get_num_threads()}) + "\n")
 
 
 class Wrapper(nn.Module):

@@ -13,6 +13,7 @@ import torch.nn as nn
 import robustgan.attacks.autoattack  # noqa: F401  (each attack module registers its attacks when imported)
 import robustgan.attacks.eot  # noqa: F401
 import robustgan.attacks.gradient  # noqa: F401
+import robustgan.attacks.rays  # noqa: F401
 from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.registry import AttackArgs, default_step_size, get_attack
 from robustgan.attacks.threat import check_images, classifier, eval_mode, model_device, probe_classes

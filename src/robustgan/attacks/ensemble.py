@@ -57,6 +57,7 @@ import torch.nn as nn
 from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.registry import QUERIES_PER_STEP, AttackArgs, register_attack
 from robustgan.attacks.gradient_free import gradient_free_stage
+from robustgan.attacks.rays import decision_stage
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps, classifier, model_device, probe_classes
 
 DEFAULT_TARGETS = 9  # APGD-T towards up to 9 classes, as AutoAttack's APGD-T
@@ -147,8 +148,8 @@ def decisions_only_fraction(model: nn.Module, x: torch.Tensor, batch_size: int =
 def decisions_only_warning(fraction: float) -> str:
     """The line every report of a decisions-only model carries (``ensemble.decisions_only``)."""
     return (f"UPPER BOUNDS: the outputs of {fraction:.0%} of the points carry only the decision (probabilities "
-            "that underflow to 0, or one-hot outputs), which no gradient or score-based attack can use; "
-            "evaluate the model's logits instead")
+            "that underflow to 0, or one-hot outputs): no gradient or score-based attack can use them, only the "
+            "ensemble's decision-based RayS; evaluate the model's logits for a tighter number")
 
 
 def as_logits(model: nn.Module, outputs: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
@@ -339,7 +340,10 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
             if queries:
                 forwards += gradient_free_stage(net, xb, yb, ids[sl], eps, correct[sl], clean_margin, queries, seed,
                                                 None if examples is None else examples[:, sl])
-    return WorstCase(eps, correct, clean, ensemble_names(int(targets), queries), grad_evals, time.perf_counter() - start,
+                forwards += decision_stage(net, xb, yb, eps, correct[sl], blind[sl], queries,
+                                           None if examples is None else examples[:, sl])
+    names = ensemble_names(int(targets), queries) + ([f"rays({queries})"] if queries and blind.any() else [])
+    return WorstCase(eps, correct, clean, names, grad_evals, time.perf_counter() - start,
                      examples, forwards, gradients_correct, blind)
 
 
@@ -401,7 +405,7 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, devic
 
 
 @register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=_ensemble_label,
-                 mask=_ensemble_mask, version=10,  # its numbers: the gradient-free stage, the standardized CE
+                 mask=_ensemble_mask, version=11,  # its numbers: RayS on points whose outputs carry only decisions
                  help="the worst case of APGD-CE, targeted APGD-DLR and Square per point (the default)")
 def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     found = worst_case(model, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,
