@@ -146,7 +146,7 @@ def robust_bn(digits_rgb, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_bn(digits_rgb, tmp_path_factory):
-    """bn_dropout_cnn after plain ERM on digits_rgb (robust_bn's surrogate, an independent seed)."""
+    """bn_dropout_cnn after plain ERM on digits_rgb (robust_bn's surrogate: another training recipe)."""
     from tests.helpers import bn_dropout_cnn, tiny_once, train_erm
 
     return tiny_once(tmp_path_factory, "bn-erm", lambda model: train_erm(model, *digits_rgb[:2]), bn_dropout_cnn)

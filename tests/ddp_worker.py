@@ -12,6 +12,9 @@ from safetensors.torch import save_file
 import robustgan.train as train
 from robustgan.config import load_config
 from robustgan.distributed import world
+from robustgan.runtime import apply_mkldnn_switch
+
+apply_mkldnn_switch()  # the float path of the test that started it (ROBUSTGAN_MKLDNN)
 
 config, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 built = []

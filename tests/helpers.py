@@ -16,13 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from filelock import FileLock
 
-from robustgan.runtime import keep_freed_memory
+from robustgan.runtime import apply_mkldnn_switch, keep_freed_memory
 
 ROOT = Path(__file__).parent.parent
-# ROBUSTGAN_MKLDNN=0 runs the tests with torch.backends.mkldnn disabled (another float path: .ci/run
-# runs the statistical tests so); ROBUSTGAN_TEST_FLOAT64=1 gives the model_kind fixture's models in
-# float64 (the extreme reference path of tests/stress.py --margins)
-MKLDNN, FLOAT64 = "ROBUSTGAN_MKLDNN", "ROBUSTGAN_TEST_FLOAT64"
+# ROBUSTGAN_TEST_FLOAT64=1 gives the model_kind fixture's models in float64 (the extreme reference
+# path of tests/stress.py --margins); ROBUSTGAN_MKLDNN=0 (runtime.apply_mkldnn_switch) runs the tests
+# and the commands they start with oneDNN's kernels off
+FLOAT64 = "ROBUSTGAN_TEST_FLOAT64"
 CONFIGS = ROOT / "configs"
 
 
@@ -31,8 +31,7 @@ def configure_torch():
     allocator thresholds, for this process. `make test` runs two xdist workers: one thread each
     on two cores (two threads each would oversubscribe the cores and slow both); a plain
     `pytest` keeps two threads."""
-    if os.environ.get(MKLDNN) == "0":  # the other CPU float path: oneDNN's kernels off (tests/stress.py --margins)
-        torch.backends.mkldnn.enabled = False
+    apply_mkldnn_switch()  # ROBUSTGAN_MKLDNN=0: oneDNN's kernels off, here and in the CLI processes tests start
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
     # The CLI processes tests start compute with the worker's thread count: the same float reduction

@@ -90,10 +90,17 @@ def margins(seeds: int, select: str) -> int:
                                 env | {"ROBUSTGAN_TEST_SEEDS": str(seeds), "ROBUSTGAN_MARGINS": str(records),
                                        "ROBUSTGAN_FLOAT_PATH": name}, Path(tmp) / f"{name}.xml")
             print(f"  {seconds:.0f} s (pytest exit {code})", flush=True)
+            if code not in (0, 1):  # 1: a test failed (the table shows why); anything else: nothing ran
+                print(f"pytest could not run on path {name} (exit {code})")
+                return 2
         found = defaultdict(list)
-        for line in records.read_text().splitlines():
+        for line in records.read_text().splitlines() if records.exists() else []:
             r = json.loads(line)
             found[(r["case"], r["check"], r["role"])].append(r)
+    missing = set(PATHS) - {r["path"] for runs in found.values() for r in runs}
+    if missing:
+        print(f"no margins recorded on path(s) {', '.join(sorted(missing))}")
+        return 2
     bad = 0
     print("\n| case | check | must | worst ratio | worst p | runs | comfortable |\n| --- | --- | --- | --- | --- | --- | --- |")
     for (case, check, role), runs in sorted(found.items()):

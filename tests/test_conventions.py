@@ -151,23 +151,33 @@ def few_classes(request, digits):
 
 
 def test_two_and_three_class_heads_in_every_attack(few_classes, seed):
-    """Every attack runs on a 2- or 3-class model (APGD-T left out below 4 classes, DLR below 3);
-    AutoAttack, whose targeted parts need 4, refuses in one line; a randomized 2-class model
-    gets EOT with the cross-entropy."""
+    """Every attack runs on a 2- or 3-class model (APGD-T left out below 4 classes) and fools
+    most points of this undefended model at eps 0.3; a randomized 2- or 3-class model gets EOT
+    with the cross-entropy (DLR needs 3 classes)."""
     model, x, y = few_classes
+    classes = model[-1].out_features
     for name in robustgan.attacks.attack_names():
-        if name == "autoattack":
-            continue
-        if name in ("apgd-dlr", "pgd-dlr") and model[-1].out_features < 3:
-            continue  # DLR is undefined on two classes: its own attack, never part of a default
+        if name == "autoattack" or (name in ("apgd-dlr", "pgd-dlr") and classes < 3):
+            continue  # each refuses in one line (the tests below)
         result = robustgan.evaluate(model, x, y, eps=0.3, attack=name, seed=seed, **SMALL)
-        assert 0 <= result.accuracy[0.3] <= result.clean, name
-    with pytest.raises(AttackError, match="at least 4 classes"):
-        pytest.importorskip("torchattacks")
-        robustgan.evaluate(model, x, y, eps=0.3, attack="autoattack")
+        assert result.clean > 0.9 and result.accuracy[0.3] <= result.clean, name
+        if name not in ("fgsm", "square", "rays"):  # one step, or too few queries, may leave more
+            assert result.accuracy[0.3] < 0.5, (name, result)
     noisy = Outputs(model, lambda z: z + 0.5 * torch.randn_like(z))
     result = robustgan.evaluate(noisy, x, y, eps=0.3, seed=seed, steps=3)
-    assert result.attack == "eot" and 0 <= result.accuracy[0.3] <= 1
+    assert result.attack == "eot" and result.accuracy[0.3] < 0.5
+
+
+def test_attacks_that_need_more_classes_refuse_in_one_line(few_classes):
+    model, x, y = few_classes
+    classes = model[-1].out_features
+    if classes < 3:
+        for name in ("apgd-dlr", "pgd-dlr"):
+            with pytest.raises(AttackError, match="at least 3 classes"):
+                robustgan.evaluate(model, x, y, eps=0.3, attack=name, **SMALL)
+    pytest.importorskip("torchattacks")
+    with pytest.raises(AttackError, match="at least 4 classes"):
+        robustgan.evaluate(model, x, y, eps=0.3, attack="autoattack")
 
 
 class Counting(torch.nn.Module):
@@ -222,5 +232,5 @@ def test_the_decision_stage_attacks_what_only_decisions_show(model_kind, seed):
     examples = found.examples[0]
     assert (examples - x).abs().max() <= 0.2 + 1e-6 and examples.min() >= 0 and examples.max() <= 1
     fooled = found.clean & ~found.correct[:, 0]
-    with torch.no_grad():
-        assert (model(examples[fooled]).argmax(1) != y[fooled]).all()
+    with torch.no_grad():  # (the model may be float64: tests/stress.py --margins)
+        assert (model(examples[fooled].to(next(model.parameters()).dtype)).argmax(1) != y[fooled]).all()

@@ -38,7 +38,8 @@ def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(tmp_path):
     assert single.keys() == saved.keys()
     for k in single:
         # float rounding differs between a batch of 64 and two of 32 and grows over 6 steps (measured up
-        # to 1.9e-5 here); a wrong reduction (a sum, one shard) is off by a whole update, ~1e-3
-        assert torch.allclose(single[k], saved[k], atol=1e-4, rtol=1e-4), (k, (single[k] - saved[k]).abs().max())
+        # to 1.9e-5 with oneDNN's kernels, 1.4e-4 with torch's own: ROBUSTGAN_MKLDNN=0); a wrong
+        # reduction (one shard's gradient) is off by whole Adam updates, ~1e-3
+        assert torch.allclose(single[k], saved[k], atol=3e-4, rtol=1e-4), (k, (single[k] - saved[k]).abs().max())
         assert torch.equal(saved[k], rank0[f"model.{k}"])
     assert (tmp_path / "run" / "DONE").is_file() and not (tmp_path / "run" / "lock").exists()

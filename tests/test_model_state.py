@@ -1,9 +1,10 @@
 """An evaluation never changes the model it is handed: every module's ``training`` flag, every
 parameter and every buffer (BatchNorm's running statistics and ``num_batches_tracked``) are
 bitwise what they were, after every attack of the registry, the notebook API, the engine's
-functions and every evaluation command. Shown on a model with Dropout and BatchNorm, handed
-over in eval mode and in train mode, with logits and with probability outputs (the case where
-a wrapper made here once put the user's model into training mode mid-attack)."""
+functions and the evaluation commands. Shown on a model with Dropout and BatchNorm, handed
+over in eval mode and in train mode, with logits and with probability outputs (which the
+ensemble attacks through a wrapper of its own: a new module, in training mode, whose mode
+must not reach the user's model)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 
 import robustgan
 from robustgan.attacks import ATTACKS, attack_names, robust_mask, worst_case
-from robustgan.attacks.ensemble import decisions_only_fraction, refine_min_eps
+from robustgan.attacks.ensemble import refine_min_eps
+from robustgan.attacks.outputs import decisions_only_fraction
 from robustgan.attacks.threat import randomized
 from robustgan.evaluation.checks import CheckSettings, check_model
 from robustgan.evaluation.saliency import saliency

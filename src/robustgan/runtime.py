@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import os
 import platform
 from contextlib import nullcontext
 from dataclasses import replace
@@ -53,6 +54,17 @@ def apply_fast_paths(method, cfg: Config) -> None:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
 MMAP_THRESHOLD = 32 << 20  # the largest value `man mallopt` documents on 64-bit
 TRIM_THRESHOLD = 1 << 30
+
+
+MKLDNN_SWITCH = "ROBUSTGAN_MKLDNN"
+
+
+def apply_mkldnn_switch() -> None:
+    """``ROBUSTGAN_MKLDNN=0`` turns oneDNN's CPU kernels off (``torch.backends.mkldnn``) in this
+    process: torch's own kernels, another float path. The CLI and the test suite honour it, so
+    a test and the commands it starts take the same path (CI runs the statistical tests so)."""
+    if os.environ.get(MKLDNN_SWITCH) == "0":
+        torch.backends.mkldnn.enabled = False
 
 
 @functools.cache  # once per process

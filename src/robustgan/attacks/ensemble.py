@@ -57,6 +57,7 @@ import torch.nn as nn
 from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.registry import QUERIES_PER_STEP, AttackArgs, register_attack
 from robustgan.attacks.gradient_free import gradient_free_stage
+from robustgan.attacks.outputs import as_logits, decisions_only
 from robustgan.attacks.rays import decision_stage
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps, classifier, model_device, probe_classes
 
@@ -97,73 +98,11 @@ class WorstCase:
         return grid[(~table).float().argmax(1)]
 
 
-class LogProbabilities(nn.Module):
-    """The log of a model's probability outputs: its logits up to a per-point shift, which no
-    loss or margin of the ensemble sees. Probabilities that round to 0 become log(tiny) = -87.3."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return log_probabilities(self.model(x))
-
-
-def log_probabilities(outputs: torch.Tensor) -> torch.Tensor:
-    return outputs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
-
-
-def is_probabilities(outputs: torch.Tensor) -> bool:
-    """Every row in [0, 1] and summing to 1 (to 1e-3, or K half-precision ulps): a softmax's
-    output, not logits."""
-    tol = max(1e-3, outputs.shape[1] * torch.finfo(outputs.dtype).eps) if outputs.is_floating_point() else 1e-3
-    outputs = outputs.float()
-    return bool(((outputs >= 0) & (outputs <= 1)).all() and ((outputs.sum(1) - 1).abs() <= tol).all())
-
-
-def decisions_only(outputs: torch.Tensor) -> torch.Tensor:
-    """Per row (N,) bool: probability outputs (``is_probabilities``) whose every entry but the
-    largest is below float32's smallest normal number, so their logarithm is clamped to the same
-    log(tiny) = -87.3: the margin is one constant wherever the decision holds (probabilities of
-    ``softmax(1000 z)``, a hard-label model's one-hot outputs). No gradient and no Square margin
-    sees how close such a point is to the boundary: only the decision is usable."""
-    if not len(outputs) or outputs.shape[1] < 2 or not is_probabilities(outputs):
-        return torch.zeros(len(outputs), dtype=torch.bool, device=outputs.device)
-    return outputs.float().topk(2, 1).values[:, 1] < torch.finfo(torch.float32).tiny
-
-
-def decisions_only_fraction(model: nn.Module, x: torch.Tensor, batch_size: int = 256, device=None) -> float:
-    """The fraction of the points of x (uint8 or [0, 1]) whose clean outputs carry only the
-    decision (``decisions_only``): where it is above 0, accuracies under attack are upper bounds
-    that no attack of ours can tighten on those points."""
-    model = classifier(model)
-    device = model_device(model) if device is None else device
-    found = 0
-    with attack_mode(model), torch.no_grad():
-        for _, xb, _ in batches(x, torch.zeros(len(x), dtype=torch.long), batch_size, device):
-            found += int(decisions_only(model(xb)).sum())
-    return found / len(x) if len(x) else 0.0
-
-
-def decisions_only_warning(fraction: float) -> str:
-    """The line every report of a decisions-only model carries (``ensemble.decisions_only``)."""
-    return (f"UPPER BOUNDS: the outputs of {fraction:.0%} of the points carry only the decision (probabilities "
-            "that underflow to 0, or one-hot outputs): no gradient or score-based attack can use them, only the "
-            "ensemble's decision-based RayS; evaluate the model's logits for a tighter number")
-
-
-def as_logits(model: nn.Module, outputs: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-    """The model the ensemble attacks and its float32 logits, given its ``outputs`` on a batch:
-    the model itself, or ``LogProbabilities(model)`` where the outputs are probabilities.
-    Decided per batch (a model whose outputs are probabilities on some batches only is not
-    one we can tell apart)."""
-    if is_probabilities(outputs):
-        return LogProbabilities(model), log_probabilities(outputs)
-    return model, outputs.float()
-
-
-def ensemble_names(targets: int, queries: int = 0) -> list[str]:
-    return ["apgd-ce"] + ([f"apgd-t({targets} targets)"] if targets else []) + ([f"square({queries})"] if queries else [])
+def ensemble_names(targets: int, queries: int = 0, label_only: bool = False) -> list[str]:
+    """What the ensemble runs: APGD-CE, APGD-T with ``targets`` (none: left out), Square and, on
+    points whose outputs carry only the decision (``label_only``), RayS, each with ``queries``."""
+    return (["apgd-ce"] + ([f"apgd-t({targets} targets)"] if targets else [])
+            + ([f"square({queries})"] if queries else []) + ([f"rays({queries})"] if queries and label_only else []))
 
 
 class AttackRun(NamedTuple):
@@ -263,7 +202,8 @@ def batches(x, y, batch_size, device):
 
 def usable_targets(targets: int, classes: int) -> int:
     """APGD-T's targets on a ``classes``-way model: at most classes - 1 (as AutoAttack), and none
-    below 4 classes, where the targeted DLR loss (eq. 6, its targeted form) is undefined."""
+    below 4 classes, where the targeted DLR loss (Croce & Hein 2020, eq. 6 in its targeted form,
+    Sec. 4) reads the fourth-largest logit."""
     return min(int(targets), classes - 1) if classes >= 4 else 0
 
 
@@ -312,7 +252,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
     grad_evals = forwards = 0
     gradients_correct = torch.zeros_like(correct)
-    blind = torch.zeros(len(y), dtype=torch.bool)
+    label_only = torch.zeros(len(y), dtype=torch.bool)
     queries = QUERIES_PER_STEP * int(steps) if queries is None else int(queries)
     runs = attack_runs(targets, seed, savings)
     with attack_mode(model):
@@ -320,7 +260,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
             with torch.no_grad():
                 outputs = model(xb)
                 net, logits = as_logits(model, outputs)
-            blind[sl] = decisions_only(outputs).cpu()
+            label_only[sl] = decisions_only(outputs).cpu()
             fooled = logits.argmax(1) != yb
             clean[sl] = ~fooled.cpu()
             clean_margin = margin(logits, yb)
@@ -340,11 +280,11 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
             if queries:
                 forwards += gradient_free_stage(net, xb, yb, ids[sl], eps, correct[sl], clean_margin, queries, seed,
                                                 None if examples is None else examples[:, sl])
-                forwards += decision_stage(net, xb, yb, eps, correct[sl], blind[sl], queries,
+                forwards += decision_stage(net, xb, yb, eps, correct[sl], label_only[sl], queries,
                                            None if examples is None else examples[:, sl])
-    names = ensemble_names(int(targets), queries) + ([f"rays({queries})"] if queries and blind.any() else [])
+    names = ensemble_names(int(targets), queries, bool(label_only.any()))
     return WorstCase(eps, correct, clean, names, grad_evals, time.perf_counter() - start,
-                     examples, forwards, gradients_correct, blind)
+                     examples, forwards, gradients_correct, label_only)
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
@@ -406,7 +346,8 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batch_size, devic
 
 @register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=_ensemble_label,
                  mask=_ensemble_mask, version=11,  # its numbers: RayS on points whose outputs carry only decisions
-                 help="the worst case of APGD-CE, targeted APGD-DLR and Square per point (the default)")
+                 help="the worst case of APGD-CE, targeted APGD-DLR and Square per point, RayS where outputs "
+                      "carry only decisions (the default)")
 def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     found = worst_case(model, x, y, [eps], steps=args.steps, targets=args.targets, restarts=args.restarts,
                        seed=args.seed or 0, batch_size=len(y), device=x.device, ids=args.ids, keep_examples=True,

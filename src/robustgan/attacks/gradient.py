@@ -142,6 +142,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
             if noise is None and seed is not None:
                 noise = sample_noise(x, seed, ids, stream=0)
             return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise, loss)
+        if loss == "dlr" and len(x):
+            with torch.no_grad():
+                classes = model(x[:1]).shape[1]
+            if classes < 3:  # eq. 6 reads the third-largest logit
+                raise AttackError(f"PGD with the DLR loss needs at least 3 classes, got {classes}")
         ids = torch.arange(len(x)) if ids is None else ids.cpu()
         keep = None
         for r in range(int(restarts)):  # a restart attacks only the samples every earlier run failed on

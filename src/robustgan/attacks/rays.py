@@ -6,7 +6,7 @@ r(d) = min {r : argmax f(clip(x + r d, 0, 1)) != y} is the L-inf distance along 
 blocks halving in size level after level (Alg. 1, the hierarchical search); a flipped direction
 is kept only if it is adversarial at the current r* (one query), and then its own radius is
 found by binary search (Alg. 2). Where every other signal is gone (outputs that carry only the
-decision: ``ensemble.decisions_only``), this is the attack that still works.
+decision: ``outputs.decisions_only``), this is the attack that still works.
 
 Batched: all points walk the same block schedule side by side, one forward pass per step for
 the points still searching; each point stops once r* is at most its ``stop_at`` (fooled where
@@ -53,9 +53,9 @@ def ray_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, queries: i
         if not len(rows):
             break
         size = math.ceil(dim / 2 ** level)
-        lo_i, hi_i = block * size, min(dim, (block + 1) * size)
+        first, end = block * size, min(dim, (block + 1) * size)  # this step's block of coordinates
         attempt = sign[rows].clone()
-        attempt[:, lo_i:hi_i] *= -1
+        attempt[:, first:end] *= -1
         # is the flipped direction adversarial at r* (or, with no ray found yet, anywhere on a line)?
         found = torch.full((len(rows),), math.inf, dtype=x.dtype, device=x.device)
         known = torch.isfinite(best[rows])
@@ -72,17 +72,17 @@ def ray_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, queries: i
         keep = torch.isfinite(found).nonzero()[:, 0]
         lo, hi = torch.zeros(len(keep), dtype=x.dtype, device=x.device), found[keep]
         while len(keep):
-            open_ = (hi - lo > tol).nonzero()[:, 0]
-            if not len(open_):
+            wide = (hi - lo > tol).nonzero()[:, 0]  # brackets not yet narrowed to ``tol``
+            if not len(wide):
                 break
-            mid = (lo[open_] + hi[open_]) / 2
-            hit = fooled(rows[keep[open_]], attempt[keep[open_]], mid)
-            hi[open_] = torch.where(hit, mid, hi[open_])
-            lo[open_] = torch.where(hit, lo[open_], mid)
+            mid = (lo[wide] + hi[wide]) / 2
+            hit = fooled(rows[keep[wide]], attempt[keep[wide]], mid)
+            hi[wide] = torch.where(hit, mid, hi[wide])
+            lo[wide] = torch.where(hit, lo[wide], mid)
         better = hi < best[rows[keep]]
         best[rows[keep[better]]], sign[rows[keep[better]]] = hi[better], attempt[keep[better]]
         block += 1
-        if block == 2 ** level or hi_i == dim:
+        if block == 2 ** level or end == dim:
             level, block = level + 1, 0
     return best, sign.view(n, *shape), int(used.sum())
 
@@ -106,18 +106,19 @@ def _rays(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
 
 
 def decision_stage(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], correct: torch.Tensor,
-                   blind: torch.Tensor, queries: int, examples: torch.Tensor | None = None) -> int:
+                   label_only: torch.Tensor, queries: int, examples: torch.Tensor | None = None) -> int:
     """The ensemble's last stage: RayS on the points whose outputs carry only the decision
-    (``blind`` (n,), CPU) and that some earlier attack left robust at some eps of ``eps``
+    (``label_only`` (n,), CPU) and that every earlier attack left robust at some eps > 0 of ``eps``
     (ascending; ``correct`` (n, len(eps)), CPU, updated in place, as ``examples``). One search
     per point serves the whole grid: it stops once the best ray's radius is at most the
     smallest eps the point withstood, and fools it at every eps at least that radius. Returns
     the forward passes spent."""
     grid = torch.tensor(eps, dtype=x.dtype)
-    todo = (blind & correct.any(1)).nonzero()[:, 0]
+    open_eps = correct & (grid > 0)  # eps 0 needs no attack: a search would never get below it
+    todo = (label_only & open_eps.any(1)).nonzero()[:, 0]
     if not len(todo) or not queries:
         return 0
-    smallest = torch.where(correct[todo], grid, math.inf).amin(1).clamp(max=1.0)  # the smallest eps it withstood
+    smallest = torch.where(open_eps[todo], grid, math.inf).amin(1).clamp(max=1.0)  # the smallest eps it withstood
     best, sign, forwards = ray_search(model, x[todo.to(x.device)], y[todo.to(x.device)], queries=queries,
                                       stop_at=smallest.to(x.device))
     best, sign = best.cpu(), sign.cpu()

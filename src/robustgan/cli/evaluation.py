@@ -14,7 +14,7 @@ from rich.table import Table
 
 from robustgan import distributed
 from robustgan.attacks import ATTACKS, attack_label
-from robustgan.attacks.ensemble import decisions_only_warning
+from robustgan.attacks.outputs import decisions_only_warning
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, SEED,
                                   STEPS, TARGETS,
                                   WEIGHTS, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from robustgan.attacks.ensemble import DEFAULT_TARGETS, decisions_only_warning
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks.outputs import decisions_only_warning
 from robustgan.config import to_dict
 from robustgan.eps import format_eps
 from robustgan.evaluation.context import EvalContext

@@ -44,8 +44,9 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks import attack_mode, default_step_size, robust_mask, worst_case
-from robustgan.attacks.ensemble import DEFAULT_TARGETS, is_probabilities
-from robustgan.attacks.threat import classifier, eval_mode, loss_and_grad
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks.outputs import is_probabilities
+from robustgan.attacks.threat import classifier, eval_mode, loss_and_grad, model_device
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
 from robustgan.evaluation.cache import EvalCache, cached_mask
@@ -301,6 +302,7 @@ def check_model(model, x, y, settings: CheckSettings, *, surrogate=None, num_cla
     Checks that do not apply (graybox without a gray-box model) are left out. The model and
     the attacks run on ``settings.device``, in eval mode; every module's mode is restored on
     return."""
+    home = model_device(model)  # where the model goes back to: the checks move it to settings.device
     model = classifier(model.to(settings.device))
     surrogate = None if surrogate is None else classifier(surrogate)
     plan = [
@@ -329,6 +331,7 @@ def check_model(model, x, y, settings: CheckSettings, *, surrogate=None, num_cla
             results.append(result)
             if on_result is not None:
                 on_result(result)
+    model.to(home)
     return results
 
 

@@ -15,7 +15,8 @@ import torch
 
 from robustgan.attacks import WorstCase, attack_label, get_attack, worst_case
 from robustgan.attacks.threat import randomized
-from robustgan.attacks.ensemble import DEFAULT_TARGETS, decisions_only_fraction, ensemble_names, refine_min_eps
+from robustgan.attacks.ensemble import DEFAULT_TARGETS, ensemble_names, refine_min_eps, usable_targets
+from robustgan.attacks.outputs import decisions_only_fraction
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
 from robustgan.methods import eps_train, method_class
@@ -131,7 +132,7 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
     if attack == "ensemble" and randomized(model, x[:64].to(ctx.device)):
         attack = "eot"
     spec = get_attack(attack)
-    steps = spec.steps if steps is None else steps
+    steps, queries = spec.budget(steps, queries)  # Square's and RayS's steps are their queries
     protocol = protocol and attack != "pgd"
     cache = EvalCache(run_dir)
     columns = 1 + len(eps_grid) * (2 if protocol else 1)
@@ -148,16 +149,19 @@ def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack
         correct = ensemble_masks(cache, model, x, y, eps_grid, clean, steps=steps, targets=targets, spent=spent,
                                  restarts=restarts, seed=ctx.seed, queries=queries, **kw)
     else:
-        correct = per_eps(attack=attack, steps=steps, step_size=step_size, restarts=restarts)
+        correct = per_eps(attack=attack, steps=steps, step_size=step_size, restarts=restarts, queries=queries)
     paper = per_eps(attack="pgd", steps=PROTOCOL_STEPS) if protocol else None
     key = mask_settings(attack, 1.0, 0, 0, steps, queries=queries)
-    settings = {"attack": attack, "attacks": ensemble_names(targets, key["queries"]) if attack == "ensemble" else [attack],
+    label_only = decisions_only_fraction(model, x, ctx.batch_size, ctx.device)
+    classes = geometry_for(cfg.data).num_classes
+    settings = {"attack": attack, "attacks": ensemble_names(usable_targets(targets, classes), key["queries"],
+                                                            label_only > 0) if attack == "ensemble" else [attack],
                 "steps": steps if spec.steps is not None else None, "restarts": restarts,
                 "targets": targets if attack == "ensemble" else None,
                 "queries": key.get("queries"),
                 "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": ctx.seed,
                 "seconds": time.perf_counter() - start, "cost": spent if attack == "ensemble" else None,
-                "decisions_only": decisions_only_fraction(model, x, ctx.batch_size, ctx.device)}
+                "decisions_only": label_only}
     return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),
                  fractions(correct) if len(y) else [0.0] * len(eps_grid), fractions(clean) if len(y) else 0.0,
                  len(y), settings, fractions(paper) if paper is not None and len(y) else None, correct, clean)

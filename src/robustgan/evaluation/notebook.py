@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks import get_attack, robust_mask, worst_case
-from robustgan.attacks.ensemble import DEFAULT_TARGETS, decisions_only_fraction, decisions_only_warning
+from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks.outputs import decisions_only_fraction, decisions_only_warning
 from robustgan.attacks.threat import (AttackError, check_eps, check_images, classifier, eval_mode, model_device,
                                       probe_classes, randomized)
 from robustgan.eps import parse_number
@@ -51,6 +52,8 @@ def eps_list(eps) -> list[float]:
     if isinstance(eps, (str, int, float)) or getattr(eps, "ndim", None) == 0:
         eps = [eps]
     try:
+        if getattr(eps, "ndim", 1) != 1:
+            raise ValueError("eps must be one radius or a flat list")
         values = [parse_number(e.item() if hasattr(e, "item") else e) for e in eps]
     except (TypeError, ValueError, ZeroDivisionError):
         raise AttackError(f"eps must be a radius (0.3, 8 / 255, \"8/255\") or a list of them, got {eps!r}") from None
@@ -86,7 +89,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack:
     device = model_device(model) if device is None else torch.device(device)
     model = classifier(model)
     with eval_mode(model):
-        probe_classes(model, x.to(device), y)
+        probe_classes(model, x[:1].to(device), y)
         if attack == "ensemble" and randomized(model, x[:64].to(device)):
             attack, spec = "eot", get_attack("eot")
         start = time.perf_counter()
