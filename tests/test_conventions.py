@@ -234,3 +234,17 @@ def test_the_decision_stage_attacks_what_only_decisions_show(model_kind, seed):
     fooled = found.clean & ~found.correct[:, 0]
     with torch.no_grad():  # (the model may be float64: tests/stress.py --margins)
         assert (model(examples[fooled].to(next(model.parameters()).dtype)).argmax(1) != y[fooled]).all()
+
+
+def test_queries_reach_square_from_the_command_line(tmp_path, monkeypatch, capsys, digits_runs):
+    """`eval --attack square --queries 100` runs 100 queries per point (Square's steps are its
+    queries), as `robustgan.evaluate(..., attack="square", queries=100)` does."""
+    import json
+
+    from tests.helpers import copy_run
+
+    run = copy_run(digits_runs / "pgd", tmp_path / "run")
+    done = run_main(["eval", run, "--attack", "square", "--queries", "100", "--eps", "0.1", "--limit", "8",
+                     "--no-protocol", "--json"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["steps"] == 100
