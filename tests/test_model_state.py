@@ -111,8 +111,9 @@ def softmax_bn():
 
 
 def test_every_evaluation_command_hands_the_model_back_unchanged(tmp_path, monkeypatch, capsys):
-    """The commands on an external model with BatchNorm, Dropout and probability outputs: each
-    model object a command loads is, when the command ends, what it was when loaded."""
+    """eval, card, check, curve, saliency, report and trends on an external model with
+    BatchNorm, Dropout and probability outputs: each model object a command loads is, when the
+    command ends, what it was when loaded."""
     from safetensors.torch import save_file
 
     import robustgan.runtime
@@ -139,9 +140,18 @@ def test_every_evaluation_command_hands_the_model_back_unchanged(tmp_path, monke
     commands = [["eval", *model, "--eps", "0.1", *small], ["card", *model, "--eps", "0.1", *small],
                 ["check", *model, "--eps", "0.1", "--limit", "8", "--steps", "2", "--long-steps", "3",
                  "--restarts", "2", "--ensemble-steps", "2", "--targets", "1", "--queries", "5", "--no-autoattack"]]
+    commands += [["curve", *model, "--eps", "0.1", *small, "--out", tmp_path / "curves"],
+                 ["saliency", *model, "--eps", "0.1", "--index", "0", "--steps", "2", "--out", tmp_path / "saliency"]]
     for command in commands:
         done = run_main(command, monkeypatch, capsys)
         assert done.returncode in (0, 1), (command[0], done.stderr)
+    run = tmp_path / "runs"  # --results: the model's run directory, which report and trends take
+    for command in (["report", run, "--eps", "0.1", "--limit", "8", "--steps", "2", "--targets", "1", "--queries", "5",
+                     "--no-check", "--out", tmp_path / "report.html"],
+                    ["trends", run, "--index", "0", "--eps-max", "0.1", "--out", tmp_path / "trends"]):
+        done = run_main(command, monkeypatch, capsys)
+        assert done.returncode == 0, (command[0], done.stderr)
+        commands.append(command)
     assert len(loaded) >= len(commands)
     for model, before in loaded:
         assert_unchanged(before, model)
