@@ -37,6 +37,20 @@ def scaled():
     return Scaled()
 
 
+class Softmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = cw_cnn()
+
+    def forward(self, x):
+        return torch.softmax(self.net(x), 1)
+
+
+def softmax():
+    """The same network (its dense block has Dropout(0.5)) with probability outputs."""
+    return Softmax()
+
+
 class Noisy(nn.Module):
     def __init__(self):
         super().__init__()
@@ -88,6 +102,22 @@ def test_own_model_gives_the_run_directorys_numbers(own_model, digits_runs, tmp_
     a, b = json.loads(ours.stdout), json.loads(theirs.stdout)
     assert (a["clean"], a["results"]) == (b["clean"], b["results"])
     assert (weights.parent / "pgd.mynets_py_cw_cnn.robustgan" / "eval_cache.json").is_file()  # next to the weights
+
+
+def test_softmax_outputs_of_a_dropout_model_give_the_logits_numbers(own_model, monkeypatch, capsys):
+    """The C&W CNN (Dropout in its dense block) behind a softmax is the same classifier: the CLI
+    prints the logits' numbers (the probabilities' log is attacked, with Dropout off throughout)."""
+    factory, _, net_weights = own_model
+    results = []
+    for name in ("scaled", "softmax"):  # logits x 1e4 and softmax: both keep the decision of the same weights
+        done = run_main(["eval", "--model", f"{factory}:{name}", "--weights", net_weights, "--dataset", "digits",
+                         *EVAL], monkeypatch, capsys)
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout))
+    logits, probabilities = results
+    assert probabilities["decisions_only"] == 0 and logits["clean"] == probabilities["clean"]
+    for a, b in zip(logits["results"], probabilities["results"]):  # 24 points: one may flip on rounding
+        assert abs(a["accuracy"] - b["accuracy"]) <= 1 / 24 + 1e-9, (a, b)
 
 
 def test_two_factories_over_the_same_weights_never_share_results(own_model, tmp_path, monkeypatch, capsys):
