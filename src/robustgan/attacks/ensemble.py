@@ -4,7 +4,9 @@ For each eps in ascending order and each test point still classified correctly: 
 then targeted APGD-DLR towards up to ``targets`` (default 9) other classes (APGD-T, Croce &
 Hein 2020 Sec. 4), each attack only on the points every earlier attack failed on, each point
 keeping its worst case (the first misclassified example, else the one with the largest
-margin max_{i != y} z_i - z_y). As in AutoAttack, a point counts as robust only if every
+margin max_{i != y} z_i - z_y). Then the query stages on the points every gradient attack
+left robust: Square (``gradient_free``), and RayS (``rays``) on points whose outputs carry only the
+decision (``outputs.decisions_only``). As in AutoAttack, a point counts as robust only if every
 attack fails on it.
 
 Where it departs from AutoAttack's APGD-T (our reading of A3, Liu et al. CVPR 2022: spend the
@@ -230,7 +232,8 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                advance: Callable[[int], None] | None = None, queries: int | None = None) -> WorstCase:
     """Run the ensemble on x (uint8 or float in [0, 1]) at every eps of ``eps`` (sorted here);
     ``savings`` switches the ensemble's savings off one by one (``Savings``); ``queries`` is the
-    gradient-free stage's Square budget per probe (default ``QUERIES_PER_STEP * steps``, 0: no stage).
+    gradient-free stage's Square budget per probe, and the decision stage's RayS budget per point
+    on outputs that carry only decisions (default ``QUERIES_PER_STEP * steps``, 0: neither stage).
 
     ``ids`` are the points' indices in the test set (their random starts are drawn from
     them, so a shard or a batch gets what one process would); ``known_fooled`` (n, len(eps))
@@ -247,12 +250,10 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
     model = classifier(model)
     targets = usable_targets(targets, probe_classes(model, x, y)) if len(y) else int(targets)
-    correct = torch.zeros(len(y), len(eps), dtype=torch.bool)
-    clean = torch.zeros(len(y), dtype=torch.bool)
+    correct, gradients_correct = (torch.zeros(len(y), len(eps), dtype=torch.bool) for _ in range(2))
+    clean, label_only = (torch.zeros(len(y), dtype=torch.bool) for _ in range(2))
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
     grad_evals = forwards = 0
-    gradients_correct = torch.zeros_like(correct)
-    label_only = torch.zeros(len(y), dtype=torch.bool)
     queries = QUERIES_PER_STEP * int(steps) if queries is None else int(queries)
     runs = attack_runs(targets, seed, savings)
     with attack_mode(model):
@@ -277,14 +278,13 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 if advance is not None:
                     advance(len(yb))
             gradients_correct[sl] = correct[sl]
-            if queries:
+            if queries:  # the query stages: Square where gradients failed, RayS where only decisions are left
+                batch_examples = None if examples is None else examples[:, sl]
                 forwards += gradient_free_stage(net, xb, yb, ids[sl], eps, correct[sl], clean_margin, queries, seed,
-                                                None if examples is None else examples[:, sl])
-                forwards += decision_stage(net, xb, yb, eps, correct[sl], label_only[sl], queries,
-                                           None if examples is None else examples[:, sl])
-    names = ensemble_names(int(targets), queries, bool(label_only.any()))
-    return WorstCase(eps, correct, clean, names, grad_evals, time.perf_counter() - start,
-                     examples, forwards, gradients_correct, label_only)
+                                                batch_examples)
+                forwards += decision_stage(net, xb, yb, eps, correct[sl], label_only[sl], queries, batch_examples)
+    return WorstCase(eps, correct, clean, ensemble_names(int(targets), queries, bool(label_only.any())), grad_evals,
+                     time.perf_counter() - start, examples, forwards, gradients_correct, label_only)
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase, *, rounds: int = 4,
