@@ -39,6 +39,7 @@ SAME_DECISIONS = {
 }
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("convention", list(SAME_DECISIONS))
 def test_output_conventions_give_the_logits_models_result(convention, model_kind, seed):
     model, _, xt, yt = model_kind
