@@ -18,7 +18,8 @@ from robustgan.attacks import (ATTACKS, AttackArgs, AttackError, attack_label, a
 from robustgan.evaluation.cache import EvalCache, cache_key, cached_mask, mask_settings
 from tests.helpers import CONFIGS, copy_run, run_main, tiny_cnn
 
-BUILT_IN = ("ensemble", "apgd-ce", "apgd-dlr", "autoattack", "fgsm", "pgd", "pgd-dlr", "pgd-unsaturated", "square", "eot")
+BUILT_IN = ("ensemble", "apgd-ce", "apgd-dlr", "autoattack", "fgsm", "pgd", "pgd-dlr", "pgd-unsaturated", "square", "eot",
+            "rays")
 # a value of each key setting other than its default
 OTHER = {"steps": 7, "step_size": 0.123, "restarts": 3, "targets": 2, "queries": 77}
 
@@ -156,6 +157,24 @@ def test_a_toy_method_added_through_the_registry_states_its_contract():
         assert eps_train(load_config(CONFIGS / "standard-digits.toml")) == 0.0
     finally:
         del METHODS["toy_method"], METHOD_CONFIGS["toy_method"]
+
+
+def test_method_and_dataset_registries_refuse_a_taken_name():
+    """As the attack registry does: a second registration never silently replaces the first."""
+    from robustgan.data.registry import DATASETS, register_dataset
+    from robustgan.errors import ConfigError, DataError
+    from robustgan.methods.base import METHODS, register_method
+
+    pgd_at = METHODS["pgd_at"]
+    with pytest.raises(ConfigError, match="registered already"):
+        register_method(type("Again", (pgd_at,), {}))
+    mismatched = type("Mismatched", (pgd_at,), {"name": "mismatched"})
+    with pytest.raises(ConfigError, match="Config.name is 'pgd_at'"):
+        register_method(mismatched)
+    assert METHODS["pgd_at"] is pgd_at and "mismatched" not in METHODS
+    with pytest.raises(DataError, match="registered already"):
+        register_dataset("digits")(lambda root, split: None)
+    assert DATASETS["digits"].loader is not None
 
 
 def test_the_docs_attack_table_is_the_registrys():

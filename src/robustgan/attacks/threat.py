@@ -94,14 +94,22 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def randomized(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether two eval-mode passes over ``x`` (uint8 or [0, 1]) differ (the deterministic
-    check's test): such a model is evaluated with EOT, not the ensemble. Every module's mode is
-    restored."""
+RANDOM_TOL = 1e-5  # two eval-mode passes further apart than this: the model is randomized
+
+
+def output_spread(model: nn.Module, x: torch.Tensor) -> float:
+    """max |f(x) - f(x)| over two eval-mode passes over ``x`` (uint8 or [0, 1]); every module's
+    mode is restored. The one randomness test: ``randomized`` and the deterministic check read it."""
     x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
     net = classifier(model)
     with eval_mode(model), torch.no_grad():
-        return bool((net(x).float() - net(x).float()).abs().max() > 1e-5) if len(x) else False
+        return (net(x).float() - net(x).float()).abs().max().item() if len(x) else 0.0
+
+
+def randomized(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether two eval-mode passes over ``x`` differ by more than ``RANDOM_TOL``: such a model is
+    evaluated with EOT, not the ensemble."""
+    return output_spread(model, x) > RANDOM_TOL
 
 
 @contextmanager

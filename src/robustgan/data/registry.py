@@ -46,9 +46,12 @@ DATASETS: dict[str, DatasetInfo] = {}
 def register_dataset(name, *, channels=0, image_size=0, num_classes=0, source="", describe=None):
     """Decorator: register ``loader(root: Path | None, split: str, **kw) -> (x, y)``. A user
     dataset also gives ``describe(root, channels, image_size) -> Layout`` and its loader
-    takes ``channels``, ``image_size`` and ``classes`` (the resolved layout)."""
+    takes ``channels``, ``image_size`` and ``classes`` (the resolved layout). Refuses a name
+    already taken."""
 
     def wrap(fn):
+        if name in DATASETS:
+            raise DataError(f"dataset {name!r} is registered already")
         DATASETS[name] = DatasetInfo(name, channels, image_size, num_classes, source, fn, describe)
         return fn
 
