@@ -109,7 +109,10 @@ ZERO_GRADIENTS = NEAR_GROSS | {"fgsm_vs_pgd", "restarts"}
     # from the surrogate beats it by a few points, near transfer's minimum effect: either way
     (SaturatedSoftmax, {"logits", "gradients", "unbounded", "gradient_free"}, EITHER_BOUND | {"protocol", "transfer"},
      GROSS_N),
-    (lambda m: ShatteredGradients(m, seed=0), {"unbounded", "gradient_free"}, NEAR_GROSS, GROSS_N),
+    # random gradients make every PGD step a random step, as zero gradients leave only the random
+    # start: FGSM and restarts against PGD are comparisons of random draws (measured up to 1.7x
+    # and 0.8x their minimum effects at p = 0.03 and 0.008 on 150 images): either way
+    (lambda m: ShatteredGradients(m, seed=0), {"unbounded", "gradient_free"}, ZERO_GRADIENTS, GROSS_N),
     (ThresholdInputs, {"gradients", "unbounded", "gradient_free"}, ZERO_GRADIENTS, GROSS_N),
 ], ids=["quantised", "logits-x1e4", "logits-x-moderate", "noise", "softmax", "shattered", "threshold"])
 @pytest.mark.statistical
