@@ -1,6 +1,7 @@
 """The L-infinity threat model, separate from the attack loops (as in MadryLab/robustness):
-checking eps, the projection onto the eps-ball intersected with [0, 1], and the model
-context every attack runs in."""
+checking eps, the projection onto the eps-ball intersected with [0, 1], the model context every
+attack runs in (eval mode, every module's own mode restored), and the classifier as every attack
+sees it (``ClassScores``: the user's output convention and dtype, the labels checked)."""
 
 from __future__ import annotations
 
