@@ -1,7 +1,7 @@
 """Attacks on any nn.Module mapping images in [0, 1] to logits, and accuracy under them. Every
 attack is registered (``register_attack``): ``attack_names()`` lists them, the default first."""
 
-from robustgan.attacks.accuracy import attack_batch, robust_accuracy, robust_mask
+from robustgan.attacks.accuracy import robust_accuracy, robust_mask
 from robustgan.attacks.apgd import apgd
 from robustgan.attacks.autoattack import autoattack
 from robustgan.attacks.ensemble import Savings, WorstCase, worst_case
@@ -15,7 +15,7 @@ from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, 
 ATTACK_NAMES = attack_names()  # the built-in attacks; attack_names() also lists those registered later
 
 __all__ = ["fgsm", "pgd", "apgd", "autoattack", "square", "worst_case", "WorstCase", "Savings", "dlr_loss",
-           "dlr_targeted_loss", "robust_accuracy", "robust_mask", "attack_batch", "default_step_size", "ATTACK_NAMES",
+           "dlr_targeted_loss", "robust_accuracy", "robust_mask", "default_step_size", "ATTACK_NAMES",
            "ATTACK_VERSION", "ATTACKS", "DEFAULT_ATTACK", "AttackArgs", "AttackSpec", "attack_label", "attack_names",
            "attack_table", "get_attack", "register_attack", "AttackError", "attack_mode", "ball", "check_eps",
            "check_images"]

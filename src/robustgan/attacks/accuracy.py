@@ -18,21 +18,7 @@ from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.attacks.registry import AttackArgs, default_step_size, get_attack
 from robustgan.attacks.threat import check_images, classifier, eval_mode, model_device, probe_classes
 
-__all__ = ["attack_batch", "robust_mask", "robust_accuracy", "default_step_size"]
-
-
-def attack_batch(model, x, y, attack: str, eps: float, steps: int | None = None, step_size: float | None = None,
-                 restarts: int = 1, num_classes: int = 10, check: bool = True, *, targets: int = DEFAULT_TARGETS,
-                 seed: int | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Adversarial images for one batch (x in [0, 1]) under a registered attack (``steps``
-    defaults to its own); ``attack='none'`` (or eps 0) returns x. With ``seed``, random starts
-    are drawn per sample from ``ids`` (see ``sample_noise``)."""
-    if attack == "none" or eps == 0:
-        return x
-    spec = get_attack(attack)
-    args = AttackArgs(spec.steps if steps is None else steps, step_size, restarts, targets, num_classes, seed, ids,
-                      check)
-    return spec.run(model, x, y, eps, args)
+__all__ = ["robust_mask", "robust_accuracy", "default_step_size"]
 
 
 def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "ensemble", eps: float = 0.0,
@@ -67,9 +53,12 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
         steps, queries = spec.budget(steps, queries)
     with eval_mode(model), eval_mode(source):
         num_classes = probe_classes(model, x, y) or num_classes  # AutoAttack's targets: the model's own classes
+        def args(batch_ids):  # by keyword: a field added to AttackArgs shifts nothing
+            return AttackArgs(steps=steps, step_size=step_size, restarts=restarts, targets=targets,
+                              num_classes=num_classes, seed=seed, ids=batch_ids, check=False, queries=queries)
+
         if spec is not None and spec.mask is not None:
-            args = AttackArgs(steps, step_size, restarts, targets, num_classes, seed, ids, check=False, queries=queries)
-            return spec.mask(model, source, x, y, eps, args, batch_size, device, advance)
+            return spec.mask(model, source, x, y, eps, args(ids), batch_size, device, advance)
         correct = torch.zeros(len(y), dtype=torch.bool, device=device)
         for start in range(0, len(y), batch_size):
             xb = x[start:start + batch_size]
@@ -77,9 +66,7 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y[start:start + batch_size]
-            x_adv = xb if spec is None else spec.run(source, xb, yb, eps, AttackArgs(
-                steps, step_size, restarts, targets, num_classes, seed, ids[start:start + batch_size], check=False,
-                queries=queries))
+            x_adv = xb if spec is None else spec.run(source, xb, yb, eps, args(ids[start:start + batch_size]))
             with torch.no_grad():
                 correct[start:start + batch_size] = model(x_adv).argmax(1) == yb
             if advance is not None:
