@@ -93,17 +93,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack:
         if attack == "ensemble" and randomized(model, x[:64].to(device)):
             attack, spec = "eot", get_attack("eot")
         start = time.perf_counter()
-        blind = decisions_only_fraction(model, x, batch_size, device)
         if attack == "ensemble":
             found = worst_case(model, x, y, eps, steps=spec.steps if steps is None else steps, targets=targets,
                                queries=queries, seed=seed, batch_size=batch_size, device=device)
             correct, clean, attacks = found.correct, found.clean, found.attacks
             grads, forwards = found.grad_evals, found.forwards
+            label_only = found.decisions_only.float().mean().item()  # read from the ensemble's clean pass
         else:
             clean = robust_mask(model, x, y, attack="none", batch_size=batch_size, device=device)
             correct = torch.stack([robust_mask(model, x, y, attack=attack, eps=e, steps=steps, targets=targets,
                                                seed=seed, batch_size=batch_size, device=device, queries=queries)
                                    for e in eps], 1)
             attacks, grads, forwards = [attack], None, None
+            label_only = decisions_only_fraction(model, x, batch_size, device)
     return Evaluation(eps, dict(zip(eps, fractions(correct))), correct, fractions(clean), attack, attacks, grads,
-                      forwards, time.perf_counter() - start, blind)
+                      forwards, time.perf_counter() - start, label_only)
