@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from robustgan.attacks import worst_case  # noqa: E402
+from robustgan.attacks import AttackSettings, worst_case  # noqa: E402
 from robustgan.attacks.outputs import decisions_only_fraction  # noqa: E402
 from robustgan.attacks.rays import ray_search  # noqa: E402
 from robustgan.attacks.threat import attack_mode  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
 
     def ensemble(name, net, queries):
         start = time.perf_counter()
-        found = worst_case(net, x, y, eps, steps=args.steps, queries=queries)
+        found = worst_case(net, x, y, eps, AttackSettings(steps=args.steps, queries=queries))
         rows.append((name, found.accuracy, found.forwards / len(y), time.perf_counter() - start))
 
     ensemble("ensemble on the logits", model, args.queries)

@@ -19,6 +19,7 @@ import torch
 
 import robustgan
 from robustgan.config import load_config
+from robustgan.attacks import AttackSettings
 from robustgan.evaluation import robust_accuracy
 from robustgan.runs import RunDir
 from robustgan.train import fit
@@ -31,11 +32,11 @@ def evaluate(run: Path) -> dict:
     model = robustgan.load(run)
     x, y = robustgan.data.load("digits", split="test")
     torch.manual_seed(0)
-    row = {"clean": robust_accuracy(model, x, y, attack="none")}
+    row = {"clean": robust_accuracy(model, x, y, 0.0, AttackSettings("none"))}
     for eps in EPS:
-        row[f"fgsm {eps}"] = robust_accuracy(model, x, y, attack="fgsm", eps=eps)
+        row[f"fgsm {eps}"] = robust_accuracy(model, x, y, eps, AttackSettings("fgsm"))
     for eps in EPS:
-        row[f"pgd {eps}"] = robust_accuracy(model, x, y, attack="pgd", eps=eps, steps=40, step_size=0.01)
+        row[f"pgd {eps}"] = robust_accuracy(model, x, y, eps, AttackSettings("pgd", steps=40, step_size=0.01))
     records = [r for r in RunDir(run).metrics() if r.get("split") == "train"]
     row["train_seconds"] = sum(r.get("epoch_seconds", 0.0) for r in records)
     row["epochs"] = len(records)

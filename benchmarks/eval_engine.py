@@ -64,6 +64,7 @@ import torch
 import torch.nn as nn
 
 import robustgan
+from robustgan.attacks import AttackSettings, Batching
 from robustgan.attacks.accuracy import robust_mask
 from robustgan.attacks.ensemble import worst_case
 from robustgan.config import load_config
@@ -127,10 +128,11 @@ def curves(model, x: torch.Tensor, y: torch.Tensor, eps: list[float], device, fo
     xf, yd = x.to(device).float().div(255), y.to(device)  # (N, C, H, W) in [0, 1], for the peers
 
     def ours():
-        found["ours"] = worst_case(model, x, y, eps, device=device)
+        found["ours"] = worst_case(model, x, y, eps, AttackSettings(), Batching(device=device))
         return found["ours"].correct
 
-    runs = {"ours": ours, "ours-gradients": lambda: worst_case(model, x, y, eps, device=device, queries=0).correct,
+    runs = {"ours": ours,
+            "ours-gradients": lambda: worst_case(model, x, y, eps, AttackSettings(queries=0), Batching(device)).correct,
             "torchattacks": lambda: torchattacks_curve(model, xf, yd, eps)}
     try:
         adv_lib_attacks()
@@ -143,8 +145,8 @@ def curves(model, x: torch.Tensor, y: torch.Tensor, eps: list[float], device, fo
         runs["foolbox"] = lambda: foolbox_curve(model, xf, yd, eps)
     except ImportError:
         pass
-    runs["pgd40"] = lambda: torch.stack([robust_mask(model, x, y, attack="pgd", eps=e, steps=40, seed=0,
-                                                     device=device) for e in eps], 1)
+    runs["pgd40"] = lambda: torch.stack([robust_mask(model, x, y, e, AttackSettings("pgd", steps=40), Batching(device))
+                                         for e in eps], 1)
     return runs
 
 
@@ -188,7 +190,7 @@ def autoattack_subset(counter: GradCounter, x: torch.Tensor, y: torch.Tensor, ep
         counter.reset()
         sync(device)
         start = time.perf_counter()
-        worst_case(counter, x, y, grid, device=device)
+        worst_case(counter, x, y, grid, AttackSettings(), Batching(device=device))
         sync(device)
         ours.append((time.perf_counter() - start, counter.count, counter.forwards))
         print(f"    ours on the AutoAttack images: {ours[-1][0]:.1f} s", file=sys.stderr, flush=True)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from robustgan.attacks import robust_mask, worst_case  # noqa: E402
+from robustgan.attacks import AttackSettings, robust_mask, worst_case  # noqa: E402
 from robustgan.attacks.registry import QUERIES_PER_STEP  # noqa: E402
 from robustgan.attacks.threat import attack_mode  # noqa: E402
 from robustgan.data import load  # noqa: E402
@@ -80,14 +80,14 @@ def main() -> None:
     for label, model in (("PGD-AT tiny CNN", net), ("the same behind a thresholding input layer",
                                                     ThresholdInputs(net).eval())):
         rows = [measure("ensemble, gradient attacks only (--queries 0)", model,
-                        lambda m: worst_case(m, x, y, grid, steps=steps, queries=0).correct),
+                        lambda m: worst_case(m, x, y, grid, AttackSettings(steps=steps, queries=0)).correct),
                 measure(f"ensemble (default: + Square stage, {queries} queries)", model,
-                        lambda m: worst_case(m, x, y, grid, steps=steps).correct),
+                        lambda m: worst_case(m, x, y, grid, AttackSettings(steps=steps)).correct),
                 measure(f"Square alone at every eps ({queries} queries)", model, lambda m: torch.stack(
-                    [robust_mask(m, x, y, attack="square", eps=e, steps=queries, seed=0) for e in grid], 1))]
+                    [robust_mask(m, x, y, e, AttackSettings("square", steps=queries, seed=0)) for e in grid], 1))]
         if args.autoattack:
             rows.append(measure("standard AutoAttack (torchattacks)", model, lambda m: torch.stack(
-                [robust_mask(m, x, y, attack="autoattack", eps=e) for e in grid], 1)))
+                [robust_mask(m, x, y, e, AttackSettings("autoattack")) for e in grid], 1)))
         print(f"\n{label}, first {len(y)} digits test images\n")
         print("| attack | " + " | ".join(f"{e:g}" for e in grid) + " | grad evals / point | forwards / point | seconds |")
         print("| --- " * (len(grid) + 4) + "|")

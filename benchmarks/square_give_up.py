@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from robustgan.attacks import worst_case  # noqa: E402
+from robustgan.attacks import AttackSettings, worst_case  # noqa: E402
 from robustgan.attacks.apgd import margin  # noqa: E402
 from robustgan.attacks.gradient_free import GIVE_UP  # noqa: E402
 from robustgan.attacks.square import QUERIES, SquareSearch  # noqa: E402
@@ -50,7 +50,7 @@ class Compressed(torch.nn.Module):
 
 def trajectories(model, x, y, grid) -> list[tuple[int | None, list[float]]]:
     """(query Square fooled the point by, or None; its margin fraction at each GIVE_UP checkpoint) per probe."""
-    robust = worst_case(model, x, y, grid, steps=100, queries=0).correct
+    robust = worst_case(model, x, y, grid, AttackSettings(steps=100, queries=0)).correct
     checkpoints = [q for q, _ in GIVE_UP]
     probes = []
     with attack_mode(model):

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import robustgan  # noqa: E402
-from robustgan.attacks import losses, worst_case  # noqa: E402
+from robustgan.attacks import AttackSettings, losses, worst_case  # noqa: E402
 from tests.helpers import train_preset  # noqa: E402
 
 PRESETS = ("pgd-at-digits", "atgan-digits", "trades-digits", "gan-at-digits-grad")
@@ -44,7 +44,7 @@ def accuracy(model, x, y, eps, loss) -> list[float]:
     saved = losses.LOSSES["ce-standardized"]
     losses.LOSSES["ce-standardized"] = losses.LOSSES[loss]  # the ensemble's APGD-CE runs on ``loss``
     try:
-        return worst_case(model, x, y, eps, steps=50, queries=0, seed=0).accuracy
+        return worst_case(model, x, y, eps, AttackSettings(steps=50, queries=0, seed=0)).accuracy
     finally:
         losses.LOSSES["ce-standardized"] = saved
 

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 import robustgan
 from robustgan.config import load_config
+from robustgan.attacks import AttackSettings
 from robustgan.evaluation import robust_accuracy
-from robustgan.evaluation.checks import CheckSettings, check_scale
+from robustgan.evaluation.checks import CheckSettings, check_scale, checking
 from robustgan.methods import Geometry, method_class
 from robustgan.runs import RunDir
 from robustgan.train import fit
@@ -118,15 +119,15 @@ def test_atgan_digits_end_to_end(atgan_run, digits_runs):
     x, y = x[:200], y[:200]  # the bars below leave 22 and 18 of these images to spare
     atgan, standard = robustgan.load(atgan_run), robustgan.load(digits_runs / "standard")
     assert isinstance(atgan, torch.nn.Sequential) and not atgan.training
-    assert robust_accuracy(atgan, x, y, attack="none") >= 0.80  # measured 0.91 (TEST_SIZE)
+    assert robust_accuracy(atgan, x, y, 0.0, AttackSettings("none")) >= 0.80  # measured 0.91 (TEST_SIZE)
     torch.manual_seed(0)
-    acc_atgan = robust_accuracy(atgan, x, y, attack="pgd", eps=0.2, steps=20)
-    acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
+    acc_atgan = robust_accuracy(atgan, x, y, 0.2, AttackSettings("pgd", steps=20))
+    acc_standard = robust_accuracy(standard, x, y, 0.2, AttackSettings("pgd", steps=20))
     assert acc_atgan > acc_standard + 0.2, (acc_atgan, acc_standard)  # measured 0.335 / 0.30 (1 / 2 threads) vs 0.01
     # unbounded PGD, 20 steps of 0.05 (as far as the default 100 of 0.01, a fifth of the passes): measured 0
-    acc_unbounded = robust_accuracy(atgan, x[:100], y[:100], attack="pgd", eps=math.inf, steps=20, step_size=0.05)
+    acc_unbounded = robust_accuracy(atgan, x[:100], y[:100], math.inf, AttackSettings("pgd", steps=20, step_size=0.05))
     assert acc_unbounded < 0.05, "unbounded PGD must break any model: gradient masking?"
-    scale = check_scale(atgan, x[:100], y[:100], CheckSettings(eps=0.2, steps=10))  # honest: never a warn
+    scale = check_scale(checking(atgan, x[:100], y[:100], CheckSettings(eps=0.2, steps=10)))  # honest: never a warn
     assert scale.status == "pass", scale.detail
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import robustgan
-from robustgan.attacks import robust_accuracy
+from robustgan.attacks import AttackSettings, robust_accuracy
 from robustgan.config import ScheduleConfig, load_config
 from robustgan.evaluation.curves import Curve
 from robustgan.evaluation.frontier import frontier_points
@@ -78,9 +78,9 @@ def test_baselines_learn_above_their_bars_and_fgsm_rs_does_not_collapse(baseline
     x, y = x[:200], y[:200]
     for preset, (clean, worst) in BARS.items():
         model = robustgan.load(baseline_runs / preset)
-        assert robust_accuracy(model, x, y, attack="none") > clean, preset
+        assert robust_accuracy(model, x, y, 0.0, AttackSettings("none")) > clean, preset
         # the gradient attacks of the ensemble (its gradient-free stage is tested in test_evaluation_engine)
-        assert robust_accuracy(model, x, y, eps=0.2, steps=20, targets=1, seed=0, queries=0) > worst, preset
+        assert robust_accuracy(model, x, y, 0.2, AttackSettings(steps=20, targets=1, queries=0)) > worst, preset
     for preset in ("fgsm-rs-digits", "n-fgsm-digits"):  # the guard ran after every epoch and never tripped
         guard = [r for r in RunDir(baseline_runs / preset).metrics() if r["split"] == "guard"]
         assert len(guard) == 4 and not any(r.get("collapsed") for r in guard)
@@ -142,6 +142,6 @@ def test_guard_stops_a_collapsing_fgsm_rs_and_serves_the_last_good_epoch(tmp_pat
     assert saved["epoch"] + 1 == kept["epoch"]
     assert all(torch.equal(weights[k], v) for k, v in saved["method"]["networks"]["model"].items())
     x, y = robustgan.data.load("digits", split="train")  # the guard measured it channels_last: 2 images of slack
-    served = robust_accuracy(robustgan.load(run.path), x[:128], y[:128], attack="pgd", eps=0.2, steps=10, seed=0)
+    served = robust_accuracy(robustgan.load(run.path), x[:128], y[:128], 0.2, AttackSettings("pgd", steps=10))
     assert abs(served - kept["pgd_acc"]) <= 2 / 128 and collapse["pgd_acc"] < served - 0.05
     assert training_cost(run.path)["epochs"] == collapse["epoch"]  # the collapsed epoch's passes were spent

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from robustgan.attacks.apgd import margin
-from robustgan.evaluation.checks import (MIN_EFFECT, CheckResult, CheckSettings, _ensemble, _pgd, check_gradients,
-                                       check_model, check_scale, overall_status, summary_line)
+from robustgan.evaluation.checks import (MIN_EFFECT, CheckResult, CheckSettings, check_gradients, check_model,
+                                       check_scale, checking, overall_status, summary_line)
+from robustgan.evaluation.context import EvalContext
 from robustgan.evaluation.paired import ALPHA, paired, sign_test
 from robustgan.report.html import check_html
 from robustgan.runs import RunDir
@@ -42,9 +43,9 @@ GROSS_N = 150
 
 def tripped(model, x_test, y_test, surrogate, seed, n=None):
     x_test, y_test = x_test[:n], y_test[:n]
-    results = check_model(model.eval(), (x_test * 255).round().to(torch.uint8), y_test,
-                          CheckSettings(**SETTINGS, seed=seed), surrogate=surrogate)
-    assert {r.name for r in results if r.status == "skipped"} == {"autoattack"}
+    results = check_model(model.eval(), (x_test * 255).round().to(torch.uint8), y_test, CheckSettings(**SETTINGS),
+                          EvalContext(seed=seed), surrogate=surrogate)
+    assert {r.name for r in results if r.status == "skipped"} == {"autoattack", "graybox"}
     return {r.name for r in results if r.status == "warn"}, results
 
 
@@ -140,11 +141,11 @@ def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digit
     x = (x_test * 255).round().to(torch.uint8)
     scaled = ScaledLogits(robust_tiny, moderate_scale(robust_tiny, x_test)).eval()
 
-    def mask(model, attack):  # 3 targets, all on every point (APGD-T is what cannot be masked by scale)
-        return attack(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}, seed=seed))
+    def check(model):  # 3 targets, all on every point (APGD-T is what cannot be masked by scale)
+        return checking(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}), EvalContext(seed=seed))
 
-    assert not paired(mask(robust_tiny, _pgd), mask(scaled, _pgd)).excess(0.0)  # the scaled PGD is no stronger
-    honest, on_scaled = mask(robust_tiny, _ensemble), mask(scaled, _ensemble)
+    assert not paired(check(robust_tiny).pgd(), check(scaled).pgd()).excess(0.0)  # the scaled PGD is no stronger
+    honest, on_scaled = check(robust_tiny).ensemble(), check(scaled).ensemble()
     assert not paired(on_scaled, honest).excess(0.0) and not paired(honest, on_scaled).excess(0.0)
 
 
@@ -162,16 +163,16 @@ def test_scale_check_warns_whenever_scaling_raises_pgd(robust_tiny, digits, seed
     raises it; on the honest model it passes (measured: not one point differs)."""
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
-    honest = _pgd(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed))
-    honest_check = check_scale(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed))
+    ctx = EvalContext(seed=seed)
+    on_honest = checking(robust_tiny, x, y_test, CheckSettings(**SETTINGS), ctx)
+    honest, honest_check = on_honest.pgd(), check_scale(on_honest)
     assert honest_check.status == "pass", honest_check.detail
     raised = set()
     for k in SCALES:
-        settings = CheckSettings(**SETTINGS, seed=seed)  # one per model: its memo is keyed by the model's id
-        scaled = ScaledLogits(robust_tiny, k).eval()
-        rise = paired(_pgd(scaled, x, y_test, settings), honest)  # the unscaled model's PGD fooling more
-        result = check_scale(scaled, x, y_test, settings)
-        if rise.excess(MIN_EFFECT["scale"], settings.alpha):
+        on_scaled = checking(ScaledLogits(robust_tiny, k).eval(), x, y_test, CheckSettings(**SETTINGS), ctx)
+        rise = paired(on_scaled.pgd(), honest)  # the unscaled model's PGD fooling more
+        result = check_scale(on_scaled)
+        if rise.excess(MIN_EFFECT["scale"], on_scaled.s.alpha):
             raised.add(k)
             assert result.status == "warn", (k, rise.describe(), result.detail)
     # not vacuous: k = 50 raises PGD by 15 points (61 vs 0); k = 18's rise (25 vs 7) is near the
@@ -182,9 +183,9 @@ def test_scale_check_warns_whenever_scaling_raises_pgd(robust_tiny, digits, seed
 def test_nan_gradients_fail_the_gradients_check(trained_tiny, digits):
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
-    result = check_gradients(NaNGradients(trained_tiny).eval(), x, y_test, CheckSettings(eps=0.2))
+    result = check_gradients(checking(NaNGradients(trained_tiny).eval(), x, y_test, CheckSettings(eps=0.2)))
     assert result.status == "warn" and result.values["nonfinite_fraction"] == 1.0
-    assert check_gradients(trained_tiny, x, y_test, CheckSettings(eps=0.2)).status == "pass"
+    assert check_gradients(checking(trained_tiny, x, y_test, CheckSettings(eps=0.2))).status == "pass"
 
 
 def test_sign_test_is_exact():
@@ -228,8 +229,8 @@ def test_identical_attacks_never_warn_over_seeds(robust_tiny, digits, seed):
     settings = CheckSettings(eps=0.2, steps=10)
     alarms = 0
     for k in range(8):
-        a = _pgd(robust_tiny, x, y_test, settings, seed=seed + k)
-        b = _pgd(robust_tiny, x, y_test, settings, seed=seed + k + 100)
+        a = checking(robust_tiny, x, y_test, settings, EvalContext(seed=seed + k)).pgd()
+        b = checking(robust_tiny, x, y_test, settings, EvalContext(seed=seed + k + 100)).pgd()
         result = paired(a, b)
         assert result.only_alt + result.only_ref > 0  # the two starts do disagree on some points
         assert not result.excess(min(MIN_EFFECT.values())), (k, result)
@@ -272,9 +273,8 @@ def test_bound_check_holds_cached_curve_points_to_the_largest_class_share(traine
     cache.put(half, attack="pgd", eps=0.3, n=len(y_test), seed=0, steps=40, step_size=0.02, restarts=1)
     assert reported_accuracies(cache, len(y_test)) == {0.5: pytest.approx(0.5, abs=0.01)}
     assert reported_accuracies(cache, 100) == {}  # another subset: another bound
-    settings = CheckSettings(**SETTINGS)
-    honest = check_bound(trained_tiny, x, y_test, settings, 10)
+    honest = check_bound(checking(trained_tiny, x, y_test, CheckSettings(**SETTINGS)))
     assert honest.status == "pass" and honest.values["bound"] == pytest.approx(0.142, abs=0.001)
-    settings.reported = reported_accuracies(cache, len(y_test))
-    flagged = check_bound(trained_tiny, x, y_test, settings, 10)
+    flagged = check_bound(checking(trained_tiny, x, y_test, CheckSettings(**SETTINGS),
+                                   reported=reported_accuracies(cache, len(y_test))))
     assert flagged.status == "warn" and "exceed it" in flagged.detail

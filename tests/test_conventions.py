@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import robustgan
-from robustgan.attacks import AttackError
+from robustgan.attacks import AttackError, AttackSettings
 from tests.helpers import run_main
 
 SMALL = dict(steps=5, targets=1, queries=20)  # a cheap default: these tests are about plumbing, not strength
@@ -206,7 +206,8 @@ def test_errors_from_python_speak_python(kwargs, trained_tiny, digits):
     call = dict(eps=0.1, steps=2, queries=5) | kwargs
     if "restarts" in kwargs:  # the ensemble takes no restarts from evaluate: the engine's own check
         with pytest.raises(AttackError) as error:
-            robustgan.attacks.worst_case(trained_tiny, digits[2][:4], digits[3][:4], [0.1], steps=2, restarts=0)
+            robustgan.attacks.worst_case(trained_tiny, digits[2][:4], digits[3][:4], [0.1],
+                                         AttackSettings(steps=2, restarts=0))
     else:
         with pytest.raises(AttackError) as error:
             robustgan.evaluate(trained_tiny, digits[2][:4], digits[3][:4], **call)
@@ -219,15 +220,14 @@ def test_the_decision_stage_attacks_what_only_decisions_show(model_kind, seed):
     eps 0.2 on 60 points (10 steps): the gradient attacks alone leave 90 / 95% (tiny / BatchNorm
     kinds), with Square and RayS at 300 queries 52 / 58%; every example reported lies in the
     ball and the box and fools the model."""
-    from robustgan.attacks import worst_case
+    from robustgan.attacks import AttackSettings, worst_case
     from robustgan.evaluation.paired import paired
 
     model, _, xt, yt = model_kind
     x, y = xt[:60], yt[:60]
     hard = Outputs(model, lambda z: torch.softmax(1000 * z, 1))
-    settings = dict(steps=10, targets=1, seed=seed)
-    without = worst_case(hard, x, y, [0.2], queries=0, **settings)
-    found = worst_case(hard, x, y, [0.2], queries=300, keep_examples=True, **settings)
+    without = worst_case(hard, x, y, [0.2], AttackSettings(steps=10, targets=1, seed=seed, queries=0))
+    found = worst_case(hard, x, y, [0.2], AttackSettings(steps=10, targets=1, seed=seed, queries=300), keep_examples=True)
     assert found.attacks[-1] == "rays(300)" and found.decisions_only.float().mean() > 0.8
     assert paired(without.correct[:, 0], found.correct[:, 0]).excess(0.15)
     examples = found.examples[0]

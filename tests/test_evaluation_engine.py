@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from robustgan.attacks import Savings, apgd, dlr_loss, dlr_targeted_loss, fgsm, pgd, robust_mask, worst_case
+from robustgan.attacks import (AttackSettings, Batching, Savings, apgd, dlr_loss, dlr_targeted_loss, fgsm, pgd, robust_mask,
+                               worst_case)
 from robustgan.attacks.apgd import checkpoints
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.evaluation.cache import EvalCache, cache_key
@@ -121,7 +122,7 @@ def test_ensemble_calls_never_exceed_the_batch_size(robust_tiny, digits, seed):
     pass takes more rows than ``batch_size`` (what the user sized to the device's memory)."""
     _, _, xt, yt = digits
     model = BatchSizes(robust_tiny).eval()
-    found = worst_case(model, xt[:40], yt[:40], [0.1], steps=5, savings=Savings(close=1.0), batch_size=20, seed=seed)
+    found = worst_case(model, xt[:40], yt[:40], [0.1], AttackSettings(steps=5, seed=seed), Batching(batch_size=20), savings=Savings(close=1.0))
     # 8 targets x 2 points per call; measured: 4 calls of 16 rows at 1 and 2 threads
     assert max(model.sizes) <= 20 and model.sizes.count(16) >= 2, model.sizes
     assert found.grad_evals > 0
@@ -148,7 +149,7 @@ def test_ensemble_invariants(robust_tiny, digits, seed):
     x, y = xt[:96], yt[:96]
     grid = [0.05, 0.15, 0.25, 0.3]
     # a short gradient-free stage: its examples are stored too
-    found = worst_case(robust_tiny, x, y, grid[::-1], steps=20, targets=2, keep_examples=True, seed=seed, queries=200)
+    found = worst_case(robust_tiny, x, y, grid[::-1], AttackSettings(steps=20, targets=2, seed=seed, queries=200), keep_examples=True)
     assert found.eps == grid
     assert (found.correct[:, 1:] <= found.correct[:, :-1]).all() and (found.correct[:, 0] <= found.clean).all()
     for k, eps in enumerate(grid):
@@ -160,7 +161,7 @@ def test_ensemble_invariants(robust_tiny, digits, seed):
     distances = found.min_eps()
     for k, eps in enumerate(grid):  # the curve is 1 - CDF of the per-point distances
         assert found.accuracy[k] == pytest.approx((distances > eps).float().mean().item())
-    refined = refine_min_eps(robust_tiny, x, y, found, rounds=2, steps=10, targets=1, seed=seed)
+    refined = refine_min_eps(robust_tiny, x, y, found, AttackSettings(steps=10, targets=1, seed=seed), rounds=2)
     assert (refined <= distances).all() and (refined[torch.isinf(distances)] == float("inf")).all()
 
 
@@ -177,10 +178,10 @@ def test_adaptive_targets_spend_only_on_close_points(robust_tiny, digits, seed):
     assert torch.equal(close_to_fooled(1e4 * worst, 1e4 * clean, 0.3), close_to_fooled(worst, clean, 0.3))
     _, _, xt, yt = digits
     x, y = xt[:96], yt[:96]
-    gradients = dict(steps=20, seed=seed, queries=0)  # targets' gating is about the gradient attacks
-    adaptive = worst_case(robust_tiny, x, y, [0.15, 0.25], **gradients)
-    full_length = worst_case(robust_tiny, x, y, [0.15, 0.25], savings=Savings(halving=False), **gradients)
-    every = worst_case(robust_tiny, x, y, [0.15, 0.25], savings=Savings(close=1.0, halving=False), **gradients)
+    gradients = AttackSettings(steps=20, seed=seed, queries=0)  # targets' gating is about the gradient attacks
+    adaptive = worst_case(robust_tiny, x, y, [0.15, 0.25], gradients)
+    full_length = worst_case(robust_tiny, x, y, [0.15, 0.25], gradients, savings=Savings(halving=False))
+    every = worst_case(robust_tiny, x, y, [0.15, 0.25], gradients, savings=Savings(close=1.0, halving=False))
     assert adaptive.grad_evals < full_length.grad_evals < every.grad_evals
     for k in range(2):
         assert not paired(adaptive.correct[:, k], every.correct[:, k]).excess(0.0), k
@@ -194,10 +195,10 @@ def test_strength_apgd_beats_pgd_and_the_ensemble_beats_both(robust_tiny, digits
     # APGD at half its default budget (its step-size checkpoints are fractions of the budget, the
     # 100-step ones in test_apgd_checkpoints_follow_the_paper); measured at 1 / 2 threads, the counts
     # at the default 100 in parentheses
-    after_pgd = robust_mask(robust_tiny, x, y, attack="pgd", eps=eps, steps=40, seed=seed)
-    after_apgd = robust_mask(robust_tiny, x, y, attack="apgd-ce", eps=eps, steps=50, seed=seed)
+    after_pgd = robust_mask(robust_tiny, x, y, eps, AttackSettings("pgd", steps=40, seed=seed))
+    after_apgd = robust_mask(robust_tiny, x, y, eps, AttackSettings("apgd-ce", steps=50, seed=seed))
     # the ensemble's gradient attacks (Square only adds points: test_the_gradient_free_stage_...)
-    after_ensemble = robust_mask(robust_tiny, x, y, attack="ensemble", eps=eps, steps=50, seed=seed, queries=0)
+    after_ensemble = robust_mask(robust_tiny, x, y, eps, AttackSettings("ensemble", steps=50, seed=seed, queries=0))
     assert not paired(after_apgd, after_pgd).excess(0.0)  # PGD-40 never significantly stronger: 2 vs 12 / 10 (2 vs 15 / 12)
     # the ensemble's APGD-CE starts at the clean image, its second at random: never significantly weaker
     assert not paired(after_ensemble, after_apgd).excess(0.0)
@@ -211,15 +212,15 @@ def test_ensemble_sees_through_saturated_logits_where_ce_pgd_does_not(robust_tin
     x, y = xt[:100], yt[:100]  # the effects are tens of points (measured below at 1 / 2 threads)
     saturated = Outputs(robust_tiny, DECISION_KEEPING["logits x 1e4"]).eval()
     assert accuracy(saturated, x, y) == accuracy(robust_tiny, x, y)
-    pgd_plain = robust_mask(robust_tiny, x, y, attack="pgd", eps=0.2, steps=40, seed=seed)
-    pgd_saturated = robust_mask(saturated, x, y, attack="pgd", eps=0.2, steps=40, seed=seed)
+    pgd_plain = robust_mask(robust_tiny, x, y, 0.2, AttackSettings("pgd", steps=40, seed=seed))
+    pgd_saturated = robust_mask(saturated, x, y, 0.2, AttackSettings("pgd", steps=40, seed=seed))
     assert paired(pgd_saturated, pgd_plain).excess(0.1)  # the CE gradient underflows: measured 53 / 54 vs 0 of 100
     # every target on every point (close=1): APGD-T's DLR is scale-invariant, neither finds significantly more
-    every = dict(steps=50, targets=3, savings=Savings(close=1.0), seed=seed, queries=0)
-    plain = worst_case(robust_tiny, x, y, [0.2], **every).correct[:, 0]
-    ensemble = worst_case(saturated, x, y, [0.2], **every).correct[:, 0]
+    every = AttackSettings(steps=50, targets=3, seed=seed, queries=0)
+    plain = worst_case(robust_tiny, x, y, [0.2], every, savings=Savings(close=1.0)).correct[:, 0]
+    ensemble = worst_case(saturated, x, y, [0.2], every, savings=Savings(close=1.0)).correct[:, 0]
     assert not paired(plain, ensemble).excess(0.0) and not paired(ensemble, plain).excess(0.0)
-    assert paired(pgd_saturated, robust_mask(saturated, x, y, eps=0.2, steps=50, seed=seed, queries=0)).excess(0.1)
+    assert paired(pgd_saturated, robust_mask(saturated, x, y, 0.2, AttackSettings(steps=50, seed=seed, queries=0))).excess(0.1)
 
 
 # What keeps the decision function: the same classifier, so the same default result
@@ -245,10 +246,10 @@ def test_what_keeps_the_decision_keeps_the_default_result_point_by_point(model_k
     under the softmax, every point reads as fooled."""
     model, _, xt, yt = model_kind
     x, y = xt[:120], yt[:120]
-    plain = worst_case(model, x, y, [0.2], steps=20, queries=100, seed=seed).correct[:, 0]
+    plain = worst_case(model, x, y, [0.2], AttackSettings(steps=20, queries=100, seed=seed)).correct[:, 0]
     assert 0.1 < plain.float().mean() < 0.9  # not vacuous: attacks fool some points and not others
     for name, wrap in DECISION_KEEPING.items():
-        wrapped = worst_case(Outputs(model, wrap), x, y, [0.2], steps=20, queries=100, seed=seed)
+        wrapped = worst_case(Outputs(model, wrap), x, y, [0.2], AttackSettings(steps=20, queries=100, seed=seed))
         assert (wrapped.correct[:, 0] & ~plain).sum() <= 2 and (plain & ~wrapped.correct[:, 0]).sum() <= 2, name
 
 
@@ -257,9 +258,8 @@ def test_warm_start_and_early_stop_change_cost_not_results(robust_tiny, digits, 
     _, _, xt, yt = digits
     x, y = xt[:120], yt[:120]
     grid = [0.1, 0.15, 0.2]
-    fast = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, seed=seed, queries=0)
-    slow = worst_case(robust_tiny, x, y, grid, steps=30, targets=2, seed=seed, queries=0,
-                      savings=Savings(warm_start=False, early_stop=False))
+    fast = worst_case(robust_tiny, x, y, grid, AttackSettings(steps=30, targets=2, seed=seed, queries=0))
+    slow = worst_case(robust_tiny, x, y, grid, AttackSettings(steps=30, targets=2, seed=seed, queries=0), savings=Savings(warm_start=False, early_stop=False))
     assert fast.grad_evals < 0.7 * slow.grad_evals  # measured 16746 vs 32400
     for k in range(len(grid)):  # measured: the same points at every eps
         a, b = fast.correct[:, k], slow.correct[:, k]
@@ -320,13 +320,14 @@ def small_run(tmp_path_factory):
 
 
 def test_adding_an_eps_point_attacks_only_that_point(small_run, monkeypatch):
-    from robustgan.evaluation import curves
+    from robustgan.evaluation import curves, engine
 
-    first = curves.compute_curve(small_run, [0.1, 0.3], EvalContext(limit=32), steps=5, protocol=False)
+    five = AttackSettings(steps=5)
+    first = curves.compute_curve(small_run, [0.1, 0.3], five, EvalContext(limit=32), protocol=False)
     asked = []
-    real = curves.worst_case
-    monkeypatch.setattr(curves, "worst_case", lambda *a, **kw: asked.append(list(a[3])) or real(*a, **kw))
-    second = curves.compute_curve(small_run, [0.1, 0.2, 0.3], EvalContext(limit=32), steps=5, protocol=False)
+    real = engine.worst_case
+    monkeypatch.setattr(engine, "worst_case", lambda *a, **kw: asked.append(list(a[3])) or real(*a, **kw))
+    second = curves.compute_curve(small_run, [0.1, 0.2, 0.3], five, EvalContext(limit=32), protocol=False)
     assert asked == [[0.2]]
     assert second.acc[0] == first.acc[0] and second.acc[2] <= first.acc[1]
     assert second.acc[0] >= second.acc[1] >= second.acc[2]
@@ -336,13 +337,13 @@ def test_a_killed_curve_recomputes_only_the_unfinished_batch(small_run, tmp_path
     """Killed in its second batch of 16 points, a curve resumed later attacks only batches 2
     and 3, and ends with what an uninterrupted curve gives; its batches' results are then
     dropped from the partial cache (the whole curve is in the cache)."""
-    from robustgan.evaluation import curves
+    from robustgan.evaluation import curves, engine
 
-    settings = dict(steps=5, protocol=False)
+    five = AttackSettings(steps=5)
     ctx = EvalContext(limit=48, batch_size=16)
-    whole = curves.compute_curve(copy_run(small_run, tmp_path / "whole"), [0.1, 0.2], ctx, **settings)
+    whole = curves.compute_curve(copy_run(small_run, tmp_path / "whole"), [0.1, 0.2], five, ctx, protocol=False)
     run = copy_run(small_run, tmp_path / "run")
-    real, asked = curves.worst_case, []
+    real, asked = engine.worst_case, []
 
     def killed_in_the_second_batch(*args, **kw):
         asked.append(kw["ids"].tolist())
@@ -350,12 +351,12 @@ def test_a_killed_curve_recomputes_only_the_unfinished_batch(small_run, tmp_path
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(curves, "worst_case", killed_in_the_second_batch)
+    monkeypatch.setattr(engine, "worst_case", killed_in_the_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        curves.compute_curve(run, [0.1, 0.2], ctx, **settings)
+        curves.compute_curve(run, [0.1, 0.2], five, ctx, protocol=False)
     asked.clear()
-    monkeypatch.setattr(curves, "worst_case", lambda *args, **kw: asked.append(kw["ids"].tolist()) or real(*args, **kw))
-    resumed = curves.compute_curve(run, [0.1, 0.2], ctx, **settings)
+    monkeypatch.setattr(engine, "worst_case", lambda *args, **kw: asked.append(kw["ids"].tolist()) or real(*args, **kw))
+    resumed = curves.compute_curve(run, [0.1, 0.2], five, ctx, protocol=False)
     assert asked == [list(range(16, 32)), list(range(32, 48))]
     assert torch.equal(resumed.correct, whole.correct)
     partial = json.loads((run / "eval_cache.partial.json").read_text())
@@ -449,9 +450,9 @@ def test_the_gradient_free_stage_finds_what_gradients_cannot(model_kind, seed):
     x, y = xt[:60], yt[:60]
     model = ThresholdInputs(robust)
     grid = [0.1, 0.2, 0.3]
-    gradients_only = worst_case(model, x, y, grid, steps=10, seed=seed, queries=0)
-    ensemble = worst_case(model, x, y, grid, steps=10, seed=seed, queries=300)
-    square_alone = torch.stack([robust_mask(model, x, y, attack="square", eps=e, steps=300, seed=seed) for e in grid], 1)
+    gradients_only = worst_case(model, x, y, grid, AttackSettings(steps=10, seed=seed, queries=0))
+    ensemble = worst_case(model, x, y, grid, AttackSettings(steps=10, seed=seed, queries=300))
+    square_alone = torch.stack([robust_mask(model, x, y, e, AttackSettings("square", steps=300, seed=seed)) for e in grid], 1)
     assert gradients_only.forwards == 0 and 0 < ensemble.forwards < 3 * 300 * len(y)
     for k in (1, 2):  # tens of points apart
         assert paired(gradients_only.correct[:, k], ensemble.correct[:, k]).excess(0.2), k

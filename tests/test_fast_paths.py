@@ -17,15 +17,14 @@ from tests.helpers import CONFIGS
 
 
 def test_channels_last_eval_gives_the_same_accuracy(trained_tiny, digits):
+    from robustgan.attacks import AttackSettings, Batching
     from robustgan.evaluation import robust_accuracy
 
     _, _, xt, yt = digits
     model = copy.deepcopy(trained_tiny)
-    kw = dict(attack="pgd", eps=0.1, steps=5, batch_size=128)
-    torch.manual_seed(0)
-    plain = robust_accuracy(model, xt, yt, **kw)
-    torch.manual_seed(0)
-    fast = robust_accuracy(model, xt, yt, channels_last=True, **kw)
+    pgd = AttackSettings("pgd", steps=5)
+    plain = robust_accuracy(model, xt, yt, 0.1, pgd, Batching(batch_size=128))
+    fast = robust_accuracy(model, xt, yt, 0.1, pgd, Batching(batch_size=128, channels_last=True))
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert abs(plain - fast) <= 2 / len(yt)  # float rounding may flip a borderline image
 

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 import robustgan
 from robustgan.config import load_config
+from robustgan.attacks import AttackSettings
 from robustgan.evaluation import robust_accuracy
-from robustgan.evaluation.checks import CheckSettings, check_scale
+from robustgan.evaluation.checks import CheckSettings, check_scale, checking
 from robustgan.evaluation.trends import run_trends
 from robustgan.methods import Geometry, method_class
 from robustgan.methods.gan_at import FORMULATIONS
@@ -87,12 +88,12 @@ def test_grad_formulation_is_robust_and_not_masked(gan_runs, digits_runs):
     x, y = robustgan.data.load("digits", split="test")
     gan, standard = robustgan.load(gan_runs / "grad"), robustgan.load(digits_runs / "standard")
     torch.manual_seed(0)
-    acc_gan = robust_accuracy(gan, x, y, attack="pgd", eps=0.2, steps=20)
-    acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
+    acc_gan = robust_accuracy(gan, x, y, 0.2, AttackSettings("pgd", steps=20))
+    acc_standard = robust_accuracy(standard, x, y, 0.2, AttackSettings("pgd", steps=20))
     assert acc_gan > acc_standard + 0.1, (acc_gan, acc_standard)  # measured 0.167-0.195 vs 0.01 (TEST_SIZE): 20 images to spare
     # unbounded PGD, 20 steps of 0.05 (as far as the default 100 of 0.01): measured 0
-    assert robust_accuracy(gan, x[:200], y[:200], attack="pgd", eps=math.inf, steps=20, step_size=0.05) < 0.05
-    scale = check_scale(gan, x[:200], y[:200], CheckSettings(eps=0.2, steps=10))  # honest: never a warn
+    assert robust_accuracy(gan, x[:200], y[:200], math.inf, AttackSettings("pgd", steps=20, step_size=0.05)) < 0.05
+    scale = check_scale(checking(gan, x[:200], y[:200], CheckSettings(eps=0.2, steps=10)))  # honest: never a warn
     assert scale.status == "pass", scale.detail
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import robustgan
-from robustgan.attacks import ATTACKS, attack_names, robust_mask, worst_case
+from robustgan.attacks import ATTACKS, AttackSettings, attack_names, robust_mask, worst_case
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.attacks.outputs import decisions_only_fraction
 from robustgan.attacks.threat import randomized
@@ -69,7 +69,7 @@ def test_every_attack_hands_the_model_back_unchanged(name, handed):
     model, x, y = handed
     before = state(model)
     steps = 2 if ATTACKS[name].steps else None
-    mask = robust_mask(model, x, y, attack=name, eps=0.1, steps=steps, targets=2, queries=5, seed=0)
+    mask = robust_mask(model, x, y, 0.1, AttackSettings(name, steps=steps, targets=2, queries=5))
     assert mask.shape == (len(y),)
     assert_unchanged(before, model)
 
@@ -77,8 +77,8 @@ def test_every_attack_hands_the_model_back_unchanged(name, handed):
 def test_the_engine_and_the_notebook_api_hand_the_model_back_unchanged(handed):
     model, x, y = handed
     before = state(model)
-    found = worst_case(model, x, y, [0.05, 0.1], steps=3, targets=2, queries=5)
-    refine_min_eps(model, x, y, found, rounds=1, steps=2, targets=1)
+    found = worst_case(model, x, y, [0.05, 0.1], AttackSettings(steps=3, targets=2, queries=5))
+    refine_min_eps(model, x, y, found, AttackSettings(steps=2, targets=1), rounds=1)
     robustgan.evaluate(model, x, y, eps=0.1, steps=2, targets=1, queries=5)
     robustgan.evaluate(model, x, y, eps=0.1, attack="eot", steps=2)
     randomized(model, x)

@@ -13,15 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustgan.attacks import (ATTACKS, AttackArgs, AttackError, attack_label, attack_names, attack_table, register_attack,
-                               robust_mask)
-from robustgan.evaluation.cache import EvalCache, cache_key, cached_mask, mask_settings
+from robustgan.attacks import (ATTACKS, AttackArgs, AttackError, AttackSettings, Batching, attack_label, attack_names,
+                               attack_table, register_attack, robust_mask)
+from robustgan.evaluation.cache import EvalCache, cache_key
+from robustgan.evaluation.engine import Subject, cached_mask
 from tests.helpers import CONFIGS, copy_run, run_main, tiny_cnn
 
 BUILT_IN = ("ensemble", "apgd-ce", "apgd-dlr", "autoattack", "fgsm", "pgd", "pgd-dlr", "pgd-unsaturated", "square", "eot",
             "rays")
 # a value of each key setting other than its default
 OTHER = {"steps": 7, "step_size": 0.123, "restarts": 3, "targets": 2, "queries": 77}
+
+
+def settings_key(attack: str, eps: float, n: int, seed: int = 0, **settings) -> dict:
+    """The cache settings of ``attack`` with ``settings`` (AttackSettings' fields) at eps for n points."""
+    return AttackSettings(attack, seed=seed, **settings).key(eps, n)
 
 
 @pytest.fixture
@@ -55,20 +61,20 @@ def test_every_attack_keeps_the_ball_the_box_and_the_model(name):
     assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert model.training and all(p.grad is None and p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert spec.help and attack_label(spec.settings(0.1, 3, 0)).strip()
+    assert spec.help and AttackSettings(name).label.strip()
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_the_cache_key_changes_with_every_setting_that_changes_the_numbers(name):
     spec = ATTACKS[name]
-    base = cache_key(**mask_settings(name, 0.1, 50, 0))
+    base = cache_key(**settings_key(name, 0.1, 50, 0))
     for setting, value in OTHER.items():
-        changed = cache_key(**mask_settings(name, 0.1, 50, 0, **{setting: value}))
+        changed = cache_key(**settings_key(name, 0.1, 50, 0, **{setting: value}))
         # an attack whose steps are queries (Square) takes a queries setting as its steps
         assert (changed != base) == (setting in spec.key or (spec.queries_only and setting == "queries")), setting
-    assert cache_key(**mask_settings(name, 0.2, 50, 0)) != base and cache_key(**mask_settings(name, 0.1, 50, 1)) != base
+    assert cache_key(**settings_key(name, 0.2, 50, 0)) != base and cache_key(**settings_key(name, 0.1, 50, 1)) != base
     if spec.steps:  # the default steps are the attack's own, written into the key
-        assert base == cache_key(**mask_settings(name, 0.1, 50, 0, steps=spec.steps))
+        assert base == cache_key(**settings_key(name, 0.1, 50, 0, steps=spec.steps))
 
 
 def test_cache_keys_written_before_the_registry_read_the_same():
@@ -79,7 +85,7 @@ def test_cache_keys_written_before_the_registry_read_the_same():
     for case in cases:
         args = {k: (math.inf if v == "inf" else v) for k, v in case["args"].items()}
         version = ATTACKS[args["attack"]].version if args["attack"] in ATTACKS and args["eps"] != 0 else 6
-        key = json.loads(cache_key(**mask_settings(**args)))
+        key = json.loads(cache_key(**settings_key(**args)))
         key.pop("queries", None)  # the ensemble's gradient-free budget, a setting since version 7
         assert key == json.loads(case["key"]) | {"version": version}, args
     assert {spec.version for name, spec in ATTACKS.items() if name != "ensemble"} == {6}
@@ -104,10 +110,11 @@ def test_a_toy_attack_added_through_the_registry_runs_everywhere(toy_attack, dig
     the label and `robustgan eval --attack toy` all take it."""
     model = tiny_cnn().eval()
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    mask = robust_mask(model, x, y, attack=toy_attack, eps=0.2, seed=seed)
+    toy = AttackSettings(toy_attack, seed=seed)
+    mask = robust_mask(model, x, y, 0.2, toy)
     assert mask.shape == (16,) and mask.dtype == torch.bool
     cache = EvalCache(path=tmp_path / "eval_cache.json", digest="w")
-    assert torch.equal(cached_mask(cache, model, x, y, attack=toy_attack, eps=0.2, seed=seed), mask)
+    assert torch.equal(cached_mask(Subject(model, x, y, cache), 0.2, toy, Batching()), mask)
     keys = [json.loads(k) for k in cache.entries]
     assert keys[0]["attack"] == "toy" and keys[0]["steps"] == 3
     assert attack_label({"attack": "toy", "steps": 5}) == "TOY-5"

@@ -322,13 +322,14 @@ def test_bad_input_on_the_command_line(tmp_path, digits_runs, args, message, mon
 
 def test_nan_and_out_of_range_images_are_refused_by_attacks(trained_tiny, digits):
     from robustgan.attacks import AttackError, fgsm, pgd
+    from robustgan.attacks import AttackSettings
     from robustgan.evaluation import robust_accuracy
 
     _, _, xt, yt = digits
     x, y = xt[:8].clone(), yt[:8]
     x[0, 0, 0, 0] = float("nan")
     for attack in (lambda: pgd(trained_tiny, x, y, 0.1, 3, 0.05), lambda: fgsm(trained_tiny, x, y, 0.1),
-                   lambda: robust_accuracy(trained_tiny, x, y, eps=0.1, steps=2)):
+                   lambda: robust_accuracy(trained_tiny, x, y, 0.1, AttackSettings(steps=2))):
         with pytest.raises(AttackError, match="NaN or infinite"):
             attack()
     with pytest.raises(AttackError, match=r"in \[0, 1\].*\[0, 255\]"):

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 import robustgan
 from robustgan.config import load_config
 from robustgan.errors import RunError
+from robustgan.attacks import AttackSettings
 from robustgan.evaluation import robust_accuracy
 from robustgan.runs import RunDir, load_state, save_state
 from robustgan.train import fit
@@ -23,10 +24,10 @@ def small_cfg(*extra):
 def test_standard_reaches_90_and_pgd_at_is_more_robust(digits_runs):
     x, y = robustgan.data.load("digits", split="test")
     standard, adv = robustgan.load(digits_runs / "standard"), robustgan.load(digits_runs / "pgd")
-    assert robust_accuracy(standard, x, y, attack="none") >= 0.90
+    assert robust_accuracy(standard, x, y, 0.0, AttackSettings("none")) >= 0.90
     torch.manual_seed(0)
-    acc_standard = robust_accuracy(standard, x, y, attack="pgd", eps=0.2, steps=20)
-    acc_adv = robust_accuracy(adv, x, y, attack="pgd", eps=0.2, steps=20)
+    acc_standard = robust_accuracy(standard, x, y, 0.2, AttackSettings("pgd", steps=20))
+    acc_adv = robust_accuracy(adv, x, y, 0.2, AttackSettings("pgd", steps=20))
     # measured 0.31 / 0.29 vs 0.003 at 1 / 2 threads (TEST_SIZE): a bar of 0.2 leaves 37 / 32 images of 359
     assert acc_adv >= acc_standard + 0.2, (acc_standard, acc_adv)
 

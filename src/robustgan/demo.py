@@ -18,7 +18,7 @@ from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import load_config
 from robustgan.evaluation.context import EvalContext, evaluation
 from robustgan.evaluation.checks import CheckSettings, check_run, overall_status, summary_line
-from robustgan.attacks import attack_label
+from robustgan.attacks import AttackSettings, attack_label
 from robustgan.evaluation.curves import area, caption, compute_curve
 from robustgan.evaluation.frontier import frontier_points, plot_frontier
 from robustgan.evaluation.frontier import frontier_table as table_of_points
@@ -89,8 +89,8 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     console.rule("[bold]robustness curves")
     with evaluation(device, limit=limit, console=console) as ctx:
         # the worst-case ensemble (in the quick demo: 3 steps per attack), the papers' PGD-40 beside it
-        curves = {n: compute_curve(r, EPS_GRID, ctx, steps=steps if quick else None, targets=targets, queries=queries)
-                  for n, r in runs.items()}
+        settings = AttackSettings(steps=steps if quick else None, targets=targets, queries=queries)
+        curves = {n: compute_curve(r, EPS_GRID, settings, ctx) for n, r in runs.items()}
     console.rule("[bold]gradient-masking checks")
     checks = {}
     for name, run in runs.items():

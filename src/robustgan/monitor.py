@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import robust_accuracy
+from robustgan.attacks import AttackSettings, Batching, robust_accuracy
 from robustgan.config import Config
 from robustgan.errors import ConfigError
 from robustgan.methods import Method, eps_train
@@ -87,9 +87,10 @@ class OverfitGuard:
     def measure(self, model: nn.Module) -> tuple[float, float]:
         """(PGD-10 accuracy, FGSM-RS accuracy) on the guard's images."""
         was_training = model.training
-        kw = dict(eps=self.eps, seed=0, device=self.device, num_classes=self.num_classes)
-        pgd = robust_accuracy(model, self.x, self.y, attack="pgd", steps=self.STEPS, **kw)
-        single = robust_accuracy(model, self.x, self.y, attack="pgd", steps=1, step_size=1.25 * self.eps, **kw)
+        batching, kw = Batching(self.device), dict(num_classes=self.num_classes)
+        pgd = robust_accuracy(model, self.x, self.y, self.eps, AttackSettings("pgd", steps=self.STEPS), batching, **kw)
+        single = robust_accuracy(model, self.x, self.y, self.eps, AttackSettings("pgd", steps=1, step_size=1.25 * self.eps),
+                                 batching, **kw)
         model.train(was_training)
         return pgd, single
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from robustgan import data, distributed
-from robustgan.attacks import robust_accuracy
+from robustgan.attacks import AttackSettings, Batching, robust_accuracy
 from robustgan.config import Config, load_config
 from robustgan.errors import ConfigError, Diverged, Interrupted, RunError
 from robustgan.methods import Method, method_class
@@ -361,11 +361,13 @@ def evaluate_heldout(method: Method, cfg: Config, x_test, y_test, device) -> dic
     was_training = model.training
     limit = cfg.train.eval_limit or len(y_test)
     x, y = x_test[:limit], y_test[:limit]
-    kw = dict(device=device, batch_size=cfg.train.batch_size * 2, num_classes=method.geometry.num_classes)
-    result = {"split": "test", "n": len(y), "clean_acc": robust_accuracy(model, x, y, attack="none", **kw)}
-    if cfg.train.eval_eps > 0:
-        result[f"pgd{cfg.train.eval_steps}_acc"] = robust_accuracy(
-            model, x, y, attack="pgd", eps=cfg.train.eval_eps, steps=cfg.train.eval_steps, **kw)
+    batching = Batching(device, cfg.train.batch_size * 2)
+    kw = dict(num_classes=method.geometry.num_classes)
+    result = {"split": "test", "n": len(y), "clean_acc": robust_accuracy(model, x, y, 0.0, AttackSettings("none"),
+                                                                          batching, **kw)}
+    if cfg.train.eval_eps > 0:  # random starts from torch's generator, seeded by the run
+        pgd = AttackSettings("pgd", steps=cfg.train.eval_steps, seed=None)
+        result[f"pgd{cfg.train.eval_steps}_acc"] = robust_accuracy(model, x, y, cfg.train.eval_eps, pgd, batching, **kw)
         result["eval_eps"] = cfg.train.eval_eps
     model.train(was_training)
     return result

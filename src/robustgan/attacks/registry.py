@@ -22,8 +22,9 @@ import torch
 from robustgan.attacks.threat import AttackError
 
 DEFAULT_ATTACK = "ensemble"  # the number robustgan prints by default: the strongest it has
-# Part of every evaluation cache key: an attack whose numbers change registers a higher version
-# (5 is never reused), so its old results are recomputed and every other attack's are kept.
+DEFAULT_TARGETS = 9  # the ensemble's APGD-T towards up to 9 classes, as AutoAttack's APGD-T
+# Part of every evaluation cache key: an attack whose numbers change registers a version above
+# every one used before, so its old results are recomputed and every other attack's are kept.
 ATTACK_VERSION = 6
 # Settings an attack's numbers may depend on, besides (attack, eps, n, seed) which every key holds
 KEY_SETTINGS = ("steps", "step_size", "restarts", "targets", "queries")
@@ -43,7 +44,7 @@ class AttackArgs:
     steps: int | None = None
     step_size: float | None = None  # None: default_step_size(eps, steps)
     restarts: int = 1
-    targets: int = 9
+    targets: int = DEFAULT_TARGETS
     num_classes: int = 10
     seed: int | None = None  # None: torch's global generator
     ids: torch.Tensor | None = None  # the batch's indices in the test set (per-point random starts)
@@ -59,8 +60,8 @@ class AttackSpec:
     key: tuple[str, ...]  # of KEY_SETTINGS: the settings that change its numbers
     help: str  # one line for --help and the docs' table
     label: Callable[[dict], str]  # cache settings -> e.g. "PGD-40, 5 restarts"
-    # An attack that batches a whole set itself: (model, source, x, y, eps, AttackArgs, batch_size,
-    # device, advance) -> which points of x stay correct on ``model`` (bool (n,), CPU), the
+    # An attack that batches a whole set itself: (model, source, x, y, eps, AttackArgs, Batching)
+    # -> which points of x (on the device) stay correct on ``model`` (bool (n,), CPU), the
     # examples made on ``source``
     mask: Callable | None = None
     version: int = ATTACK_VERSION
@@ -72,17 +73,6 @@ class AttackSpec:
         if self.queries_only and queries is not None:
             return int(queries), None
         return (self.steps if steps is None else steps), queries
-
-    def settings(self, eps: float, n: int, seed: int, *, steps: int | None = None, step_size: float | None = None,
-                 restarts: int = 1, targets: int = 9, queries: int | None = None) -> dict:
-        """The cache key's settings: only those that change this attack's numbers."""
-        if eps == 0:
-            return dict(attack="none", eps=0.0, n=n)
-        steps, queries = self.budget(steps, queries)
-        values = dict(steps=steps, restarts=restarts, targets=targets,
-                      queries=QUERIES_PER_STEP * steps if queries is None and steps else queries,
-                      step_size=step_size or (default_step_size(eps, steps) if steps else None))
-        return dict(attack=self.name, eps=float(eps), n=n, seed=seed) | {k: values[k] for k in self.key}
 
 
 ATTACKS: dict[str, AttackSpec] = {}

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from robustgan.attacks import ATTACKS, DEFAULT_ATTACK, attack_names, check_eps
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks.registry import DEFAULT_TARGETS
+from robustgan.attacks.stages import ensemble_help
 from robustgan.runtime import external_run
 from robustgan.eps import grid_for, parse_number
 from robustgan.errors import RobustganError
@@ -25,8 +26,8 @@ DATA_ROOT = typer.Option(None, "--data-root", metavar="DIR", help="Directory wit
 LIMIT = typer.Option(0, metavar="N", help="Use only the first N test images (0 = all)")
 STEPS = typer.Option(None, metavar="N", help="Steps per attack (default: " + "; ".join(
     f"{spec.steps} for {name}" for name, spec in ATTACKS.items() if spec.steps) + ")")
-ATTACK = typer.Option(DEFAULT_ATTACK, metavar="NAME", help=" | ".join(attack_names()) + " (ensemble: the worst case of "
-                      "APGD-CE, targeted APGD-DLR and Square per point; pgd --steps 40: the papers' protocol)")
+ATTACK = typer.Option(DEFAULT_ATTACK, metavar="NAME", help=" | ".join(attack_names()) + f" (ensemble: {ensemble_help()}; "
+                      "pgd --steps 40: the papers' protocol)")
 QUERIES = typer.Option(None, "--queries", metavar="N", help="The ensemble's gradient-free stage: at most this many Square queries "
                        "per point and probe (default 50 x the ensemble's steps: 5000, AutoAttack's; 0 turns it off)")
 TARGETS = typer.Option(DEFAULT_TARGETS, "--targets", metavar="K",

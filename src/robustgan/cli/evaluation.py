@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from robustgan import distributed
-from robustgan.attacks import ATTACKS, attack_label
+from robustgan.attacks import ATTACKS, AttackSettings, attack_label
 from robustgan.attacks.outputs import decisions_only_warning
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, SEED,
                                   STEPS, TARGETS,
@@ -22,6 +22,7 @@ from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMI
                                   parse_one_eps, require, single_subject, subject_runs, writable)
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluation.context import EvalContext, evaluation
+from robustgan.evaluation.engine import Subject
 from robustgan.evaluation.checks import CheckSettings, check_run, overall_status, summary_line
 from robustgan.evaluation.curves import (area, compute_curve, curves_csv, min_norm_distances, plot_curves,
                                       pointwise_tables)
@@ -64,8 +65,8 @@ def eval_(
     """Clean and adversarial accuracy of a run's full defended model (or your own, with
     --model), per eps.
 
-    By default the worst case over APGD-CE and targeted APGD-DLR per point (docs/evaluation.md),
-    with the papers' PGD-40 beside it. Under `torchrun --nproc_per_node N -m robustgan eval ...`
+    By default the worst case per point over the ensemble's stages (docs/evaluation.md), with the
+    papers' PGD-40 beside it. Under `torchrun --nproc_per_node N -m robustgan eval ...`
     the test points are sharded across the processes (same numbers as one process).
 
     Examples:
@@ -87,18 +88,19 @@ def eval_(
     here = distributed.setup(device)
     device = distributed.device_for(device, here)
     start = time.perf_counter()
+    settings = AttackSettings(attack, steps, step_size, restarts, targets, queries, seed)
     with evaluation(device, limit=limit, data_root=data_root, batch_size=batch_size, seed=seed,
-                    show=here.is_main) as ctx:
-        curve = compute_curve(run, eps_list, ctx, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
-                              targets=targets, queries=queries, protocol=protocol, channels_last=channels_last)
+                    show=here.is_main, channels_last=channels_last) as ctx:
+        subject = Subject.open(run, ctx)
+        curve = compute_curve(subject, eps_list, settings, ctx, protocol=protocol)
         require(not min_norm or curve.settings["attack"] == "ensemble",
                 f"--min-norm needs the ensemble; this model is randomized, evaluated with {curve.settings['attack']}")
-        distances = min_norm_distances(run, curve, ctx) if min_norm else None
+        distances = min_norm_distances(subject, curve, ctx) if min_norm else None
     if not here.is_main:
         return
     (err_console if as_json else out_console).print(eval_table(run, curve, distances))
     if as_json:
-        result = eval_json(run, curve, distances, restarts, seed, time.perf_counter() - start)
+        result = eval_json(subject, curve, distances, time.perf_counter() - start)
         sys.stdout.write(json.dumps(result) + "\n")
 
 
@@ -131,16 +133,17 @@ def eval_table(run, curve, distances) -> Table:
     return table
 
 
-def eval_json(run, curve, distances, restarts, seed, seconds) -> dict:
-    s = curve.settings
+def eval_json(subject: Subject, curve, distances, seconds) -> dict:
+    s, run = curve.settings, subject.path
     result = {"run": str(run), "n": curve.n, "attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"],
-              "targets": s["targets"], "queries": s["queries"], "restarts": restarts, "seed": seed, "protocol": s["protocol"],
+              "targets": s["targets"], "queries": s["queries"], "restarts": s["restarts"], "seed": s["seed"],
+              "protocol": s["protocol"],
               "seconds": round(seconds, 3), "cost": s["cost"], "clean": curve.clean,
               "decisions_only": s["decisions_only"],
               "results": [{"eps": json_eps(e), "accuracy": acc,
                            **({"protocol_accuracy": curve.protocol[i]} if curve.protocol is not None else {})}
                           for i, (e, acc) in enumerate(zip(curve.eps, curve.acc))]}
-    cfg = RunDir(run).config()
+    cfg = subject.config
     if cfg.method.name == "external":  # a model trained elsewhere (--model): say which
         result |= {"model": cfg.method.factory, "weights": cfg.method.weights}
     result["training_cost"] = training_cost(run)  # None: trained elsewhere or before passes were counted
@@ -193,9 +196,8 @@ def curve(
     grid = eps_grid(eps, dataset)
     table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
     with evaluation(resolve_device(device), limit=limit, data_root=data_root, seed=seed) as ctx:
-        curves = [compute_curve(r, grid, ctx, attack=attack, steps=steps, step_size=step_size, restarts=restarts,
-                                targets=targets, queries=queries, protocol=protocol)
-                  for r in runs]
+        settings = AttackSettings(attack, steps, step_size, restarts, targets, queries, seed)
+        curves = [compute_curve(r, grid, settings, ctx, protocol=protocol) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "curves.png", f"{dataset}: robustness curves")
     (out / "curves.csv").write_text(curves_csv(curves))

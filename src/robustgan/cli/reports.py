@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from robustgan.attacks import ATTACKS
+from robustgan.attacks import ATTACKS, AttackSettings
 from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, QUERIES, RESULTS, SEED, STEPS, TARGETS, WEIGHTS,
                                   eps_grid,
                                   check_attack, check_common, check_ensemble_steps, err_console, json_eps, out_console, positive,
@@ -64,8 +64,8 @@ def report(
                 check_run(r, CheckSettings(long_steps=200, targets=targets, autoattack=False),
                           EvalContext(device, limit=limit, data_root=data_root, seed=seed))
     with evaluation(device, limit=limit, data_root=data_root, seed=seed) as ctx:
-        path = build_report(runs, out, ctx, eps_grid=grid, steps=steps, index=index, targets=targets,
-                            curve_steps=ensemble_steps, queries=queries)
+        settings = AttackSettings(steps=ensemble_steps, targets=targets, queries=queries, seed=seed)
+        path = build_report(runs, out, settings, ctx, eps_grid=grid, steps=steps, index=index)
     out_console.print(f"wrote {path}")
 
 
@@ -107,7 +107,7 @@ def card(
         check_run(run, CheckSettings(eps=max(grid), autoattack=False), EvalContext(device, limit=limit,
                                                                                    data_root=data_root, seed=seed))
     with evaluation(device, limit=limit, data_root=data_root, seed=seed) as ctx:
-        found = build_card(run, grid, ctx, steps=steps, targets=targets, queries=queries)
+        found = build_card(run, grid, AttackSettings(steps=steps, targets=targets, queries=queries, seed=seed), ctx)
     paths = write_card(run, found)
     out_console.print(f"wrote {paths[0]} and {paths[1]}")
 
@@ -145,7 +145,8 @@ def frontier(
         require(len(grid) == 1, "--eps takes one value: the frontier is drawn at one eps")
     at = grid[len(grid) // 2]
     with evaluation(resolve_device(device), limit=limit, data_root=data_root, seed=seed) as ctx:
-        curves = [compute_curve(r, [at], ctx, steps=steps, targets=targets, queries=queries) for r in runs]
+        settings = AttackSettings(steps=steps, targets=targets, queries=queries, seed=seed)
+        curves = [compute_curve(r, [at], settings, ctx) for r in runs]
     points = frontier_points(curves, at)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_frontier(points, at, out, f"{dataset}: robustness against training cost", caption(curves))

@@ -1,6 +1,6 @@
 """Per-sample evaluation results cached per run: <run>/eval_cache.json maps a key built from
-every setting that changes a number (attack, eps, steps, step size, restarts, targets, n,
-seed, and the attacks' version) to which test points stayed correct, for one hash of the
+every setting that changes a number (``AttackSettings.key``: attack, eps, steps, step size,
+restarts, targets, queries, n, seed, and the attack's version) to which test points stayed correct, for one hash of the
 weights. Reports, curves and checks never recompute what ``eval`` / ``curve`` / ``check``
 measured, and adding an eps point to a curve computes only that point.
 
@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustgan.attacks import ATTACK_VERSION, ATTACKS, get_attack, robust_mask
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
-from robustgan.distributed import sharded
+from robustgan.attacks import ATTACK_VERSION, ATTACKS
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import model_identity
 
@@ -131,38 +129,3 @@ class EvalCache:
                     new = new & unpack(old, len(new))
                 self.entries[key] = pack(new)
             self._write()
-
-
-def mask_settings(attack: str, eps: float, n: int, seed: int, steps: int | None = None,
-                  step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS,
-                  queries: int | None = None) -> dict:
-    """The cache key's settings: only those that change the numbers of ``attack`` (its
-    registry entry's ``key``; ``steps`` None is the attack's default)."""
-    if attack == "none" or eps == 0:
-        return dict(attack="none", eps=0.0, n=n)
-    return get_attack(attack).settings(eps, n, seed, steps=steps, step_size=step_size, restarts=restarts,
-                                       targets=targets, queries=queries)
-
-
-def cached_mask(cache: EvalCache, model, x, y, *, attack: str, eps: float = 0.0, steps: int | None = None,
-                step_size: float | None = None, restarts: int = 1, targets: int = DEFAULT_TARGETS, seed: int = 0,
-                queries: int | None = None, **kw) -> torch.Tensor:
-    """``robust_mask`` through the cache (same settings, same weights: same answer, computed
-    once). Random starts are drawn per sample from ``seed``; under torchrun the points are
-    sharded across the ranks (every rank gets, and merges into the cache, the whole mask)."""
-    settings = mask_settings(attack, eps, len(y), seed, steps, step_size, restarts, targets, queries)
-    hit = cache.get(**settings)
-    if hit is not None:
-        if kw.get("advance") is not None:
-            kw["advance"](len(y))
-        return hit
-    mask = sharded(lambda ids: robust_mask(model, x[ids], y[ids], attack=settings["attack"], eps=eps, steps=steps,
-                                           step_size=step_size, restarts=restarts, targets=targets, seed=seed,
-                                           ids=ids, queries=queries, **kw), len(y))
-    cache.put(mask, **settings)
-    return mask
-
-
-def cached_accuracy(cache: EvalCache, model, x, y, **kw) -> float:
-    mask = cached_mask(cache, model, x, y, **kw)
-    return mask.float().mean().item() if len(mask) else 0.0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks import AttackSettings
 from robustgan.attacks.outputs import decisions_only_warning
 from robustgan.config import to_dict
 from robustgan.eps import format_eps
@@ -46,13 +46,13 @@ def _checks(run: RunDir) -> dict:
             "summary": summary_line(report["checks"]), "eps": report["eps"], "n": report["n"], "checks": checks}
 
 
-def build_card(run_dir, eps: list[float], ctx: EvalContext = EvalContext(), *, steps: int | None = None,
-               targets: int = DEFAULT_TARGETS, queries: int | None = None) -> dict:
+def build_card(run_dir, eps: list[float], settings: AttackSettings = AttackSettings(),
+               ctx: EvalContext = EvalContext()) -> dict:
     """The card of one run (or external model's run directory), measuring what is not cached."""
     run = RunDir(run_dir)
     cfg = run.config()
     data_root = ctx.data_root
-    curve = compute_curve(run_dir, eps, ctx, steps=steps, targets=targets, queries=queries)
+    curve = compute_curve(run_dir, eps, settings, ctx)
     s = curve.settings
     external = cfg.method.name == "external"  # trained elsewhere: its training set and config are unknown here
     n_train = None if external else len(load_split(cfg.data, "train", data_root)[1])

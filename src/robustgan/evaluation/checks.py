@@ -30,41 +30,43 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
 
 The comparisons of two attacks are paired on the same points (``evaluation.paired``): a check
 warns when the stronger-than-allowed attack's extra successes are more than chance explains
-(one-sided exact sign test, p < alpha) and at least the check's minimum effect
-(``MIN_EFFECT``, measured on honest digits models; docs/evaluation.md)."""
+(one-sided exact sign test, p < alpha) and at least the check's minimum effect (registered
+with it; docs/evaluation.md says how each was set).
+
+Each check is registered (``@register_check(name, min_effect=...)``) and takes one ``Checking``:
+the subject, the settings, the context, and the measurements several checks share (PGD-k and the
+ensemble over the check's grid), each computed once on first use, whichever check asks first.
+A check that does not apply returns ``skipped``. Checks run in the order they are registered."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import attack_mode, default_step_size, robust_mask, worst_case
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks import DEFAULT_TARGETS, AttackSettings, attack_mode, default_step_size
 from robustgan.attacks.outputs import is_probabilities
-from robustgan.attacks.threat import RANDOM_TOL, classifier, eval_mode, loss_and_grad, model_device, output_spread
+from robustgan.attacks.threat import (RANDOM_TOL, classifier, eval_mode, loss_and_grad, model_device, output_spread,
+                                      probe_classes)
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
-from robustgan.evaluation.cache import EvalCache, cached_mask
+from robustgan.evaluation.cache import EvalCache
 from robustgan.evaluation.context import EvalContext
+from robustgan.evaluation.engine import RANDOMNESS_PROBE, Found, Subject, run_attack
 from robustgan.evaluation.paired import ALPHA, paired
 from robustgan.evaluation.verdicts import CheckResult, overall_status, skipped, status_of, summary_line  # noqa: F401
 from robustgan.methods import method_class
 from robustgan.methods.standard import clean_config
 from robustgan.runs import RunDir, atomic_write
-from robustgan.runtime import default_eps, geometry_for, load_model, open_run
+from robustgan.runtime import default_eps, load_model
 from robustgan.train import ensure_trained
 
-# Smallest accuracy gap (fraction of points) each paired check warns at, above noise. Set
-# from gaps measured on honest digits models (docs/evaluation.md, "Minimum effects"):
-# restarts and long PGD legitimately find a few points more; a one-step, transferred or
-# gray-box attack, or DLR instead of CE, should find almost nothing more on an honest model.
-MIN_EFFECT = {"fgsm_vs_pgd": 0.02, "restarts": 0.06, "long_pgd": 0.06, "loss_invariance": 0.02, "scale": 0.01,
-              "gradient_free": 0.02, "transfer": 0.02, "graybox": 0.02, "protocol": 0.25, "autoattack": 0.02}
 BOUND_EPS = 0.5  # every [0, 1] image lies within 0.5 of the constant 0.5 image
 
 
@@ -76,172 +78,206 @@ class CheckSettings:
     restarts: int = 5
     ensemble_steps: int = 100  # APGD steps per attack of the worst-case ensemble
     targets: int = DEFAULT_TARGETS
-    queries: int | None = None  # the ensemble's gradient-free budget per point (None: 50 x ensemble_steps)
+    queries: int | None = None  # the ensemble's query budget per point (None: 50 x ensemble_steps)
     tol: float | None = None  # overrides every check's minimum effect when given
     alpha: float = ALPHA
     zero_tol: float = 0.05
     unbounded_steps: int = 100
-    batch_size: int = 256  # check_run: the context's
-    device: torch.device | str = "cpu"  # where the model and the attacks run (check_run: the context's)
     autoattack: bool = True
     autoattack_limit: int = 200
-    seed: int = 0  # the attacks' random starts, drawn per point (check_run: the context's)
-    cache: EvalCache | None = None  # a run's evaluation cache: attacks measured there are reused
-    reported: dict = field(default_factory=dict)  # {eps: accuracy} of cached curve points (bound check)
-    curve_eps: list = field(default_factory=list)  # every eps the run's ensemble results are cached at (gradient_free)
-    memo: dict = field(default_factory=dict, repr=False)  # measurements shared between checks
 
     def min_effect(self, name: str) -> float:
-        return self.tol if self.tol is not None else MIN_EFFECT[name]
+        if self.tol is not None:
+            return self.tol
+        effect = CHECKS[name].min_effect if name in CHECKS else None
+        if effect is None:
+            raise RobustganError(f"check {name!r} compares two attacks but was registered without a min_effect")
+        return effect
 
 
-def _mask(model, x, y, s: CheckSettings, **kw) -> torch.Tensor:
-    """Which points stay correct under an attack (bool (n,)), measured once per check run and,
-    for a run, through its evaluation cache. Random starts are drawn per point (``s.seed``), so
-    PGD with restarts starts its first run where plain PGD does."""
-    key = (id(model), len(y), tuple(sorted((k, id(v) if isinstance(v, nn.Module) else v) for k, v in kw.items())))
-    if key not in s.memo:
-        kw = {"seed": s.seed, "batch_size": s.batch_size, "device": s.device, **kw}
-        cacheable = s.cache is not None and "source" not in kw and kw["attack"] != "autoattack"
-        s.memo[key] = (cached_mask(s.cache, model, x, y, **kw) if cacheable else robust_mask(model, x, y, **kw))
-    return s.memo[key]
+@dataclass
+class Checking:
+    """What every check gets: the subject (model in eval mode on the context's device, x uint8, y,
+    the run's cache if any), the settings with a concrete ``eps``, the context (device, batch
+    size, seed), the optional surrogate and gray-box models, and from the run's cache the
+    accuracies at eps >= 0.5 (``reported``) and the eps its ensemble results cover (``curve_eps``)."""
+
+    subject: Subject
+    s: CheckSettings
+    ctx: EvalContext = EvalContext()
+    surrogate: nn.Module | None = None
+    graybox: nn.Module | None = None
+    reported: dict = field(default_factory=dict)
+    curve_eps: list = field(default_factory=list)
+    _masks: dict = field(default_factory=dict, repr=False)  # uncached results of this run, by settings
+
+    @property
+    def model(self) -> nn.Module:
+        return self.subject.model
+
+    @property
+    def num_classes(self) -> int:
+        return probe_classes(self.model, self.subject.x, self.subject.y)
+
+    def attack(self, settings: AttackSettings, eps: float, subject: Subject | None = None) -> torch.Tensor:
+        """Which points stay correct under ``settings`` at ``eps`` (bool (n,)), through the engine:
+        from the run's cache, or measured once per check run."""
+        subject = self.subject if subject is None else subject
+        settings = replace(settings, seed=self.ctx.seed)
+        key = (settings, eps, len(subject.y), id(subject.source))
+        if key not in self._masks:
+            self._masks[key] = run_attack(subject, [eps], settings, self.ctx, exact=True).correct[:, 0]
+        return self._masks[key]
+
+    def pgd(self, **options) -> torch.Tensor:
+        """PGD-k (``s.steps``) at the check's eps, with ``options`` (AttackSettings fields)."""
+        return self.attack(AttackSettings("pgd", steps=self.s.steps, **options), self.s.eps)
+
+    @cached_property
+    def grid(self) -> list[float]:
+        """The check's eps and every finite eps > 0 of the run's cached ensemble curves."""
+        return sorted({float(self.s.eps), *self.curve_eps} - {0.0, math.inf})
+
+    @cached_property
+    def worst(self) -> Found:
+        """The ensemble over ``grid`` in one uncached pass (its per-point results before the query
+        stages too)."""
+        settings = AttackSettings("ensemble", steps=self.s.ensemble_steps, targets=self.s.targets,
+                                  queries=self.s.queries, seed=self.ctx.seed)
+        return run_attack(replace(self.subject, cache=None), self.grid, settings, self.ctx, exact=True)
+
+    def ensemble(self, eps: float | None = None) -> torch.Tensor:
+        """The ensemble's mask at ``eps`` (default the check's): from ``worst`` where its grid has
+        it, else through the engine (and the run's cache)."""
+        eps = self.s.eps if eps is None else eps
+        if eps in self.grid:
+            return self.worst.correct[:, self.grid.index(eps)]
+        return self.attack(AttackSettings("ensemble", steps=self.s.ensemble_steps, targets=self.s.targets,
+                                          queries=self.s.queries), eps)
 
 
-def _pgd(model, x, y, s, **kw) -> torch.Tensor:
-    return _mask(model, x, y, s, attack="pgd", eps=s.eps, steps=s.steps, **kw)
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    run: Callable[[Checking], CheckResult]
+    min_effect: float | None  # smallest accuracy gap (fraction of points) a paired comparison warns at
 
 
-def _ensemble(model, x, y, s, eps=None) -> torch.Tensor:
-    """The ensemble's mask at ``eps`` (default the check's), from the gradient_free check's
-    run when it covered that eps (the same attacks, seed and points), else measured."""
-    eps = s.eps if eps is None else eps
-    found = s.memo.get(("worst_case", id(model), len(y)))
-    if found is not None and eps in found.eps:
-        return found.correct[:, found.eps.index(eps)]
-    return _mask(model, x, y, s, attack="ensemble", eps=eps, steps=s.ensemble_steps, targets=s.targets,
-                 queries=s.queries)
+CHECKS: dict[str, CheckSpec] = {}
 
 
-def compare(name: str, s: CheckSettings, ref: torch.Tensor, alt: torch.Tensor, ref_label: str, alt_label: str,
+def register_check(name: str, *, min_effect: float | None = None):
+    """Register ``run(c: Checking) -> CheckResult`` under ``name``; ``min_effect``: the smallest
+    accuracy gap its paired comparison (``compare``) warns at. Refuses a taken name."""
+    def register(run):
+        if name in CHECKS:
+            raise RobustganError(f"check {name!r} is registered already")
+        CHECKS[name] = CheckSpec(name, run, min_effect)
+        return run
+    return register
+
+
+def compare(c: Checking, name: str, ref: torch.Tensor, alt: torch.Tensor, ref_label: str, alt_label: str,
             note: str = "") -> CheckResult:
     """Warn when ``alt`` (an attack that must not be stronger) beats ``ref`` beyond noise and
     by at least the check's minimum effect."""
-    result, effect = paired(ref, alt), s.min_effect(name)
-    status = "warn" if result.excess(effect, s.alpha) else "pass"
+    result, effect = paired(ref, alt), c.s.min_effect(name)
+    status = "warn" if result.excess(effect, c.s.alpha) else "pass"
     detail = (f"{alt_label} {result.alt:.1%} vs {ref_label} {result.ref:.1%}{note} ({result.describe()}; "
-              f"warns at p < {s.alpha:g} and a gap >= {effect:.0%})")
-    return CheckResult(name, status, detail, result.as_dict() | {"min_effect": effect, "alpha": s.alpha})
+              f"warns at p < {c.s.alpha:g} and a gap >= {effect:.0%})")
+    return CheckResult(name, status, detail, result.as_dict() | {"min_effect": effect, "alpha": c.s.alpha})
 
 
-def check_deterministic(model, x, y, s) -> CheckResult:
-    diff = output_spread(model, x[:64].to(s.device))
+# The minimum effects: gaps measured on honest digits models (docs/evaluation.md, "Minimum
+# effects"). Restarts and long PGD legitimately find a few points more; a one-step, transferred
+# or gray-box attack, or DLR instead of CE, should find almost nothing more on an honest model.
+
+@register_check("deterministic")
+def check_deterministic(c: Checking) -> CheckResult:
+    diff = output_spread(c.model, c.subject.x[:RANDOMNESS_PROBE].to(c.ctx.device))
     return CheckResult("deterministic", "pass" if diff <= RANDOM_TOL else "warn",
                        f"max |f(x) - f(x)| over two passes = {diff:.2e}", {"diff": diff})
 
 
-def check_logits(model, x, y, s) -> CheckResult:
-    xb = x[:64].float().div(255).to(s.device)
+@register_check("logits")
+def check_logits(c: Checking) -> CheckResult:
+    xb = c.subject.x[:64].float().div(255).to(c.ctx.device)
     with torch.no_grad():
-        out = model(xb).float()
+        out = c.model(xb).float()
     probs = is_probabilities(out)
     return CheckResult("logits", "warn" if probs else "pass",
                        "outputs look like probabilities (non-negative, rows sum to 1)" if probs
                        else "outputs are unnormalised logits", {"probabilities": probs})
 
 
-def check_gradients(model, x, y, s) -> CheckResult:
-    xb, yb = x[:256].float().div(255).to(s.device), y[:256].to(s.device)
-    with attack_mode(model):
-        _, grad = loss_and_grad(model, xb.clone().requires_grad_(True), yb)
+@register_check("gradients")
+def check_gradients(c: Checking) -> CheckResult:
+    xb, yb = c.subject.x[:256].float().div(255).to(c.ctx.device), c.subject.y[:256].to(c.ctx.device)
+    with attack_mode(c.model):
+        _, grad = loss_and_grad(c.model, xb.clone().requires_grad_(True), yb)
     flat = grad.flatten(1)
     zero = (flat.abs().max(1).values == 0).float().mean().item()
     broken = (~torch.isfinite(flat).all(1)).float().mean().item()
     bad = zero + broken
-    return CheckResult("gradients", "pass" if bad <= s.zero_tol else "warn",
+    return CheckResult("gradients", "pass" if bad <= c.s.zero_tol else "warn",
                        f"{zero:.1%} of samples have an all-zero input gradient, {broken:.1%} a NaN or infinite one",
                        {"zero_fraction": zero, "nonfinite_fraction": broken})
 
 
-def check_fgsm_vs_pgd(model, x, y, s) -> CheckResult:
-    fgsm = _mask(model, x, y, s, attack="fgsm", eps=s.eps)
-    return compare("fgsm_vs_pgd", s, _pgd(model, x, y, s), fgsm, f"PGD-{s.steps}", "FGSM",
-                   " (one step must not win)")
+@register_check("fgsm_vs_pgd", min_effect=0.02)
+def check_fgsm_vs_pgd(c: Checking) -> CheckResult:
+    fgsm = c.attack(AttackSettings("fgsm"), c.s.eps)
+    return compare(c, "fgsm_vs_pgd", c.pgd(), fgsm, f"PGD-{c.s.steps}", "FGSM", " (one step must not win)")
 
 
-def check_restarts(model, x, y, s) -> CheckResult:
-    many = _pgd(model, x, y, s, restarts=s.restarts)
-    return compare("restarts", s, _pgd(model, x, y, s), many, "1 start", f"{s.restarts} restarts")
+@register_check("restarts", min_effect=0.06)
+def check_restarts(c: Checking) -> CheckResult:
+    many = c.pgd(restarts=c.s.restarts)
+    return compare(c, "restarts", c.pgd(), many, "1 start", f"{c.s.restarts} restarts")
 
 
-def check_long_pgd(model, x, y, s) -> CheckResult:
-    long = _mask(model, x, y, s, attack="pgd", eps=s.eps, steps=s.long_steps,
-                 step_size=default_step_size(s.eps, s.steps) / 4)
-    return compare("long_pgd", s, _pgd(model, x, y, s), long, f"PGD-{s.steps}", f"PGD-{s.long_steps}")
+@register_check("long_pgd", min_effect=0.06)
+def check_long_pgd(c: Checking) -> CheckResult:
+    long = c.attack(AttackSettings("pgd", steps=c.s.long_steps, step_size=default_step_size(c.s.eps, c.s.steps) / 4),
+                    c.s.eps)
+    return compare(c, "long_pgd", c.pgd(), long, f"PGD-{c.s.steps}", f"PGD-{c.s.long_steps}")
 
 
-def check_loss_invariance(model, x, y, s) -> CheckResult:
+@register_check("loss_invariance", min_effect=0.02)
+def check_loss_invariance(c: Checking) -> CheckResult:
     """PGD-k with the DLR loss (eq. 6 of Croce & Hein 2020: invariant to scaling and shifting
     the logits) against PGD-k with cross-entropy, same steps, step size and starts: DLR
     winning means the CE gradient vanishes somewhere (a saturated softmax, a temperature),
     so the papers' CE-based numbers are masked."""
-    dlr = _mask(model, x, y, s, attack="pgd-dlr", eps=s.eps, steps=s.steps)
-    return compare("loss_invariance", s, _pgd(model, x, y, s), dlr, f"PGD-{s.steps} (CE)",
-                   f"PGD-{s.steps} with DLR")
+    dlr = c.attack(AttackSettings("pgd-dlr", steps=c.s.steps), c.s.eps)
+    return compare(c, "loss_invariance", c.pgd(), dlr, f"PGD-{c.s.steps} (CE)", f"PGD-{c.s.steps} with DLR")
 
 
-def check_scale(model, x, y, s) -> CheckResult:
+@register_check("scale", min_effect=0.01)
+def check_scale(c: Checking) -> CheckResult:
     """PGD-k on the unsaturated cross-entropy (``losses.ce_unsaturated_loss``) against PGD-k on
     the cross-entropy, same steps, step size and starts. The two take the same steps wherever
     float32 holds the softmax, so an honest model gives (all but) the same points and the
     minimum effect can be small; logits times k saturate the cross-entropy on the points whose
     margin times k exceeds ~17, and there the unsaturated attack wins. Comparing like with
-    like is what DLR against CE cannot do: on a PGD-AT model DLR alone is a point or two
-    weaker than CE, which hides a scale that raises CE-PGD by less than that."""
-    unsaturated = _mask(model, x, y, s, attack="pgd-unsaturated", eps=s.eps, steps=s.steps)
-    return compare("scale", s, _pgd(model, x, y, s), unsaturated, f"PGD-{s.steps} (CE)",
-                   f"PGD-{s.steps} on the unsaturated CE")
+    like is what DLR against CE cannot do: on a PGD-AT model DLR alone can be weaker than CE,
+    which hides a scale that raises CE-PGD by less than that."""
+    unsaturated = c.attack(AttackSettings("pgd-unsaturated", steps=c.s.steps), c.s.eps)
+    return compare(c, "scale", c.pgd(), unsaturated, f"PGD-{c.s.steps} (CE)", f"PGD-{c.s.steps} on the unsaturated CE")
 
 
-def check_unbounded(model, x, y, s) -> CheckResult:
-    acc = _mask(model, x, y, s, attack="pgd", eps=math.inf, steps=s.unbounded_steps,
-                step_size=0.01).float().mean().item()
-    return CheckResult("unbounded", "pass" if acc <= s.zero_tol else "warn",
-                       f"unbounded PGD-{s.unbounded_steps} leaves {acc:.1%} correct (must be <= {s.zero_tol:.0%})", {"accuracy": acc})
-
-
-def check_bound(model, x, y, s, num_classes) -> CheckResult:
-    """The threat model's own bound: at eps >= 0.5 the constant 0.5 image is in every ball,
-    so no classifier is right on more than the largest class share of the test set."""
-    share = torch.bincount(y.cpu(), minlength=num_classes).float() / max(len(y), 1)
-    bound = share.max().item()
-    with torch.no_grad():
-        grey = torch.full((1, *x.shape[1:]), 0.5, device=s.device)
-        grey_class = int(model(grey).argmax(1).item())
-    acc = _ensemble(model, x, y, s, eps=BOUND_EPS).float().mean().item()
-    over = {e: a for e, a in s.reported.items() if e >= BOUND_EPS and a > bound + 1e-9}
-    detail = (f"ensemble at eps {BOUND_EPS}: {acc:.1%} vs the bound {bound:.1%} (largest class share; the 0.5 image "
-              f"alone leaves {share[grey_class].item():.1%})")
-    if s.reported:
-        detail += f"; cached curve points at eps >= {BOUND_EPS}: " + (
-            ", ".join(f"{a:.1%} at {e:g}" for e, a in sorted(over.items())) + " exceed it" if over else "all within it")
-    return CheckResult("bound", "warn" if acc > bound + 1e-9 or over else "pass", detail,
-                       {"accuracy": acc, "bound": bound, "grey_class": grey_class,
-                        "over": {str(e): a for e, a in over.items()}})
-
-
-def check_gradient_free(model, x, y, s) -> CheckResult:
-    """Per eps of the check's eps and the cached curves' (ascending, warm-started as a curve is),
-    the paired rule on the points the ensemble's gradient attacks left robust against those the
-    whole ensemble (with Square) left: warns if at any eps Square found beyond chance and the
-    minimum effect more than gradients did (no correction for testing several eps: a curve
-    with more eps warns a little more readily). Reports the eps with the largest gap."""
-    grid = sorted({float(s.eps), *s.curve_eps} - {0.0, math.inf})
+@register_check("gradient_free", min_effect=0.02)
+def check_gradient_free(c: Checking) -> CheckResult:
+    """Per eps of the check's grid (its eps and the cached curves', ascending, warm-started as a
+    curve is), the paired rule on the points the ensemble's gradient stages left robust against
+    those the whole ensemble (with Square) left: warns if at any eps Square found beyond chance
+    and the minimum effect more than gradients did (no correction for testing several eps: a
+    curve with more eps warns a little more readily). Reports the eps with the largest gap."""
+    grid = c.grid
     if not grid:
         return skipped("gradient_free", "no bounded eps to check")
-    found = worst_case(model, x, y, grid, steps=s.ensemble_steps, targets=s.targets, seed=s.seed,
-                       batch_size=s.batch_size, device=s.device, queries=s.queries)
-    s.memo[("worst_case", id(model), len(y))] = found  # the ensemble's results at these eps, for the other checks
-    per_eps = [compare("gradient_free", s, found.gradients_correct[:, k], found.correct[:, k], "gradient attacks",
+    found = c.worst
+    per_eps = [compare(c, "gradient_free", found.gradients_correct[:, k], found.correct[:, k], "gradient attacks",
                        "gradient attacks + Square") for k in range(len(grid))]
     warned = [e for e, r in zip(grid, per_eps) if r.status == "warn"]
     k = max(range(len(grid)), key=lambda i: per_eps[i].values["gap"])
@@ -253,82 +289,104 @@ def check_gradient_free(model, x, y, s) -> CheckResult:
     return result
 
 
-def check_protocol(model, x, y, s) -> CheckResult:
-    ref, worst = _pgd(model, x, y, s), _ensemble(model, x, y, s)
-    result = compare("protocol", s, ref, worst, f"PGD-{s.steps} (papers' protocol)", "worst-case ensemble")
+@register_check("unbounded")
+def check_unbounded(c: Checking) -> CheckResult:
+    acc = c.attack(AttackSettings("pgd", steps=c.s.unbounded_steps, step_size=0.01), math.inf).float().mean().item()
+    return CheckResult("unbounded", "pass" if acc <= c.s.zero_tol else "warn",
+                       f"unbounded PGD-{c.s.unbounded_steps} leaves {acc:.1%} correct (must be <= {c.s.zero_tol:.0%})",
+                       {"accuracy": acc})
+
+
+@register_check("bound")
+def check_bound(c: Checking) -> CheckResult:
+    """The threat model's own bound: at eps >= 0.5 the constant 0.5 image is in every ball,
+    so no classifier is right on more than the largest class share of the test set."""
+    x, y = c.subject.x, c.subject.y
+    share = torch.bincount(y.cpu(), minlength=c.num_classes).float() / max(len(y), 1)
+    bound = share.max().item()
+    with torch.no_grad():
+        grey = torch.full((1, *x.shape[1:]), 0.5, device=c.ctx.device)
+        grey_class = int(c.model(grey).argmax(1).item())
+    acc = c.ensemble(BOUND_EPS).float().mean().item()
+    over = {e: a for e, a in c.reported.items() if e >= BOUND_EPS and a > bound + 1e-9}
+    detail = (f"ensemble at eps {BOUND_EPS}: {acc:.1%} vs the bound {bound:.1%} (largest class share; the 0.5 image "
+              f"alone leaves {share[grey_class].item():.1%})")
+    if c.reported:
+        detail += f"; cached curve points at eps >= {BOUND_EPS}: " + (
+            ", ".join(f"{a:.1%} at {e:g}" for e, a in sorted(over.items())) + " exceed it" if over else "all within it")
+    return CheckResult("bound", "warn" if acc > bound + 1e-9 or over else "pass", detail,
+                       {"accuracy": acc, "bound": bound, "grey_class": grey_class,
+                        "over": {str(e): a for e, a in over.items()}})
+
+
+@register_check("protocol", min_effect=0.25)
+def check_protocol(c: Checking) -> CheckResult:
+    result = compare(c, "protocol", c.pgd(), c.ensemble(), f"PGD-{c.s.steps} (papers' protocol)", "worst-case ensemble")
     gap = 100 * result.values["gap"]
     verdict = f"overstates by {gap:.1f} points" if gap >= 0 else f"is {-gap:.1f} points below the ensemble"
-    result.detail = f"PGD-{s.steps} {verdict}: " + result.detail
+    result.detail = f"PGD-{c.s.steps} {verdict}: " + result.detail
     return result
 
 
-def check_transfer(model, x, y, s, surrogate: nn.Module | None) -> CheckResult:
-    if surrogate is None:
+@register_check("transfer", min_effect=0.02)
+def check_transfer(c: Checking) -> CheckResult:
+    if c.surrogate is None:
         return skipped("transfer", "no surrogate (--surrogate RUN, or auto to train one)")
-    transfer = _pgd(model, x, y, s, source=surrogate.to(s.device))
-    return compare("transfer", s, _pgd(model, x, y, s), transfer, "white-box", "transfer from surrogate",
-                   " (transfer must not win)")
+    transfer = c.attack(AttackSettings("pgd", steps=c.s.steps), c.s.eps,
+                        c.subject.transferred(c.surrogate.to(c.ctx.device)))
+    return compare(c, "transfer", c.pgd(), transfer, "white-box", "transfer from surrogate", " (transfer must not win)")
 
 
-def check_graybox(model, x, y, s, graybox: nn.Module | None) -> CheckResult | None:
+@register_check("graybox", min_effect=0.02)
+def check_graybox(c: Checking) -> CheckResult:
     """Where the method offers one (``Method.graybox_model``; ATGAN: D alone, no gradient
     through G): PGD on that part, evaluated on the full pipeline."""
-    if graybox is None:
-        return None  # not applicable: the method has no gray-box model
-    gray = _pgd(model, x, y, s, source=graybox)
-    return compare("graybox", s, _pgd(model, x, y, s), gray, "white-box on D(G(x))",
-                   "gray-box (PGD on D alone)")
+    if c.graybox is None:
+        return skipped("graybox", "the model has no gray-box part (ATGAN's D alone)")
+    gray = c.attack(AttackSettings("pgd", steps=c.s.steps), c.s.eps, c.subject.transferred(c.graybox))
+    return compare(c, "graybox", c.pgd(), gray, "white-box on D(G(x))", "gray-box (PGD on D alone)")
 
 
-def check_autoattack(model, x, y, s, num_classes) -> CheckResult:
-    if not s.autoattack:
+@register_check("autoattack", min_effect=0.02)
+def check_autoattack(c: Checking) -> CheckResult:
+    if not c.s.autoattack:
         return skipped("autoattack", "--no-autoattack")
     try:  # optional dependency (a second to import: only when asked for)
         import torchattacks  # noqa: F401
     except ImportError:
         return skipped("autoattack", "torchattacks not installed")
-    n = min(len(y), s.autoattack_limit)
-    ours = _ensemble(model, x, y, s)[:n]
-    theirs = _mask(model, x[:n], y[:n], s, attack="autoattack", eps=s.eps, num_classes=num_classes)
-    return compare("autoattack", s, ours, theirs, "our ensemble", "AutoAttack (torchattacks)", f" on {n} images")
+    n = min(len(c.subject.y), c.s.autoattack_limit)
+    ours = c.ensemble()[:n]
+    theirs = c.attack(AttackSettings("autoattack"), c.s.eps, c.subject.first(n))
+    return compare(c, "autoattack", ours, theirs, "our ensemble", "AutoAttack (torchattacks)", f" on {n} images")
 
 
-def check_model(model, x, y, settings: CheckSettings, *, surrogate=None, num_classes=10,
-                on_result=None, graybox: nn.Module | None = None) -> list[CheckResult]:
-    """All checks on (x uint8, y); ``on_result(result)`` is called as each one finishes.
-    Checks that do not apply (graybox without a gray-box model) are left out. The model and
-    the attacks run on ``settings.device``, in eval mode; every module's mode is restored on
-    return."""
-    home = model_device(model)  # where the model goes back to: the checks move it to settings.device
-    model = classifier(model.to(settings.device))
-    surrogate = None if surrogate is None else classifier(surrogate)
-    plan = [
-        lambda: check_deterministic(model, x, y, settings),
-        lambda: check_logits(model, x, y, settings),
-        lambda: check_gradients(model, x, y, settings),
-        lambda: check_fgsm_vs_pgd(model, x, y, settings),
-        lambda: check_restarts(model, x, y, settings),
-        lambda: check_long_pgd(model, x, y, settings),
-        lambda: check_loss_invariance(model, x, y, settings),
-        lambda: check_scale(model, x, y, settings),
-        lambda: check_gradient_free(model, x, y, settings),
-        lambda: check_unbounded(model, x, y, settings),
-        lambda: check_bound(model, x, y, settings, num_classes),
-        lambda: check_protocol(model, x, y, settings),
-        lambda: check_transfer(model, x, y, settings, surrogate),
-        lambda: check_graybox(model, x, y, settings, graybox),
-        lambda: check_autoattack(model, x, y, settings, num_classes),
-    ]
+def checking(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: CheckSettings,
+             ctx: EvalContext = EvalContext(), **kw) -> Checking:
+    """A ``Checking`` of a model on (x uint8, y), uncached (``kw``: Checking's other fields)."""
+    return Checking(Subject(classifier(model), x, y), settings, ctx, **kw)
+
+
+def check_model(model, x, y, settings: CheckSettings, ctx: EvalContext = EvalContext(), *, surrogate=None,
+                graybox: nn.Module | None = None, on_result=None) -> list[CheckResult]:
+    """Every registered check on (x uint8, y), in order; ``on_result(result)`` is called as each
+    one finishes. The model and the attacks run on ``ctx.device``, in eval mode; the model goes
+    back to its own device and every module's mode is restored on return."""
+    return run_checks(checking(model, x, y, settings, ctx, surrogate=None if surrogate is None else classifier(surrogate),
+                               graybox=graybox), on_result)
+
+
+def run_checks(c: Checking, on_result=None) -> list[CheckResult]:
+    """Every registered check on ``c``, in order (see ``check_model``)."""
+    home = model_device(c.model)  # where the model goes back to: the checks move it to the context's device
+    c.model.to(c.ctx.device)
     results = []
-    with eval_mode(model):
-        for run_check in plan:
-            result = run_check()
-            if result is None:
-                continue
-            results.append(result)
+    with eval_mode(c.model):
+        for spec in CHECKS.values():
+            results.append(spec.run(c))
             if on_result is not None:
-                on_result(result)
-    model.to(home)
+                on_result(results[-1])
+    c.model.to(home)
     return results
 
 
@@ -361,7 +419,8 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
         raise RobustganError(f"--long-steps ({settings.long_steps}) must exceed --steps ({settings.steps}): the long "
                              "PGD check compares PGD-steps with a longer PGD")
     run = RunDir(run_dir)
-    cfg, model, x, y = open_run(run_dir, limit=ctx.limit, data_root=ctx.data_root, device=ctx.device)
+    subject = Subject.open(run_dir, ctx)
+    cfg, cache, n = subject.config, subject.cache, len(subject.y)
     eps = settings.eps if settings.eps is not None else default_eps(cfg)
     if not eps > 0:
         raise RobustganError("check needs an eps: pass --eps (the run has no eval or training eps)")
@@ -371,15 +430,18 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
         surrogate_model = load_model(ensure_trained(sub, run.path / "surrogate", data_root=ctx.data_root))
     elif surrogate:
         surrogate_model = load_model(Path(surrogate))
-    cache = EvalCache(run_dir)
-    s = replace(settings, eps=eps, seed=ctx.seed, batch_size=ctx.batch_size, device=ctx.device, cache=cache,
-                reported=reported_accuracies(cache, len(y)), curve_eps=cached_curve_eps(cache, len(y)), memo={})
-    results = check_model(model, x, y, s, surrogate=surrogate_model, num_classes=geometry_for(cfg.data).num_classes,
-                          on_result=on_result, graybox=method_class(cfg.method.name).graybox_model(model))
-    report = {"eps": eps, "n": len(y), "alpha": s.alpha, "tol": s.tol,
-              "min_effects": {k: s.min_effect(k) for k in MIN_EFFECT}, "steps": s.steps,
-              "long_steps": s.long_steps, "restarts": s.restarts, "ensemble_steps": s.ensemble_steps,
-              "targets": s.targets, "queries": s.queries, "status": overall_status(results), "summary": summary_line(results),
-              "checks": [r.as_dict() for r in results]}
+    s = replace(settings, eps=eps)
+    c = Checking(subject, s, ctx, None if surrogate_model is None else classifier(surrogate_model),
+                 method_class(cfg.method.name).graybox_model(subject.model), reported_accuracies(cache, n),
+                 cached_curve_eps(cache, n))
+    results = run_checks(c, on_result)
+    report = {"eps": eps, "n": n, "alpha": s.alpha, "tol": s.tol,
+              "min_effects": {k: s.min_effect(k) for k, spec in CHECKS.items() if spec.min_effect is not None},
+              "steps": s.steps, "long_steps": s.long_steps, "restarts": s.restarts, "ensemble_steps": s.ensemble_steps,
+              "targets": s.targets, "queries": s.queries, "status": overall_status(results),
+              "summary": summary_line(results), "checks": [r.as_dict() for r in results]}
     atomic_write(run.file("check.json"), json.dumps(report, indent=1))
     return results
+
+
+MIN_EFFECT = {name: spec.min_effect for name, spec in CHECKS.items() if spec.min_effect is not None}  # the built-in checks'

@@ -24,6 +24,7 @@ class EvalContext:
     seed: int = 0  # random starts are drawn per test point from it
     limit: int = 0  # evaluate the first N test images (0: all)
     data_root: Path | None = None  # where the dataset's files are
+    channels_last: bool = False  # the model and its batches in that memory format (faster convolutions)
     # (description, total) -> an Advance for one progress bar; None: no progress shown
     progress: Callable[[str, int], Advance] | None = None
 
@@ -34,7 +35,7 @@ class EvalContext:
 
 @contextmanager
 def evaluation(device, *, limit: int = 0, data_root: Path | None = None, batch_size: int = 256, seed: int = 0,
-               console: Console | None = None, show: bool = True) -> Iterator[EvalContext]:
+               console: Console | None = None, show: bool = True, channels_last: bool = False) -> Iterator[EvalContext]:
     """A command's one evaluation context, with progress bars on ``console`` (default: stderr)
     while it lasts; ``show=False`` shows none (the non-main ranks under torchrun)."""
     with Progress(console=console or Console(stderr=True), transient=True, disable=not show) as bars:
@@ -42,4 +43,4 @@ def evaluation(device, *, limit: int = 0, data_root: Path | None = None, batch_s
             task = bars.add_task(description, total=total)
             return lambda done: bars.advance(task, done)
 
-        yield EvalContext(device, batch_size, seed, limit, data_root, bar)
+        yield EvalContext(device, batch_size, seed, limit, data_root, channels_last, bar)

@@ -13,17 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustgan.attacks import WorstCase, attack_label, get_attack, worst_case
-from robustgan.attacks.threat import randomized
-from robustgan.attacks.ensemble import DEFAULT_TARGETS, ensemble_names, refine_min_eps, usable_targets
-from robustgan.attacks.outputs import decisions_only_fraction
+from robustgan.attacks import AttackSettings, Batching, WorstCase, attack_label
+from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
-from robustgan.methods import eps_train, method_class
-from robustgan.evaluation.cache import EvalCache, cached_mask, mask_settings
 from robustgan.evaluation.context import EvalContext
+from robustgan.evaluation.engine import Subject, run_attack
+from robustgan.methods import eps_train, method_class
 from robustgan.plotting import pyplot
-from robustgan.runtime import geometry_for, open_run
 
 PROTOCOL_STEPS = 40  # the papers' PGD-40, shown beside the worst case
 
@@ -62,109 +59,34 @@ def method_label(cfg) -> str:
     return method_class(cfg.method.name).label(cfg)
 
 
-def ensemble_masks(cache: EvalCache, model, x, y, grid, clean, *, steps, targets, restarts, seed, queries=None,
-                   spent: dict | None = None, **kw):
-    """(n, len(grid)) per-point results of the worst-case ensemble through the cache. Only
-    eps values not cached are attacked (in one ascending, warm-started pass; points fooled
-    at a smaller cached eps are skipped), and every result is closed upwards over all cached
-    eps: a point fooled at eps' is fooled at every eps >= eps'.
-
-    Resumable: the points are attacked one batch at a time and each batch's results are
-    saved (``cache.partial()``) before the next starts, so a curve killed mid-way redoes only
-    the batch it was in. The random starts are drawn per test point, so the batches give
-    what one pass over all points gives. ``spent`` (a dict) gets this process's gradient
-    evaluations and gradient-free forward passes added (nothing for cached results)."""
-    base = mask_settings("ensemble", 1.0, len(y), seed, steps, None, restarts, targets, queries)
-    del base["eps"]
-    known = cache.matching(**base)
-    missing = sorted({e for e in grid if e > 0 and e not in known})
-    if missing:
-        fooled_below = [torch.stack([~m for e2, m in known.items() if e2 < e] or [torch.zeros(len(y), dtype=torch.bool)])
-                        .any(0) for e in missing]
-        known_fooled = torch.stack(fooled_below, 1)
-        partial, parts, batch_keys = cache.partial(), [], []
-        for lo in range(0, len(y), kw["batch_size"]):
-            points = torch.arange(lo, min(lo + kw["batch_size"], len(y)))
-            keys = [base | {"eps": e, "n": len(points), "points": f"{lo}:{lo + len(points)}"} for e in missing]
-            batch_keys += keys
-            done = [partial.get(**key) for key in keys]
-            if any(mask is None for mask in done):
-                def attack(ids):
-                    found = worst_case(model, x[points[ids]], y[points[ids]], missing, steps=steps, targets=targets,
-                                       restarts=restarts, seed=seed, ids=points[ids], queries=base["queries"],
-                                       known_fooled=known_fooled[points[ids]], **kw)
-                    if spent is not None:
-                        spent["grad_evals"] += found.grad_evals
-                        spent["forwards"] += found.forwards
-                    return found.correct
-
-                part = sharded(attack, len(points))
-                partial.put_many([(part[:, k], key) for k, key in enumerate(keys)])
-            else:
-                part = torch.stack(done, 1)
-                if kw.get("advance") is not None:
-                    kw["advance"](len(points) * len(missing))
-            parts.append(part)
-        found = torch.cat(parts)
-        cache.put_many([(found[:, k], base | {"eps": e}) for k, e in enumerate(missing)])
-        partial.discard(batch_keys)  # the whole curve is cached now: its batches are not needed
-        known |= {e: found[:, k] for k, e in enumerate(missing)}
-    elif kw.get("advance") is not None:
-        kw["advance"](len(y) * len(grid))
-    closed, running = {0.0: clean}, clean.clone()
-    for e in sorted(known):
-        running &= known[e]
-        closed[e] = running.clone()
-    return torch.stack([closed[e] for e in grid], 1)
-
-
-def compute_curve(run_dir, eps_grid, ctx: EvalContext = EvalContext(), *, attack="ensemble", steps=None, step_size=None,
-                  restarts=1, targets=DEFAULT_TARGETS, queries=None, protocol=True, channels_last=False) -> Curve:
-    """Clean accuracy and accuracy under ``attack`` at each eps of ``eps_grid`` for one run
-    (its first ``ctx.limit`` test images), through the run's evaluation cache, per point. By
-    default the attack is the worst-case ensemble and the papers' protocol (PGD-40) is
-    measured beside it (``protocol=False`` skips it). On a randomized model (two passes over the
-    first test images differ) the default is ``eot`` instead: the ensemble's gradients and
-    queries are scored on single draws, which test-time randomness misleads. Under torchrun the
-    test points are sharded across ranks. ``eval`` prints one of these; ``curve`` and ``report``
-    plot several."""
-    cfg, model, x, y = open_run(run_dir, limit=ctx.limit, data_root=ctx.data_root, device=ctx.device)
-    if attack == "ensemble" and randomized(model, x[:64].to(ctx.device)):
-        attack = "eot"
-    spec = get_attack(attack)
-    steps, queries = spec.budget(steps, queries)  # Square's and RayS's steps are their queries
-    protocol = protocol and attack != "pgd"
-    cache = EvalCache(run_dir)
-    columns = 1 + len(eps_grid) * (2 if protocol else 1)
-    kw = dict(device=ctx.device, batch_size=ctx.batch_size, advance=ctx.advance(Path(run_dir).name, len(y) * columns))
-    mask_kw = kw | dict(num_classes=geometry_for(cfg.data).num_classes, channels_last=channels_last, seed=ctx.seed)
-
-    def per_eps(**settings):  # one sharded, cached mask per eps
-        return torch.stack([cached_mask(cache, model, x, y, eps=e, **settings, **mask_kw) for e in eps_grid], 1)
-
+def compute_curve(subject: Subject | str | Path, eps_grid: list[float], settings: AttackSettings = AttackSettings(),
+                  ctx: EvalContext = EvalContext(), *, protocol: bool = True) -> Curve:
+    """Clean accuracy and accuracy under ``settings``' attack at each eps of ``eps_grid`` for one
+    run (a run directory, opened here, or a ``Subject`` opened by the caller), through the run's
+    evaluation cache, per point (``engine.run_attack``: EOT instead of the ensemble on a
+    randomized model). The papers' protocol (PGD-40) is measured beside it unless ``protocol``
+    is False or the attack is PGD. Under torchrun the test points are sharded across ranks.
+    ``eval`` prints one of these; ``curve`` and ``report`` plot several."""
+    subject = subject if isinstance(subject, Subject) else Subject.open(subject, ctx)
+    protocol = protocol and settings.name != "pgd"
+    columns = len(eps_grid) * (2 if protocol else 1)
+    advance = ctx.advance(subject.path.name if subject.path else "evaluate", len(subject.y) * columns)
     start = time.perf_counter()
-    spent = {"grad_evals": 0, "forwards": 0}
-    clean = cached_mask(cache, model, x, y, attack="none", **mask_kw)
-    if attack == "ensemble":
-        correct = ensemble_masks(cache, model, x, y, eps_grid, clean, steps=steps, targets=targets, spent=spent,
-                                 restarts=restarts, seed=ctx.seed, queries=queries, **kw)
-    else:
-        correct = per_eps(attack=attack, steps=steps, step_size=step_size, restarts=restarts, queries=queries)
-    paper = per_eps(attack="pgd", steps=PROTOCOL_STEPS) if protocol else None
-    key = mask_settings(attack, 1.0, 0, 0, steps, queries=queries)
-    label_only = decisions_only_fraction(model, x, ctx.batch_size, ctx.device)
-    classes = geometry_for(cfg.data).num_classes
-    settings = {"attack": attack, "attacks": ensemble_names(usable_targets(targets, classes), key["queries"],
-                                                            label_only > 0) if attack == "ensemble" else [attack],
-                "steps": steps if spec.steps is not None else None, "restarts": restarts,
-                "targets": targets if attack == "ensemble" else None,
-                "queries": key.get("queries"),
-                "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": ctx.seed,
-                "seconds": time.perf_counter() - start, "cost": spent if attack == "ensemble" else None,
-                "decisions_only": label_only}
-    return Curve(str(run_dir), method_label(cfg), eps_train(cfg), list(eps_grid),
-                 fractions(correct) if len(y) else [0.0] * len(eps_grid), fractions(clean) if len(y) else 0.0,
-                 len(y), settings, fractions(paper) if paper is not None and len(y) else None, correct, clean)
+    found = run_attack(subject, eps_grid, settings, ctx, advance)
+    paper = run_attack(subject, eps_grid, AttackSettings("pgd", steps=PROTOCOL_STEPS, seed=settings.seed), ctx,
+                       advance).correct if protocol else None
+    s, n = found.settings.resolved(), len(subject.y)
+    spec = s.spec
+    summary = {"attack": s.name, "attacks": found.attacks, "steps": s.steps if spec.steps is not None else None,
+               "restarts": s.restarts, "targets": s.targets if s.name == "ensemble" else None,
+               "queries": s.queries if "queries" in spec.key else None,
+               "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": s.seed,
+               "seconds": time.perf_counter() - start, "cost": found.cost, "decisions_only": found.decisions_only}
+    cfg = subject.config
+    return Curve(str(subject.path), method_label(cfg) if cfg else "model", eps_train(cfg) if cfg else 0.0,
+                 list(eps_grid), fractions(found.correct) if n else [0.0] * len(eps_grid),
+                 fractions(found.clean) if n else 0.0, n, summary,
+                 fractions(paper) if paper is not None and n else None, found.correct, found.clean)
 
 
 def fractions(correct: torch.Tensor):
@@ -172,20 +94,19 @@ def fractions(correct: torch.Tensor):
     return (correct.sum(0).double() / len(correct)).tolist()
 
 
-def min_norm_distances(run_dir, curve: Curve, ctx: EvalContext = EvalContext(), *, rounds=4) -> torch.Tensor:
+def min_norm_distances(subject: Subject, curve: Curve, ctx: EvalContext = EvalContext(), *, rounds=4) -> torch.Tensor:
     """Each point's smallest fooling eps from an ensemble curve: the smallest grid eps that
-    fooled it, narrowed by ``rounds`` bisections (``attacks.ensemble.refine_min_eps``)."""
-    _, model, x, y = open_run(run_dir, limit=ctx.limit, data_root=ctx.data_root, device=ctx.device)
+    fooled it, narrowed by ``rounds`` bisections (``attacks.ensemble.refine_min_eps``) with the
+    curve's steps, targets and seed."""
+    x, y = subject.x, subject.y
     order = sorted(range(len(curve.eps)), key=curve.eps.__getitem__)
     s = curve.settings
     found = WorstCase([curve.eps[i] for i in order], curve.correct[:, order], curve.clean_correct, s["attacks"], 0, 0.0)
-    advance = ctx.advance("min-norm", len(y))
-    upper = found.min_eps()
+    settings = AttackSettings("ensemble", steps=s["steps"], targets=s["targets"], seed=s["seed"])
+    batching = Batching(ctx.device, ctx.batch_size, ctx.advance("min-norm", len(y)))
     return sharded(lambda ids: refine_min_eps(
-        model, x[ids], y[ids], WorstCase(found.eps, found.correct[ids], found.clean[ids], found.attacks, 0, 0.0),
-        rounds=rounds, steps=s["steps"], targets=s["targets"], seed=s["seed"], batch_size=ctx.batch_size,
-        device=ctx.device, ids=ids,
-        advance=advance), len(y)) if len(y) else upper
+        subject.model, x[ids], y[ids], WorstCase(found.eps, found.correct[ids], found.clean[ids], found.attacks, 0, 0.0),
+        settings, batching, rounds=rounds, ids=ids), len(y)) if len(y) else found.min_eps()
 
 
 def caption(curves: list[Curve]) -> str:

@@ -9,19 +9,19 @@ The numbers are those ``robustgan eval`` prints for a run: the worst-case ensemb
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import get_attack, robust_mask, worst_case
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
-from robustgan.attacks.outputs import decisions_only_fraction, decisions_only_warning
-from robustgan.attacks.threat import (AttackError, check_eps, check_images, classifier, eval_mode, model_device,
-                                      probe_classes, randomized)
+from robustgan.attacks import AttackSettings
+from robustgan.attacks.outputs import decisions_only_warning
+from robustgan.attacks.threat import AttackError, check_eps, check_images, classifier, eval_mode, model_device, probe_classes
 from robustgan.eps import parse_number
+from robustgan.evaluation.context import EvalContext
 from robustgan.evaluation.curves import fractions
+from robustgan.evaluation.engine import Subject, run_attack
 
 
 @dataclass
@@ -63,26 +63,38 @@ def eps_list(eps) -> list[float]:
     return values
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack: str = "ensemble",
-             steps: int | None = None, targets: int = DEFAULT_TARGETS, queries: int | None = None, seed: int = 0,
-             batch_size: int = 256, device=None) -> Evaluation:
+def attack_settings(attack: str | AttackSettings, options: dict) -> AttackSettings:
+    """``attack`` as settings, with ``options`` (AttackSettings' fields) replacing its own."""
+    fields = {f.name for f in dataclasses.fields(AttackSettings)} - {"name"}
+    if set(options) - fields:
+        raise AttackError(f"unknown option {', '.join(sorted(set(options) - fields))}; "
+                          f"the attack's settings are {', '.join(sorted(fields))}")
+    settings = attack if isinstance(attack, AttackSettings) else AttackSettings(str(attack))
+    settings = dataclasses.replace(settings, **options)
+    settings.spec  # noqa: B018  (an unknown attack: one AttackError naming every choice)
+    return settings
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack: str | AttackSettings = "ensemble",
+             batch_size: int = 256, device=None, **options) -> Evaluation:
     """Robust accuracy of ``model`` (any nn.Module mapping [0, 1] images to class scores) on
     ``x`` (N, C, H, W), uint8 or float in [0, 1], and int64 labels ``y`` (N,), at every L-inf
     radius of ``eps`` (a number, "8/255", or a list of them; pixel scale, e.g. 0.3 or 8 / 255).
 
     The model may return logits, log-probabilities or probabilities, as a tensor, the first item
     of a tuple, a dict's "logits" or an output's ``.logits``; float16 and float64 images and
-    models are cast to the model's dtype. ``attack``: "ensemble" (the default: APGD-CE, APGD-T
-    and Square, worst case per point) or any name of ``robustgan.attacks.attack_names()``; on a
-    model whose outputs change between two passes the ensemble is replaced by "eot". ``steps``
-    and ``queries`` default to the attack's own (100 steps, 5000 Square queries); APGD-T is left
-    out below 4 classes. ``device`` defaults to the model's. The model is attacked in eval mode
+    models are cast to the model's dtype. ``attack``: "ensemble" (the default: the worst case per
+    point over its stages, docs/evaluation.md) or any name of ``robustgan.attacks.attack_names()``,
+    or an ``AttackSettings``; on a model whose outputs change between two passes the ensemble is
+    replaced by "eot". ``options`` are ``AttackSettings``' fields (``steps``, ``step_size``,
+    ``restarts``, ``targets``, ``queries``, ``seed``), each defaulting to the attack's own (100
+    steps, 5000 Square queries, seed 0); APGD-T is left out below 4 classes. ``device`` defaults to the model's. The model is attacked in eval mode
     and handed back unchanged: every module's mode, every parameter and buffer as they were.
     Where the outputs carry only decisions (``decisions_only`` > 0) the accuracies are upper
     bounds, and the result says so. Bad arguments raise ``robustgan.attacks.AttackError`` (a
     ValueError)."""
     eps = eps_list(eps)
-    spec = get_attack(attack)
+    settings = attack_settings(attack, options)
     if not isinstance(x, torch.Tensor) or not len(x):
         raise AttackError("x must be a non-empty tensor of images (N, C, H, W)")
     check_images(x.float().div(255) if x.dtype == torch.uint8 else x.float(), y)
@@ -90,21 +102,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack:
     model = classifier(model)
     with eval_mode(model):
         probe_classes(model, x[:1].to(device), y)
-        if attack == "ensemble" and randomized(model, x[:64].to(device)):
-            attack, spec = "eot", get_attack("eot")
-        start = time.perf_counter()
-        if attack == "ensemble":
-            found = worst_case(model, x, y, eps, steps=spec.steps if steps is None else steps, targets=targets,
-                               queries=queries, seed=seed, batch_size=batch_size, device=device)
-            correct, clean, attacks = found.correct, found.clean, found.attacks
-            grads, forwards = found.grad_evals, found.forwards
-            label_only = found.decisions_only.float().mean().item()  # read from the ensemble's clean pass
-        else:
-            clean = robust_mask(model, x, y, attack="none", batch_size=batch_size, device=device)
-            correct = torch.stack([robust_mask(model, x, y, attack=attack, eps=e, steps=steps, targets=targets,
-                                               seed=seed, batch_size=batch_size, device=device, queries=queries)
-                                   for e in eps], 1)
-            attacks, grads, forwards = [attack], None, None
-            label_only = decisions_only_fraction(model, x, batch_size, device)
-    return Evaluation(eps, dict(zip(eps, fractions(correct))), correct, fractions(clean), attack, attacks, grads,
-                      forwards, time.perf_counter() - start, label_only)
+    found = run_attack(Subject(model, x, y), eps, settings, EvalContext(device, batch_size))
+    cost = found.cost or {}
+    return Evaluation(eps, dict(zip(eps, fractions(found.correct))), found.correct, fractions(found.clean),
+                      found.settings.name, found.attacks, cost.get("grad_evals"), cost.get("forwards"), found.seconds,
+                      found.decisions_only)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
+from robustgan.attacks import AttackSettings
 from robustgan.eps import format_eps, grid_for
 from robustgan.evaluation.context import EvalContext
 from robustgan.evaluation.curves import Curve, area, caption, compute_curve, method_label, plot_curves
@@ -137,18 +137,15 @@ def check_html(run: RunDir) -> str:
             "(one-sided sign test) and at least their minimum effect.</p>")
 
 
-def build_report(runs: list[Path], out: Path, ctx: EvalContext = EvalContext(), *, eps_grid=None, steps: int = 20,
-                 index: int = 0, curve_steps: int | None = None, targets: int = DEFAULT_TARGETS,
-                 queries: int | None = None) -> Path:
-    """The HTML page for ``runs``: curves by the worst-case ensemble (``curve_steps`` per
-    attack, default 100; APGD-T towards up to ``targets`` classes) with PGD-40 beside it,
-    saliency maps by PGD-``steps``."""
+def build_report(runs: list[Path], out: Path, settings: AttackSettings = AttackSettings(),
+                 ctx: EvalContext = EvalContext(), *, eps_grid=None, steps: int = 20, index: int = 0) -> Path:
+    """The HTML page for ``runs``: curves by ``settings``' attack (by default the worst-case
+    ensemble) with PGD-40 beside it, saliency maps by PGD-``steps``."""
     runs = [Path(r) for r in runs]
     configs = [RunDir(r).config() for r in runs]
     dataset = configs[0].data.name
     grid = eps_grid or grid_for(dataset)
-    curves = [compute_curve(r, grid, ctx, steps=curve_steps, targets=targets, queries=queries)
-              for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
+    curves = [compute_curve(r, grid, settings, ctx) for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
     parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
     summary = "".join(

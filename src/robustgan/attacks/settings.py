@@ -1,0 +1,87 @@
+"""What an attack is asked to do, as one value (``AttackSettings``), and where it runs
+(``Batching``). The CLI and the notebook API build the settings once; from them alone come the
+defaults (``resolved``), the evaluation cache's key (``key``), the label and what one batch's run
+function gets (``args``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from robustgan.attacks.registry import (DEFAULT_ATTACK, DEFAULT_TARGETS, QUERIES_PER_STEP, AttackArgs, AttackSpec,
+                                        default_step_size, get_attack)
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """One attack and every setting its numbers depend on, besides eps and the points.
+
+    ``name`` is a registered attack (``attack_names()``) or "none" (clean accuracy). ``steps``
+    None is the attack's default; an attack whose steps are queries (Square, RayS) takes
+    ``queries`` as its steps when given. ``step_size`` None is ``default_step_size(eps, steps)``.
+    ``targets`` and ``queries`` are the ensemble's APGD-T targets and query budget per point
+    (None: ``QUERIES_PER_STEP`` x steps; 0: no query stage). ``seed`` draws the random starts per
+    point (None: torch's global generator)."""
+
+    name: str = DEFAULT_ATTACK
+    steps: int | None = None
+    step_size: float | None = None
+    restarts: int = 1
+    targets: int = DEFAULT_TARGETS
+    queries: int | None = None
+    seed: int | None = 0
+
+    @property
+    def spec(self) -> AttackSpec | None:
+        """The registry entry (an AttackError naming every choice for an unknown name); None for "none"."""
+        return None if self.name == "none" else get_attack(self.name)
+
+    def resolved(self) -> AttackSettings:
+        """The same settings with the defaults filled in: the steps (or, for Square and RayS, the
+        queries as steps) and the query budget."""
+        if self.spec is None:
+            return self
+        steps, queries = self.spec.budget(self.steps, self.queries)
+        if queries is None and steps:
+            queries = QUERIES_PER_STEP * steps
+        return replace(self, steps=steps, queries=queries)
+
+    def key(self, eps: float, n: int) -> dict:
+        """The evaluation cache's settings for ``n`` points at ``eps``: (attack, eps, n, seed) and
+        those the attack's registry entry says change its numbers (``AttackSpec.key``)."""
+        if self.spec is None or eps == 0:
+            return dict(attack="none", eps=0.0, n=n)
+        r = self.resolved()
+        values = dict(steps=r.steps, restarts=r.restarts, targets=r.targets, queries=r.queries,
+                      step_size=r.step_size or (default_step_size(eps, r.steps) if r.steps else None))
+        return dict(attack=self.name, eps=float(eps), n=n, seed=self.seed) | {k: values[k] for k in self.spec.key}
+
+    @property
+    def label(self) -> str:
+        """e.g. "PGD-40, 5 restarts" or "worst case of APGD-CE + APGD-T (9 targets) + ..."."""
+        return "clean" if self.spec is None else self.spec.label(self.key(1.0, 0))
+
+    def args(self, *, num_classes: int, ids: torch.Tensor | None, check: bool = False) -> AttackArgs:
+        """What one batch's run function gets (by keyword: a field added to AttackArgs shifts nothing)."""
+        r = self.resolved()
+        return AttackArgs(steps=r.steps, step_size=r.step_size, restarts=r.restarts, targets=r.targets,
+                          num_classes=num_classes, seed=r.seed, ids=ids, check=check, queries=r.queries)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Where an attack runs and in what batches: ``device`` (None: the model's), ``batch_size``
+    points per pass, ``advance(k)`` called as k points (or point-eps pairs) are done, and
+    ``channels_last`` (the model converted in place and the batches in that memory format:
+    faster convolutions, the same numbers up to float rounding)."""
+
+    device: torch.device | str | None = None
+    batch_size: int = 256
+    advance: Callable[[int], None] | None = None
+    channels_last: bool = False
+
+    def done(self, k: int) -> None:
+        if self.advance is not None:
+            self.advance(k)

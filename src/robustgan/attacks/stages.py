@@ -1,0 +1,160 @@
+"""The worst-case ensemble's stages, declared in one place (``STAGES``): what each runs, in order,
+on which points. ``ensemble_names`` (the ``attacks`` of every result), the ensemble's label, its
+``--help`` line and docs/evaluation.md's stage table all come from this list.
+
+Two kinds of stage:
+- a gradient stage gives APGD runs (``AttackRun``) that ``worst_case`` makes at every eps of
+  the grid in ascending order, on the points every earlier run left robust (``runs``);
+- a query stage runs once the gradient stages are done at every eps, on one batch
+  (``StageBatch``), and returns the forward passes it spent (``run``).
+
+ARCHITECTURE.md's recipe "an attack in the default ensemble" adds one of either kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn as nn
+
+from robustgan.attacks.gradient_free import gradient_free_stage
+from robustgan.attacks.rays import decision_stage
+from robustgan.attacks.registry import QUERIES_PER_STEP
+
+FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher ranks only close points
+CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap
+CLOSE_RESTART = 0.5  # close enough for a second APGD-CE from a random start: half the gap closed
+HALVING = (4, 2, 1)  # targets 2-9 kept per point after APGD's first three checkpoints (22, 41, 57 of 100 steps)
+# Part of the ensemble's cache key: a change to STAGES or to a stage's numbers raises it above
+# every version used before (its reason in one line beside it).
+ENSEMBLE_VERSION = 11  # RayS on points whose outputs carry only decisions
+
+
+class AttackRun(NamedTuple):
+    loss: str  # a key of losses.LOSSES
+    ranks: tuple[int, ...]  # targets by rank at the worst example, attacked side by side (targeted loss only)
+    seed: int  # target rank r draws its random starts from seed + 7919 r
+    threshold: float | None  # only on points ``close_to_fooled`` at this threshold; None: every point
+    warm: bool  # start from each point's worst example instead of a random point
+    prune: tuple[int, ...] | None = None  # successive halving over a point's targets (``apgd_run``)
+
+
+@dataclass(frozen=True)
+class Savings:
+    """Where the ensemble spends less than attacking every point with everything (ensemble.py's
+    docstring), each switchable off to measure what it saves: ``warm_start`` (APGD-CE from the
+    worst point at the previous eps, and once more from a random start on close points),
+    ``early_stop`` (a fooled point is not attacked again), ``close`` (ranks 2-9 only on points
+    whose margin ratio is at most ``close``; 1: every point), ``halving`` (successive halving
+    over those ranks)."""
+
+    warm_start: bool = True
+    early_stop: bool = True
+    close: float = CLOSE
+    halving: bool = True
+
+
+@dataclass
+class StageBatch:
+    """One batch as a query stage finds it, after the gradient stages ran at every eps."""
+
+    model: nn.Module  # outputs logits (``outputs.as_logits``), in eval mode
+    x: torch.Tensor  # (n, C, H, W) float in [0, 1], on the device
+    y: torch.Tensor  # (n,) on the device
+    ids: torch.Tensor  # (n,) the points' indices in the test set: per-point random draws
+    eps: list[float]  # ascending
+    correct: torch.Tensor  # (n, len(eps)) bool, CPU: a stage sets False where it fools a point (in place)
+    clean_margin: torch.Tensor  # (n,) max_{i != y} z_i - z_y of the clean image, on the device
+    decisions_only: torch.Tensor  # (n,) bool, CPU: the outputs carry only the decision
+    queries: int  # the query budget per point
+    seed: int
+    examples: torch.Tensor | None = None  # (len(eps), n, C, H, W), CPU: a stage writes each example it finds
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the docs' table
+    short: str  # its words in the ensemble's --help line ("" for none)
+    help: str  # one line for the docs' table: what it runs, on which points
+    listed: Callable[[int, int, bool], str | None]  # (targets, queries, decisions only) -> its name in ``attacks``; None: it does not run
+    title: Callable[[dict], str] = lambda settings: ""  # cache settings -> its part of the label ("": none)
+    runs: Callable[[int, int, Savings], list[AttackRun]] | None = None  # a gradient stage: (targets, seed, savings) -> runs
+    run: Callable[[StageBatch], int] | None = None  # a query stage: -> forward passes spent
+
+
+def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
+    first = [AttackRun("dlr-targeted", (r,), seed, None, False) for r in range(1, min(int(targets), FIRST_TARGETS) + 1)]
+    rest = tuple(range(FIRST_TARGETS + 1, int(targets) + 1))
+    return first + ([AttackRun("dlr-targeted", rest, seed, savings.close, False,
+                               HALVING if savings.halving else None)] if rest else [])
+
+
+def _square(b: StageBatch) -> int:
+    return gradient_free_stage(b.model, b.x, b.y, b.ids, b.eps, b.correct, b.clean_margin, b.queries, b.seed,
+                               b.examples)
+
+
+def _rays(b: StageBatch) -> int:
+    return decision_stage(b.model, b.x, b.y, b.eps, b.correct, b.decisions_only, b.queries, b.examples)
+
+
+def _queries(settings: dict) -> int:
+    return settings.get("queries", QUERIES_PER_STEP * settings["steps"])
+
+
+STAGES: list[Stage] = [
+    Stage("apgd-ce", "APGD-CE", "APGD on the standardized cross-entropy, from each point's worst example at the "
+          "previous eps", lambda targets, queries, label_only: "apgd-ce", lambda s: "APGD-CE",
+          runs=lambda targets, seed, savings: [AttackRun("ce-standardized", (), seed, None, savings.warm_start)]),
+    Stage("apgd-t", "targeted APGD-DLR", "APGD on the targeted DLR loss, targets ranked at the worst example: the "
+          "first on every point, the others side by side on close points, by successive halving",
+          lambda targets, queries, label_only: f"apgd-t({targets} targets)" if targets else None,
+          lambda s: f"APGD-T ({s['targets']} targets)" if s.get("targets") else "", runs=_targeted),
+    Stage("apgd-ce-restart", "", "APGD-CE once more from its random start, on the points that closed half their gap "
+          "(part of apgd-ce)", lambda targets, queries, label_only: None,
+          runs=lambda targets, seed, savings: [AttackRun("ce-standardized", (), seed, CLOSE_RESTART, False)]
+          if savings.warm_start else []),
+    Stage("square", "Square", "Square Attack on the points every gradient stage left robust, from the largest eps "
+          "each withstood downwards, giving up on points far from fooled",
+          lambda targets, queries, label_only: f"square({queries})" if queries else None,
+          lambda s: f"Square ({_queries(s)} queries)" if _queries(s) else "", run=_square),
+    Stage("rays", "RayS where outputs carry only decisions", "RayS on the points whose outputs carry only the "
+          "decision and that every earlier stage left robust",
+          lambda targets, queries, label_only: f"rays({queries})" if queries and label_only else None, run=_rays),
+]
+
+
+def attack_runs(targets: int, seed: int, savings: Savings = Savings(warm_start=False)) -> list[AttackRun]:
+    """Every gradient stage's runs, in STAGES order."""
+    return [run for stage in STAGES if stage.runs is not None for run in stage.runs(targets, seed, savings)]
+
+
+def query_stages() -> list[Stage]:
+    return [stage for stage in STAGES if stage.run is not None]
+
+
+def ensemble_names(targets: int, queries: int = 0, label_only: bool = False) -> list[str]:
+    """What the ensemble runs with ``targets`` APGD-T targets and ``queries`` per point, on
+    outputs that carry only decisions (``label_only``) or not."""
+    return [name for stage in STAGES if (name := stage.listed(targets, queries, label_only))]
+
+
+def ensemble_label(settings: dict) -> str:
+    """e.g. "worst case of APGD-CE + APGD-T (9 targets) + Square (5000 queries), 100 steps"."""
+    parts = " + ".join(title for stage in STAGES if (title := stage.title(settings)))
+    restarts = settings.get("restarts", 1)
+    return f"worst case of {parts}, {settings['steps']} steps" + (f", {restarts} restarts" if restarts > 1 else "")
+
+
+def ensemble_help() -> str:
+    """The ensemble's line in --help and the attack table."""
+    words = [stage.short for stage in STAGES if stage.short]
+    return f"the worst case per point of {', '.join(words[:-1])} and {words[-1]} (the default)"
+
+
+def stage_table() -> str:
+    """STAGES as a markdown table (docs/evaluation.md holds it; a test keeps the two equal)."""
+    rows = ["| stage | kind | what it runs |", "| --- | --- | --- |"]
+    rows += [f"| `{s.name}` | {'gradient' if s.runs else 'queries'} | {s.help} |" for s in STAGES]
+    return "\n".join(rows) + "\n"
