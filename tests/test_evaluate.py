@@ -31,7 +31,7 @@ def test_check_command_exits_1_on_masked_model_and_0_on_honest(digits_runs, tmp_
                                  "--ensemble-steps", "20", "--surrogate", str(digits_runs / "standard"), *args])
     assert honest.exit_code == 0, honest.output
     assert "possible gradient masking" not in honest.output
-    assert "passed, 1 skipped (autoattack: --no-autoattack)" in honest.output
+    assert "passed, 2 skipped (graybox: the method has no gray-box part; autoattack: --no-autoattack)" in honest.output
     report = json.loads((run / "check.json").read_text())
     assert report["status"] == "pass" and {c["name"] for c in report["checks"]} >= {"unbounded", "transfer", "long_pgd"}
     assert {c["status"] for c in report["checks"]} == {"pass", "skipped"}
@@ -55,7 +55,8 @@ def test_skipped_checks_are_skipped_not_passed(digits_runs, tmp_path, monkeypatc
                     monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
     assert "skipped  transfer" in done.stderr and "skipped  autoattack" in done.stderr
-    assert "2 skipped (transfer: no surrogate" in done.stderr and "; autoattack: --no-autoattack)" in done.stderr
+    assert "3 skipped (transfer: no surrogate" in done.stderr
+    assert "; graybox: the method has no gray-box part; autoattack: --no-autoattack)" in done.stderr
     report = json.loads((run / "check.json").read_text())
     assert json.loads(done.stdout) == report
     status = {c["name"]: c["status"] for c in report["checks"]}

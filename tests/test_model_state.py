@@ -15,8 +15,8 @@ import robustgan
 from robustgan.attacks import ATTACKS, AttackSettings, attack_names, robust_mask, worst_case
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.attacks.outputs import decisions_only_fraction
-from robustgan.attacks.threat import randomized
 from robustgan.evaluation.checks import CheckSettings, check_model
+from robustgan.evaluation.engine import randomness
 from robustgan.evaluation.saliency import saliency
 from robustgan.evaluation.trends import directions, logit_trends
 from tests.helpers import bn_dropout_cnn, rgb, run_main, tiny_cnn
@@ -81,7 +81,7 @@ def test_the_engine_and_the_notebook_api_hand_the_model_back_unchanged(handed):
     refine_min_eps(model, x, y, found, AttackSettings(steps=2, targets=1), rounds=1)
     robustgan.evaluate(model, x, y, eps=0.1, steps=2, targets=1, queries=5)
     robustgan.evaluate(model, x, y, eps=0.1, attack="eot", steps=2)
-    randomized(model, x)
+    randomness(model, x, "cpu")
     decisions_only_fraction(model, x)
     saliency(model, x, y)
     logit_trends(model, x[:1], y[:1], directions(model, x[:1], y[:1], 0.1, None), 0.1, points=5)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustgan.attacks import (ATTACKS, AttackArgs, AttackError, AttackSettings, Batching, attack_label, attack_names,
-                               attack_table, register_attack, robust_mask)
+from robustgan.attacks import (ATTACKS, AttackArgs, AttackError, AttackSettings, Batching, Stage, StageBatch, attack_label,
+                               attack_names, attack_table, register_attack, robust_mask, stages, worst_case)
+from robustgan.attacks.stages import stage_table
 from robustgan.evaluation.cache import EvalCache, cache_key
 from robustgan.evaluation.engine import Subject, cached_mask
 from tests.helpers import CONFIGS, copy_run, run_main, tiny_cnn
@@ -189,3 +190,77 @@ def test_the_docs_attack_table_is_the_registrys():
     start = docs.index("| `--attack` |")
     end = docs.index("\n\n", start) + 1
     assert docs[start:end] == attack_table(), "docs/evaluation.md: paste robustgan.attacks.attack_table() as its table"
+
+
+def test_the_docs_stage_table_is_the_ensembles():
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "evaluation.md").read_text()
+    start = docs.index("| stage | kind |")
+    end = docs.index("\n\n", start) + 1
+    assert docs[start:end] == stage_table(), "docs/evaluation.md: paste robustgan.attacks.stages.stage_table() there"
+
+
+def corner_stage(batch: StageBatch) -> int:
+    """A toy query stage: one random corner of the ball per point still robust at each eps (one
+    forward pass each); where the model misclassifies it, the point is fooled there."""
+    forwards = 0
+    for k, eps in enumerate(batch.eps):
+        todo = batch.correct[:, k].nonzero()[:, 0]
+        if not len(todo) or eps == 0:
+            continue
+        gen = torch.Generator().manual_seed(batch.seed + k)
+        x = batch.x[todo.to(batch.x.device)]
+        corner = (x + eps * torch.randint(0, 2, x.shape, generator=gen).mul(2).sub(1).to(x)).clamp(0, 1)
+        with torch.no_grad():
+            hit = (batch.model(corner).argmax(1) != batch.y[todo.to(batch.y.device)]).cpu()
+        forwards += len(todo)
+        batch.correct[todo[hit], k:] = False  # the corner lies in every larger ball too
+        if batch.examples is not None:
+            for j in range(k, len(batch.eps)):
+                batch.examples[j, todo[hit]] = corner[hit.to(corner.device)].cpu()
+    return forwards
+
+
+def test_a_toy_stage_added_through_the_recipe_runs_in_the_ensemble(trained_tiny, digits, monkeypatch, seed):
+    """ARCHITECTURE.md's recipe alone (a run function, a Stage in STAGES): the ensemble runs it
+    after the gradient stages and Square, names it in ``attacks`` and its label, counts its
+    forward passes, and every point it fools has an example in the ball that the model gets wrong."""
+    toy = Stage("corner", "a random corner", "one random corner of the ball per still-robust point",
+                lambda targets, queries, label_only: "corner", lambda settings: "a corner", run=corner_stage)
+    *_, xt, yt = digits
+    x, y = xt[:64], yt[:64]
+    weak = AttackSettings(steps=1, targets=1, queries=1, seed=seed)  # weak stages before it: the toy finds points
+    before = worst_case(trained_tiny, x, y, [0.1, 0.3], weak)
+    monkeypatch.setattr(stages, "STAGES", [*stages.STAGES, toy])
+    found = worst_case(trained_tiny, x, y, [0.1, 0.3], weak, keep_examples=True)
+    assert found.attacks[-1] == "corner" and "a corner" in ATTACKS["ensemble"].label(weak.key(0.1, 64))
+    assert (found.correct <= before.correct).all() and (found.correct < before.correct).any()  # it fooled points
+    assert found.forwards > before.forwards
+    for k, eps in enumerate(found.eps):
+        example = found.examples[k]
+        assert (example - x).abs().max() <= eps + 1e-6 and 0 <= example.min() and example.max() <= 1
+        with torch.no_grad():
+            assert torch.equal(trained_tiny(example).argmax(1) != y, ~found.correct[:, k])
+    assert "corner" in stage_table() and "a random corner" in stages.ensemble_help()
+
+
+EVALUATION_PATH = ["evaluation/*.py", "attacks/accuracy.py", "attacks/ensemble.py", "attacks/registry.py",
+                   "attacks/settings.py", "attacks/stages.py"]
+
+
+def test_no_function_of_the_evaluation_path_takes_more_than_ten_parameters():
+    """Settings travel as one value (AttackSettings, Batching, EvalContext, a Subject), never as
+    a dozen keywords threaded by hand (the attack algorithms keep their keyword options)."""
+    import ast
+
+    src = Path(__file__).resolve().parent.parent / "src" / "robustgan"
+    long = []
+    for pattern in EVALUATION_PATH:
+        for path in sorted(src.glob(pattern)):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    a = node.args
+                    names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+                    count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+                    if count > 10:
+                        long.append(f"{path.relative_to(src)}:{node.lineno} {node.name} ({count})")
+    assert not long, long

@@ -89,8 +89,8 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     console.rule("[bold]robustness curves")
     with evaluation(device, limit=limit, console=console) as ctx:
         # the worst-case ensemble (in the quick demo: 3 steps per attack), the papers' PGD-40 beside it
-        settings = AttackSettings(steps=steps if quick else None, targets=targets, queries=queries)
-        curves = {n: compute_curve(r, EPS_GRID, settings, ctx) for n, r in runs.items()}
+        ensemble = AttackSettings(steps=steps if quick else None, targets=targets, queries=queries)
+        curves = {n: compute_curve(r, EPS_GRID, ensemble, ctx) for n, r in runs.items()}
     console.rule("[bold]gradient-masking checks")
     checks = {}
     for name, run in runs.items():
@@ -104,8 +104,8 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     short = {name: short_status(text) for name, text in checks.items()}
     console.rule("[bold]report")
     with evaluation(device, limit=limit, console=console) as ctx:
-        report = build_report(list(runs.values()), out / "report.html", ctx, eps_grid=EPS_GRID, steps=steps,
-                              curve_steps=steps if quick else None, targets=targets, queries=queries, index=3)
+        report = build_report(list(runs.values()), out / "report.html", ensemble, ctx, eps_grid=EPS_GRID, steps=steps,
+                              index=3)
     first = next(iter(curves.values()))
     table = Table(title=f"digits test set (first {limit} images): {attack_label(first.settings)}; "
                         f"in parentheses {first.settings['protocol'].upper()}, the papers' protocol")

@@ -162,11 +162,7 @@ def model_identity(run_dir: str | Path) -> str:
     its factory and the SHA-256 of the factory's source file (two factories over the same
     weights, or an edited factory, never share a result)."""
     cfg = RunDir(run_dir).config()
-    identity = file_sha256(weights_path(run_dir))[:16]
-    if cfg.method.name == "external":
-        source = external.factory_source(cfg.method.factory)
-        identity += f"+{cfg.method.factory}" + (f"@{file_sha256(source)[:16]}" if source else "")
-    return identity
+    return file_sha256(weights_path(run_dir))[:16] + method_class(cfg.method.name).identity(cfg)
 
 
 def file_sha256(path: Path) -> str:
@@ -235,7 +231,7 @@ def training_cost(run_dir: str | Path) -> dict | None:
         return None
     cfg = run.config()
     records = [r for r in run.metrics() if r.get("split") == "train"]
-    if cfg.method.name == "external" or not records or any("forward_passes" not in r for r in records):
+    if not method_class(cfg.method.name).trained_here or not records or any("forward_passes" not in r for r in records):
         return None
     forward, backward = sum(r["forward_passes"] for r in records), sum(r["backward_passes"] for r in records)
     drawn = sum(r["images"] for r in records)

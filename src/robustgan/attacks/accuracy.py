@@ -33,7 +33,7 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float =
     starts are drawn from them). ``num_classes`` is read from the model's outputs (it is the
     fallback on an empty set). Every module's mode is as it was on return (``threat.eval_mode``)."""
     device = model_device(model) if batching.device is None else batching.device
-    spec = None if eps == 0 else settings.spec
+    spec = settings.attack_at(eps)
     model = classifier(model)
     source = model if source is None else classifier(source)
     if batching.channels_last:

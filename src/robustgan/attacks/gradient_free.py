@@ -11,11 +11,8 @@ import torch
 from robustgan.attacks.square import SquareSearch
 
 # A probe gives up on a point at query 500 if its margin is still above half its clean margin, at
-# 1000 above a quarter, at 2000 above a tenth: on the tests' PGD-AT CNN, the planted thresholding
-# model and both behind logits compressed to sign(z)|z|^0.25 (5000 queries, eps 0.1-0.3, 2290
-# probes) the points Square fooled after a checkpoint had at most 0.12, 0.05 and 0.04 left there
-# (benchmarks/square_give_up.py). Measured on Square's 5000-query schedule; a smaller budget
-# reaches a checkpoint later in its schedule, and one under 500 queries never gives up.
+# 1000 above a quarter, at 2000 above a tenth (docs/evaluation.md, "Why the give-up fractions
+# hold", measures them with benchmarks/square_give_up.py). A budget under 500 queries never gives up.
 GIVE_UP = ((500, 0.5), (1000, 0.25), (2000, 0.1))
 RETRY = 0.5  # a fresh retry's queries (the first half of Square's schedule), where a warm start failed
 

@@ -35,9 +35,7 @@ def ce_unsaturated_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # The standard deviation standardized logits are scaled to. Per point the largest gap between two
 # of K standardized logits is at most sqrt(2 K) TEMPERATURE (13.4 for K = 10), and the unsaturated
-# form below never saturates. Measured (docs/evaluation.md, "What keeps the decision"): APGD alone
-# at 3 is within 1.1 points of the raw CE or stronger on seven digits models, at 1 up to 5 points
-# weaker; the ensemble at 3 matches the raw CE's on the four digits presets to 1 point.
+# form below never saturates. How it was chosen: docs/evaluation.md, "What keeps the decision".
 TEMPERATURE = 3.0
 
 
@@ -50,8 +48,7 @@ def standardized(logits: torch.Tensor, temperature: float = TEMPERATURE) -> torc
     """Each row shifted to mean 0 and scaled to standard deviation ``temperature``: the same
     for z, k z + c(x) (any k > 0, any per-point shift) and log_softmax(k z), up to float
     rounding. The scale is a constant for the gradient (detached), so the gradient is the
-    logits' own at a per-point temperature (with the gradient through the scale too, the
-    ensemble measured 1.5-3 points weaker on the ATGAN preset, 3 seeds). Rows are first
+    logits' own at a per-point temperature (docs/evaluation.md says why the scale is detached). Rows are first
     divided by their largest magnitude, so logits up to float32's range do not overflow when
     squared; a constant row stays zero, with a finite gradient."""
     centered = logits - logits.mean(1, keepdim=True)

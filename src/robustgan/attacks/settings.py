@@ -38,6 +38,10 @@ class AttackSettings:
         """The registry entry (an AttackError naming every choice for an unknown name); None for "none"."""
         return None if self.name == "none" else get_attack(self.name)
 
+    def attack_at(self, eps: float) -> AttackSpec | None:
+        """The attack that runs at ``eps``: None for clean accuracy (the name "none", or eps 0)."""
+        return None if eps == 0 else self.spec
+
     def resolved(self) -> AttackSettings:
         """The same settings with the defaults filled in: the steps (or, for Square and RayS, the
         queries as steps) and the query budget."""
@@ -51,7 +55,7 @@ class AttackSettings:
     def key(self, eps: float, n: int) -> dict:
         """The evaluation cache's settings for ``n`` points at ``eps``: (attack, eps, n, seed) and
         those the attack's registry entry says change its numbers (``AttackSpec.key``)."""
-        if self.spec is None or eps == 0:
+        if self.attack_at(eps) is None:
             return dict(attack="none", eps=0.0, n=n)
         r = self.resolved()
         values = dict(steps=r.steps, restarts=r.restarts, targets=r.targets, queries=r.queries,

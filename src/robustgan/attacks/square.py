@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from robustgan.attacks.apgd import margin
 from robustgan.attacks.registry import AttackArgs, register_attack
-from robustgan.attacks.threat import attack_mode, ball, check_eps
+from robustgan.attacks.threat import attack_mode, ball, check_eps, point_seed
 
 P_INIT = 0.8
 QUERIES = 5000  # AutoAttack's budget
@@ -41,7 +41,7 @@ def p_fraction(query: int, queries: int, p_init: float = P_INIT) -> float:
 
 
 def _generator(seed: int, point: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 10_000_019 + point) % (1 << 63))
+    return torch.Generator().manual_seed(point_seed(seed, stream, point))
 
 
 def _draws(ids: list[int], chunks: list[int], seed: int, width: int) -> torch.Tensor:

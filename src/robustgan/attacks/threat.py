@@ -55,6 +55,12 @@ def ball(x: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torc
     return (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
 
 
+def point_seed(seed: int, stream: int, point: int) -> int:
+    """The seed of one test point's random stream: fixed by (seed, stream, the point's index in
+    the test set), so its draws do not depend on its batch, shard or the other points attacked."""
+    return ((seed * 1_000_003 + stream) * 10_000_019 + point) % (1 << 63)
+
+
 def sample_noise(like: torch.Tensor, seed: int | torch.Tensor, ids: torch.Tensor | None = None,
                  stream: int = 0) -> torch.Tensor:
     """Uniform noise in [-1, 1] shaped like ``like``, drawn per sample from a stream fixed by
@@ -67,7 +73,7 @@ def sample_noise(like: torch.Tensor, seed: int | torch.Tensor, ids: torch.Tensor
     gen = torch.Generator()
     rows = []
     for s, i in zip(seeds, ids.tolist(), strict=True):
-        gen.manual_seed(((s * 1_000_003 + stream) * 10_000_019 + i) % (1 << 63))
+        gen.manual_seed(point_seed(s, stream, i))
         rows.append(torch.rand(like.shape[1:], generator=gen))
     noise = torch.stack(rows) if rows else torch.empty(like.shape)
     return noise.to(like.device, like.dtype).mul_(2).sub_(1)
@@ -100,17 +106,11 @@ RANDOM_TOL = 1e-5  # two eval-mode passes further apart than this: the model is 
 
 def output_spread(model: nn.Module, x: torch.Tensor) -> float:
     """max |f(x) - f(x)| over two eval-mode passes over ``x`` (uint8 or [0, 1]); every module's
-    mode is restored. The one randomness test: ``randomized`` and the deterministic check read it."""
+    mode is restored. The measurement of the randomness test (``evaluation.engine.randomness``)."""
     x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
     net = classifier(model)
     with eval_mode(model), torch.no_grad():
         return (net(x).float() - net(x).float()).abs().max().item() if len(x) else 0.0
-
-
-def randomized(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether two eval-mode passes over ``x`` differ by more than ``RANDOM_TOL``: such a model is
-    evaluated with EOT, not the ensemble."""
-    return output_spread(model, x) > RANDOM_TOL
 
 
 @contextmanager

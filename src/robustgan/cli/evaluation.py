@@ -21,6 +21,7 @@ from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMI
                                   out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs, writable)
 from robustgan.eps import format_eps, grid_for
+from robustgan.methods import method_class
 from robustgan.evaluation.context import EvalContext, evaluation
 from robustgan.evaluation.engine import Subject
 from robustgan.evaluation.checks import CheckSettings, check_run, overall_status, summary_line
@@ -36,8 +37,8 @@ STEP_SIZE = typer.Option(None, "--step-size", metavar="SIZE", help="PGD step (de
 RESTARTS = typer.Option(1, metavar="N", help="PGD random restarts (each sample keeps its worst case)")
 
 
-# Over 60 lines, most of them the typer signature (one option a line, as in every command here);
-# the body is validate, evaluate, print, with check_eval_options, eval_table and eval_json as its pieces.
+# Most of its lines are the typer signature (one option a line, as in every command here); the
+# body is validate, evaluate, print, with check_eval_options, eval_table and eval_json as its pieces.
 def eval_(
     run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory (or --model ...)"),
     attack: str = ATTACK,
@@ -143,9 +144,7 @@ def eval_json(subject: Subject, curve, distances, seconds) -> dict:
               "results": [{"eps": json_eps(e), "accuracy": acc,
                            **({"protocol_accuracy": curve.protocol[i]} if curve.protocol is not None else {})}
                           for i, (e, acc) in enumerate(zip(curve.eps, curve.acc))]}
-    cfg = subject.config
-    if cfg.method.name == "external":  # a model trained elsewhere (--model): say which
-        result |= {"model": cfg.method.factory, "weights": cfg.method.weights}
+    result |= method_class(subject.config.method.name).provenance(subject.config) or {}  # trained elsewhere: which
     result["training_cost"] = training_cost(run)  # None: trained elsewhere or before passes were counted
     if distances is not None:
         result["min_eps"] = [json_eps(d) for d in distances.tolist()]

@@ -18,8 +18,8 @@ DIGITS_SPLIT_SEED = 0
 
 
 def digits_file() -> Path:
-    """scikit-learn's ``digits.csv.gz``, found without importing scikit-learn (a 1.4 s import
-    that every CLI process would pay): 1797 rows of 64 pixel values (0..16) and the label."""
+    """scikit-learn's ``digits.csv.gz``, found without importing scikit-learn (an import every CLI
+    process would pay): 1797 rows of 64 pixel values (0..16) and the label."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the digits dataset ships with scikit-learn, which is not installed: pip install scikit-learn")

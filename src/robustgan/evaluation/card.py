@@ -23,6 +23,7 @@ from robustgan.config import to_dict
 from robustgan.eps import format_eps
 from robustgan.evaluation.context import EvalContext
 from robustgan.evaluation.curves import compute_curve
+from robustgan.evaluation.engine import Subject
 from robustgan.evaluation.verdicts import status_of, summary_line
 from robustgan.methods import method_class
 from robustgan.runs import RunDir, atomic_write
@@ -49,17 +50,16 @@ def _checks(run: RunDir) -> dict:
 def build_card(run_dir, eps: list[float], settings: AttackSettings = AttackSettings(),
                ctx: EvalContext = EvalContext()) -> dict:
     """The card of one run (or external model's run directory), measuring what is not cached."""
-    run = RunDir(run_dir)
-    cfg = run.config()
-    data_root = ctx.data_root
-    curve = compute_curve(run_dir, eps, settings, ctx)
+    run, subject = RunDir(run_dir), Subject.open(run_dir, ctx)
+    cfg, data_root = subject.config, ctx.data_root
+    curve = compute_curve(subject, eps, settings, ctx)
     s = curve.settings
-    external = cfg.method.name == "external"  # trained elsewhere: its training set and config are unknown here
+    source = method_class(cfg.method.name).provenance(cfg)
+    external = source is not None  # trained elsewhere: its training set and config are unknown here
     n_train = None if external else len(load_split(cfg.data, "train", data_root)[1])
     n_test_all = len(load_split(cfg.data, "test", data_root)[1])
     return {
-        "name": f"{cfg.method.factory} ({Path(cfg.method.weights).name})" if cfg.method.name == "external"
-                else run.path.name,
+        "name": f"{source['model']} ({Path(source['weights']).name})" if external else run.path.name,
         "dataset": cfg.data.name,
         "threat_model": "Linf",
         "eps": [format_eps(e) for e in curve.eps],

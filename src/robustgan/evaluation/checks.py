@@ -12,8 +12,8 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
   loss_invariance  PGD-k with the scale-invariant DLR loss is not stronger than with CE
   scale            PGD-k on the cross-entropy computed without saturation (the same direction
                    in exact arithmetic) is not stronger than PGD-k on the float32 cross-entropy:
-                   catches logits times a constant wherever it weakens CE-PGD (k >= 12 on
-                   the tiny test model), which DLR's own gap to CE hides
+                   catches logits times a constant wherever it weakens CE-PGD, which DLR's
+                   own gap to CE hides
   unbounded        unbounded PGD-100 (step 0.01) drives accuracy to <= `zero_tol`
   bound            at eps 0.5 accuracy is at most the largest class share (the constant 0.5
                    image lies in every ball), for the ensemble and every cached curve point
@@ -52,13 +52,12 @@ import torch.nn as nn
 
 from robustgan.attacks import DEFAULT_TARGETS, AttackSettings, attack_mode, default_step_size
 from robustgan.attacks.outputs import is_probabilities
-from robustgan.attacks.threat import (RANDOM_TOL, classifier, eval_mode, loss_and_grad, model_device, output_spread,
-                                      probe_classes)
+from robustgan.attacks.threat import RANDOM_TOL, classifier, eval_mode, loss_and_grad, model_device, probe_classes
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
 from robustgan.evaluation.cache import EvalCache
 from robustgan.evaluation.context import EvalContext
-from robustgan.evaluation.engine import RANDOMNESS_PROBE, Found, Subject, run_attack
+from robustgan.evaluation.engine import Found, Subject, randomness, run_attack
 from robustgan.evaluation.paired import ALPHA, paired
 from robustgan.evaluation.verdicts import CheckResult, overall_status, skipped, status_of, summary_line  # noqa: F401
 from robustgan.methods import method_class
@@ -194,7 +193,7 @@ def compare(c: Checking, name: str, ref: torch.Tensor, alt: torch.Tensor, ref_la
 
 @register_check("deterministic")
 def check_deterministic(c: Checking) -> CheckResult:
-    diff = output_spread(c.model, c.subject.x[:RANDOMNESS_PROBE].to(c.ctx.device))
+    diff = randomness(c.model, c.subject.x, c.ctx.device)
     return CheckResult("deterministic", "pass" if diff <= RANDOM_TOL else "warn",
                        f"max |f(x) - f(x)| over two passes = {diff:.2e}", {"diff": diff})
 
@@ -342,7 +341,7 @@ def check_graybox(c: Checking) -> CheckResult:
     """Where the method offers one (``Method.graybox_model``; ATGAN: D alone, no gradient
     through G): PGD on that part, evaluated on the full pipeline."""
     if c.graybox is None:
-        return skipped("graybox", "the model has no gray-box part (ATGAN's D alone)")
+        return skipped("graybox", "the method has no gray-box part")
     gray = c.attack(AttackSettings("pgd", steps=c.s.steps), c.s.eps, c.subject.transferred(c.graybox))
     return compare(c, "graybox", c.pgd(), gray, "white-box on D(G(x))", "gray-box (PGD on D alone)")
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 from robustgan.attacks import AttackSettings, Batching, robust_mask, worst_case
 from robustgan.attacks.ensemble import ensemble_names, usable_targets
 from robustgan.attacks.outputs import decisions_only_fraction
-from robustgan.attacks.threat import eval_mode, probe_classes, randomized
+from robustgan.attacks.threat import RANDOM_TOL, eval_mode, output_spread, probe_classes
 from robustgan.config import Config
 from robustgan.distributed import sharded
 from robustgan.evaluation.cache import EvalCache
@@ -74,11 +74,18 @@ class Found:
     gradients_correct: torch.Tensor | None = None  # (n, len(eps)): the ensemble before its query stages (uncached)
 
 
+def randomness(model: nn.Module, x: torch.Tensor, device) -> float:
+    """The randomness test: the largest difference between two eval-mode passes over the first
+    ``RANDOMNESS_PROBE`` test images (``threat.output_spread``); above ``threat.RANDOM_TOL`` the
+    model is randomized (``choose``, and the checks' ``deterministic``)."""
+    return output_spread(model, x[:RANDOMNESS_PROBE].to(device))
+
+
 def choose(model: nn.Module, x: torch.Tensor, settings: AttackSettings, device) -> AttackSettings:
-    """The settings that run: the ensemble's become EOT's (same steps and seed) on a model whose
-    outputs differ between two passes over the first test images (``threat.randomized``):
-    the ensemble's gradients and queries are scored on single draws, which randomness misleads."""
-    if settings.name == "ensemble" and randomized(model, x[:RANDOMNESS_PROBE].to(device)):
+    """The settings that run: the ensemble's become EOT's (same steps and seed) on a randomized
+    model (``randomness``): the ensemble's gradients and queries are scored on single draws,
+    which randomness misleads."""
+    if settings.name == "ensemble" and randomness(model, x, device) > RANDOM_TOL:
         return replace(settings, name="eot")
     return settings
 

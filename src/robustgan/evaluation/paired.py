@@ -51,7 +51,7 @@ class Paired:
 
 def sign_test(only_alt: int, only_ref: int) -> float:
     """P(X >= only_alt) for X ~ Binomial(only_alt + only_ref, 1/2); 1 without discordant pairs.
-    Summed in exact integers (SciPy's binom would cost every CLI start 0.6 s of import)."""
+    Summed in exact integers (SciPy's binom would cost every CLI start its import)."""
     discordant = only_alt + only_ref
     tail = sum(math.comb(discordant, k) for k in range(max(only_alt, 0), discordant + 1))
     return tail / 2 ** discordant  # int / int: correctly rounded, however large

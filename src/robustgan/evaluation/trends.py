@@ -134,12 +134,10 @@ def run_trends(run_dir, index: int = 0, eps_max: float | None = None, out: Path 
 
 
 def generator_perturbation(run, cfg, geometry, x, y) -> torch.Tensor | None:
-    """The first trained generator's perturbation for x (gan_at runs), else None."""
-    if cfg.method.name != "gan_at" or not run.has_checkpoint:
+    """The trained generator's perturbation for x (a method that ``perturbs``), else None."""
+    kind = method_class(cfg.method.name)
+    if not kind.perturbs or not run.has_checkpoint:
         return None
-    method = method_class("gan_at")(cfg, geometry, torch.device("cpu"))
+    method = kind(cfg, geometry, torch.device("cpu"))
     method.load_state_dict(load_state(run.file(CHECKPOINT))["method"])
-    method.generators[0].eval()
-    inp = method.generator_input(x, y)
-    with torch.no_grad():
-        return method.generators[0](inp)
+    return method.perturbation(x, y)

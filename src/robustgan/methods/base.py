@@ -88,6 +88,23 @@ class Method:
 
     # --- what evaluation, reports and cards read of a method (its contract, never its config's fields)
     report_sections: ClassVar[tuple[str, ...]] = ()  # extra sections of its report: "trends" (paper 002 Fig. 5)
+    trained_here: ClassVar[bool] = True  # False: a model trained elsewhere, evaluated only (no training set or cost)
+    perturbs: ClassVar[bool] = False  # it trains a generator of perturbations (``perturbation``)
+
+    @classmethod
+    def provenance(cls, cfg: Config) -> dict | None:
+        """Where a model trained elsewhere comes from ({"model": ..., "weights": ...}), for the
+        card and ``eval --json``; None for a run trained here."""
+        return None
+
+    @classmethod
+    def identity(cls, cfg: Config) -> str:
+        """What the evaluation cache is keyed by besides the weights' hash ("" for none)."""
+        return ""
+
+    def perturbation(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """A trained generator's perturbation for x (``perturbs``; logit trends follow it), else None."""
+        return None
 
     @classmethod
     def train_eps(cls, cfg: Config) -> float | None:

@@ -97,6 +97,20 @@ def import_factory(spec: str):
 class External(Method):
     name = "external"
     Config = ExternalConfig
+    trained_here = False
+
+    @classmethod
+    def provenance(cls, cfg):
+        return {"model": cfg.method.factory, "weights": cfg.method.weights}
+
+    @classmethod
+    def identity(cls, cfg):
+        """Its factory and the SHA-256 of the factory's source file: two factories over the same
+        weights, or an edited factory, never share a result."""
+        source = factory_source(cfg.method.factory)
+        if source is None:
+            return f"+{cfg.method.factory}"
+        return f"+{cfg.method.factory}@{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}"
 
     @classmethod
     def architecture(cls, cfg):

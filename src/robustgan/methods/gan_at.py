@@ -57,6 +57,7 @@ class GANAT(Method):
     name = "gan_at"
     Config = GANATConfig
     report_sections = ("trends",)  # logit trends along generator directions (paper 002 Fig. 5)
+    perturbs = True
 
     @classmethod
     def train_eps(cls, cfg):
@@ -106,6 +107,13 @@ class GANAT(Method):
             return torch.cat([x, z], 1)
         grad_sign = self.input_gradient_sign(x, y)
         return grad_sign if inputs == "grad" else torch.cat([grad_sign, x], 1)
+
+    def perturbation(self, x, y) -> torch.Tensor:
+        """The first generator's perturbation for x (eval mode): logit trends follow it."""
+        self.generators[0].eval()
+        inp = self.generator_input(x, y)
+        with torch.no_grad():
+            return self.generators[0](inp)
 
     def perturb(self, k: int, inp, x) -> torch.Tensor:
         """x_adv = clip(x + G_k(I), 0, 1), with gradient to G_k."""
