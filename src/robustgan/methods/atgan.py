@@ -93,7 +93,6 @@ PINNED_ACC = 0.995  # an epoch's real and fake discriminator accuracies both abo
 
 @register_method
 class ATGAN(InnerAttackContract, Method):
-    name = "atgan"
     Config = ATGANConfig
 
     @classmethod

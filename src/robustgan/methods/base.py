@@ -176,14 +176,16 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: the method under ``cls.name``, its config dataclass in config.py's
-    registry (so ``[method] name = ...`` parses into it). Refuses a name already taken, and a
-    config whose ``name`` default is not the method's (a config would parse into the wrong one)."""
-    if cls.name in METHODS:
-        raise ConfigError(f"method {cls.name!r} is registered already ({METHODS[cls.name].__qualname__})")
-    if cls.Config.name != cls.name:
-        raise ConfigError(f"method {cls.name!r}: its Config.name is {cls.Config.name!r}; give both the same name")
-    METHODS[cls.name] = cls
+    """Class decorator: the method under its config's name (``Config.name``'s default: the name
+    is given once, where ``[method] name = ...`` parses into it), its config dataclass in
+    config.py's registry. Refuses a name already taken, and a class that names itself otherwise."""
+    name = cls.Config.name
+    if not name or cls.__dict__.get("name", name) != name:
+        raise ConfigError(f"method {cls.__qualname__}: give its name once, as its Config's name default")
+    if name in METHODS:
+        raise ConfigError(f"method {name!r} is registered already ({METHODS[name].__qualname__})")
+    cls.name = name
+    METHODS[name] = cls
     METHOD_CONFIGS[cls.name] = cls.Config
     return cls
 

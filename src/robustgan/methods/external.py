@@ -95,7 +95,6 @@ def import_factory(spec: str):
 
 @register_method
 class External(Method):
-    name = "external"
     Config = ExternalConfig
     trained_here = False
 

@@ -69,7 +69,6 @@ def single_step_example(model, x: torch.Tensor, y: torch.Tensor, eps: float, ste
 
 @register_method
 class FGSMRS(Standard):
-    name = "fgsm_rs"
     Config = FGSMRSConfig
     single_step = True
 
@@ -88,5 +87,4 @@ class FGSMRS(Standard):
 
 @register_method
 class NFGSM(FGSMRS):
-    name = "n_fgsm"
     Config = NFGSMConfig

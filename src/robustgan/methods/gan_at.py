@@ -54,7 +54,6 @@ def generator_in_channels(mcfg: GANATConfig, channels: int) -> int:
 
 @register_method
 class GANAT(Method):
-    name = "gan_at"
     Config = GANATConfig
     report_sections = ("trends",)  # logit trends along generator directions (paper 002 Fig. 5)
     perturbs = True

@@ -89,7 +89,6 @@ class InnerAttackContract:
 
 @register_method
 class PGDAT(InnerAttackContract, Standard):
-    name = "pgd_at"
     Config = PGDATConfig
 
     def step(self, x, y):

@@ -29,7 +29,6 @@ def clean_config(cfg: Config, epochs: int, seed: int) -> Config:
 
 @register_method
 class Standard(Method):
-    name = "standard"
     Config = StandardConfig
 
     def __init__(self, cfg, geometry, device):

@@ -53,7 +53,6 @@ def trades_adversarial(model, x: torch.Tensor, eps: float, steps: int, step_size
 
 @register_method
 class TRADES(Standard):
-    name = "trades"
     Config = TRADESConfig
 
     @classmethod
