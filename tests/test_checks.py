@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from robustgan.attacks.apgd import margin
-from robustgan.evaluation.checks import (MIN_EFFECT, CheckResult, CheckSettings, check_gradients, check_model,
+from robustgan.evaluation.checks import (BOUND_EPS, CHECKS, CheckResult, CheckSettings, check_gradients, check_model,
                                        check_scale, checking, overall_status, summary_line)
-from robustgan.evaluation.context import EvalContext
 from robustgan.evaluation.paired import ALPHA, paired, sign_test
 from robustgan.report.html import check_html
 from robustgan.runs import RunDir
@@ -43,8 +42,8 @@ GROSS_N = 150
 
 def tripped(model, x_test, y_test, surrogate, seed, n=None):
     x_test, y_test = x_test[:n], y_test[:n]
-    results = check_model(model.eval(), (x_test * 255).round().to(torch.uint8), y_test, CheckSettings(**SETTINGS),
-                          EvalContext(seed=seed), surrogate=surrogate)
+    results = check_model(model.eval(), (x_test * 255).round().to(torch.uint8), y_test,
+                          CheckSettings(**SETTINGS, seed=seed), surrogate=surrogate)
     assert {r.name for r in results if r.status == "skipped"} == {"autoattack", "graybox"}
     return {r.name for r in results if r.status == "warn"}, results
 
@@ -142,7 +141,7 @@ def test_moderate_scale_inflates_pgd_while_the_ensemble_holds(robust_tiny, digit
     scaled = ScaledLogits(robust_tiny, moderate_scale(robust_tiny, x_test)).eval()
 
     def check(model):  # 3 targets, all on every point (APGD-T is what cannot be masked by scale)
-        return checking(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}), EvalContext(seed=seed))
+        return checking(model, x, y_test, CheckSettings(**SETTINGS | {"targets": 3}, seed=seed))
 
     assert not paired(check(robust_tiny).pgd(), check(scaled).pgd()).excess(0.0)  # the scaled PGD is no stronger
     honest, on_scaled = check(robust_tiny).ensemble(), check(scaled).ensemble()
@@ -163,16 +162,15 @@ def test_scale_check_warns_whenever_scaling_raises_pgd(robust_tiny, digits, seed
     raises it; on the honest model it passes (measured: not one point differs)."""
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
-    ctx = EvalContext(seed=seed)
-    on_honest = checking(robust_tiny, x, y_test, CheckSettings(**SETTINGS), ctx)
+    on_honest = checking(robust_tiny, x, y_test, CheckSettings(**SETTINGS, seed=seed))
     honest, honest_check = on_honest.pgd(), check_scale(on_honest)
     assert honest_check.status == "pass", honest_check.detail
     raised = set()
     for k in SCALES:
-        on_scaled = checking(ScaledLogits(robust_tiny, k).eval(), x, y_test, CheckSettings(**SETTINGS), ctx)
+        on_scaled = checking(ScaledLogits(robust_tiny, k).eval(), x, y_test, CheckSettings(**SETTINGS, seed=seed))
         rise = paired(on_scaled.pgd(), honest)  # the unscaled model's PGD fooling more
         result = check_scale(on_scaled)
-        if rise.excess(MIN_EFFECT["scale"], on_scaled.s.alpha):
+        if rise.excess(CHECKS["scale"].min_effect, on_scaled.settings.alpha):
             raised.add(k)
             assert result.status == "warn", (k, rise.describe(), result.detail)
     # not vacuous: k = 50 raises PGD by 15 points (61 vs 0); k = 18's rise (25 vs 7) is near the
@@ -226,14 +224,13 @@ def test_identical_attacks_never_warn_over_seeds(robust_tiny, digits, seed):
     (two or more: probability < 8 choose 2 * alpha^2 < 0.3% on any machine)."""
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
-    settings = CheckSettings(eps=0.2, steps=10)
     alarms = 0
     for k in range(8):
-        a = checking(robust_tiny, x, y_test, settings, EvalContext(seed=seed + k)).pgd()
-        b = checking(robust_tiny, x, y_test, settings, EvalContext(seed=seed + k + 100)).pgd()
+        a = checking(robust_tiny, x, y_test, CheckSettings(eps=0.2, steps=10, seed=seed + k)).pgd()
+        b = checking(robust_tiny, x, y_test, CheckSettings(eps=0.2, steps=10, seed=seed + k + 100)).pgd()
         result = paired(a, b)
         assert result.only_alt + result.only_ref > 0  # the two starts do disagree on some points
-        assert not result.excess(min(MIN_EFFECT.values())), (k, result)
+        assert not result.excess(min(c.min_effect for c in CHECKS.values() if c.min_effect is not None)), (k, result)
         alarms += result.excess(0.0)
     assert alarms <= 1
 
@@ -263,7 +260,7 @@ def test_bound_check_holds_cached_curve_points_to_the_largest_class_share(traine
     """A curve point at eps >= 0.5 above the largest class share (14.2% on digits) is an
     evaluation bug whatever the attack said: the bound check reads the run's cache for them."""
     from robustgan.evaluation.cache import EvalCache
-    from robustgan.evaluation.checks import check_bound, reported_accuracies
+    from robustgan.evaluation.checks import check_bound
 
     *_, x_test, y_test = digits
     x = (x_test * 255).round().to(torch.uint8)
@@ -271,10 +268,10 @@ def test_bound_check_holds_cached_curve_points_to_the_largest_class_share(traine
     half = torch.arange(len(y_test)) % 2 == 0  # 50% "correct"
     cache.put(half, attack="pgd", eps=0.5, n=len(y_test), seed=0, steps=40, step_size=0.03, restarts=1)
     cache.put(half, attack="pgd", eps=0.3, n=len(y_test), seed=0, steps=40, step_size=0.02, restarts=1)
-    assert reported_accuracies(cache, len(y_test)) == {0.5: pytest.approx(0.5, abs=0.01)}
-    assert reported_accuracies(cache, 100) == {}  # another subset: another bound
+    assert cache.highest_accuracies(len(y_test), BOUND_EPS) == {0.5: pytest.approx(0.5, abs=0.01)}
+    assert cache.highest_accuracies(100, BOUND_EPS) == {}  # another subset: another bound
     honest = check_bound(checking(trained_tiny, x, y_test, CheckSettings(**SETTINGS)))
     assert honest.status == "pass" and honest.values["bound"] == pytest.approx(0.142, abs=0.001)
     flagged = check_bound(checking(trained_tiny, x, y_test, CheckSettings(**SETTINGS),
-                                   reported=reported_accuracies(cache, len(y_test))))
+                                   reported=cache.highest_accuracies(len(y_test), BOUND_EPS)))
     assert flagged.status == "warn" and "exceed it" in flagged.detail

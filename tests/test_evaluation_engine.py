@@ -379,7 +379,7 @@ def test_eval_json_says_which_attacks_ran(small_run, monkeypatch, capsys):
 
 def test_sharded_eval_under_torchrun_matches_one_process(small_run, monkeypatch, capsys):
     """`python -m robustgan eval` under torchrun, as users launch it (`train --nproc` launches
-    the same way)."""
+    the same way): the same numbers, and the cost of the whole evaluation, not of rank 0's half."""
     args = ["eval", str(small_run), "--eps", "0.1,0.2", "--steps", "5", "--limit", "30", "--json", "--device", "cpu",
             "--seed", "1"]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -389,6 +389,7 @@ def test_sharded_eval_under_torchrun_matches_one_process(small_run, monkeypatch,
     (small_run / "eval_cache.json").unlink()
     single = json.loads(run_main(args, monkeypatch, capsys).stdout)
     assert sharded["results"] == single["results"] and sharded["clean"] == single["clean"]
+    assert sharded["cost"] == single["cost"] and single["cost"]["grad_evals"] > 0
 
 
 @pytest.mark.statistical

@@ -14,11 +14,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from robustgan.attacks.ensemble import DEFAULT_TARGETS
 from robustgan.config import load_config
 from robustgan.evaluation.context import EvalContext, evaluation
 from robustgan.evaluation.checks import CheckSettings, check_run, overall_status, summary_line
-from robustgan.attacks import AttackSettings, attack_label
+from robustgan.attacks import DEFAULT_TARGETS, AttackSettings, attack_label
 from robustgan.evaluation.curves import area, caption, compute_curve
 from robustgan.evaluation.frontier import frontier_points, plot_frontier
 from robustgan.evaluation.frontier import frontier_table as table_of_points
@@ -97,7 +96,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         # the same images and attacks as the curves at eps 0.2 (read from the run's cache)
         surrogate = runs["pgd_at"] if name == "standard" else runs["standard"]
         settings = CheckSettings(eps=0.2, steps=steps, long_steps=10 if quick else 60, restarts=2, autoattack=False,
-                                 ensemble_steps=steps if quick else 100, targets=targets, queries=queries)
+                                 ensemble_steps=steps if quick else 100, targets=targets, queries=queries, seed=0)
         results = check_run(run, settings, EvalContext(device, limit=limit), surrogate=str(surrogate))
         checks[name] = ("WARN: " if overall_status(results) == "warn" else "") + summary_line(results)
         console.print(f"{name:>9}: {checks[name]}")

@@ -29,8 +29,8 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float =
 
     The attack runs on ``source`` when given (a transfer or gray-box attack: examples made on
     one model, scored on another), else on ``model``. The whole set moves to the device once;
-    batches are attacked there. ``ids`` are the points' indices in the test set (their random
-    starts are drawn from them). ``num_classes`` is read from the model's outputs (it is the
+    batches are attacked there. ``ids`` are the points' indices in the test set: random starts
+    are drawn per point from them and ``settings.seed`` (default 0; None: torch's generator). ``num_classes`` is read from the model's outputs (it is the
     fallback on an empty set). Every module's mode is as it was on return (``threat.eval_mode``)."""
     device = model_device(model) if batching.device is None else batching.device
     spec = settings.attack_at(eps)

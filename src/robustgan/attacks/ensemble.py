@@ -1,4 +1,6 @@
-"""The worst-case ensemble: robustgan's default evaluation (docs/evaluation.md).
+"""The worst-case ensemble: robustgan's default evaluation (docs/evaluation.md). Its stages
+and their constants (``FIRST_TARGETS``, ``CLOSE``, ``HALVING``, ``CLOSE_RESTART``) are declared
+in ``attacks.stages``; this module runs them.
 
 For each eps in ascending order and each test point still classified correctly: APGD-CE,
 then targeted APGD-DLR towards up to ``targets`` (default 9) other classes (APGD-T, Croce &
@@ -57,13 +59,13 @@ import torch.nn as nn
 
 from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.outputs import as_logits, decisions_only
-from robustgan.attacks.registry import DEFAULT_TARGETS, AttackArgs, register_attack
+from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.settings import AttackSettings, Batching
 from robustgan.attacks.stages import (ENSEMBLE_VERSION, Savings, StageBatch, attack_runs, ensemble_help,
                                       ensemble_label, ensemble_names, query_stages)
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps, classifier, model_device, probe_classes
 
-__all__ = ["DEFAULT_TARGETS", "Savings", "WorstCase", "worst_case", "refine_min_eps", "ensemble_names", "usable_targets"]
+__all__ = ["Savings", "WorstCase", "worst_case", "refine_min_eps", "usable_targets"]
 
 
 @dataclass
@@ -118,10 +120,10 @@ class Attacked:
     clean_margin: torch.Tensor
 
 
-def _attack_robust(b: Attacked, eps, runs, s: AttackSettings, early_stop: bool, max_rows: int) -> int:
+def _attack_robust(attacked: Attacked, eps, runs, settings: AttackSettings, early_stop: bool, max_rows: int) -> int:
     """Every attack of ``runs`` (``stages.attack_runs``) in turn on the points not yet fooled (all
     points without early stop), the adaptive ones only on the points ``close_to_fooled``, at
-    ``eps`` (a number or one per point), with ``s.steps`` and ``s.restarts``; updates ``b`` in
+    ``eps`` (a number or one per point), with ``settings``' steps and restarts; updates ``attacked`` in
     place and returns the gradient evaluations spent. APGD-T's targets are ranked at each
     point's worst example after the first attack (where the attack has got to); a run with
     several target ranks attacks each point towards all of them side by side, one row per
@@ -130,12 +132,12 @@ def _attack_robust(b: Attacked, eps, runs, s: AttackSettings, early_stop: bool, 
     grad_evals = 0
     order = None
     for run in runs:
-        todo = ~b.fooled if early_stop else torch.ones_like(b.fooled)
+        todo = ~attacked.fooled if early_stop else torch.ones_like(attacked.fooled)
         if run.threshold is not None:
-            todo &= close_to_fooled(b.worst_margin, b.clean_margin, run.threshold)
+            todo &= close_to_fooled(attacked.worst_margin, attacked.clean_margin, run.threshold)
         if run.ranks and order is None:
             with torch.no_grad():
-                order = target_order(b.model(b.worst).float(), b.y)
+                order = target_order(attacked.model(attacked.worst).float(), attacked.y)
         # as AutoAttack: at most (classes - 1) targets; the last column of ``order`` is the true class
         ranks = torch.tensor([r for r in run.ranks if r < order.shape[1]] if run.ranks else [], dtype=torch.long)
         idx = todo.nonzero()[:, 0]
@@ -143,29 +145,30 @@ def _attack_robust(b: Attacked, eps, runs, s: AttackSettings, early_stop: bool, 
             continue
         per_call = max(1, max_rows // max(len(ranks), 1))
         for part in idx.split(per_call):
-            got_x, got_fooled, got_margin, evals = _attack_side_by_side(b, eps, order, part, ranks, run, s, early_stop)
+            got_x, got_fooled, got_margin, evals = _attack_side_by_side(attacked, eps, order, part, ranks, run, settings,
+                                                                        early_stop)
             grad_evals += evals
-            was = b.fooled[part]
-            better = ~was & (got_fooled | (got_margin > b.worst_margin[part]))
-            b.worst[part[better]], b.worst_margin[part[better]] = got_x[better], got_margin[better]
-            b.fooled[part] = was | got_fooled
+            was = attacked.fooled[part]
+            better = ~was & (got_fooled | (got_margin > attacked.worst_margin[part]))
+            attacked.worst[part[better]], attacked.worst_margin[part[better]] = got_x[better], got_margin[better]
+            attacked.fooled[part] = was | got_fooled
     return grad_evals
 
 
-def _attack_side_by_side(b: Attacked, eps, order, idx, ranks, run, s: AttackSettings, early_stop):
+def _attack_side_by_side(attacked: Attacked, eps, order, idx, ranks, run, settings: AttackSettings, early_stop):
     """``run`` on the points ``idx`` towards every target rank of ``ranks`` at once (none:
     untargeted), in one ``apgd_run`` call: each point's worst row (fooled, else the largest
     margin), whether it was fooled, its margin, and the gradient evaluations spent."""
     copies = max(len(ranks), 1)
     rows = idx.repeat(copies)  # rank-major: row j * len(idx) + i attacks point idx[i] towards ranks[j]
     rank = ranks.repeat_interleave(len(idx))
-    got = apgd_run(b.model, b.x[rows], b.y[rows], eps[rows] if isinstance(eps, torch.Tensor) else eps, steps=s.steps,
+    got = apgd_run(attacked.model, attacked.x[rows], attacked.y[rows], eps[rows] if isinstance(eps, torch.Tensor) else eps, steps=settings.steps,
                    loss=run.loss, target=order[rows, rank.to(rows.device) - 1] if len(ranks) else None,
-                   restarts=s.restarts, seed=run.seed + 7919 * rank if len(ranks) else run.seed, ids=b.ids[rows.cpu()],
-                   early_stop=early_stop, x_init=b.worst[rows] if run.warm else None,
+                   restarts=settings.restarts, seed=run.seed + 7919 * rank if len(ranks) else run.seed, ids=attacked.ids[rows.cpu()],
+                   early_stop=early_stop, x_init=attacked.worst[rows] if run.warm else None,
                    groups=rows if copies > 1 else None, prune=run.prune if copies > 1 else None)
     with torch.no_grad():
-        got_margin = margin(b.model(got.x_adv).float(), b.y[rows])
+        got_margin = margin(attacked.model(got.x_adv).float(), attacked.y[rows])
     pick = torch.where(got.fooled, math.inf, got_margin).view(copies, -1).argmax(0) * len(idx)
     pick += torch.arange(len(idx), device=pick.device)
     return got.x_adv[pick], got.fooled[pick], got_margin[pick], got.grad_evals
@@ -199,22 +202,22 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     marks points already known to be fooled at an eps (from cached smaller eps): they are
     not attacked there. ``batching.advance(k)`` is called with the points done, per batch and eps."""
     start = time.perf_counter()
-    s = replace(settings, name="ensemble").resolved()
+    settings = replace(settings, name="ensemble").resolved()
     device = model_device(model) if batching.device is None else batching.device
     eps = sorted(check_eps(e) for e in ([eps] if isinstance(eps, (int, float)) else eps))
-    if int(s.steps) <= 0 or int(s.targets) < 0 or int(s.restarts) <= 0:
-        raise AttackError(f"steps and restarts must be positive and targets >= 0, got {s.steps}, {s.targets}, "
-                          f"{s.restarts}")
+    if int(settings.steps) <= 0 or int(settings.targets) < 0 or int(settings.restarts) <= 0:
+        raise AttackError(f"steps and restarts must be positive and targets >= 0, got {settings.steps}, {settings.targets}, "
+                          f"{settings.restarts}")
     if keep_examples and known_fooled is not None:
         raise AttackError("keep_examples needs every eps attacked (no known_fooled)")
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
     model = classifier(model)
-    targets = usable_targets(s.targets, probe_classes(model, x, y)) if len(y) else int(s.targets)
+    targets = usable_targets(settings.targets, probe_classes(model, x, y)) if len(y) else int(settings.targets)
     correct, gradients_correct = (torch.zeros(len(y), len(eps), dtype=torch.bool) for _ in range(2))
     clean, label_only = (torch.zeros(len(y), dtype=torch.bool) for _ in range(2))
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
     grad_evals = forwards = 0
-    seed = s.seed or 0
+    seed = settings.seed or 0
     runs = attack_runs(targets, seed, savings)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batching.batch_size, device):
@@ -230,17 +233,18 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 if known_fooled is not None:
                     fooled |= known_fooled[sl, k].to(device)
                 if e > 0:
-                    grad_evals += _attack_robust(attacked, e, runs, s, savings.early_stop, batching.batch_size)
+                    grad_evals += _attack_robust(attacked, e, runs, settings, savings.early_stop, batching.batch_size)
                 correct[sl, k] = ~fooled.cpu()
                 if keep_examples:
                     examples[k, sl] = attacked.worst.cpu()
                 batching.done(len(yb))
             gradients_correct[sl] = correct[sl]
-            if s.queries:  # the query stages, where the gradient stages failed
-                batch = StageBatch(net, xb, yb, ids[sl], eps, correct[sl], clean_margin, label_only[sl], s.queries,
-                                   seed, None if examples is None else examples[:, sl])
+            if settings.queries:  # the query stages, where the gradient stages failed
+                batch = StageBatch(model=net, x=xb, y=yb, ids=ids[sl], eps=eps, correct=correct[sl],
+                                   clean_margin=clean_margin, decisions_only=label_only[sl], queries=settings.queries, seed=seed,
+                                   examples=None if examples is None else examples[:, sl])
                 forwards += sum(stage.run(batch) for stage in query_stages())
-    return WorstCase(eps, correct, clean, ensemble_names(int(targets), s.queries, bool(label_only.any())), grad_evals,
+    return WorstCase(eps, correct, clean, ensemble_names(int(targets), settings.queries, bool(label_only.any())), grad_evals,
                      time.perf_counter() - start, examples, forwards, gradients_correct, label_only)
 
 
@@ -252,14 +256,14 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
     ensemble's gradient stages at each midpoint, one restart): an upper bound on the point's
     minimal adversarial L-inf norm, within gap / 2**rounds of the best those attacks find. inf
     where never fooled."""
-    s = replace(settings, name="ensemble", restarts=1).resolved()
+    settings = replace(settings, name="ensemble", restarts=1).resolved()
     device = model_device(model) if batching.device is None else batching.device
     upper = found.min_eps().clone()
     grid = torch.tensor([0.0, *found.eps])
     lower = grid[(grid[None, :] < upper[:, None]).sum(1) - 1].clamp(min=0)  # the largest grid eps below it
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
     model = classifier(model)
-    runs = attack_runs(usable_targets(s.targets, probe_classes(model, x, y)) if len(y) else 0, s.seed or 0)
+    runs = attack_runs(usable_targets(settings.targets, probe_classes(model, x, y)) if len(y) else 0, settings.seed or 0)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batching.batch_size, device):
             low, high = lower[sl].to(device), upper[sl].to(device)
@@ -271,7 +275,7 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
                 fooled = ~open_gap.clone()
                 worst_margin = margin(logits, yb)
                 _attack_robust(Attacked(net, xb, yb, ids[sl], fooled, xb.clone(), worst_margin, worst_margin.clone()),
-                               mid, runs, s, True, batching.batch_size)
+                               mid, runs, settings, True, batching.batch_size)
                 high = torch.where(open_gap & fooled, mid, high)
                 low = torch.where(open_gap & ~fooled, mid, low)
             upper[sl] = high.cpu()
@@ -282,7 +286,8 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
 def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batching: Batching) -> torch.Tensor:
     """The whole set in ``worst_case``'s own batches; a transfer scores on ``model`` the examples
     found on ``source``."""
-    found = worst_case(source, x, y, [eps], _settings(args), batching, ids=args.ids, keep_examples=source is not model)
+    found = worst_case(source, x, y, [eps], _ensemble_settings(args), batching, ids=args.ids,
+                       keep_examples=source is not model)
     if source is model:
         return found.correct[:, 0]
     step = batching.batch_size
@@ -291,12 +296,13 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batching: Batchin
                           for i in range(0, len(y), step)])
 
 
-def _settings(args: AttackArgs) -> AttackSettings:
+def _ensemble_settings(args: AttackArgs) -> AttackSettings:
     return AttackSettings("ensemble", args.steps, None, args.restarts, args.targets, args.queries, args.seed or 0)
 
 
 @register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=ensemble_label,
-                 mask=_ensemble_mask, version=ENSEMBLE_VERSION, help=ensemble_help())
+                 mask=_ensemble_mask, version=ENSEMBLE_VERSION, help=ensemble_help() + " (the default)")
 def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
-    found = worst_case(model, x, y, [eps], _settings(args), Batching(x.device, len(y)), ids=args.ids, keep_examples=True)
+    found = worst_case(model, x, y, [eps], _ensemble_settings(args), Batching(x.device, len(y)), ids=args.ids,
+                       keep_examples=True)
     return found.examples[0].to(x.device)

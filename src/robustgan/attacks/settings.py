@@ -48,7 +48,7 @@ class AttackSettings:
         if self.spec is None:
             return self
         steps, queries = self.spec.budget(self.steps, self.queries)
-        if queries is None and steps:
+        if queries is None and steps and not self.spec.queries_only:
             queries = QUERIES_PER_STEP * steps
         return replace(self, steps=steps, queries=queries)
 
@@ -57,9 +57,9 @@ class AttackSettings:
         those the attack's registry entry says change its numbers (``AttackSpec.key``)."""
         if self.attack_at(eps) is None:
             return dict(attack="none", eps=0.0, n=n)
-        r = self.resolved()
-        values = dict(steps=r.steps, restarts=r.restarts, targets=r.targets, queries=r.queries,
-                      step_size=r.step_size or (default_step_size(eps, r.steps) if r.steps else None))
+        full = self.resolved()
+        values = dict(steps=full.steps, restarts=full.restarts, targets=full.targets, queries=full.queries,
+                      step_size=full.step_size or (default_step_size(eps, full.steps) if full.steps else None))
         return dict(attack=self.name, eps=float(eps), n=n, seed=self.seed) | {k: values[k] for k in self.spec.key}
 
     @property
@@ -67,11 +67,12 @@ class AttackSettings:
         """e.g. "PGD-40, 5 restarts" or "worst case of APGD-CE + APGD-T (9 targets) + ..."."""
         return "clean" if self.spec is None else self.spec.label(self.key(1.0, 0))
 
-    def args(self, *, num_classes: int, ids: torch.Tensor | None, check: bool = False) -> AttackArgs:
-        """What one batch's run function gets (by keyword: a field added to AttackArgs shifts nothing)."""
-        r = self.resolved()
-        return AttackArgs(steps=r.steps, step_size=r.step_size, restarts=r.restarts, targets=r.targets,
-                          num_classes=num_classes, seed=r.seed, ids=ids, check=check, queries=r.queries)
+    def args(self, *, num_classes: int, ids: torch.Tensor | None) -> AttackArgs:
+        """What one batch's run function gets, its inputs checked once for the whole set already
+        (by keyword: a field added to AttackArgs shifts nothing)."""
+        full = self.resolved()
+        return AttackArgs(steps=full.steps, step_size=full.step_size, restarts=full.restarts, targets=full.targets,
+                          num_classes=num_classes, seed=full.seed, ids=ids, check=False, queries=full.queries)
 
 
 @dataclass(frozen=True)

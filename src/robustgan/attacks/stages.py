@@ -148,9 +148,9 @@ def ensemble_label(settings: dict) -> str:
 
 
 def ensemble_help() -> str:
-    """The ensemble's line in --help and the attack table."""
+    """What the ensemble runs, in words: its line in --help and the attack table."""
     words = [stage.short for stage in STAGES if stage.short]
-    return f"the worst case per point of {', '.join(words[:-1])} and {words[-1]} (the default)"
+    return f"the worst case per point of {', '.join(words[:-1])} and {words[-1]}"
 
 
 def stage_table() -> str:

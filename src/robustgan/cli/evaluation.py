@@ -90,7 +90,7 @@ def eval_(
     device = distributed.device_for(device, here)
     start = time.perf_counter()
     settings = AttackSettings(attack, steps, step_size, restarts, targets, queries, seed)
-    with evaluation(device, limit=limit, data_root=data_root, batch_size=batch_size, seed=seed,
+    with evaluation(device, limit=limit, data_root=data_root, batch_size=batch_size,
                     show=here.is_main, channels_last=channels_last) as ctx:
         subject = Subject.open(run, ctx)
         curve = compute_curve(subject, eps_list, settings, ctx, protocol=protocol)
@@ -194,7 +194,7 @@ def curve(
     dataset = RunDir(runs[0]).config().data.name
     grid = eps_grid(eps, dataset)
     table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
-    with evaluation(resolve_device(device), limit=limit, data_root=data_root, seed=seed) as ctx:
+    with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
         settings = AttackSettings(attack, steps, step_size, restarts, targets, queries, seed)
         curves = [compute_curve(r, grid, settings, ctx, protocol=protocol) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
@@ -278,8 +278,8 @@ def check(
                                                   "PGD's gap")
     settings = CheckSettings(eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, tol=tol,
                              ensemble_steps=ensemble_steps, targets=targets, queries=queries, autoattack=autoattack,
-                             autoattack_limit=autoattack_limit)
-    ctx = EvalContext(resolve_device(device), limit=limit, data_root=data_root, seed=seed)
+                             autoattack_limit=autoattack_limit, seed=seed)
+    ctx = EvalContext(resolve_device(device), limit=limit, data_root=data_root)
     results = check_run(run, settings, ctx, surrogate=surrogate, on_result=lambda result: show_check(result, console))
     summary = summary_line(results)
     if as_json:

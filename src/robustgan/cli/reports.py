@@ -61,9 +61,9 @@ def report(
         for r in runs:
             if not RunDir(r).file("check.json").is_file():
                 err_console.print(f"checking {r}")
-                check_run(r, CheckSettings(long_steps=200, targets=targets, autoattack=False),
-                          EvalContext(device, limit=limit, data_root=data_root, seed=seed))
-    with evaluation(device, limit=limit, data_root=data_root, seed=seed) as ctx:
+                check_run(r, CheckSettings(long_steps=200, targets=targets, autoattack=False, seed=seed),
+                          EvalContext(device, limit=limit, data_root=data_root))
+    with evaluation(device, limit=limit, data_root=data_root) as ctx:
         settings = AttackSettings(steps=ensemble_steps, targets=targets, queries=queries, seed=seed)
         path = build_report(runs, out, settings, ctx, eps_grid=grid, steps=steps, index=index)
     out_console.print(f"wrote {path}")
@@ -104,9 +104,9 @@ def card(
     device = resolve_device(device)
     if run_checks and not RunDir(run).file("check.json").is_file():
         err_console.print(f"checking {run}")
-        check_run(run, CheckSettings(eps=max(grid), autoattack=False), EvalContext(device, limit=limit,
-                                                                                   data_root=data_root, seed=seed))
-    with evaluation(device, limit=limit, data_root=data_root, seed=seed) as ctx:
+        check_run(run, CheckSettings(eps=max(grid), autoattack=False, seed=seed),
+                  EvalContext(device, limit=limit, data_root=data_root))
+    with evaluation(device, limit=limit, data_root=data_root) as ctx:
         found = build_card(run, grid, AttackSettings(steps=steps, targets=targets, queries=queries, seed=seed), ctx)
     paths = write_card(run, found)
     out_console.print(f"wrote {paths[0]} and {paths[1]}")
@@ -144,7 +144,7 @@ def frontier(
     if eps:
         require(len(grid) == 1, "--eps takes one value: the frontier is drawn at one eps")
     at = grid[len(grid) // 2]
-    with evaluation(resolve_device(device), limit=limit, data_root=data_root, seed=seed) as ctx:
+    with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
         settings = AttackSettings(steps=steps, targets=targets, queries=queries, seed=seed)
         curves = [compute_curve(r, [at], settings, ctx) for r in runs]
     points = frontier_points(curves, at)

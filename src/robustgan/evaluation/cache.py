@@ -104,6 +104,21 @@ class EvalCache:
             found.append((settings, unpack(value, settings["n"])))
         return found
 
+    def ensemble_eps(self, n: int) -> list[float]:
+        """Every finite eps > 0 the ensemble's results are cached at for the first ``n`` test points."""
+        return sorted({float(st["eps"]) for st, _ in self.results()
+                       if st.get("attack") == "ensemble" and st.get("n") == n and 0 < st["eps"] < math.inf})
+
+    def highest_accuracies(self, n: int, at_least: float) -> dict[float, float]:
+        """{eps: accuracy} of every result cached for the first ``n`` test points at eps in
+        [at_least, 1], the highest over attacks (the bound check holds a run's curves to these)."""
+        highest: dict[float, float] = {}
+        for settings, mask in self.results():
+            eps = settings.get("eps")
+            if settings.get("n") == n and isinstance(eps, (int, float)) and at_least <= eps <= 1 and n:
+                highest[float(eps)] = max(highest.get(float(eps), 0.0), mask.float().mean().item())
+        return highest
+
     def discard(self, settings: list[dict]) -> None:
         """Remove these results from the file under the lock (a finished curve's batches)."""
         with locked(self.path):

@@ -54,8 +54,9 @@ def build_card(run_dir, eps: list[float], settings: AttackSettings = AttackSetti
     cfg, data_root = subject.config, ctx.data_root
     curve = compute_curve(subject, eps, settings, ctx)
     s = curve.settings
-    source = method_class(cfg.method.name).provenance(cfg)
-    external = source is not None  # trained elsewhere: its training set and config are unknown here
+    kind = method_class(cfg.method.name)
+    external = not kind.trained_here  # trained elsewhere: its training set and config are unknown here
+    source = kind.provenance(cfg)
     n_train = None if external else len(load_split(cfg.data, "train", data_root)[1])
     n_test_all = len(load_split(cfg.data, "test", data_root)[1])
     return {

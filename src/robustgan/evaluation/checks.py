@@ -50,14 +50,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import DEFAULT_TARGETS, AttackSettings, attack_mode, default_step_size
+from robustgan.attacks import DEFAULT_TARGETS, AttackSettings, Batching, attack_mode, default_step_size
 from robustgan.attacks.outputs import is_probabilities
 from robustgan.attacks.threat import RANDOM_TOL, classifier, eval_mode, loss_and_grad, model_device, probe_classes
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
-from robustgan.evaluation.cache import EvalCache
 from robustgan.evaluation.context import EvalContext
-from robustgan.evaluation.engine import Found, Subject, randomness, run_attack
+from robustgan.evaluation.engine import Found, Subject, cached_mask, randomness, run_attack
 from robustgan.evaluation.paired import ALPHA, paired
 from robustgan.evaluation.verdicts import CheckResult, overall_status, skipped, status_of, summary_line  # noqa: F401
 from robustgan.methods import method_class
@@ -84,6 +83,7 @@ class CheckSettings:
     unbounded_steps: int = 100
     autoattack: bool = True
     autoattack_limit: int = 200
+    seed: int = 0  # the attacks' random starts, drawn per test point
 
     def min_effect(self, name: str) -> float:
         if self.tol is not None:
@@ -96,13 +96,14 @@ class CheckSettings:
 
 @dataclass
 class Checking:
-    """What every check gets: the subject (model in eval mode on the context's device, x uint8, y,
-    the run's cache if any), the settings with a concrete ``eps``, the context (device, batch
-    size, seed), the optional surrogate and gray-box models, and from the run's cache the
-    accuracies at eps >= 0.5 (``reported``) and the eps its ensemble results cover (``curve_eps``)."""
+    """What every check gets: the subject (its model wrapped by ``threat.classifier``, in eval mode
+    on the context's device; x uint8, y; the run's cache if any), the settings with a concrete
+    ``eps``, the context (device, batch size), the optional surrogate and gray-box models, and from
+    the run's cache the accuracies at eps >= 0.5 (``reported``) and the eps its ensemble results
+    cover (``curve_eps``)."""
 
     subject: Subject
-    s: CheckSettings
+    settings: CheckSettings
     ctx: EvalContext = EvalContext()
     surrogate: nn.Module | None = None
     graybox: nn.Module | None = None
@@ -122,37 +123,37 @@ class Checking:
         """Which points stay correct under ``settings`` at ``eps`` (bool (n,)), through the engine:
         from the run's cache, or measured once per check run."""
         subject = self.subject if subject is None else subject
-        settings = replace(settings, seed=self.ctx.seed)
+        settings = replace(settings, seed=self.settings.seed)
         key = (settings, eps, len(subject.y), id(subject.source))
         if key not in self._masks:
-            self._masks[key] = run_attack(subject, [eps], settings, self.ctx, exact=True).correct[:, 0]
+            self._masks[key] = cached_mask(subject, eps, settings, Batching(self.ctx.device, self.ctx.batch_size))
         return self._masks[key]
 
     def pgd(self, **options) -> torch.Tensor:
         """PGD-k (``s.steps``) at the check's eps, with ``options`` (AttackSettings fields)."""
-        return self.attack(AttackSettings("pgd", steps=self.s.steps, **options), self.s.eps)
+        return self.attack(AttackSettings("pgd", steps=self.settings.steps, **options), self.settings.eps)
 
     @cached_property
     def grid(self) -> list[float]:
         """The check's eps and every finite eps > 0 of the run's cached ensemble curves."""
-        return sorted({float(self.s.eps), *self.curve_eps} - {0.0, math.inf})
+        return sorted({float(self.settings.eps), *self.curve_eps} - {0.0, math.inf})
 
     @cached_property
     def worst(self) -> Found:
         """The ensemble over ``grid`` in one uncached pass (its per-point results before the query
         stages too)."""
-        settings = AttackSettings("ensemble", steps=self.s.ensemble_steps, targets=self.s.targets,
-                                  queries=self.s.queries, seed=self.ctx.seed)
+        settings = AttackSettings("ensemble", steps=self.settings.ensemble_steps, targets=self.settings.targets,
+                                  queries=self.settings.queries, seed=self.settings.seed)
         return run_attack(replace(self.subject, cache=None), self.grid, settings, self.ctx, exact=True)
 
     def ensemble(self, eps: float | None = None) -> torch.Tensor:
         """The ensemble's mask at ``eps`` (default the check's): from ``worst`` where its grid has
         it, else through the engine (and the run's cache)."""
-        eps = self.s.eps if eps is None else eps
+        eps = self.settings.eps if eps is None else eps
         if eps in self.grid:
             return self.worst.correct[:, self.grid.index(eps)]
-        return self.attack(AttackSettings("ensemble", steps=self.s.ensemble_steps, targets=self.s.targets,
-                                          queries=self.s.queries), eps)
+        return self.attack(AttackSettings("ensemble", steps=self.settings.ensemble_steps, targets=self.settings.targets,
+                                          queries=self.settings.queries), eps)
 
 
 @dataclass(frozen=True)
@@ -180,11 +181,11 @@ def compare(c: Checking, name: str, ref: torch.Tensor, alt: torch.Tensor, ref_la
             note: str = "") -> CheckResult:
     """Warn when ``alt`` (an attack that must not be stronger) beats ``ref`` beyond noise and
     by at least the check's minimum effect."""
-    result, effect = paired(ref, alt), c.s.min_effect(name)
-    status = "warn" if result.excess(effect, c.s.alpha) else "pass"
+    result, effect = paired(ref, alt), c.settings.min_effect(name)
+    status = "warn" if result.excess(effect, c.settings.alpha) else "pass"
     detail = (f"{alt_label} {result.alt:.1%} vs {ref_label} {result.ref:.1%}{note} ({result.describe()}; "
-              f"warns at p < {c.s.alpha:g} and a gap >= {effect:.0%})")
-    return CheckResult(name, status, detail, result.as_dict() | {"min_effect": effect, "alpha": c.s.alpha})
+              f"warns at p < {c.settings.alpha:g} and a gap >= {effect:.0%})")
+    return CheckResult(name, status, detail, result.as_dict() | {"min_effect": effect, "alpha": c.settings.alpha})
 
 
 # The minimum effects: gaps measured on honest digits models (docs/evaluation.md, "Minimum
@@ -218,28 +219,28 @@ def check_gradients(c: Checking) -> CheckResult:
     zero = (flat.abs().max(1).values == 0).float().mean().item()
     broken = (~torch.isfinite(flat).all(1)).float().mean().item()
     bad = zero + broken
-    return CheckResult("gradients", "pass" if bad <= c.s.zero_tol else "warn",
+    return CheckResult("gradients", "pass" if bad <= c.settings.zero_tol else "warn",
                        f"{zero:.1%} of samples have an all-zero input gradient, {broken:.1%} a NaN or infinite one",
                        {"zero_fraction": zero, "nonfinite_fraction": broken})
 
 
 @register_check("fgsm_vs_pgd", min_effect=0.02)
 def check_fgsm_vs_pgd(c: Checking) -> CheckResult:
-    fgsm = c.attack(AttackSettings("fgsm"), c.s.eps)
-    return compare(c, "fgsm_vs_pgd", c.pgd(), fgsm, f"PGD-{c.s.steps}", "FGSM", " (one step must not win)")
+    fgsm = c.attack(AttackSettings("fgsm"), c.settings.eps)
+    return compare(c, "fgsm_vs_pgd", c.pgd(), fgsm, f"PGD-{c.settings.steps}", "FGSM", " (one step must not win)")
 
 
 @register_check("restarts", min_effect=0.06)
 def check_restarts(c: Checking) -> CheckResult:
-    many = c.pgd(restarts=c.s.restarts)
-    return compare(c, "restarts", c.pgd(), many, "1 start", f"{c.s.restarts} restarts")
+    many = c.pgd(restarts=c.settings.restarts)
+    return compare(c, "restarts", c.pgd(), many, "1 start", f"{c.settings.restarts} restarts")
 
 
 @register_check("long_pgd", min_effect=0.06)
 def check_long_pgd(c: Checking) -> CheckResult:
-    long = c.attack(AttackSettings("pgd", steps=c.s.long_steps, step_size=default_step_size(c.s.eps, c.s.steps) / 4),
-                    c.s.eps)
-    return compare(c, "long_pgd", c.pgd(), long, f"PGD-{c.s.steps}", f"PGD-{c.s.long_steps}")
+    long = c.attack(AttackSettings("pgd", steps=c.settings.long_steps, step_size=default_step_size(c.settings.eps, c.settings.steps) / 4),
+                    c.settings.eps)
+    return compare(c, "long_pgd", c.pgd(), long, f"PGD-{c.settings.steps}", f"PGD-{c.settings.long_steps}")
 
 
 @register_check("loss_invariance", min_effect=0.02)
@@ -248,8 +249,8 @@ def check_loss_invariance(c: Checking) -> CheckResult:
     the logits) against PGD-k with cross-entropy, same steps, step size and starts: DLR
     winning means the CE gradient vanishes somewhere (a saturated softmax, a temperature),
     so the papers' CE-based numbers are masked."""
-    dlr = c.attack(AttackSettings("pgd-dlr", steps=c.s.steps), c.s.eps)
-    return compare(c, "loss_invariance", c.pgd(), dlr, f"PGD-{c.s.steps} (CE)", f"PGD-{c.s.steps} with DLR")
+    dlr = c.attack(AttackSettings("pgd-dlr", steps=c.settings.steps), c.settings.eps)
+    return compare(c, "loss_invariance", c.pgd(), dlr, f"PGD-{c.settings.steps} (CE)", f"PGD-{c.settings.steps} with DLR")
 
 
 @register_check("scale", min_effect=0.01)
@@ -261,8 +262,8 @@ def check_scale(c: Checking) -> CheckResult:
     margin times k exceeds ~17, and there the unsaturated attack wins. Comparing like with
     like is what DLR against CE cannot do: on a PGD-AT model DLR alone can be weaker than CE,
     which hides a scale that raises CE-PGD by less than that."""
-    unsaturated = c.attack(AttackSettings("pgd-unsaturated", steps=c.s.steps), c.s.eps)
-    return compare(c, "scale", c.pgd(), unsaturated, f"PGD-{c.s.steps} (CE)", f"PGD-{c.s.steps} on the unsaturated CE")
+    unsaturated = c.attack(AttackSettings("pgd-unsaturated", steps=c.settings.steps), c.settings.eps)
+    return compare(c, "scale", c.pgd(), unsaturated, f"PGD-{c.settings.steps} (CE)", f"PGD-{c.settings.steps} on the unsaturated CE")
 
 
 @register_check("gradient_free", min_effect=0.02)
@@ -290,9 +291,9 @@ def check_gradient_free(c: Checking) -> CheckResult:
 
 @register_check("unbounded")
 def check_unbounded(c: Checking) -> CheckResult:
-    acc = c.attack(AttackSettings("pgd", steps=c.s.unbounded_steps, step_size=0.01), math.inf).float().mean().item()
-    return CheckResult("unbounded", "pass" if acc <= c.s.zero_tol else "warn",
-                       f"unbounded PGD-{c.s.unbounded_steps} leaves {acc:.1%} correct (must be <= {c.s.zero_tol:.0%})",
+    acc = c.attack(AttackSettings("pgd", steps=c.settings.unbounded_steps, step_size=0.01), math.inf).float().mean().item()
+    return CheckResult("unbounded", "pass" if acc <= c.settings.zero_tol else "warn",
+                       f"unbounded PGD-{c.settings.unbounded_steps} leaves {acc:.1%} correct (must be <= {c.settings.zero_tol:.0%})",
                        {"accuracy": acc})
 
 
@@ -320,10 +321,10 @@ def check_bound(c: Checking) -> CheckResult:
 
 @register_check("protocol", min_effect=0.25)
 def check_protocol(c: Checking) -> CheckResult:
-    result = compare(c, "protocol", c.pgd(), c.ensemble(), f"PGD-{c.s.steps} (papers' protocol)", "worst-case ensemble")
+    result = compare(c, "protocol", c.pgd(), c.ensemble(), f"PGD-{c.settings.steps} (papers' protocol)", "worst-case ensemble")
     gap = 100 * result.values["gap"]
     verdict = f"overstates by {gap:.1f} points" if gap >= 0 else f"is {-gap:.1f} points below the ensemble"
-    result.detail = f"PGD-{c.s.steps} {verdict}: " + result.detail
+    result.detail = f"PGD-{c.settings.steps} {verdict}: " + result.detail
     return result
 
 
@@ -331,7 +332,7 @@ def check_protocol(c: Checking) -> CheckResult:
 def check_transfer(c: Checking) -> CheckResult:
     if c.surrogate is None:
         return skipped("transfer", "no surrogate (--surrogate RUN, or auto to train one)")
-    transfer = c.attack(AttackSettings("pgd", steps=c.s.steps), c.s.eps,
+    transfer = c.attack(AttackSettings("pgd", steps=c.settings.steps), c.settings.eps,
                         c.subject.transferred(c.surrogate.to(c.ctx.device)))
     return compare(c, "transfer", c.pgd(), transfer, "white-box", "transfer from surrogate", " (transfer must not win)")
 
@@ -342,21 +343,21 @@ def check_graybox(c: Checking) -> CheckResult:
     through G): PGD on that part, evaluated on the full pipeline."""
     if c.graybox is None:
         return skipped("graybox", "the method has no gray-box part")
-    gray = c.attack(AttackSettings("pgd", steps=c.s.steps), c.s.eps, c.subject.transferred(c.graybox))
+    gray = c.attack(AttackSettings("pgd", steps=c.settings.steps), c.settings.eps, c.subject.transferred(c.graybox))
     return compare(c, "graybox", c.pgd(), gray, "white-box on D(G(x))", "gray-box (PGD on D alone)")
 
 
 @register_check("autoattack", min_effect=0.02)
 def check_autoattack(c: Checking) -> CheckResult:
-    if not c.s.autoattack:
+    if not c.settings.autoattack:
         return skipped("autoattack", "--no-autoattack")
     try:  # optional dependency (a second to import: only when asked for)
         import torchattacks  # noqa: F401
     except ImportError:
         return skipped("autoattack", "torchattacks not installed")
-    n = min(len(c.subject.y), c.s.autoattack_limit)
+    n = min(len(c.subject.y), c.settings.autoattack_limit)
     ours = c.ensemble()[:n]
-    theirs = c.attack(AttackSettings("autoattack"), c.s.eps, c.subject.first(n))
+    theirs = c.attack(AttackSettings("autoattack"), c.settings.eps, c.subject.first(n))
     return compare(c, "autoattack", ours, theirs, "our ensemble", "AutoAttack (torchattacks)", f" on {n} images")
 
 
@@ -389,24 +390,6 @@ def run_checks(c: Checking, on_result=None) -> list[CheckResult]:
     return results
 
 
-def cached_curve_eps(cache: EvalCache, n: int) -> list[float]:
-    """Every finite eps > 0 the ensemble was cached at for the first ``n`` test points."""
-    return sorted({float(st["eps"]) for st, _ in cache.results()
-                   if st.get("attack") == "ensemble" and st.get("n") == n and 0 < st["eps"] < math.inf})
-
-
-def reported_accuracies(cache: EvalCache, n: int) -> dict[float, float]:
-    """{eps: accuracy} of every result cached for the first ``n`` test points at eps >= 0.5
-    (the highest over attacks): what the bound check holds a run's curves to (the bound is
-    these n points' largest class share)."""
-    highest: dict[float, float] = {}
-    for settings, mask in cache.results():
-        eps = settings.get("eps")
-        if settings.get("n") == n and isinstance(eps, (int, float)) and BOUND_EPS <= eps <= 1 and n:
-            highest[float(eps)] = max(highest.get(float(eps), 0.0), mask.float().mean().item())
-    return highest
-
-
 def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext = EvalContext(), *,
               surrogate: str | None = None, surrogate_epochs: int = 5, on_result=None) -> list[CheckResult]:
     """The `robustgan check` command: every check on a run's defended model, saved to
@@ -430,9 +413,10 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
     elif surrogate:
         surrogate_model = load_model(Path(surrogate))
     s = replace(settings, eps=eps)
-    c = Checking(subject, s, ctx, None if surrogate_model is None else classifier(surrogate_model),
-                 method_class(cfg.method.name).graybox_model(subject.model), reported_accuracies(cache, n),
-                 cached_curve_eps(cache, n))
+    c = Checking(replace(subject, model=classifier(subject.model)), s, ctx,
+                 None if surrogate_model is None else classifier(surrogate_model),
+                 method_class(cfg.method.name).graybox_model(subject.model), cache.highest_accuracies(n, BOUND_EPS),
+                 cache.ensemble_eps(n))
     results = run_checks(c, on_result)
     report = {"eps": eps, "n": n, "alpha": s.alpha, "tol": s.tol,
               "min_effects": {k: s.min_effect(k) for k, spec in CHECKS.items() if spec.min_effect is not None},
@@ -442,5 +426,3 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
     atomic_write(run.file("check.json"), json.dumps(report, indent=1))
     return results
 
-
-MIN_EFFECT = {name: spec.min_effect for name, spec in CHECKS.items() if spec.min_effect is not None}  # the built-in checks'

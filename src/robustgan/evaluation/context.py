@@ -1,7 +1,8 @@
 """The evaluation context: what every evaluation in one command shares, built once (by the CLI
 from its options, or with defaults from a notebook) and passed as one object, instead of
-device, batch size, seed, limit, data root and a progress display travelling through every
-call by hand."""
+device, batch size, limit, data root and a progress display travelling through every call by
+hand. What the attacks do (their seed included) is the settings' (``AttackSettings``,
+``CheckSettings``), not the context's."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ Advance = Callable[[int], None]  # called with the number of points (or point-ep
 class EvalContext:
     device: torch.device | str = "cpu"
     batch_size: int = 256  # points per forward pass (what the device's memory holds)
-    seed: int = 0  # random starts are drawn per test point from it
     limit: int = 0  # evaluate the first N test images (0: all)
     data_root: Path | None = None  # where the dataset's files are
     channels_last: bool = False  # the model and its batches in that memory format (faster convolutions)
@@ -34,7 +34,7 @@ class EvalContext:
 
 
 @contextmanager
-def evaluation(device, *, limit: int = 0, data_root: Path | None = None, batch_size: int = 256, seed: int = 0,
+def evaluation(device, *, limit: int = 0, data_root: Path | None = None, batch_size: int = 256,
                console: Console | None = None, show: bool = True, channels_last: bool = False) -> Iterator[EvalContext]:
     """A command's one evaluation context, with progress bars on ``console`` (default: stderr)
     while it lasts; ``show=False`` shows none (the non-main ranks under torchrun)."""
@@ -43,4 +43,4 @@ def evaluation(device, *, limit: int = 0, data_root: Path | None = None, batch_s
             task = bars.add_task(description, total=total)
             return lambda done: bars.advance(task, done)
 
-        yield EvalContext(device, batch_size, seed, limit, data_root, channels_last, bar)
+        yield EvalContext(device, batch_size, limit, data_root, channels_last, bar)

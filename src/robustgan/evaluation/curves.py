@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustgan.attacks import AttackSettings, Batching, WorstCase, attack_label
+from robustgan.attacks import AttackSettings, Batching, WorstCase, attack_label, get_attack
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
@@ -67,6 +67,7 @@ def compute_curve(subject: Subject | str | Path, eps_grid: list[float], settings
     randomized model). The papers' protocol (PGD-40) is measured beside it unless ``protocol``
     is False or the attack is PGD. Under torchrun the test points are sharded across ranks.
     ``eval`` prints one of these; ``curve`` and ``report`` plot several."""
+    get_attack(settings.name)  # an unknown attack, "none" included: one AttackError naming every choice
     subject = subject if isinstance(subject, Subject) else Subject.open(subject, ctx)
     protocol = protocol and settings.name != "pgd"
     columns = len(eps_grid) * (2 if protocol else 1)

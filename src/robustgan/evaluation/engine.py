@@ -17,11 +17,12 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks import AttackSettings, Batching, robust_mask, worst_case
-from robustgan.attacks.ensemble import ensemble_names, usable_targets
+from robustgan.attacks.ensemble import usable_targets
+from robustgan.attacks.stages import ensemble_names
 from robustgan.attacks.outputs import decisions_only_fraction
 from robustgan.attacks.threat import RANDOM_TOL, eval_mode, output_spread, probe_classes
 from robustgan.config import Config
-from robustgan.distributed import sharded
+from robustgan.distributed import sharded, sum_across_ranks
 from robustgan.evaluation.cache import EvalCache
 from robustgan.evaluation.context import Advance, EvalContext
 from robustgan.runtime import open_run
@@ -108,26 +109,30 @@ def run_attack(subject: Subject, eps: list[float], settings: AttackSettings, ctx
         correct = torch.stack([cached_mask(subject, e, settings, batching) for e in eps], 1) if eps else \
             torch.zeros(len(y), 0, dtype=torch.bool)
         label_only = decisions_only_fraction(model, x, ctx.batch_size, ctx.device)
-    return Found(settings, list(eps), correct, clean, [settings.name], None, label_only, time.perf_counter() - start)
+    return Found(settings=settings, eps=list(eps), correct=correct, clean=clean, attacks=[settings.name], cost=None,
+                 decisions_only=label_only, seconds=time.perf_counter() - start)
 
 
 def _ensemble(subject: Subject, eps: list[float], s: AttackSettings, batching: Batching, start: float) -> Found:
     """The ensemble over the grid: through the cache (``ensemble_grid``), else in one ``worst_case``."""
     model, x, y = subject.model, subject.x, subject.y
     if subject.cache is None:
-        found = worst_case(model, x, y, eps, s, batching)
+        found = worst_case(model, x, y, sorted(set(eps)), s, batching)
         columns = [found.eps.index(e) for e in eps]  # worst_case's eps are ascending
-        return Found(s, eps, found.correct[:, columns], found.clean, found.attacks,
-                     {"grad_evals": found.grad_evals, "forwards": found.forwards},
-                     found.decisions_only.float().mean().item(), time.perf_counter() - start,
-                     found.gradients_correct[:, columns])
+        return Found(settings=s, eps=eps, correct=found.correct[:, columns], clean=found.clean, attacks=found.attacks,
+                     cost={"grad_evals": found.grad_evals, "forwards": found.forwards},
+                     decisions_only=found.decisions_only.float().mean().item() if len(y) else 0.0,
+                     seconds=time.perf_counter() - start, gradients_correct=found.gradients_correct[:, columns])
     spent = {"grad_evals": 0, "forwards": 0}
     clean = cached_mask(subject, 0.0, AttackSettings("none"), replace(batching, advance=None))
     correct = ensemble_grid(subject, eps, s, batching, clean, spent)
+    total = sum_across_ranks(torch.tensor([spent["grad_evals"], spent["forwards"]], dtype=torch.float64))
+    spent = {"grad_evals": int(total[0]), "forwards": int(total[1])}  # the whole evaluation's, under torchrun too
     label_only = decisions_only_fraction(model, x, batching.batch_size, batching.device)
     classes = probe_classes(model, x[:1].to(batching.device), y) if len(y) else 10
     attacks = ensemble_names(usable_targets(s.targets, classes), s.queries, label_only > 0)
-    return Found(s, eps, correct, clean, attacks, spent, label_only, time.perf_counter() - start)
+    return Found(settings=s, eps=eps, correct=correct, clean=clean, attacks=attacks, cost=spent,
+                 decisions_only=label_only, seconds=time.perf_counter() - start)
 
 
 def cached_mask(subject: Subject, eps: float, settings: AttackSettings, batching: Batching) -> torch.Tensor:
@@ -158,7 +163,8 @@ def ensemble_grid(subject: Subject, grid: list[float], settings: AttackSettings,
     saved (``cache.partial()``) before the next starts, so a curve killed mid-way redoes only
     the batch it was in. The random starts are drawn per test point, so the batches give
     what one pass over all points gives. ``spent`` gets this process's gradient evaluations and
-    query-stage forward passes added (nothing for cached results)."""
+    query-stage forward passes added (nothing for cached results; under torchrun each rank's
+    own, which ``run_attack`` sums)."""
     model, x, y, cache = subject.model, subject.x, subject.y, subject.cache
     base = settings.key(1.0, len(y))
     del base["eps"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import AttackSettings
+from robustgan.attacks import AttackSettings, get_attack
 from robustgan.attacks.outputs import decisions_only_warning
 from robustgan.attacks.threat import AttackError, check_eps, check_images, classifier, eval_mode, model_device, probe_classes
 from robustgan.eps import parse_number
@@ -70,9 +70,8 @@ def attack_settings(attack: str | AttackSettings, options: dict) -> AttackSettin
         raise AttackError(f"unknown option {', '.join(sorted(set(options) - fields))}; "
                           f"the attack's settings are {', '.join(sorted(fields))}")
     settings = attack if isinstance(attack, AttackSettings) else AttackSettings(str(attack))
-    settings = dataclasses.replace(settings, **options)
-    settings.spec  # noqa: B018  (an unknown attack: one AttackError naming every choice)
-    return settings
+    get_attack(settings.name)  # an unknown attack, "none" included: one AttackError naming every choice
+    return dataclasses.replace(settings, **options)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack: str | AttackSettings = "ensemble",
