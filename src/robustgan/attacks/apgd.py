@@ -74,6 +74,13 @@ def rank_in_group(groups: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     return place
 
 
+def _gives_up(best_margin: torch.Tensor, clean_margin: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Rows still far from fooled: whose best margin has not closed more than 1 - ``ratio`` of
+    the clean logit gap (best / clean margin > ratio, both negative on a correct point; a ratio
+    of margins, so scaling the logits moves nothing). A clean-misclassified row never gives up."""
+    return (clean_margin < 0) & (best_margin < ratio * clean_margin)
+
+
 def _stopping(hit, groups, best_loss, quota, early_stop) -> torch.Tensor:
     """The rows that stop before the next step: with early stop the fooled ones (their result
     cannot change) and their groups' other rows (nor can their point's); with a successive-halving
@@ -86,13 +93,15 @@ def _stopping(hit, groups, best_loss, quota, early_stop) -> torch.Tensor:
     return stop
 
 
-def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, groups, prune, eot=1) -> APGDResult:
+def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, groups, prune, eot=1,
+               give_up=None) -> APGDResult:
     """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample. Rows of one
     ``groups`` value attack one point side by side (``apgd_run``). With ``eot`` > 1 the loss
     and its gradient are averaged over that many forward passes (expectation over
-    transformation, Athalye et al. 2018, for randomized models). One function on purpose:
-    its state is the algorithm's, and splitting it would pass fourteen per-sample
-    tensors between the pieces."""
+    transformation, Athalye et al. 2018, for randomized models). ``give_up``: (ratios, clean
+    margins): after the j-th checkpoint the rows still far from fooled at ``ratios[j-1]``
+    (``_gives_up``) stop. One function on purpose: its state is the algorithm's, and splitting
+    it would pass fourteen per-sample tensors between the pieces."""
     lo, hi = ball(x, eps)
     eta = 2 * eps.view(-1, 1, 1, 1).to(x.dtype)
     out = start.clone()
@@ -110,41 +119,48 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
                 (grad,) = torch.autograd.grad(value.sum(), point)
                 value_sum, grad_sum = value_sum + value.detach(), grad_sum + grad
         if eot == 1:
-            return value.detach(), grad, logits.argmax(1) != y[live]
-        return value_sum / eot, grad_sum / eot, logits.argmax(1) != y[live]
+            return value.detach(), grad, logits.detach()
+        return value_sum / eot, grad_sum / eot, logits.detach()
 
     def record(hit):  # misclassified: this iterate is the sample's result
         out[live[hit]], out_loss[live[hit]], fooled[live[hit]] = cur[hit].detach(), loss[hit], True
 
+    ratios, clean_margin = give_up if give_up is not None else ((), None)
     cur = start[live]
     prev = cur
-    loss, grad, hit = evaluate(cur)
+    loss, grad, logits = evaluate(cur)
+    hit = logits.argmax(1) != y[live]
     record(hit)
     best_x, best_loss, best_grad = cur.clone(), loss.clone(), grad
+    best_margin = margin(logits, y[live])
     evals = len(live) * eot
     marks = checkpoints(steps)
     mark = 1
     success = torch.zeros_like(loss)
     reduced_last = torch.zeros_like(loss, dtype=torch.bool)
     best_last = best_loss.clone()
-    quota = None
+    quota, far = None, None
     for k in range(1, steps):
         stop = _stopping(hit, None if groups is None else groups[live], best_loss, quota, early_stop)
-        quota = None
+        if far is not None:
+            stop = stop | far
+        quota, far = None, None
         if stop.any():
             left = stop & ~fooled[live]  # stopped unfooled: the best point so far is the result
             out[live[left]], out_loss[live[left]] = best_x[left].detach(), best_loss[left]
             keep = ~stop
-            live, cur, prev, loss, grad, best_x, best_loss, best_grad, success, reduced_last, best_last, eta, lo, hi = (
-                t[keep] for t in (live, cur, prev, loss, grad, best_x, best_loss, best_grad, success, reduced_last,
-                                  best_last, eta, lo, hi))
+            (live, cur, prev, loss, grad, best_x, best_loss, best_grad, best_margin, success, reduced_last, best_last,
+             eta, lo, hi) = (t[keep] for t in (live, cur, prev, loss, grad, best_x, best_loss, best_grad, best_margin,
+                                               success, reduced_last, best_last, eta, lo, hi))
             if not len(live):
                 break
         with torch.no_grad():  # eq. (3)
             z = (cur + eta * grad.sign()).clamp_(lo, hi)
             step = 1.0 if k == 1 else ALPHA  # the first step has no momentum (Alg. 1, line 3)
             prev, cur = cur, (cur + step * (z - cur) + (1 - step) * (cur - prev)).clamp_(lo, hi)
-        new_loss, grad, hit = evaluate(cur)
+        new_loss, grad, logits = evaluate(cur)
+        hit = logits.argmax(1) != y[live]
+        best_margin = torch.maximum(best_margin, margin(logits, y[live]))
         evals += len(live) * eot
         success += (new_loss > loss).float()
         loss = new_loss
@@ -163,6 +179,8 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
             reduced_last, best_last = reduce, best_loss.clone()
             success = torch.zeros_like(success)
             quota = prune[mark - 1] if prune is not None and mark <= len(prune) else None
+            if mark <= len(ratios):
+                far = _gives_up(best_margin, clean_margin[live], ratios[mark - 1])
             mark += 1
     left = ~fooled[live]
     out[live[left]], out_loss[live[left]] = best_x[left].detach(), best_loss[left]
@@ -193,7 +211,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
              target_rank: int | None = None, target: torch.Tensor | None = None, restarts: int = 1,
              seed: int | torch.Tensor = 0, x_init: torch.Tensor | None = None, ids: torch.Tensor | None = None,
              early_stop: bool = True, groups: torch.Tensor | None = None,
-             prune: tuple[int, ...] | None = None, eot: int = 1) -> APGDResult:
+             prune: tuple[int, ...] | None = None, eot: int = 1,
+             give_up: tuple[tuple[float, ...], torch.Tensor] | None = None) -> APGDResult:
     """APGD on a batch with everything the evaluation engine needs: per-sample eps (a number
     or an (N,) tensor), a warm start ``x_init`` for the first run, the samples' test-set
     indices ``ids`` and seeds (a number or one per sample: their random starts do not depend
@@ -206,7 +225,9 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
     group's rows (Jamieson & Talwalkar 2016): after the j-th step-size checkpoint (Sec. 3.2)
     only the ``prune[j-1]`` rows of each group with the highest best loss go on; the others
     keep their best point. ``eot``: gradients averaged over that many draws of a randomized
-    model (each counted as a gradient evaluation). Inputs are not checked here."""
+    model (each counted as a gradient evaluation). ``give_up`` (ratios, clean margins (N,)):
+    after the j-th checkpoint, the rows whose best margin has closed no more than 1 - ratios[j-1]
+    of their clean margin stop (their best point is their result). Inputs are not checked here."""
     if loss not in LOSSES:
         raise AttackError(f"APGD loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if int(steps) <= 0 or int(restarts) <= 0:
@@ -232,7 +253,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
                 start = (x[todo] + eps[todo].view(-1, 1, 1, 1) * noise).clamp_(lo, hi)
             got, got_loss = _apgd_once(model, x[todo], y[todo], None if target is None else target[todo], eps[todo],
                                        start, int(steps), LOSSES[loss], early_stop,
-                                       None if groups is None else groups[todo], prune, int(eot))
+                                       None if groups is None else groups[todo], prune, int(eot),
+                                       None if give_up is None else (give_up[0], give_up[1][todo]))
             better = got.fooled | (got_loss > best_loss[todo])
             idx = todo[better]
             best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]

@@ -27,7 +27,10 @@ attack where it can still succeed):
   random starts, the same points fooled);
 - each targeted run starts, as in AutoAttack, from a random point of the ball; and since
   APGD-CE's warm start (below) can trap a point that a fresh start fools, the points that have
-  closed half their gap (``CLOSE_RESTART``) get APGD-CE once more from its random start.
+  closed half their gap (``CLOSE_RESTART``) get APGD-CE once more from its random start;
+- APGD-CE (from the worst example) and targets 2-9 give up on a point whose margin ratio is still
+  above ``GIVE_UP`` at their first four checkpoints: such a point goes on to the runs from random
+  starts and to the query stages, never counted robust by the rule alone.
 The thresholds were set on the digits PGD-AT and ATGAN presets (docs/evaluation.md has the
 measurements): a model whose fooled points stay far from the boundary until the last step may
 need ``Savings(close=1, halving=False)`` (every target on every point, all its steps).
@@ -52,7 +55,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -84,6 +88,7 @@ class WorstCase:
     forwards: int = 0  # forward passes without a gradient: the gradient-free stage's queries
     gradients_correct: torch.Tensor | None = None  # (n, len(eps)): ``correct`` before the gradient-free stage
     decisions_only: torch.Tensor | None = None  # (n,) bool: clean outputs carry only the decision (``decisions_only``)
+    by_stage: dict[str, int] = field(default_factory=dict)  # passes per stage: gradient evaluations, or forwards
 
     @property
     def accuracy(self) -> list[float]:
@@ -120,16 +125,17 @@ class Attacked:
     clean_margin: torch.Tensor
 
 
-def _attack_robust(attacked: Attacked, eps, runs, settings: AttackSettings, early_stop: bool, max_rows: int) -> int:
+def _attack_robust(attacked: Attacked, eps, runs, settings: AttackSettings, early_stop: bool,
+                   max_rows: int) -> Counter:
     """Every attack of ``runs`` (``stages.attack_runs``) in turn on the points not yet fooled (all
     points without early stop), the adaptive ones only on the points ``close_to_fooled``, at
     ``eps`` (a number or one per point), with ``settings``' steps and restarts; updates ``attacked`` in
-    place and returns the gradient evaluations spent. APGD-T's targets are ranked at each
+    place and returns the gradient evaluations spent per stage. APGD-T's targets are ranked at each
     point's worst example after the first attack (where the attack has got to); a run with
     several target ranks attacks each point towards all of them side by side, one row per
     (rank, point), at most ``max_rows`` rows per call (but one point's ranks always in one
     call), and keeps each point's worst row."""
-    grad_evals = 0
+    grad_evals = Counter()
     order = None
     for run in runs:
         todo = ~attacked.fooled if early_stop else torch.ones_like(attacked.fooled)
@@ -147,7 +153,7 @@ def _attack_robust(attacked: Attacked, eps, runs, settings: AttackSettings, earl
         for part in idx.split(per_call):
             got_x, got_fooled, got_margin, evals = _attack_side_by_side(attacked, eps, order, part, ranks, run, settings,
                                                                         early_stop)
-            grad_evals += evals
+            grad_evals[run.stage] += evals
             was = attacked.fooled[part]
             better = ~was & (got_fooled | (got_margin > attacked.worst_margin[part]))
             attacked.worst[part[better]], attacked.worst_margin[part[better]] = got_x[better], got_margin[better]
@@ -166,7 +172,8 @@ def _attack_side_by_side(attacked: Attacked, eps, order, idx, ranks, run, settin
                    loss=run.loss, target=order[rows, rank.to(rows.device) - 1] if len(ranks) else None,
                    restarts=settings.restarts, seed=run.seed + 7919 * rank if len(ranks) else run.seed, ids=attacked.ids[rows.cpu()],
                    early_stop=early_stop, x_init=attacked.worst[rows] if run.warm else None,
-                   groups=rows if copies > 1 else None, prune=run.prune if copies > 1 else None)
+                   groups=rows if copies > 1 else None, prune=run.prune if copies > 1 else None,
+                   give_up=(run.give_up, attacked.clean_margin[rows]) if run.give_up else None)
     with torch.no_grad():
         got_margin = margin(attacked.model(got.x_adv).float(), attacked.y[rows])
     pick = torch.where(got.fooled, math.inf, got_margin).view(copies, -1).argmax(0) * len(idx)
@@ -216,7 +223,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     correct, gradients_correct = (torch.zeros(len(y), len(eps), dtype=torch.bool) for _ in range(2))
     clean, label_only = (torch.zeros(len(y), dtype=torch.bool) for _ in range(2))
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
-    grad_evals = forwards = 0
+    spent = Counter()
     seed = settings.seed or 0
     runs = attack_runs(targets, seed, savings)
     with attack_mode(model):
@@ -233,7 +240,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 if known_fooled is not None:
                     fooled |= known_fooled[sl, k].to(device)
                 if e > 0:
-                    grad_evals += _attack_robust(attacked, e, runs, settings, savings.early_stop, batching.batch_size)
+                    spent += _attack_robust(attacked, e, runs, settings, savings.early_stop, batching.batch_size)
                 correct[sl, k] = ~fooled.cpu()
                 if keep_examples:
                     examples[k, sl] = attacked.worst.cpu()
@@ -243,9 +250,13 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 batch = StageBatch(model=net, x=xb, y=yb, ids=ids[sl], eps=eps, correct=correct[sl],
                                    clean_margin=clean_margin, decisions_only=label_only[sl], queries=settings.queries, seed=seed,
                                    examples=None if examples is None else examples[:, sl])
-                forwards += sum(stage.run(batch) for stage in query_stages())
-    return WorstCase(eps, correct, clean, ensemble_names(int(targets), settings.queries, bool(label_only.any())), grad_evals,
-                     time.perf_counter() - start, examples, forwards, gradients_correct, label_only)
+                for stage in query_stages():
+                    spent[stage.name] += stage.run(batch)
+    queried = {stage.name for stage in query_stages()}
+    return WorstCase(eps, correct, clean, ensemble_names(int(targets), settings.queries, bool(label_only.any())),
+                     sum(v for k, v in spent.items() if k not in queried), time.perf_counter() - start, examples,
+                     sum(v for k, v in spent.items() if k in queried), gradients_correct, label_only,
+                     {k: v for k, v in spent.items() if v})
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase,

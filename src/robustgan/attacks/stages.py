@@ -26,18 +26,24 @@ FIRST_TARGETS = 1  # APGD-T target ranks every still-robust point gets; higher r
 CLOSE = 0.3  # close to fooled: the worst example has closed 70% of the clean logit gap
 CLOSE_RESTART = 0.5  # close enough for a second APGD-CE from a random start: half the gap closed
 HALVING = (4, 2, 1)  # targets 2-9 kept per point after APGD's first three checkpoints (22, 41, 57 of 100 steps)
+# APGD-CE from the worst example and targets 2-9 stop on a point whose margin ratio (best / clean
+# margin) is still above these at their first four checkpoints (22, 41, 57, 70 of 100 steps);
+# docs/evaluation.md, "Giving up on far points", says what rests on them and what they risk.
+GIVE_UP = (0.5, 0.25, 0.12, 0.06)
 # Part of the ensemble's cache key: a change to STAGES or to a stage's numbers raises it above
 # every version used before (its reason in one line beside it).
-ENSEMBLE_VERSION = 11  # RayS on points whose outputs carry only decisions
+ENSEMBLE_VERSION = 12  # APGD-CE and targets 2-9 give up on points far from fooled
 
 
 class AttackRun(NamedTuple):
+    stage: str  # the stage it belongs to (its cost is counted there)
     loss: str  # a key of losses.LOSSES
     ranks: tuple[int, ...]  # targets by rank at the worst example, attacked side by side (targeted loss only)
     seed: int  # target rank r draws its random starts from seed + 7919 r
     threshold: float | None  # only on points ``close_to_fooled`` at this threshold; None: every point
     warm: bool  # start from each point's worst example instead of a random point
     prune: tuple[int, ...] | None = None  # successive halving over a point's targets (``apgd_run``)
+    give_up: tuple[float, ...] = ()  # per APGD checkpoint, the margin ratio above which a point stops (``apgd_run``)
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,18 @@ class Savings:
     worst point at the previous eps, and once more from a random start on close points),
     ``early_stop`` (a fooled point is not attacked again), ``close`` (ranks 2-9 only on points
     whose margin ratio is at most ``close``; 1: every point), ``halving`` (successive halving
-    over those ranks)."""
+    over those ranks), ``give_up`` (APGD-CE from the worst example, and targets 2-9, stop on a
+    point whose margin ratio is still above ``give_up[j-1]`` at their j-th checkpoint; (): never;
+    the runs from random starts, APGD-T's first target and APGD-CE's restart, run in full) and
+    ``first_target`` (APGD-T's first target
+    only on points whose margin ratio after APGD-CE is at most this; 1: every point)."""
 
     warm_start: bool = True
     early_stop: bool = True
     close: float = CLOSE
     halving: bool = True
+    give_up: tuple[float, ...] = GIVE_UP
+    first_target: float = 1.0
 
 
 @dataclass
@@ -84,10 +96,12 @@ class Stage:
 
 
 def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
-    first = [AttackRun("dlr-targeted", (r,), seed, None, False) for r in range(1, min(int(targets), FIRST_TARGETS) + 1)]
+    gate = None if savings.first_target >= 1 else savings.first_target
+    first = [AttackRun("apgd-t", "dlr-targeted", (r,), seed, gate, False)
+             for r in range(1, min(int(targets), FIRST_TARGETS) + 1)]
     rest = tuple(range(FIRST_TARGETS + 1, int(targets) + 1))
-    return first + ([AttackRun("dlr-targeted", rest, seed, savings.close, False,
-                               HALVING if savings.halving else None)] if rest else [])
+    return first + ([AttackRun("apgd-t", "dlr-targeted", rest, seed, savings.close, False,
+                               HALVING if savings.halving else None, savings.give_up)] if rest else [])
 
 
 def _square(b: StageBatch) -> int:
@@ -105,16 +119,18 @@ def _queries(settings: dict) -> int:
 
 STAGES: list[Stage] = [
     Stage("apgd-ce", "APGD-CE", "APGD on the standardized cross-entropy, from each point's worst example at the "
-          "previous eps", lambda targets, queries, label_only: "apgd-ce", lambda s: "APGD-CE",
-          runs=lambda targets, seed, savings: [AttackRun("ce-standardized", (), seed, None, savings.warm_start)]),
+          "previous eps, giving up on points far from fooled", lambda targets, queries, label_only: "apgd-ce", lambda s: "APGD-CE",
+          runs=lambda targets, seed, savings: [AttackRun("apgd-ce", "ce-standardized", (), seed, None, savings.warm_start,
+                                                         give_up=savings.give_up)]),
     Stage("apgd-t", "targeted APGD-DLR", "APGD on the targeted DLR loss, targets ranked at the worst example: the "
-          "first on every point, the others side by side on close points, by successive halving",
+          "first on every point, the others side by side on close points, by successive halving, giving up on far "
+          "points",
           lambda targets, queries, label_only: f"apgd-t({targets} targets)" if targets else None,
           lambda s: f"APGD-T ({s['targets']} targets)" if s.get("targets") else "", runs=_targeted),
     Stage("apgd-ce-restart", "", "APGD-CE once more from its random start, on the points that closed half their gap "
           "(part of apgd-ce)", lambda targets, queries, label_only: None,
-          runs=lambda targets, seed, savings: [AttackRun("ce-standardized", (), seed, CLOSE_RESTART, False)]
-          if savings.warm_start else []),
+          runs=lambda targets, seed, savings: [AttackRun("apgd-ce-restart", "ce-standardized", (), seed, CLOSE_RESTART,
+                                                         False)] if savings.warm_start else []),
     Stage("square", "Square", "Square Attack on the points every gradient stage left robust, from the largest eps "
           "each withstood downwards, giving up on points far from fooled",
           lambda targets, queries, label_only: f"square({queries})" if queries else None,

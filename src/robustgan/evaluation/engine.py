@@ -10,6 +10,7 @@ holds and adds what it computes, and returns the per-point matrix with what it c
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 
 from robustgan.attacks import AttackSettings, Batching, robust_mask, worst_case
 from robustgan.attacks.ensemble import usable_targets
-from robustgan.attacks.stages import ensemble_names
+from robustgan.attacks.stages import STAGES, ensemble_names
 from robustgan.attacks.outputs import decisions_only_fraction
 from robustgan.attacks.threat import RANDOM_TOL, eval_mode, output_spread, probe_classes
 from robustgan.config import Config
@@ -69,7 +70,7 @@ class Found:
     correct: torch.Tensor  # (n, len(eps)) bool: point i withstood the attack at eps[k]
     clean: torch.Tensor  # (n,) bool
     attacks: list[str]  # what ran, in order
-    cost: dict | None  # {"grad_evals", "forwards"} this process spent (ensemble only; cached results cost nothing)
+    cost: dict | None  # {"grad_evals", "forwards", "by_stage"} spent (ensemble only; cached results cost nothing)
     decisions_only: float  # fraction of points whose outputs carry only decisions: accuracies are upper bounds
     seconds: float
     gradients_correct: torch.Tensor | None = None  # (n, len(eps)): the ensemble before its query stages (uncached)
@@ -120,14 +121,17 @@ def _ensemble(subject: Subject, eps: list[float], s: AttackSettings, batching: B
         found = worst_case(model, x, y, sorted(set(eps)), s, batching)
         columns = [found.eps.index(e) for e in eps]  # worst_case's eps are ascending
         return Found(settings=s, eps=eps, correct=found.correct[:, columns], clean=found.clean, attacks=found.attacks,
-                     cost={"grad_evals": found.grad_evals, "forwards": found.forwards},
+                     cost={"grad_evals": found.grad_evals, "forwards": found.forwards, "by_stage": found.by_stage},
                      decisions_only=found.decisions_only.float().mean().item() if len(y) else 0.0,
                      seconds=time.perf_counter() - start, gradients_correct=found.gradients_correct[:, columns])
-    spent = {"grad_evals": 0, "forwards": 0}
+    spent = Counter()
     clean = cached_mask(subject, 0.0, AttackSettings("none"), replace(batching, advance=None))
     correct = ensemble_grid(subject, eps, s, batching, clean, spent)
-    total = sum_across_ranks(torch.tensor([spent["grad_evals"], spent["forwards"]], dtype=torch.float64))
-    spent = {"grad_evals": int(total[0]), "forwards": int(total[1])}  # the whole evaluation's, under torchrun too
+    names = ["grad_evals", "forwards", *(stage.name for stage in STAGES)]
+    total = sum_across_ranks(torch.tensor([spent[k] for k in names], dtype=torch.float64)).tolist()
+    spent = dict(zip(names, map(int, total)))  # the whole evaluation's, under torchrun too
+    spent = {"grad_evals": spent.pop("grad_evals"), "forwards": spent.pop("forwards"),
+             "by_stage": {k: v for k, v in spent.items() if v}}
     label_only = decisions_only_fraction(model, x, batching.batch_size, batching.device)
     classes = probe_classes(model, x[:1].to(batching.device), y) if len(y) else 10
     attacks = ensemble_names(usable_targets(s.targets, classes), s.queries, label_only > 0)
@@ -153,7 +157,7 @@ def cached_mask(subject: Subject, eps: float, settings: AttackSettings, batching
 
 
 def ensemble_grid(subject: Subject, grid: list[float], settings: AttackSettings, batching: Batching,
-                  clean: torch.Tensor, spent: dict) -> torch.Tensor:
+                  clean: torch.Tensor, spent: Counter) -> torch.Tensor:
     """(n, len(grid)) per-point results of the ensemble through the cache. Only eps values not
     cached are attacked (in one ascending, warm-started pass; points fooled at a smaller cached
     eps are skipped), and every result is closed upwards over all cached eps: a point fooled at
@@ -162,8 +166,8 @@ def ensemble_grid(subject: Subject, grid: list[float], settings: AttackSettings,
     Resumable: the points are attacked one batch at a time and each batch's results are
     saved (``cache.partial()``) before the next starts, so a curve killed mid-way redoes only
     the batch it was in. The random starts are drawn per test point, so the batches give
-    what one pass over all points gives. ``spent`` gets this process's gradient evaluations and
-    query-stage forward passes added (nothing for cached results; under torchrun each rank's
+    what one pass over all points gives. ``spent`` gets this process's gradient evaluations,
+    query-stage forward passes and passes per stage added (nothing for cached results; under torchrun each rank's
     own, which ``run_attack`` sums)."""
     model, x, y, cache = subject.model, subject.x, subject.y, subject.cache
     base = settings.key(1.0, len(y))
@@ -184,8 +188,7 @@ def ensemble_grid(subject: Subject, grid: list[float], settings: AttackSettings,
                 def attack(ids):
                     found = worst_case(model, x[points[ids]], y[points[ids]], missing, settings, batching,
                                        ids=points[ids], known_fooled=known_fooled[points[ids]])
-                    spent["grad_evals"] += found.grad_evals
-                    spent["forwards"] += found.forwards
+                    spent.update({"grad_evals": found.grad_evals, "forwards": found.forwards} | found.by_stage)
                     return found.correct
 
                 part = sharded(attack, len(points))

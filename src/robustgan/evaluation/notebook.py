@@ -35,9 +35,10 @@ class Evaluation:
     attack: str
     attacks: list[str]  # what ran, in order
     gradient_evaluations: int | None  # forward-backward passes summed over points (ensemble only)
-    forward_passes: int | None  # the gradient-free stage's queries (ensemble only)
+    forward_passes: int | None  # the query stages' forward passes (ensemble only)
     seconds: float
     decisions_only: float = 0.0  # fraction of points whose outputs carry only the decision: accuracies are upper bounds
+    passes_by_stage: dict | None = None  # the ensemble's passes per stage: gradient evaluations, or forwards (queries)
 
     def __repr__(self) -> str:
         bound = "<= " if self.decisions_only else ""
@@ -105,4 +106,4 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack:
     cost = found.cost or {}
     return Evaluation(eps, dict(zip(eps, fractions(found.correct))), found.correct, fractions(found.clean),
                       found.settings.name, found.attacks, cost.get("grad_evals"), cost.get("forwards"), found.seconds,
-                      found.decisions_only)
+                      found.decisions_only, cost.get("by_stage"))
