@@ -483,15 +483,15 @@ def test_apgd_gives_up_on_rows_whose_margin_has_not_closed(robust_tiny, digits, 
     assert (cut_scaled.fooled != cut.fooled).sum() <= 2
 
 
-def test_what_the_gradient_give_up_drops_goes_to_the_query_stages(robust_tiny, digits, seed):
+def test_what_the_gradient_give_up_drops_goes_to_the_query_stages(model_kind, seed):
     """On the planted thresholding model the gradients never close a margin, so APGD-CE and
     targets 2-9 give up at their first checkpoint (the default): far fewer gradient evaluations,
     and Square, which sees every point the gradient stages left robust, fools the same points as
     without the rule."""
     from tests.planted import ThresholdInputs
 
-    _, _, xt, yt = digits
-    x, y, model = xt[:40], yt[:40], ThresholdInputs(robust_tiny)
+    robust, _, xt, yt = model_kind
+    x, y, model = xt[:40], yt[:40], ThresholdInputs(robust)
     settings = AttackSettings(steps=20, targets=2, seed=seed, queries=200)
     full = worst_case(model, x, y, [0.1, 0.2], settings, savings=Savings(give_up=()))
     cut = worst_case(model, x, y, [0.1, 0.2], settings)

@@ -196,6 +196,15 @@ def usable_targets(targets: int, classes: int) -> int:
     return min(int(targets), classes - 1) if classes >= 4 else 0
 
 
+def _check_worst_case(settings: AttackSettings, keep_examples: bool, known_fooled) -> None:
+    """One-line errors for settings ``worst_case`` cannot run."""
+    if int(settings.steps) <= 0 or int(settings.targets) < 0 or int(settings.restarts) <= 0:
+        raise AttackError(f"steps and restarts must be positive and targets >= 0, got {settings.steps}, "
+                          f"{settings.targets}, {settings.restarts}")
+    if keep_examples and known_fooled is not None:
+        raise AttackError("keep_examples needs every eps attacked (no known_fooled)")
+
+
 def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float] | float,
                settings: AttackSettings = AttackSettings(), batching: Batching = Batching(), *,
                savings: Savings = Savings(), keep_examples: bool = False, ids: torch.Tensor | None = None,
@@ -212,11 +221,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     settings = replace(settings, name="ensemble").resolved()
     device = model_device(model) if batching.device is None else batching.device
     eps = sorted(check_eps(e) for e in ([eps] if isinstance(eps, (int, float)) else eps))
-    if int(settings.steps) <= 0 or int(settings.targets) < 0 or int(settings.restarts) <= 0:
-        raise AttackError(f"steps and restarts must be positive and targets >= 0, got {settings.steps}, {settings.targets}, "
-                          f"{settings.restarts}")
-    if keep_examples and known_fooled is not None:
-        raise AttackError("keep_examples needs every eps attacked (no known_fooled)")
+    _check_worst_case(settings, keep_examples, known_fooled)
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
     model = classifier(model)
     targets = usable_targets(settings.targets, probe_classes(model, x, y)) if len(y) else int(settings.targets)
