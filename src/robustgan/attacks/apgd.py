@@ -227,7 +227,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
     keep their best point. ``eot``: gradients averaged over that many draws of a randomized
     model (each counted as a gradient evaluation). ``give_up`` (ratios, clean margins (N,)):
     after the j-th checkpoint, the rows whose best margin has closed no more than 1 - ratios[j-1]
-    of their clean margin stop (their best point is their result). Inputs are not checked here."""
+    of their clean margin stop (their best point is their result); with ``x_init``, only the run
+    from it gives up, its random restarts run in full. Inputs are not checked here."""
     if loss not in LOSSES:
         raise AttackError(f"APGD loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if int(steps) <= 0 or int(restarts) <= 0:
@@ -254,7 +255,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
             got, got_loss = _apgd_once(model, x[todo], y[todo], None if target is None else target[todo], eps[todo],
                                        start, int(steps), LOSSES[loss], early_stop,
                                        None if groups is None else groups[todo], prune, int(eot),
-                                       None if give_up is None else (give_up[0], give_up[1][todo]))
+                                       None if give_up is None or (r > 0 and x_init is not None)
+                                       else (give_up[0], give_up[1][todo]))
             better = got.fooled | (got_loss > best_loss[todo])
             idx = todo[better]
             best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]

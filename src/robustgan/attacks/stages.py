@@ -55,7 +55,7 @@ class Savings:
     whose margin ratio is at most ``close``; 1: every point), ``halving`` (successive halving
     over those ranks), ``give_up`` (APGD-CE from the worst example, and targets 2-9, stop on a
     point whose margin ratio is still above ``give_up[j-1]`` at their j-th checkpoint; (): never;
-    the runs from random starts, APGD-T's first target and APGD-CE's restart, run in full) and
+    APGD-T's first target, APGD-CE's restart and APGD-CE without a warm start run in full) and
     ``first_target`` (APGD-T's first target
     only on points whose margin ratio after APGD-CE is at most this; 1: every point)."""
 
@@ -121,7 +121,7 @@ STAGES: list[Stage] = [
     Stage("apgd-ce", "APGD-CE", "APGD on the standardized cross-entropy, from each point's worst example at the "
           "previous eps, giving up on points far from fooled", lambda targets, queries, label_only: "apgd-ce", lambda s: "APGD-CE",
           runs=lambda targets, seed, savings: [AttackRun("apgd-ce", "ce-standardized", (), seed, None, savings.warm_start,
-                                                         give_up=savings.give_up)]),
+                                                         give_up=savings.give_up if savings.warm_start else ())]),
     Stage("apgd-t", "targeted APGD-DLR", "APGD on the targeted DLR loss, targets ranked at the worst example: the "
           "first on every point, the others side by side on close points, by successive halving, giving up on far "
           "points",
