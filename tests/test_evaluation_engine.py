@@ -461,23 +461,23 @@ def test_the_gradient_free_stage_finds_what_gradients_cannot(model_kind, seed):
         assert not paired(ensemble.correct[:, k], square_alone[:, k]).excess(0.0), k
 
 
-def test_apgd_gives_up_on_rows_whose_margin_has_not_closed(robust_tiny, digits, seed):
+def test_apgd_gives_up_on_rows_whose_margin_has_not_closed(model_kind, seed):
     """``give_up``: after the first checkpoint (22 of 100 steps), a row whose best margin still
     holds more than the ratio of its clean margin stops; every row it keeps is attacked as
     before, and none it drops was going to be fooled (here: ratio 0.5 at eps 0.1, where most points stay robust)."""
     from robustgan.attacks.apgd import apgd_run, margin
 
-    _, _, xt, yt = digits
+    robust, _, xt, yt = model_kind
     x, y = xt[:80], yt[:80]
     with torch.no_grad():
-        clean = margin(robust_tiny(x), y)
+        clean = margin(robust(x), y)
     run = dict(steps=100, seed=seed, loss="ce-standardized")  # the ensemble's APGD-CE
-    full = apgd_run(robust_tiny, x, y, 0.1, **run)
-    cut = apgd_run(robust_tiny, x, y, 0.1, **run, give_up=((0.5,), clean))
-    assert cut.grad_evals < 0.8 * full.grad_evals  # many rows stop at step 22
+    full = apgd_run(robust, x, y, 0.1, **run)
+    cut = apgd_run(robust, x, y, 0.1, **run, give_up=((0.5,), clean))
+    assert cut.grad_evals < 0.8 * full.grad_evals  # many rows stop at step 22: measured 0.47-0.52 on both kinds, 3 seeds
     assert torch.equal(cut.fooled, full.fooled)
     # a ratio of margins: logits x 1e4 give up on the same rows
-    scaled = Outputs(robust_tiny, lambda z: z * 1e4)
+    scaled = Outputs(robust, lambda z: z * 1e4)
     cut_scaled = apgd_run(scaled, x, y, 0.1, **run, give_up=((0.5,), 1e4 * clean))
     assert abs(cut_scaled.grad_evals - cut.grad_evals) <= 0.05 * cut.grad_evals  # float rounding may move a row
     assert (cut_scaled.fooled != cut.fooled).sum() <= 2
