@@ -4,7 +4,8 @@ curve (passes against points lost) behind the ensemble's defaults.
     python benchmarks/ensemble_savings.py                        # every model, 200 images, eps 0.05..0.5
     python benchmarks/ensemble_savings.py --models pgd-at-digits --limit 100 --savings no-give-up,default --queries 0
 
-The first savings named is the reference (by default the ensemble without its give-up rule).
+The first savings named is the reference (by default ``ascending``: the grid upwards, every
+robust eps of a point attacked in full).
 Models: the digits PGD-AT preset (trained into runs/bench-eval as benchmarks/eval_engine.py does), the
 tests' tiny PGD-AT CNN, the same behind a thresholding input layer (tests/planted.py: zero input
 gradients), behind logits x 1e4 and behind a softmax. Each model is evaluated over the whole grid
@@ -39,12 +40,17 @@ from tests.planted import ThresholdInputs  # noqa: E402
 
 GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
 SAVINGS = {  # the first named is the reference the others' lost and gained points are counted against
-    "no-give-up": Savings(give_up=()),
-    "default": Savings(),  # give-up (0.5, 0.25, 0.12, 0.06)
-    "give-up-0.5": Savings(give_up=(0.5,)),
-    "give-up-0.3-0.04": Savings(give_up=(0.3, 0.15, 0.08, 0.04)),
-    "give-up-0.7-0.08": Savings(give_up=(0.7, 0.35, 0.17, 0.08)),
-    "first-target-0.5": Savings(first_target=0.5),
+    "no-give-up": Savings(give_up=(), descend=False),
+    "ascending": Savings(descend=False),  # give-up (0.5, 0.25, 0.12, 0.06), the grid upwards
+    "default": Savings(),  # the grid from the top down
+    "give-up-0.5": Savings(give_up=(0.5,), descend=False),
+    "give-up-0.3-0.04": Savings(give_up=(0.3, 0.15, 0.08, 0.04), descend=False),
+    "give-up-0.7-0.08": Savings(give_up=(0.7, 0.35, 0.17, 0.08), descend=False),
+    "first-target-0.5": Savings(first_target=0.5, descend=False),
+    "descend-no-give-up": Savings(give_up=()),
+    "no-restart": Savings(restart=None),
+    "close-0.15": Savings(close=0.15),
+    "descend-first-target-0.5": Savings(first_target=0.5),
 }
 
 
@@ -116,7 +122,7 @@ def measure(model: nn.Module, x, y, grid, settings: AttackSettings, savings: Sav
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="pgd-at-digits,tiny,tiny-threshold,tiny-x1e4,tiny-softmax")
-    parser.add_argument("--savings", default=",".join(SAVINGS))
+    parser.add_argument("--savings", default="ascending,default,no-restart,no-give-up,descend-no-give-up")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--queries", type=int, default=None)

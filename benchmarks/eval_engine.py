@@ -6,6 +6,16 @@ PGD and our PGD-40, on trained digits models: as strong, and cheaper per accurac
     python benchmarks/run.py --only eval         # the same as the first (--quick passes through)
     python benchmarks/eval_engine.py --presets atgan-digits --limit 200 --repeats 1 --aa-limit 200 \
         --aa-eps 0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5 --curves ""   # ours against AutoAttack alone
+    python benchmarks/eval_engine.py --against-aa pgd-at-digits,tiny,tiny-threshold --limit 200 \
+        --eps 0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5 --single 0.2   # the cost table, CR beside
+
+``--against-aa``: on each named model (benchmarks/ensemble_savings.py's: the digits presets, the
+tests' tiny PGD-AT CNN and its planted wrappers), the default over the curve and at each
+``--single`` eps alone, and the CR attack (``--attack cr``) at every eps, against standard
+AutoAttack at every eps (benchmarks/aa_reference.py: run once per model, images and eps, then
+read from runs/aa-reference). Per model: accuracy per eps, the points AutoAttack fools that ours
+leaves robust, backward and forward passes per point and seconds, over the curve and at each
+single eps, with AutoAttack's passes over each. Written to benchmarks/results_against_aa.json.
 
 Models: configs/pgd-at-digits.toml and configs/atgan-digits.toml, trained into --runs (default
 runs/bench-eval) or reused where <runs>/<preset>/DONE exists. ``--quick`` trains short
@@ -285,6 +295,81 @@ def bench_preset(run: Path, args, eps: list[float], device) -> dict:
             "speed_goal_met": speedups["torchattacks"] >= GOAL_SPEEDUP if "torchattacks" in speedups else None}
 
 
+# ------------------------------------------------------------------ against AutoAttack, per model
+def cr_correct(counted, x, y, eps: list[float]) -> torch.Tensor:
+    """(n, len(eps)) correct under the CR attack (``--attack cr``), one eps at a time."""
+    from robustgan.attacks.cr import cr_attack
+
+    xf = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    columns = []
+    for e in eps:
+        x_adv, _ = cr_attack(counted, xf, y, e)
+        columns.append(predicts(counted, x_adv, y))  # counted too: CR checks its examples the same way
+    return torch.stack(columns, 1)
+
+
+def passes(counted, fn) -> tuple[torch.Tensor, int, int, float]:
+    """(fn()'s result, backward passes, forward passes, seconds) with ``counted``'s counts."""
+    counted.forwards = counted.backwards = 0
+    start = time.perf_counter()
+    got = fn()
+    return got, counted.backwards, counted.forwards, time.perf_counter() - start
+
+
+def against_autoattack(name: str, model: nn.Module, x, y, grid: list[float], single: list[float]) -> dict:
+    """The default (over the grid, and at each eps of ``single`` alone) and the CR attack against
+    standard AutoAttack (``aa_reference``: run once per model, images and eps, then cached) on
+    ``model``: accuracy per eps, backward and forward passes per point, seconds."""
+    from aa_reference import Counted, reference
+
+    counted, n = Counted(model).eval(), len(y)
+    aa = reference(name, model, x, y, sorted(set(grid) | set(single)))
+    ours, back, fwd, sec = passes(counted, lambda: worst_case(counted, x, y, grid, AttackSettings()).correct)
+    cr, cr_back, cr_fwd, cr_sec = passes(counted, lambda: cr_correct(counted, x, y, grid))
+    row = {"n": n, "grid": grid, "aa": [100 * aa[e]["correct"].float().mean().item() for e in grid],
+           "ours": (100 * ours.float().mean(0)).tolist(), "cr": (100 * cr.float().mean(0)).tolist(),
+           "fooled_by_aa_only": [int((ours[:, k] & ~aa[e]["correct"]).sum()) for k, e in enumerate(grid)],
+           "curve": {"aa": [sum(aa[e][k] for e in grid) / n for k in ("backward", "forward")] +
+                     [sum(aa[e]["seconds"] for e in grid)],
+                     "ours": [back / n, fwd / n, sec], "cr": [cr_back / n, cr_fwd / n, cr_sec]}, "single": {}}
+    for e in single:
+        alone, b, f, s = passes(counted, lambda: worst_case(counted, x, y, [e], AttackSettings()).correct[:, 0])
+        cr_alone, cb, cf, cs = passes(counted, lambda: cr_correct(counted, x, y, [e])[:, 0])
+        row["single"][e] = {"aa": 100 * aa[e]["correct"].float().mean().item(), "ours": 100 * alone.float().mean().item(),
+                            "cr": 100 * cr_alone.float().mean().item(),
+                            "fooled_by_aa_only": int((alone & ~aa[e]["correct"]).sum()),
+                            "cost": {"aa": [aa[e]["backward"] / n, aa[e]["forward"] / n, aa[e]["seconds"]],
+                                     "ours": [b / n, f / n, s], "cr": [cb / n, cf / n, cs]}}
+    return row
+
+
+def aa_table(results: dict) -> str:
+    """The report of ``against_autoattack`` for every model."""
+    lines = []
+    for name, r in results.items():
+        grid = r["grid"]
+        lines += [f"### {name}: first {r['n']} digits test images", "",
+                  "| attack | " + " | ".join(format_eps(e) for e in grid) + " |", "| --- " * (len(grid) + 1) + "|"]
+        for key, label in (("aa", "standard AutoAttack"), ("ours", "ours (default, the curve)"), ("cr", "CR")):
+            lines.append(f"| {label} | " + " | ".join(f"{a:.1f}" for a in r[key]) + " |")
+        lines.append("| fooled by AutoAttack only | " + " | ".join(map(str, r["fooled_by_aa_only"])) + " |")
+        lines += ["", "| what | attack | backward / pt | forward / pt | seconds | AutoAttack / it: backward | forward |",
+                  "| --- " * 7 + "|"]
+        aa = r["curve"]["aa"]
+        for key, label in (("aa", "AutoAttack"), ("ours", "ours"), ("cr", "CR")):
+            c = r["curve"][key]
+            lines.append(f"| the curve | {label} | {c[0]:.0f} | {c[1]:.0f} | {c[2]:.0f} | {aa[0] / c[0]:.1f}x | "
+                         f"{aa[1] / c[1]:.1f}x |")
+        for e, s in r["single"].items():
+            aa = s["cost"]["aa"]
+            for key, label in (("aa", "AutoAttack"), ("ours", "ours"), ("cr", "CR")):
+                c = s["cost"][key]
+                lines.append(f"| eps {format_eps(float(e))} alone ({s[key]:.1f}%) | {label} | {c[0]:.0f} | {c[1]:.0f} | "
+                             f"{c[2]:.0f} | {aa[0] / c[0]:.1f}x | {aa[1] / c[1]:.1f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ report
 def aa_paragraph(r: dict) -> str:
     """The report's lines on AutoAttack: its cost, ours' on the same images, both goals."""
@@ -370,9 +455,28 @@ def main(argv: list[str] | None = None):
                         help=f"the curves beside ours, comma-separated (default {','.join(PEERS)}; those whose "
                              "library is not installed are skipped)")
     parser.add_argument("--quick", action="store_true", help="short training runs (a smoke test)")
+    parser.add_argument("--against-aa", metavar="MODELS",
+                        help="instead of the peers' curves: the default and the CR attack against standard "
+                             "AutoAttack (cached in runs/aa-reference) on these models of "
+                             "benchmarks/ensemble_savings.py (e.g. pgd-at-digits,atgan-digits,tiny,tiny-threshold), "
+                             "over --eps and at each --single eps alone; --limit images (default 200)")
+    parser.add_argument("--single", type=lambda s: [parse_number(v) for v in s.split(",")], default=[0.2],
+                        help="with --against-aa: the eps evaluated alone (default 0.2)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    if args.against_aa:
+        from ensemble_savings import models
+
+        x, y = robustgan.data.load("digits", split="test")
+        x, y = x[:args.limit or 200], y[:args.limit or 200]
+        found = {}
+        for name, model in models(args.against_aa.split(",")).items():
+            print(f"  {name}", file=sys.stderr, flush=True)
+            found[name] = against_autoattack(name, model, x, y, sorted(args.eps), args.single)
+            print(aa_table({name: found[name]}), flush=True)
+        (ROOT / "benchmarks" / "results_against_aa.json").write_text(json.dumps(found, indent=1))
+        return
     runs = Path(args.runs or ROOT / "runs" / ("bench-eval-quick" if args.quick else "bench-eval"))
     eps = sorted(args.eps)
     try:

@@ -599,3 +599,56 @@ def test_eot_evaluates_a_randomized_model_near_its_noise_free_twin(robust_tiny, 
     assert averaged.correct.shape == (100, 10) and averaged.spread > 0  # the draws differ, and the spread says so
     assert averaged.grad_evals > 5 * once.grad_evals  # ten draws per gradient
     assert ((averaged.x_adv - x).abs().amax() <= 0.2 + 1e-6) and averaged.x_adv.min() >= 0 and averaged.x_adv.max() <= 1
+
+
+def test_descending_the_grid_settles_each_point_at_its_largest_robust_eps(model_kind, seed):
+    """The default (``Savings(descend=True)``): the gradient stages run from the largest eps down, each point's
+    attack at eps_k starting from its fooling example at eps_(k+1) scaled into the smaller ball,
+    and a point the ensemble leaves robust is settled there. Far fewer gradient evaluations than
+    the ascending pass (which attacks every robust eps of a point in full), no weaker beyond noise
+    at any eps, a monotone curve, and every kept example in its ball and the box, misclassified
+    wherever the point counts as fooled."""
+    robust, _, xt, yt = model_kind
+    x, y, grid = xt[:48], yt[:48], [0.05, 0.1, 0.15, 0.2, 0.3]
+    settings = AttackSettings(steps=20, seed=seed, queries=0)
+    up = worst_case(robust, x, y, grid, settings, savings=Savings(descend=False))
+    down = worst_case(robust, x, y, grid, settings, keep_examples=True)  # the default
+    assert down.grad_evals < 0.8 * up.grad_evals  # measured 0.45-0.6 on both kinds
+    for k in range(len(grid)):
+        assert not paired(up.correct[:, k], down.correct[:, k]).excess(0.0), k  # descend not weaker
+    assert torch.equal(down.correct, down.correct.cummin(1).values)  # robust at eps_k: robust below it
+    xf = x.float() / 255 if x.dtype == torch.uint8 else x
+    for k, e in enumerate(grid):
+        delta = down.examples[k] - xf
+        assert delta.abs().max() <= e + 1e-6 and down.examples[k].min() >= 0 and down.examples[k].max() <= 1
+        with torch.no_grad():
+            predicted = robust(down.examples[k]).argmax(1)
+        fooled = ~down.correct[:, k] & down.clean
+        assert (predicted[fooled] != y[fooled]).all(), k
+
+
+def test_the_cr_attack_stays_in_the_ball_and_gives_up_only_far_points(model_kind, seed):
+    """``--attack cr`` (our reading of CR, AAAI 2025): its examples lie in the ball and the box,
+    it is nearly as strong as the ensemble's gradient stages on honest models (it gives up only
+    points whose margin stayed far from zero in a larger ball), for fewer gradient evaluations
+    than APGD-CE + APGD-T towards 9 targets would spend; and, having no gradient-free stage, it is
+    blind where the gradients are masked, which the default is not."""
+    from robustgan.attacks.cr import cr_attack
+    from tests.planted import ThresholdInputs
+
+    robust, _, xt, yt = model_kind
+    x, y, eps = xt[:48], yt[:48], 0.1
+    xf = x.float() / 255 if x.dtype == torch.uint8 else x
+    x_adv, evals = cr_attack(robust, xf, y, eps, seed=seed)
+    assert (x_adv - xf).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        cr_correct = robust(x_adv).argmax(1) == y
+    ensemble = worst_case(robust, x, y, [eps], AttackSettings(seed=seed, queries=0))
+    assert paired(cr_correct, ensemble.correct[:, 0]).gap <= 0.07  # within 3 of 48 points
+    assert evals < 0.5 * ensemble.grad_evals + 100 * len(y)
+    masked = ThresholdInputs(robust)
+    x_adv, _ = cr_attack(masked, xf, y, 0.2, seed=seed)
+    with torch.no_grad():
+        cr_masked = masked(x_adv).argmax(1) == y
+    default = worst_case(masked, x, y, [0.2], AttackSettings(steps=20, seed=seed, queries=300))
+    assert paired(cr_masked, default.correct[:, 0]).excess(0.1)  # Square finds what CR cannot

@@ -4,6 +4,7 @@ attack is registered (``register_attack``): ``attack_names()`` lists them, the d
 from robustgan.attacks.accuracy import robust_accuracy, robust_mask
 from robustgan.attacks.apgd import apgd
 from robustgan.attacks.autoattack import autoattack
+from robustgan.attacks.cr import cr_attack
 from robustgan.attacks.ensemble import Savings, WorstCase, worst_case
 from robustgan.attacks.gradient import fgsm, pgd
 from robustgan.attacks.losses import dlr_loss, dlr_targeted_loss
@@ -17,7 +18,7 @@ from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, 
 
 ATTACK_NAMES = attack_names()  # the built-in attacks; attack_names() also lists those registered later
 
-__all__ = ["fgsm", "pgd", "apgd", "autoattack", "square", "worst_case", "WorstCase", "Savings", "dlr_loss",
+__all__ = ["fgsm", "pgd", "apgd", "autoattack", "cr_attack", "square", "worst_case", "WorstCase", "Savings", "dlr_loss",
            "dlr_targeted_loss", "robust_accuracy", "robust_mask", "default_step_size", "ATTACK_NAMES",
            "ATTACK_VERSION", "ATTACKS", "DEFAULT_ATTACK", "DEFAULT_TARGETS", "AttackArgs", "AttackSettings", "Batching",
            "STAGES", "Stage", "StageBatch", "AttackSpec", "attack_label", "attack_names",

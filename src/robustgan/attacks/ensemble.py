@@ -2,8 +2,8 @@
 and their constants (``FIRST_TARGETS``, ``CLOSE``, ``HALVING``, ``CLOSE_RESTART``) are declared
 in ``attacks.stages``; this module runs them.
 
-For each eps in ascending order and each test point still classified correctly: APGD-CE,
-then targeted APGD-DLR towards up to ``targets`` (default 9) other classes (APGD-T, Croce &
+Over the eps grid from the largest down (``_descend``), on each test point still to be settled:
+APGD-CE, then targeted APGD-DLR towards up to ``targets`` (default 9) other classes (APGD-T, Croce &
 Hein 2020 Sec. 4), each attack only on the points every earlier attack failed on, each point
 keeping its worst case (the first misclassified example, else the one with the largest
 margin max_{i != y} z_i - z_y). Then the query stages on the points every gradient attack
@@ -44,12 +44,17 @@ attacked through their logarithm (``LogProbabilities``).
 So logits times any constant k > 0, their log-softmax or their softmax give the unwrapped model's
 result, up to float rounding.
 
-Two savings that change cost, not results:
+How the grid shares its work (docs/evaluation.md, "How a curve shares its work"):
+- from the top down: a point fooled at eps_k goes on to eps_(k-1), APGD-CE starting from the
+  fooling example scaled into the smaller ball, so it is mostly fooled again within a few steps;
+  a point the ensemble leaves robust at eps_k is settled, robust there and at every smaller
+  eps (their balls lie inside). The full ensemble thus runs once per point, at its largest
+  robust eps, where the point is close to its boundary;
 - monotonicity: a point fooled at eps_k is fooled at every larger eps (the same example lies
-  in the larger ball), so only still-robust points are attacked at the next eps;
-- warm start: APGD-CE on those points starts from their worst point at the previous eps
-  (inside the larger ball) instead of from a random one.
-Both can be turned off (``Savings(warm_start=False, early_stop=False)``) to check that claim."""
+  in the larger ball).
+``Savings(descend=False)`` runs the grid upwards instead (each eps's still-robust points in full,
+APGD-CE from the worst point at the previous eps), and ``Savings(warm_start=False,
+early_stop=False)`` attacks every point at every eps from scratch: both to check those claims."""
 
 from __future__ import annotations
 
@@ -75,7 +80,7 @@ __all__ = ["Savings", "WorstCase", "worst_case", "refine_min_eps", "usable_targe
 @dataclass
 class WorstCase:
     """Per-sample results of the ensemble: ``correct[i, k]`` says test point i withstood
-    every attack at ``eps[k]`` (ascending); accuracies, curves and paired statistics all
+    every attack at ``eps[k]`` (ascending eps; monotone in k); accuracies, curves and paired statistics all
     come from this one matrix."""
 
     eps: list[float]
@@ -161,6 +166,56 @@ def _attack_robust(attacked: Attacked, eps, runs, settings: AttackSettings, earl
     return grad_evals
 
 
+def _descend(attacked: Attacked, eps: list[float], runs, settings: AttackSettings, batching: Batching,
+             known: torch.Tensor | None, correct: torch.Tensor, examples: torch.Tensor | None) -> Counter:
+    """The gradient stages over the grid from the largest eps down (``Savings.descend``), filling
+    ``correct`` (n, len(eps), CPU) and ``examples`` in place; returns the passes per stage.
+
+    Every point is attacked at the largest eps first, from its clean image. A point fooled at
+    eps_k goes on to eps_(k-1), its attack starting from the fooling example scaled into the
+    smaller ball (x + (x_adv - x) eps_(k-1) / eps_k: in the box, as a convex combination of
+    two points in it), so most such attacks are won within a few steps; a point the whole
+    ensemble leaves robust at eps_k is settled: robust there, and at every smaller eps, whose
+    ball lies inside (no attack at those eps can find what the attack at eps_k, with more room,
+    did not). The one attack that runs in full on a point is thus the one at its largest robust
+    eps, where it is close to fooled; an ascending pass runs it at every robust eps below as
+    well (docs/evaluation.md measures both). ``known`` (n, len(eps)) marks points known fooled (not attacked there)."""
+    spent = Counter()
+    n = len(attacked.y)
+    x, fooled_clean = attacked.x, attacked.fooled.clone()
+    start, settled = x.clone(), fooled_clean.clone()  # settled: nothing left to attack at smaller eps
+    worst = x.clone()
+    for k in range(len(eps) - 1, -1, -1):
+        e = eps[k]
+        todo = ~settled
+        if known is not None:
+            todo &= ~known[:, k]
+        idx = todo.nonzero()[:, 0]
+        if e > 0 and len(idx):
+            sub = Attacked(attacked.model, x[idx], attacked.y[idx], attacked.ids[idx.cpu()],
+                           torch.zeros(len(idx), dtype=torch.bool, device=x.device), start[idx],
+                           torch.full((len(idx),), -math.inf, device=x.device), attacked.clean_margin[idx])
+            spent += _attack_robust(sub, e, runs, settings, True, batching.batch_size)
+            worst[idx] = sub.worst
+            settled[idx[~sub.fooled]] = True
+            hit = torch.zeros(n, dtype=torch.bool, device=x.device)
+            hit[idx[sub.fooled]] = True
+        else:  # eps 0 (the clean image), or only known-fooled points left at this eps
+            hit = torch.zeros(n, dtype=torch.bool, device=x.device)
+            settled |= todo & (e <= 0)
+        now_fooled = fooled_clean | hit | (known[:, k] if known is not None else False)
+        correct[:, k] = ~now_fooled.cpu()
+        if examples is not None:
+            examples[k] = worst.cpu()
+        if k:  # the next eps starts from this one's example, scaled into its ball
+            scale = eps[k - 1] / e if math.isfinite(e) and e > 0 else 0.0
+            start = x + (worst - x) * scale
+            worst = torch.where(settled[:, None, None, None], start, worst)  # a settled point's example, scaled down
+        batching.done(n)
+    correct &= ~fooled_clean.cpu()[:, None]
+    return spent
+
+
 def _attack_side_by_side(attacked: Attacked, eps, order, idx, ranks, run, settings: AttackSettings, early_stop):
     """``run`` on the points ``idx`` towards every target rank of ``ranks`` at once (none:
     untargeted), in one ``apgd_run`` call: each point's worst row (fooled, else the largest
@@ -241,15 +296,20 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
             clean[sl] = ~fooled.cpu()
             clean_margin = margin(logits, yb)
             attacked = Attacked(net, xb, yb, ids[sl], fooled, xb.clone(), clean_margin.clone(), clean_margin)
-            for k, e in enumerate(eps):
-                if known_fooled is not None:
-                    fooled |= known_fooled[sl, k].to(device)
-                if e > 0:
-                    spent += _attack_robust(attacked, e, runs, settings, savings.early_stop, batching.batch_size)
-                correct[sl, k] = ~fooled.cpu()
-                if keep_examples:
-                    examples[k, sl] = attacked.worst.cpu()
-                batching.done(len(yb))
+            known = None if known_fooled is None else known_fooled[sl].to(device)
+            if savings.descend and savings.early_stop:
+                spent += _descend(attacked, eps, runs, settings, batching, known, correct[sl],
+                                  None if examples is None else examples[:, sl])
+            else:
+                for k, e in enumerate(eps):
+                    if known is not None:
+                        fooled |= known[:, k]
+                    if e > 0:
+                        spent += _attack_robust(attacked, e, runs, settings, savings.early_stop, batching.batch_size)
+                    correct[sl, k] = ~fooled.cpu()
+                    if keep_examples:
+                        examples[k, sl] = attacked.worst.cpu()
+                    batching.done(len(yb))
             gradients_correct[sl] = correct[sl]
             if settings.queries:  # the query stages, where the gradient stages failed
                 batch = StageBatch(model=net, x=xb, y=yb, ids=ids[sl], eps=eps, correct=correct[sl],

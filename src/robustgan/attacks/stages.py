@@ -3,8 +3,8 @@ on which points. ``ensemble_names`` (the ``attacks`` of every result), the ensem
 ``--help`` line and docs/evaluation.md's stage table all come from this list.
 
 Two kinds of stage:
-- a gradient stage gives APGD runs (``AttackRun``) that ``worst_case`` makes at every eps of
-  the grid in ascending order, on the points every earlier run left robust (``runs``);
+- a gradient stage gives APGD runs (``AttackRun``) that ``worst_case`` makes at the eps of
+  the grid from the largest down, on the points every earlier run left robust (``runs``);
 - a query stage runs once the gradient stages are done at every eps, on one batch
   (``StageBatch``), and returns the forward passes it spent (``run``).
 
@@ -32,7 +32,7 @@ HALVING = (4, 2, 1)  # targets 2-9 kept per point after APGD's first three check
 GIVE_UP = (0.5, 0.25, 0.12, 0.06)
 # Part of the ensemble's cache key: a change to STAGES or to a stage's numbers raises it above
 # every version used before (its reason in one line beside it).
-ENSEMBLE_VERSION = 12  # APGD-CE and targets 2-9 give up on points far from fooled
+ENSEMBLE_VERSION = 13  # the grid from the largest eps down, each point settled at its largest robust eps
 
 
 class AttackRun(NamedTuple):
@@ -49,8 +49,11 @@ class AttackRun(NamedTuple):
 @dataclass(frozen=True)
 class Savings:
     """Where the ensemble spends less than attacking every point with everything (ensemble.py's
-    docstring), each switchable off to measure what it saves: ``warm_start`` (APGD-CE from the
-    worst point at the previous eps, and once more from a random start on close points),
+    docstring), each switchable off to measure what it saves: ``descend`` (the grid from the
+    largest eps down, each point settled at its largest robust eps; False: upwards, every robust
+    eps in full), ``warm_start`` (APGD-CE from the fooling example at the next larger eps, or
+    upwards from the worst point at the previous eps; ``restart``: APGD-CE once more from a
+    random start on points whose margin ratio is at most this, None: never),
     ``early_stop`` (a fooled point is not attacked again), ``close`` (ranks 2-9 only on points
     whose margin ratio is at most ``close``; 1: every point), ``halving`` (successive halving
     over those ranks), ``give_up`` (APGD-CE from the worst example, and targets 2-9, stop on a
@@ -65,6 +68,8 @@ class Savings:
     halving: bool = True
     give_up: tuple[float, ...] = GIVE_UP
     first_target: float = 1.0
+    descend: bool = True
+    restart: float | None = CLOSE_RESTART
 
 
 @dataclass
@@ -118,8 +123,9 @@ def _queries(settings: dict) -> int:
 
 
 STAGES: list[Stage] = [
-    Stage("apgd-ce", "APGD-CE", "APGD on the standardized cross-entropy, from each point's worst example at the "
-          "previous eps, giving up on points far from fooled", lambda targets, queries, label_only: "apgd-ce", lambda s: "APGD-CE",
+    Stage("apgd-ce", "APGD-CE", "APGD on the standardized cross-entropy, the grid from the largest eps down: from "
+          "each point's fooling example at the next larger eps, scaled into the ball, giving up on points far from "
+          "fooled", lambda targets, queries, label_only: "apgd-ce", lambda s: "APGD-CE",
           runs=lambda targets, seed, savings: [AttackRun("apgd-ce", "ce-standardized", (), seed, None, savings.warm_start,
                                                          give_up=savings.give_up if savings.warm_start else ())]),
     Stage("apgd-t", "targeted APGD-DLR", "APGD on the targeted DLR loss, targets ranked at the worst example: the "
@@ -129,8 +135,8 @@ STAGES: list[Stage] = [
           lambda s: f"APGD-T ({s['targets']} targets)" if s.get("targets") else "", runs=_targeted),
     Stage("apgd-ce-restart", "", "APGD-CE once more from its random start, on the points that closed half their gap "
           "(part of apgd-ce)", lambda targets, queries, label_only: None,
-          runs=lambda targets, seed, savings: [AttackRun("apgd-ce-restart", "ce-standardized", (), seed, CLOSE_RESTART,
-                                                         False)] if savings.warm_start else []),
+          runs=lambda targets, seed, savings: [AttackRun("apgd-ce-restart", "ce-standardized", (), seed, savings.restart,
+                                                         False)] if savings.warm_start and savings.restart else []),
     Stage("square", "Square", "Square Attack on the points every gradient stage left robust, from the largest eps "
           "each withstood downwards, giving up on points far from fooled",
           lambda targets, queries, label_only: f"square({queries})" if queries else None,
