@@ -20,6 +20,7 @@ passes spent on the points that end robust at every eps against those fooled som
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from robustgan.attacks import AttackSettings, Savings, worst_case  # noqa: E402
+from robustgan.attacks import AttackSettings, Savings, gradient_free, worst_case  # noqa: E402
 from robustgan.data import load  # noqa: E402
 from robustgan.runtime import load_model  # noqa: E402
 from tests.helpers import tiny_cnn, train_pgd_at  # noqa: E402
@@ -111,6 +112,17 @@ def models(names: list[str]) -> dict[str, nn.Module]:
     return found
 
 
+@contextlib.contextmanager
+def square_give_up(checkpoints: tuple[tuple[int, float], ...]):
+    """The Square stage with ``checkpoints`` as its give-up rule (``gradient_free.GIVE_UP``)."""
+    saved = gradient_free.GIVE_UP
+    gradient_free.GIVE_UP = checkpoints
+    try:
+        yield
+    finally:
+        gradient_free.GIVE_UP = saved
+
+
 def measure(model: nn.Module, x, y, grid, settings: AttackSettings, savings: Savings) -> dict:
     counted = Counted(model).eval()
     start = time.perf_counter()
@@ -128,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=None)
     parser.add_argument("--eps", default=",".join(map(str, GRID)))
     parser.add_argument("--breakdown", action="store_true", help="passes on robust vs fooled points (default only)")
+    parser.add_argument("--square-give-up", action="append", default=[], metavar="Q:R,...",
+                        help="also run the default with the Square stage's give-up checkpoints replaced by these "
+                             "(query:ratio pairs, e.g. 100:0.8,500:0.5,1000:0.25,2000:0.1); repeatable: the "
+                             "trade-off curve of Square's forwards against points lost")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
     grid = [float(e) for e in args.eps.split(",")]
@@ -138,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name, model in models(args.models.split(",")).items():
         rows = {s: measure(model, x, y, grid, settings, SAVINGS[s]) for s in names}
+        for rule in args.square_give_up:
+            checkpoints = tuple((int(q), float(r)) for q, r in (pair.split(":") for pair in rule.split(",")))
+            with square_give_up(checkpoints):
+                rows[f"square {rule}"] = measure(model, x, y, grid, settings, Savings())
         base = rows[names[0]]
         print(f"\n### {name}, first {len(y)} digits test images, eps {grid[0]:g}..{grid[-1]:g}\n")
         print("| savings | " + " | ".join(f"{e:g}" for e in grid) + " | lost / gained | backward / pt | forward / pt | s |")

@@ -15,7 +15,7 @@ tests' tiny PGD-AT CNN and its planted wrappers), the default over the curve and
 AutoAttack at every eps (benchmarks/aa_reference.py: run once per model, images and eps, then
 read from runs/aa-reference). Per model: accuracy per eps, the points AutoAttack fools that ours
 leaves robust, backward and forward passes per point and seconds, over the curve and at each
-single eps, with AutoAttack's passes over each. Written to benchmarks/results_against_aa.json.
+single eps, with AutoAttack's passes over each. Added to benchmarks/results_against_aa.json (per model).
 
 Models: configs/pgd-at-digits.toml and configs/atgan-digits.toml, trained into --runs (default
 runs/bench-eval) or reused where <runs>/<preset>/DONE exists. ``--quick`` trains short
@@ -475,7 +475,9 @@ def main(argv: list[str] | None = None):
             print(f"  {name}", file=sys.stderr, flush=True)
             found[name] = against_autoattack(name, model, x, y, sorted(args.eps), args.single)
             print(aa_table({name: found[name]}), flush=True)
-        (ROOT / "benchmarks" / "results_against_aa.json").write_text(json.dumps(found, indent=1))
+        out = ROOT / "benchmarks" / "results_against_aa.json"  # per model: a run adds or replaces its models
+        kept = json.loads(out.read_text()) if out.is_file() else {}
+        out.write_text(json.dumps(kept | found, indent=1))
         return
     runs = Path(args.runs or ROOT / "runs" / ("bench-eval-quick" if args.quick else "bench-eval"))
     eps = sorted(args.eps)

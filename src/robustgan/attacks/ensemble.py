@@ -176,10 +176,11 @@ def _descend(attacked: Attacked, eps: list[float], runs, settings: AttackSetting
     smaller ball (x + (x_adv - x) eps_(k-1) / eps_k: in the box, as a convex combination of
     two points in it), so most such attacks are won within a few steps; a point the whole
     ensemble leaves robust at eps_k is settled: robust there, and at every smaller eps, whose
-    ball lies inside (no attack at those eps can find what the attack at eps_k, with more room,
-    did not). The one attack that runs in full on a point is thus the one at its largest robust
-    eps, where it is close to fooled; an ascending pass runs it at every robust eps below as
-    well (docs/evaluation.md measures both). ``known`` (n, len(eps)) marks points known fooled (not attacked there)."""
+    ball lies inside (an attack with less room seldom finds what the one with more room missed:
+    docs/evaluation.md measures how seldom). The one attack that runs in full on a point is thus
+    the one at its largest robust eps, where it is close to fooled; an ascending pass runs it at
+    every robust eps below as well. ``known`` (n, len(eps)) marks points known fooled (not
+    attacked there)."""
     spent = Counter()
     n = len(attacked.y)
     x, fooled_clean = attacked.x, attacked.fooled.clone()
