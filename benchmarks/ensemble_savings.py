@@ -38,6 +38,7 @@ from robustgan.data import load  # noqa: E402
 from robustgan.runtime import load_model  # noqa: E402
 from tests.helpers import tiny_cnn, train_pgd_at  # noqa: E402
 from tests.planted import ThresholdInputs  # noqa: E402
+from aa_reference import Counted  # noqa: E402 (benchmarks/ on the path)
 
 GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
 SAVINGS = {  # the first named is the reference the others' lost and gained points are counted against
@@ -53,20 +54,6 @@ SAVINGS = {  # the first named is the reference the others' lost and gained poin
     "close-0.15": Savings(close=0.15),
     "descend-first-target-0.5": Savings(first_target=0.5),
 }
-
-
-class Counted(nn.Module):
-    """The model, counting forward rows and rows followed by an input gradient (backward)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.forwards, self.backwards = model, 0, 0
-
-    def forward(self, x):
-        self.forwards += len(x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            self.backwards += len(x)
-        return self.model(x)
 
 
 class Compressed(nn.Module):

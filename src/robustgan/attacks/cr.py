@@ -3,7 +3,8 @@ Evaluation via Constraint Relaxation" (CR, AAAI 2025), written from its descript
 code: the direction is found in a ball larger than eps, with a relaxation that decays to zero, and
 a point still far from fooled after that short phase is given up.
 
-Per point, at one eps (docs/evaluation.md, "The CR attack", says how it compares with the default):
+Per point, at one eps (docs/evaluation.md, "What the default spends against standard AutoAttack,
+and the CR attack", measures it beside the default):
 1. relaxed screening: APGD on the standardized cross-entropy for ``SCREEN`` steps in the ball of
    radius (1 + r) eps, for each r of ``RELAX`` in turn (decaying to 0), each run starting from
    the previous one's best point projected into its ball (the clean image first);
