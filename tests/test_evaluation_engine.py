@@ -601,6 +601,7 @@ def test_eot_evaluates_a_randomized_model_near_its_noise_free_twin(robust_tiny, 
     assert ((averaged.x_adv - x).abs().amax() <= 0.2 + 1e-6) and averaged.x_adv.min() >= 0 and averaged.x_adv.max() <= 1
 
 
+@pytest.mark.statistical
 def test_descending_the_grid_settles_each_point_at_its_largest_robust_eps(model_kind, seed):
     """The default (``Savings(descend=True)``): the gradient stages run from the largest eps down, each point's
     attack at eps_k starting from its fooling example at eps_(k+1) scaled into the smaller ball,
@@ -613,7 +614,7 @@ def test_descending_the_grid_settles_each_point_at_its_largest_robust_eps(model_
     settings = AttackSettings(steps=20, seed=seed, queries=0)
     up = worst_case(robust, x, y, grid, settings, savings=Savings(descend=False))
     down = worst_case(robust, x, y, grid, settings, keep_examples=True)  # the default
-    assert down.grad_evals < 0.8 * up.grad_evals  # measured 0.45-0.6 on both kinds
+    assert down.grad_evals < 0.8 * up.grad_evals  # measured 0.59-0.63 on both kinds, 5 seeds
     for k in range(len(grid)):
         assert not paired(up.correct[:, k], down.correct[:, k]).excess(0.0), k  # descend not weaker
     assert torch.equal(down.correct, down.correct.cummin(1).values)  # robust at eps_k: robust below it
@@ -627,6 +628,7 @@ def test_descending_the_grid_settles_each_point_at_its_largest_robust_eps(model_
         assert (predicted[fooled] != y[fooled]).all(), k
 
 
+@pytest.mark.statistical
 def test_the_cr_attack_stays_in_the_ball_and_gives_up_only_far_points(model_kind, seed):
     """``--attack cr`` (our reading of CR, AAAI 2025): its examples lie in the ball and the box,
     it is nearly as strong as the ensemble's gradient stages on honest models (it gives up only
@@ -644,11 +646,11 @@ def test_the_cr_attack_stays_in_the_ball_and_gives_up_only_far_points(model_kind
     with torch.no_grad():
         cr_correct = robust(x_adv).argmax(1) == y
     ensemble = worst_case(robust, x, y, [eps], AttackSettings(seed=seed, queries=0))
-    assert paired(cr_correct, ensemble.correct[:, 0]).gap <= 0.07  # within 3 of 48 points
-    assert evals < 0.5 * ensemble.grad_evals + 100 * len(y)
+    assert paired(cr_correct, ensemble.correct[:, 0]).gap <= 0.07  # within 3 of 48 points; measured 0, 5 seeds
+    assert evals < 0.5 * ensemble.grad_evals + 100 * len(y)  # measured 0.35-0.41 of the bound
     masked = ThresholdInputs(robust)
     x_adv, _ = cr_attack(masked, xf, y, 0.2, seed=seed)
     with torch.no_grad():
         cr_masked = masked(x_adv).argmax(1) == y
     default = worst_case(masked, x, y, [0.2], AttackSettings(steps=20, seed=seed, queries=300))
-    assert paired(cr_masked, default.correct[:, 0]).excess(0.1)  # Square finds what CR cannot
+    assert paired(cr_masked, default.correct[:, 0]).excess(0.1)  # Square finds what CR cannot: gap 0.27-0.40, p <= 1e-4
