@@ -304,7 +304,7 @@ def cr_correct(counted, x, y, eps: list[float]) -> torch.Tensor:
     columns = []
     for e in eps:
         x_adv, _ = cr_attack(counted, xf, y, e)
-        columns.append(predicts(counted, x_adv, y))  # counted too: CR checks its examples the same way
+        columns.append(predicts(counted.model, x_adv, y))  # scored uncounted, as AutoAttack's examples are
     return torch.stack(columns, 1)
 
 

@@ -5,10 +5,11 @@ a point still far from fooled after that short phase is given up.
 
 Per point, at one eps (docs/evaluation.md, "What the default spends against standard AutoAttack,
 and the CR attack", measures it beside the default):
-1. relaxed screening: APGD on the standardized cross-entropy for ``SCREEN`` steps in the ball of
-   radius (1 + r) eps, for each r of ``RELAX`` in turn (decaying to 0), each run starting from
-   the previous one's best point projected into its ball (the clean image first);
-2. give up: a point whose best margin in the true ball after screening has closed no more than
+1. relaxed screening: APGD on the standardized cross-entropy for ``SCREEN`` steps in the L-inf
+   ball of radius (1 + r) eps, for each r of ``RELAX`` in turn (decaying to 0), each run
+   starting from the previous one's result projected into the true eps-ball (the clean image
+   first);
+2. give up: a point whose margin at the screening's result (in the true ball) has closed no more than
    1 - ``DROP`` of its clean logit gap (margin ratio above ``DROP``, invariant to scaling the
    logits) is given up, counted robust by this attack;
 3. the others: APGD-CE from that point in the true ball (the rest of ``steps``), then APGD-T
@@ -25,9 +26,10 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks.apgd import apgd_run, margin, target_order
+from robustgan.attacks.ensemble import usable_targets
 from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.stages import GIVE_UP
-from robustgan.attacks.threat import attack_mode, ball
+from robustgan.attacks.threat import attack_mode, ball, check_eps
 
 RELAX = (1.0, 0.5, 0.0)  # the relaxed radii (1 + r) eps of the screening runs, decaying to the true ball
 SCREEN = 8  # APGD steps per screening run
@@ -38,7 +40,11 @@ TARGETS = 3  # APGD-T's targets on the points not given up
 def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 100,
               targets: int = TARGETS, seed: int = 0, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(x_adv in the eps-ball and [0, 1], gradient evaluations) of the CR attack on a batch: x
-    (N, C, H, W) float in [0, 1], model outputs logits. Steps, seed and ids as ``apgd_run``."""
+    (N, C, H, W) float in [0, 1], model outputs logits. Steps, seed and ids as ``apgd_run``;
+    APGD-T runs only on models with at least 4 classes (``usable_targets``)."""
+    eps = min(check_eps(eps), 1.0)  # inf: the [0, 1] box, a ball of radius 1
+    if eps == 0:
+        return x.detach().clone(), 0
     with attack_mode(model):
         with torch.no_grad():
             logits = model(x).float()
@@ -62,10 +68,10 @@ def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
             evals += got.grad_evals
             best[idx] = got.x_adv
             left = idx[~got.fooled]
-            if len(left) and targets:
+            if len(left) and usable_targets(targets, logits.shape[1]):
                 with torch.no_grad():
                     order = target_order(model(best[left]).float(), y[left])
-                for rank in range(1, min(int(targets), order.shape[1] - 1) + 1):
+                for rank in range(1, usable_targets(targets, logits.shape[1]) + 1):
                     got = apgd_run(model, x[left], y[left], eps, steps=steps, loss="dlr-targeted",
                                    target=order[:, rank - 1], seed=seed + 7919 * rank,
                                    ids=None if ids is None else ids[left.cpu()], give_up=(GIVE_UP, clean_margin[left]))

@@ -72,7 +72,7 @@ from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.settings import AttackSettings, Batching
 from robustgan.attacks.stages import (ENSEMBLE_VERSION, Savings, StageBatch, attack_runs, ensemble_help,
                                       ensemble_label, ensemble_names, query_stages)
-from robustgan.attacks.threat import AttackError, attack_mode, check_eps, classifier, model_device, probe_classes
+from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, classifier, model_device, probe_classes
 
 __all__ = ["Savings", "WorstCase", "worst_case", "refine_min_eps", "usable_targets"]
 
@@ -184,6 +184,8 @@ def _descend(attacked: Attacked, eps: list[float], runs, settings: AttackSetting
     spent = Counter()
     n = len(attacked.y)
     x, fooled_clean = attacked.x, attacked.fooled.clone()
+    if known is not None:  # fooled at eps_k: fooled at every larger eps
+        known = known.int().cummax(1).values.bool()
     start, settled = x.clone(), fooled_clean.clone()  # settled: nothing left to attack at smaller eps
     worst = x.clone()
     for k in range(len(eps) - 1, -1, -1):
@@ -203,14 +205,17 @@ def _descend(attacked: Attacked, eps: list[float], runs, settings: AttackSetting
             hit[idx[sub.fooled]] = True
         else:  # eps 0 (the clean image), or only known-fooled points left at this eps
             hit = torch.zeros(n, dtype=torch.bool, device=x.device)
-            settled |= todo & (e <= 0)
+            if e <= 0:
+                settled |= todo
+                worst = x.clone()
         now_fooled = fooled_clean | hit | (known[:, k] if known is not None else False)
         correct[:, k] = ~now_fooled.cpu()
         if examples is not None:
             examples[k] = worst.cpu()
-        if k:  # the next eps starts from this one's example, scaled into its ball
-            scale = eps[k - 1] / e if math.isfinite(e) and e > 0 else 0.0
-            start = x + (worst - x) * scale
+        if k:  # the next eps starts from this one's example, scaled into its ball (inf: the box, radius 1)
+            scale = eps[k - 1] / min(e, 1.0) if e > 0 else 0.0
+            lo, hi = ball(x, eps[k - 1])
+            start = torch.min(torch.max(x + (worst - x) * scale, lo), hi)  # float rounding kept inside
             worst = torch.where(settled[:, None, None, None], start, worst)  # a settled point's example, scaled down
         batching.done(n)
     correct &= ~fooled_clean.cpu()[:, None]

@@ -50,8 +50,8 @@ class AttackRun(NamedTuple):
 class Savings:
     """Where the ensemble spends less than attacking every point with everything (ensemble.py's
     docstring), each switchable off to measure what it saves: ``descend`` (the grid from the
-    largest eps down, each point settled at its largest robust eps; False: upwards, every robust
-    eps in full), ``warm_start`` (APGD-CE from the fooling example at the next larger eps, or
+    largest eps down, each point settled at its largest robust eps; False, or without
+    ``early_stop``: upwards, every robust eps in full), ``warm_start`` (APGD-CE from the fooling example at the next larger eps, or
     upwards from the worst point at the previous eps; ``restart``: APGD-CE once more from a
     random start on points whose margin ratio is at most this, None: never),
     ``early_stop`` (a fooled point is not attacked again), ``close`` (ranks 2-9 only on points

@@ -268,7 +268,7 @@ def check_scale(c: Checking) -> CheckResult:
 
 @register_check("gradient_free", min_effect=0.02)
 def check_gradient_free(c: Checking) -> CheckResult:
-    """Per eps of the check's grid (its eps and the cached curves', ascending, warm-started as a
+    """Per eps of the check's grid (its eps and the cached curves', attacked as a
     curve is), the paired rule on the points the ensemble's gradient stages left robust against
     those the whole ensemble (with Square) left: warns if at any eps Square found beyond chance
     and the minimum effect more than gradients did (no correction for testing several eps: a

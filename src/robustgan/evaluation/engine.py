@@ -95,7 +95,7 @@ def choose(model: nn.Module, x: torch.Tensor, settings: AttackSettings, device) 
 def run_attack(subject: Subject, eps: list[float], settings: AttackSettings, ctx: EvalContext = EvalContext(),
                advance: Advance | None = None, *, exact: bool = False) -> Found:
     """``settings``' attack on the subject at every eps of ``eps``, through its cache when it has
-    one: the ensemble over the whole grid in one ascending pass (``ensemble_grid``), any other
+    one: the ensemble over the whole grid in one pass (``ensemble_grid``), any other
     attack eps by eps, and the clean pass. ``advance(k)`` is told of the points (or point-eps
     pairs) done. ``exact``: run these settings as they are, the ensemble even on a randomized
     model (the checks compare named attacks). Every module's mode is as it was on return."""
@@ -159,7 +159,7 @@ def cached_mask(subject: Subject, eps: float, settings: AttackSettings, batching
 def ensemble_grid(subject: Subject, grid: list[float], settings: AttackSettings, batching: Batching,
                   clean: torch.Tensor, spent: Counter) -> torch.Tensor:
     """(n, len(grid)) per-point results of the ensemble through the cache. Only eps values not
-    cached are attacked (in one ascending, warm-started pass; points fooled at a smaller cached
+    cached are attacked (in one pass over them, from the largest down; points fooled at a smaller cached
     eps are skipped), and every result is closed upwards over all cached eps: a point fooled at
     eps' is fooled at every eps >= eps'.
 
