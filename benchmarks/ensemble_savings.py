@@ -20,7 +20,6 @@ passes spent on the points that end robust at every eps against those fooled som
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from robustgan.attacks import AttackSettings, Savings, gradient_free, worst_case  # noqa: E402
+from robustgan.attacks import AttackSettings, Savings, worst_case  # noqa: E402
 from robustgan.data import load  # noqa: E402
 from robustgan.runtime import load_model  # noqa: E402
 from tests.helpers import tiny_cnn, train_pgd_at  # noqa: E402
@@ -99,17 +98,6 @@ def models(names: list[str]) -> dict[str, nn.Module]:
     return found
 
 
-@contextlib.contextmanager
-def square_give_up(checkpoints: tuple[tuple[int, float], ...]):
-    """The Square stage with ``checkpoints`` as its give-up rule (``gradient_free.GIVE_UP``)."""
-    saved = gradient_free.GIVE_UP
-    gradient_free.GIVE_UP = checkpoints
-    try:
-        yield
-    finally:
-        gradient_free.GIVE_UP = saved
-
-
 def measure(model: nn.Module, x, y, grid, settings: AttackSettings, savings: Savings) -> dict:
     counted = Counted(model).eval()
     start = time.perf_counter()
@@ -143,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = {s: measure(model, x, y, grid, settings, SAVINGS[s]) for s in names}
         for rule in args.square_give_up:
             checkpoints = tuple((int(q), float(r)) for q, r in (pair.split(":") for pair in rule.split(",")))
-            with square_give_up(checkpoints):
-                rows[f"square {rule}"] = measure(model, x, y, grid, settings, Savings())
+            rows[f"square {rule}"] = measure(model, x, y, grid, settings, Savings(square_give_up=checkpoints))
         base = rows[names[0]]
         print(f"\n### {name}, first {len(y)} digits test images, eps {grid[0]:g}..{grid[-1]:g}\n")
         print("| savings | " + " | ".join(f"{e:g}" for e in grid) + " | lost / gained | backward / pt | forward / pt | s |")

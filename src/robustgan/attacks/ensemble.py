@@ -320,7 +320,8 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
             if settings.queries:  # the query stages, where the gradient stages failed
                 batch = StageBatch(model=net, x=xb, y=yb, ids=ids[sl], eps=eps, correct=correct[sl],
                                    clean_margin=clean_margin, decisions_only=label_only[sl], queries=settings.queries, seed=seed,
-                                   examples=None if examples is None else examples[:, sl])
+                                   examples=None if examples is None else examples[:, sl],
+                                   square_give_up=savings.square_give_up)
                 for stage in query_stages():
                     spent[stage.name] += stage.run(batch)
     queried = {stage.name for stage in query_stages()}

@@ -18,7 +18,8 @@ RETRY = 0.5  # a fresh retry's queries (the first half of Square's schedule), wh
 
 
 def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tensor, clean_margin: torch.Tensor,
-                        queries: int, seed: int, examples: torch.Tensor | None = None) -> int:
+                        queries: int, seed: int, examples: torch.Tensor | None = None,
+                        give_up: tuple[tuple[int, float], ...] = GIVE_UP) -> int:
     """Square on the points of ``correct`` (n, len(eps), CPU; updated in place, as
     ``examples``) still robust, from each point's largest robust eps downwards: first at the
     largest eps it withstood, from Square's own start; then, each time Square fools it, at the
@@ -27,7 +28,7 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     such a warm start fails, a fresh start (other draws) tries the same eps for ``RETRY`` of the
     budget; where a fresh start fails, the point is taken as not fooled at smaller eps either.
     Each probe spends up to ``queries`` forward passes per point, fewer on a point it fools or
-    gives up on (``GIVE_UP``, against ``clean_margin`` (n,)). The probes of all points run side
+    gives up on (``give_up``, by default ``GIVE_UP``, against ``clean_margin`` (n,)). The probes of all points run side
     by side (``SquareSearch``): a point's next probe starts as its last one ends. Every
     decision is per point, with draws from (seed, the point's index, the eps, warm or fresh), so
     a batch or a shard gets what one process gets. Returns the forward passes spent."""
@@ -38,7 +39,7 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     at = (correct.sum(1) - 1).clamp(max=largest)
     start, warm = x.clone(), torch.zeros(len(x), dtype=torch.bool)
     retry = torch.zeros_like(warm)
-    search = SquareSearch(model, x, y, queries, seed, give_up=GIVE_UP)
+    search = SquareSearch(model, x, y, queries, seed, give_up=give_up)
 
     def probe(points: torch.Tensor) -> None:  # start each point's probe at its ``at``, ``warm`` and ``retry``
         k = at[points]

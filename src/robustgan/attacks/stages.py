@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
+from robustgan.attacks.gradient_free import GIVE_UP as SQUARE_GIVE_UP
 from robustgan.attacks.gradient_free import gradient_free_stage
 from robustgan.attacks.rays import decision_stage
 from robustgan.attacks.registry import QUERIES_PER_STEP
@@ -60,7 +61,9 @@ class Savings:
     point whose margin ratio is still above ``give_up[j-1]`` at their j-th checkpoint; (): never;
     APGD-T's first target, APGD-CE's restart and APGD-CE without a warm start run in full) and
     ``first_target`` (APGD-T's first target
-    only on points whose margin ratio after APGD-CE is at most this; 1: every point)."""
+    only on points whose margin ratio after APGD-CE is at most this; 1: every point) and
+    ``square_give_up`` (the Square stage's (query, margin fraction) give-up checkpoints,
+    ``gradient_free.GIVE_UP``; (): every probe runs its whole budget)."""
 
     warm_start: bool = True
     early_stop: bool = True
@@ -70,6 +73,7 @@ class Savings:
     first_target: float = 1.0
     descend: bool = True
     restart: float | None = CLOSE_RESTART
+    square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP
 
 
 @dataclass
@@ -87,6 +91,7 @@ class StageBatch:
     queries: int  # the query budget per point
     seed: int
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W), CPU: a stage writes each example it finds
+    square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP  # Square's give-up checkpoints (``Savings``)
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
 
 def _square(b: StageBatch) -> int:
     return gradient_free_stage(b.model, b.x, b.y, b.ids, b.eps, b.correct, b.clean_margin, b.queries, b.seed,
-                               b.examples)
+                               b.examples, b.square_give_up)
 
 
 def _rays(b: StageBatch) -> int:
