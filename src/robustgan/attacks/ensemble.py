@@ -62,6 +62,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -164,6 +165,25 @@ def _attack_robust(attacked: Attacked, eps, runs, settings: AttackSettings, earl
             attacked.worst[part[better]], attacked.worst_margin[part[better]] = got_x[better], got_margin[better]
             attacked.fooled[part] = was | got_fooled
     return grad_evals
+
+
+def _ascend(attacked: Attacked, eps: list[float], runs, settings: AttackSettings, batching: Batching,
+            known: torch.Tensor | None, correct: torch.Tensor, examples: torch.Tensor | None, *,
+            early_stop: bool) -> Counter:
+    """The gradient stages over the grid from the smallest eps up (``Savings(descend=False)``):
+    at each eps every point not yet fooled (every point without ``early_stop``), APGD-CE from its
+    worst point at the previous eps. Fills ``correct`` and ``examples`` in place as ``_descend``."""
+    spent = Counter()
+    for k, e in enumerate(eps):
+        if known is not None:
+            attacked.fooled |= known[:, k]
+        if e > 0:
+            spent += _attack_robust(attacked, e, runs, settings, early_stop, batching.batch_size)
+        correct[:, k] = ~attacked.fooled.cpu()
+        if examples is not None:
+            examples[k] = attacked.worst.cpu()
+        batching.done(len(attacked.y))
+    return spent
 
 
 def _descend(attacked: Attacked, eps: list[float], runs, settings: AttackSettings, batching: Batching,
@@ -292,6 +312,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     spent = Counter()
     seed = settings.seed or 0
     runs = attack_runs(targets, seed, savings)
+    over_grid = _descend if savings.descend and savings.early_stop else partial(_ascend, early_stop=savings.early_stop)
     with attack_mode(model):
         for sl, xb, yb in batches(x, y, batching.batch_size, device):
             with torch.no_grad():
@@ -303,19 +324,8 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
             clean_margin = margin(logits, yb)
             attacked = Attacked(net, xb, yb, ids[sl], fooled, xb.clone(), clean_margin.clone(), clean_margin)
             known = None if known_fooled is None else known_fooled[sl].to(device)
-            if savings.descend and savings.early_stop:
-                spent += _descend(attacked, eps, runs, settings, batching, known, correct[sl],
-                                  None if examples is None else examples[:, sl])
-            else:
-                for k, e in enumerate(eps):
-                    if known is not None:
-                        fooled |= known[:, k]
-                    if e > 0:
-                        spent += _attack_robust(attacked, e, runs, settings, savings.early_stop, batching.batch_size)
-                    correct[sl, k] = ~fooled.cpu()
-                    if keep_examples:
-                        examples[k, sl] = attacked.worst.cpu()
-                    batching.done(len(yb))
+            spent += over_grid(attacked, eps, runs, settings, batching, known, correct[sl],
+                               None if examples is None else examples[:, sl])
             gradients_correct[sl] = correct[sl]
             if settings.queries:  # the query stages, where the gradient stages failed
                 batch = StageBatch(model=net, x=xb, y=yb, ids=ids[sl], eps=eps, correct=correct[sl],
