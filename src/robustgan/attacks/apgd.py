@@ -1,8 +1,9 @@
 """APGD, Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
-ensemble of diverse parameter-free attacks", Sec. 3, Alg. 1), L-inf, pixels in [0, 1].
+ensemble of diverse parameter-free attacks", Sec. 3, Alg. 1), L-inf or L2, pixels in [0, 1].
 
 Written here from the paper. Per sample: the step starts at eta = 2 eps; every step is
-eq. (3), a sign-gradient step z = P(x_k + eta sign(grad)) followed by momentum
+eq. (3), a steepest-ascent step z = P(x_k + eta d(grad)), d the sign in L-inf and grad / ||grad||_2
+in L2 (``threat.Norm.direction``; P the projection onto the ball and the box), followed by momentum
 x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})) with a = 0.75; at the checkpoints
 w_j (Sec. 3.2) the step is halved and the iterate restarted from the best point when
 fewer than rho = 75% of the steps since the last checkpoint raised the loss (condition 1)
@@ -30,7 +31,7 @@ import torch.nn as nn
 
 from robustgan.attacks.losses import LOSSES
 from robustgan.attacks.registry import AttackArgs, register_attack
-from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, sample_noise
+from robustgan.attacks.threat import AttackError, Norm, attack_mode, check_eps, check_images, get_norm
 
 ALPHA = 0.75  # momentum weight of eq. (3)
 RHO = 0.75  # condition 1: fraction of steps since the last checkpoint that must raise the loss
@@ -94,7 +95,7 @@ def _stopping(hit, groups, best_loss, quota, early_stop) -> torch.Tensor:
 
 
 def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, groups, prune, eot=1,
-               give_up=None) -> APGDResult:
+               give_up=None, norm: Norm = get_norm("linf")) -> APGDResult:
     """One run of Alg. 1 from ``start`` on a batch; eps is one value per sample. Rows of one
     ``groups`` value attack one point side by side (``apgd_run``). With ``eot`` > 1 the loss
     and its gradient are averaged over that many forward passes (expectation over
@@ -102,8 +103,8 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
     margins): after the j-th checkpoint the rows still far from fooled at ``ratios[j-1]``
     (``_gives_up``) stop. One function on purpose: its state is the algorithm's, and splitting
     it would pass fourteen per-sample tensors between the pieces."""
-    lo, hi = ball(x, eps)
-    eta = 2 * eps.view(-1, 1, 1, 1).to(x.dtype)
+    radius = eps.view(-1, 1, 1, 1).to(x.dtype)
+    eta = 2 * radius
     out = start.clone()
     out_loss = torch.full((len(x),), -math.inf, device=x.device)
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -150,14 +151,14 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
             out[live[left]], out_loss[live[left]] = best_x[left].detach(), best_loss[left]
             keep = ~stop
             (live, cur, prev, loss, grad, best_x, best_loss, best_grad, best_margin, success, reduced_last, best_last,
-             eta, lo, hi) = (t[keep] for t in (live, cur, prev, loss, grad, best_x, best_loss, best_grad, best_margin,
-                                               success, reduced_last, best_last, eta, lo, hi))
+             eta, radius) = (t[keep] for t in (live, cur, prev, loss, grad, best_x, best_loss, best_grad, best_margin,
+                                               success, reduced_last, best_last, eta, radius))
             if not len(live):
                 break
         with torch.no_grad():  # eq. (3)
-            z = (cur + eta * grad.sign()).clamp_(lo, hi)
+            z = norm.project(cur + eta * norm.direction(grad), x[live], radius)
             step = 1.0 if k == 1 else ALPHA  # the first step has no momentum (Alg. 1, line 3)
-            prev, cur = cur, (cur + step * (z - cur) + (1 - step) * (cur - prev)).clamp_(lo, hi)
+            prev, cur = cur, norm.project(cur + step * (z - cur) + (1 - step) * (cur - prev), x[live], radius)
         new_loss, grad, logits = evaluate(cur)
         hit = logits.argmax(1) != y[live]
         best_margin = torch.maximum(best_margin, margin(logits, y[live]))
@@ -212,7 +213,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
              seed: int | torch.Tensor = 0, x_init: torch.Tensor | None = None, ids: torch.Tensor | None = None,
              early_stop: bool = True, groups: torch.Tensor | None = None,
              prune: tuple[int, ...] | None = None, eot: int = 1,
-             give_up: tuple[tuple[float, ...], torch.Tensor] | None = None) -> APGDResult:
+             give_up: tuple[tuple[float, ...], torch.Tensor] | None = None, norm: str = "linf") -> APGDResult:
     """APGD on a batch with everything the evaluation engine needs: per-sample eps (a number
     or an (N,) tensor), a warm start ``x_init`` for the first run, the samples' test-set
     indices ``ids`` and seeds (a number or one per sample: their random starts do not depend
@@ -228,7 +229,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
     model (each counted as a gradient evaluation). ``give_up`` (ratios, clean margins (N,)):
     after the j-th checkpoint, the rows whose best margin has closed no more than 1 - ratios[j-1]
     of their clean margin stop (their best point is their result); with ``x_init``, only the run
-    from it gives up, its random restarts run in full. Inputs are not checked here."""
+    from it gives up, its random restarts run in full. ``norm``: the threat model, "linf" or "l2"
+    (``threat.NORMS``). Inputs are not checked here."""
     if loss not in LOSSES:
         raise AttackError(f"APGD loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if int(steps) <= 0 or int(restarts) <= 0:
@@ -236,8 +238,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
     if prune is not None and (groups is None or min(prune, default=1) < 1):
         raise AttackError(f"prune needs groups and quotas of at least 1, got {prune}")
     x, y = x.detach(), y.detach()
-    eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device).expand(len(x)).clone()
-    eps = torch.where(torch.isinf(eps), torch.ones_like(eps), eps)  # on [0, 1] images the unbounded ball is eps = 1
+    ball = get_norm(norm)
+    eps = ball.radius(eps, x)  # inf: the radius whose ball holds the [0, 1] box
     with attack_mode(model):
         target = _target(model, x, y, loss, target, target_rank)
         best = APGDResult(x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device), 0)
@@ -249,14 +251,13 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
                 start = x_init.detach()[todo]
             else:
                 seeds = seed[todo.cpu()] if isinstance(seed, torch.Tensor) else seed
-                noise = sample_noise(x[todo], seeds, sample_ids[todo.cpu()], stream=r)
-                lo, hi = ball(x[todo], eps[todo])
-                start = (x[todo] + eps[todo].view(-1, 1, 1, 1) * noise).clamp_(lo, hi)
+                noise = ball.noise(x[todo], seeds, sample_ids[todo.cpu()], stream=r)
+                start = ball.project(x[todo] + eps[todo].view(-1, 1, 1, 1) * noise, x[todo], eps[todo])
             got, got_loss = _apgd_once(model, x[todo], y[todo], None if target is None else target[todo], eps[todo],
                                        start, int(steps), LOSSES[loss], early_stop,
                                        None if groups is None else groups[todo], prune, int(eot),
                                        None if give_up is None or (r > 0 and x_init is not None)
-                                       else (give_up[0], give_up[1][todo]))
+                                       else (give_up[0], give_up[1][todo]), ball)
             better = got.fooled | (got_loss > best_loss[todo])
             idx = todo[better]
             best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]
@@ -269,26 +270,27 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 100, loss: str = "ce",
-         target_rank: int | None = None, restarts: int = 1, seed: int = 0, *, check: bool = True) -> torch.Tensor:
-    """APGD (Croce & Hein 2020), L-inf. x: (N, C, H, W) in [0, 1]; y: (N,) int64; eps in
-    pixel scale (inf: only the [0, 1] box). ``loss``: "ce", "dlr" (eq. 6) or
+         target_rank: int | None = None, restarts: int = 1, seed: int = 0, *, check: bool = True,
+         norm: str = "linf") -> torch.Tensor:
+    """APGD (Croce & Hein 2020), L-inf or (``norm="l2"``) L2. x: (N, C, H, W) in [0, 1]; y: (N,)
+    int64; eps in pixel scale (inf: only the [0, 1] box). ``loss``: "ce", "dlr" (eq. 6) or
     "dlr-targeted" towards each image's ``target_rank``-th most likely other class (1 by
     default). ``restarts`` random starts; each sample keeps its best iterate (the first
     misclassified, else the highest loss). The model runs in eval mode with frozen
     parameters; both are restored. Returns x_adv within the eps-ball and [0, 1]."""
-    eps = check_eps(eps)
+    eps = check_eps(eps, norm)
     if check:
         check_images(x, y)
     if eps == 0:
         return x.detach().clone()
     return apgd_run(model, x, y, eps, steps=steps, loss=loss, target_rank=target_rank, restarts=restarts,
-                    seed=seed).x_adv
+                    seed=seed, norm=norm).x_adv
 
 
 def _register_apgd(loss: str, help: str) -> None:
     def run(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
         return apgd_run(model, x, y, eps, steps=args.steps, loss=loss, restarts=args.restarts, seed=args.seed or 0,
-                        ids=args.ids).x_adv
+                        ids=args.ids, norm=args.norm).x_adv
 
     register_attack(f"apgd-{loss}", steps=100, key=("steps", "restarts"), help=help)(run)
 

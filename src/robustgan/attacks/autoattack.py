@@ -1,5 +1,5 @@
-"""Standard AutoAttack (Croce & Hein 2020, Sec. 5), L-inf, built from torchattacks' parts
-with the published arguments.
+"""Standard AutoAttack (Croce & Hein 2020, Sec. 5), L-inf or L2, built from torchattacks' parts
+with the published arguments (the same in both norms; each part takes ``norm="Linf"`` or ``"L2"``).
 
 torchattacks 3.5.1's own ``AutoAttack`` builds its APGD, APGD-T and FAB with their default
 10 iterations (torchattacks issue #196); the published standard version runs 100. Here, as
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks.registry import AttackArgs, register_attack
-from robustgan.attacks.threat import AttackError, attack_mode, check_eps
+from robustgan.attacks.threat import AttackError, attack_mode, check_eps, get_norm
 
 STEPS = 100  # iterations of APGD-CE, APGD-T and FAB-T in the published standard AutoAttack
 TARGETS = 9  # target classes of APGD-T and FAB-T (all others on 10 classes)
@@ -23,7 +23,10 @@ SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
 
 
-def standard_autoattack(model: nn.Module, eps: float, num_classes: int = 10, seed: int = 0):
+TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+def standard_autoattack(model: nn.Module, eps: float, num_classes: int = 10, seed: int = 0, norm: str = "linf"):
     """Standard AutoAttack with the published arguments: a torchattacks ``MultiAttack`` whose
     ``attacks`` are APGD-CE, APGD-T, FAB-T and Square, in that order."""
     try:
@@ -33,7 +36,7 @@ def standard_autoattack(model: nn.Module, eps: float, num_classes: int = 10, see
     if num_classes < 4:
         raise AttackError(f"AutoAttack's targeted attacks (targeted DLR) need at least 4 classes, the model has "
                           f"{num_classes}: use attack='ensemble' (APGD-CE and Square there)")
-    common = dict(eps=eps, norm="Linf", seed=seed, n_restarts=1)
+    common = dict(eps=eps, norm=TORCHATTACKS_NORMS[norm], seed=seed, n_restarts=1)
     parts = [
         torchattacks.APGD(model, loss="ce", steps=STEPS, rho=0.75, **common),
         torchattacks.APGDT(model, steps=STEPS, rho=0.75, n_classes=num_classes, **common),
@@ -46,14 +49,17 @@ def standard_autoattack(model: nn.Module, eps: float, num_classes: int = 10, see
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int = 10,
-               seed: int = 0) -> torch.Tensor:
+               seed: int = 0, norm: str = "linf") -> torch.Tensor:
     """Standard AutoAttack on a batch: x (N, C, H, W) in [0, 1], y (N,); returns x_adv in the
-    eps-ball and [0, 1] (each point's first successful example, else x)."""
-    eps = check_eps(eps)
+    eps-ball of ``norm`` and [0, 1] (each point's first successful example, else x)."""
+    eps = check_eps(eps, norm)
+    if eps == 0:
+        return x.detach().clone()
     with attack_mode(model):
-        return standard_autoattack(model, eps, num_classes, seed)(x, y).detach()
+        x_adv = standard_autoattack(model, eps, num_classes, seed, norm)(x, y).detach()
+    return get_norm(norm).project(x_adv, x, eps)  # torchattacks' L2 parts can end a rounding error outside
 
 
 @register_attack("autoattack", help="standard AutoAttack with its published arguments (needs torchattacks)")
 def _autoattack(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
-    return autoattack(model, x, y, eps, num_classes=args.num_classes)
+    return autoattack(model, x, y, eps, num_classes=args.num_classes, norm=args.norm)

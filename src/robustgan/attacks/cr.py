@@ -29,7 +29,7 @@ from robustgan.attacks.apgd import apgd_run, margin, target_order
 from robustgan.attacks.ensemble import usable_targets
 from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.stages import GIVE_UP
-from robustgan.attacks.threat import attack_mode, ball, check_eps
+from robustgan.attacks.threat import attack_mode, check_eps, get_norm
 
 RELAX = (1.0, 0.5, 0.0)  # the relaxed radii (1 + r) eps of the screening runs, decaying to the true ball
 SCREEN = 8  # APGD steps per screening run
@@ -38,24 +38,26 @@ TARGETS = 3  # APGD-T's targets on the points not given up
 
 
 def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 100,
-              targets: int = TARGETS, seed: int = 0, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+              targets: int = TARGETS, seed: int = 0, ids: torch.Tensor | None = None,
+              norm: str = "linf") -> tuple[torch.Tensor, int]:
     """(x_adv in the eps-ball and [0, 1], gradient evaluations) of the CR attack on a batch: x
     (N, C, H, W) float in [0, 1], model outputs logits. Steps, seed and ids as ``apgd_run``;
-    APGD-T runs only on models with at least 4 classes (``usable_targets``)."""
-    eps = min(check_eps(eps), 1.0)  # inf: the [0, 1] box, a ball of radius 1
+    APGD-T runs only on models with at least 4 classes (``usable_targets``). ``norm``: the threat
+    model ("linf" or "l2"), the relaxed balls and the projection back in it."""
+    ball = get_norm(norm)
+    eps = min(check_eps(eps, norm), ball.unbounded(x))  # inf: the radius whose ball holds the [0, 1] box
     if eps == 0:
         return x.detach().clone(), 0
     with attack_mode(model):
         with torch.no_grad():
             logits = model(x).float()
         clean_margin = margin(logits, y)
-        lo, hi = ball(x, eps)
         best, evals = x.clone(), 0
         for r in RELAX:  # 1. screening in relaxed balls, each projected back into the true ball
             got = apgd_run(model, x, y, eps * (1 + r), steps=SCREEN, loss="ce-standardized", x_init=best, seed=seed,
-                           ids=ids)
+                           ids=ids, norm=norm)
             evals += got.grad_evals
-            best = torch.minimum(torch.maximum(got.x_adv, lo), hi)
+            best = ball.project(got.x_adv, x, eps)
         with torch.no_grad():
             logits = model(best).float()
         worst_margin = margin(logits, y)
@@ -64,7 +66,7 @@ def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
         if len(idx):  # 3. APGD-CE, then APGD-T towards the likeliest targets at the worst point
             got = apgd_run(model, x[idx], y[idx], eps, steps=max(steps - SCREEN * len(RELAX), 1), loss="ce-standardized",
                            x_init=best[idx], seed=seed, ids=None if ids is None else ids[idx.cpu()],
-                           give_up=(GIVE_UP, clean_margin[idx]))
+                           give_up=(GIVE_UP, clean_margin[idx]), norm=norm)
             evals += got.grad_evals
             best[idx] = got.x_adv
             left = idx[~got.fooled]
@@ -74,7 +76,8 @@ def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                 for rank in range(1, usable_targets(targets, logits.shape[1]) + 1):
                     got = apgd_run(model, x[left], y[left], eps, steps=steps, loss="dlr-targeted",
                                    target=order[:, rank - 1], seed=seed + 7919 * rank,
-                                   ids=None if ids is None else ids[left.cpu()], give_up=(GIVE_UP, clean_margin[left]))
+                                   ids=None if ids is None else ids[left.cpu()], give_up=(GIVE_UP, clean_margin[left]),
+                                   norm=norm)
                     evals += got.grad_evals
                     best[left[got.fooled]] = got.x_adv[got.fooled]
                     keep = ~got.fooled
@@ -88,4 +91,4 @@ def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  help="the constraint-relaxation attack (CR, AAAI 2025), our reading: relaxed-ball screening, "
                       "far points given up, APGD-CE and APGD-T on the rest; no gradient-free stage")
 def _cr(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
-    return cr_attack(model, x, y, eps, steps=args.steps, seed=args.seed or 0, ids=args.ids)[0]
+    return cr_attack(model, x, y, eps, steps=args.steps, seed=args.seed or 0, ids=args.ids, norm=args.norm)[0]

@@ -73,7 +73,7 @@ from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.settings import AttackSettings, Batching
 from robustgan.attacks.stages import (ENSEMBLE_VERSION, Savings, StageBatch, attack_runs, ensemble_help,
                                       ensemble_label, ensemble_names, query_stages)
-from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, classifier, model_device, probe_classes
+from robustgan.attacks.threat import AttackError, attack_mode, check_eps, classifier, get_norm, model_device, probe_classes
 
 __all__ = ["Savings", "WorstCase", "worst_case", "refine_min_eps", "usable_targets"]
 
@@ -232,10 +232,10 @@ def _descend(attacked: Attacked, eps: list[float], runs, settings: AttackSetting
         correct[:, k] = ~now_fooled.cpu()
         if examples is not None:
             examples[k] = worst.cpu()
-        if k:  # the next eps starts from this one's example, scaled into its ball (inf: the box, radius 1)
-            scale = eps[k - 1] / min(e, 1.0) if e > 0 else 0.0
-            lo, hi = ball(x, eps[k - 1])
-            start = torch.min(torch.max(x + (worst - x) * scale, lo), hi)  # float rounding kept inside
+        if k:  # the next eps starts from this one's example, scaled into its ball (inf: the box's radius)
+            ball = get_norm(settings.norm)
+            scale = eps[k - 1] / min(e, ball.unbounded(x)) if e > 0 else 0.0
+            start = ball.project(x + (worst - x) * scale, x, eps[k - 1])  # float rounding kept inside
             worst = torch.where(settled[:, None, None, None], start, worst)  # a settled point's example, scaled down
         batching.done(n)
     correct &= ~fooled_clean.cpu()[:, None]
@@ -254,7 +254,7 @@ def _attack_side_by_side(attacked: Attacked, eps, order, idx, ranks, run, settin
                    restarts=settings.restarts, seed=run.seed + 7919 * rank if len(ranks) else run.seed, ids=attacked.ids[rows.cpu()],
                    early_stop=early_stop, x_init=attacked.worst[rows] if run.warm else None,
                    groups=rows if copies > 1 else None, prune=run.prune if copies > 1 else None,
-                   give_up=(run.give_up, attacked.clean_margin[rows]) if run.give_up else None)
+                   give_up=(run.give_up, attacked.clean_margin[rows]) if run.give_up else None, norm=settings.norm)
     with torch.no_grad():
         got_margin = margin(attacked.model(got.x_adv).float(), attacked.y[rows])
     pick = torch.where(got.fooled, math.inf, got_margin).view(copies, -1).argmax(0) * len(idx)
@@ -301,7 +301,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     start = time.perf_counter()
     settings = replace(settings, name="ensemble").resolved()
     device = model_device(model) if batching.device is None else batching.device
-    eps = sorted(check_eps(e) for e in ([eps] if isinstance(eps, (int, float)) else eps))
+    eps = sorted(check_eps(e, settings.norm) for e in ([eps] if isinstance(eps, (int, float)) else eps))
     _check_worst_case(settings, keep_examples, known_fooled)
     ids = torch.arange(len(y)) if ids is None else ids.cpu()
     model = classifier(model)
@@ -331,11 +331,12 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                 batch = StageBatch(model=net, x=xb, y=yb, ids=ids[sl], eps=eps, correct=correct[sl],
                                    clean_margin=clean_margin, decisions_only=label_only[sl], queries=settings.queries, seed=seed,
                                    examples=None if examples is None else examples[:, sl],
-                                   square_give_up=savings.square_give_up)
-                for stage in query_stages():
+                                   square_give_up=savings.square_give_up, norm=settings.norm)
+                for stage in query_stages(settings.norm):
                     spent[stage.name] += stage.run(batch)
     queried = {stage.name for stage in query_stages()}
-    return WorstCase(eps, correct, clean, ensemble_names(int(targets), settings.queries, bool(label_only.any())),
+    names = ensemble_names(int(targets), settings.queries, bool(label_only.any()), settings.norm)
+    return WorstCase(eps, correct, clean, names,
                      sum(v for k, v in spent.items() if k not in queried), time.perf_counter() - start, examples,
                      sum(v for k, v in spent.items() if k in queried), gradients_correct, label_only,
                      {k: v for k, v in spent.items() if v})
@@ -390,7 +391,7 @@ def _ensemble_mask(model, source, x, y, eps, args: AttackArgs, batching: Batchin
 
 
 def _ensemble_settings(args: AttackArgs) -> AttackSettings:
-    return AttackSettings("ensemble", args.steps, None, args.restarts, args.targets, args.queries, args.seed or 0)
+    return AttackSettings("ensemble", args.steps, None, args.restarts, args.targets, args.queries, args.seed or 0, args.norm)
 
 
 @register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=ensemble_label,

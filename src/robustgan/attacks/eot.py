@@ -46,23 +46,24 @@ def _scored(model, x_adv, y, draws) -> torch.Tensor:
 
 
 def randomized_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 100,
-                      eot: int = EOT, draws: int = DRAWS, seed: int = 0, ids: torch.Tensor | None = None) -> RandomizedResult:
+                      eot: int = EOT, draws: int = DRAWS, seed: int = 0, ids: torch.Tensor | None = None,
+                      norm: str = "linf") -> RandomizedResult:
     """APGD-CE then APGD-DLR with EOT on a batch x (N, C, H, W) in [0, 1]; APGD-DLR only on the
     points APGD-CE's example fools in fewer than half the draws, and only on 3 or more classes
     (DLR, eq. 6, needs a third logit: a 2-class model gets APGD-CE alone). Returns the
-    examples, their per-draw correctness and the cost."""
+    examples, their per-draw correctness and the cost. ``norm``: the threat model ("linf" or "l2")."""
     start = time.perf_counter()
-    eps = check_eps(eps)
+    eps = check_eps(eps, norm)
     with attack_mode(model):
         x, y = x.detach(), y.detach()
-        ce = apgd_run(model, x, y, eps, steps=steps, loss="ce", seed=seed, ids=ids, eot=eot)
+        ce = apgd_run(model, x, y, eps, steps=steps, loss="ce", seed=seed, ids=ids, eot=eot, norm=norm)
         x_adv, correct, evals = ce.x_adv, _scored(model, ce.x_adv, y, draws), ce.grad_evals
         todo = (correct.float().mean(1) > 0.5).nonzero()[:, 0]
         with torch.no_grad():
             classes = model(x[:1]).shape[1] if len(x) else 0
         if len(todo) and eps > 0 and classes >= 3:
             dlr = apgd_run(model, x[todo], y[todo], eps, steps=steps, loss="dlr", seed=seed + 1,
-                           ids=None if ids is None else ids[todo.cpu()], eot=eot)
+                           ids=None if ids is None else ids[todo.cpu()], eot=eot, norm=norm)
             again = _scored(model, dlr.x_adv, y[todo], draws)
             better = again.float().mean(1) < correct[todo].float().mean(1)
             x_adv[todo[better]], correct[todo[better]] = dlr.x_adv[better], again[better]
@@ -73,4 +74,4 @@ def randomized_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
 @register_attack("eot", steps=100, key=("steps",), help="for randomized models: APGD-CE and APGD-DLR with "
                  "gradients averaged over 20 draws (AutoAttack's rand version)")
 def _eot(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
-    return randomized_attack(model, x, y, eps, steps=args.steps, seed=args.seed or 0, ids=args.ids).x_adv
+    return randomized_attack(model, x, y, eps, steps=args.steps, seed=args.seed or 0, ids=args.ids, norm=args.norm).x_adv

@@ -1,4 +1,5 @@
-"""FGSM and PGD under the L-infinity norm, on pixels in [0, 1]."""
+"""FGSM and PGD in the L-inf or the L2 threat model (``threat.Norm``), on pixels in [0, 1]. In L2
+the sign step becomes the normalized gradient (FGM, Miyato et al. 2017; L2 PGD, Madry et al. 2018)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch.nn as nn
 
 from robustgan.attacks.losses import LOSSES
 from robustgan.attacks.registry import AttackArgs, default_step_size, register_attack
-from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images, loss_and_grad, sample_noise
+from robustgan.attacks.threat import AttackError, attack_mode, check_eps, check_images, get_norm, loss_and_grad
 
 PGD_LOSSES = ("ce", "ce-unsaturated", "dlr", "kl")  # the untargeted losses of LOSSES
 
@@ -29,44 +30,45 @@ def _score(model, x_adv, y, loss="ce"):
         return logits.argmax(1) != y, LOSSES[loss](logits, y, None)
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, check: bool = True) -> torch.Tensor:
-    """Fast Gradient Sign Method (Goodfellow et al. 2015), L-inf.
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, check: bool = True,
+         norm: str = "linf") -> torch.Tensor:
+    """Fast Gradient Sign Method (Goodfellow et al. 2015), L-inf; in L2 (``norm="l2"``) the Fast
+    Gradient Method, x + eps * grad / ||grad||_2.
 
     x: (N, C, H, W) in [0, 1]; y: (N,) int64. Returns clip(x + eps * sign(grad), 0, 1), or
     x itself for the samples x already fools or where the step lowered the loss (the best
     of the two iterates, as for PGD). The model runs in eval mode with frozen parameters;
     both are restored afterwards. ``check=False`` skips the input check (a host sync)."""
-    eps = check_eps(eps)
+    eps, ball = check_eps(eps, norm), get_norm(norm)
     if check:
         check_images(x, y)
     with attack_mode(model):
         x = x.detach()
         x_leaf = x.clone().requires_grad_(True)
         loss, grad, logits = loss_and_grad(model, x_leaf, y, logits=True)
-        lo, hi = ball(x, eps)
-        x_adv = (x + (1.0 if math.isinf(eps) else eps) * grad.sign()).clamp_(lo, hi)
+        radius = ball.unbounded(x) if math.isinf(eps) else eps
+        x_adv = ball.project(x + radius * ball.direction(grad), x, eps)
         return _keep_better(x, logits.argmax(1) != y, loss, x_adv, *_score(model, x_adv, y))[0]
 
 
-def _start(x, eps, random_start, noise):
-    """The first PGD iterate: x, or x + eps * noise (uniform in [-1, 1]) projected."""
-    lo, hi = ball(x, eps)
+def _start(x, eps, random_start, noise, ball):
+    """The first PGD iterate: x, or x + eps * noise (a point of the unit ball) projected."""
     x_adv = x.clone()
     if random_start and not math.isinf(eps):
-        noise = torch.empty_like(x).uniform_(-1, 1) if noise is None else noise
-        x_adv.add_(noise, alpha=eps).clamp_(lo, hi)
-    return x_adv, lo, hi
+        noise = ball.noise(x, None) if noise is None else noise
+        x_adv = ball.project(x_adv.add_(noise, alpha=eps), x, eps)
+    return x_adv
 
 
-def _pgd_last(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce") -> torch.Tensor:
-    """One PGD run (Madry et al. 2018, paper 000 eq. 2), x <- Proj(x + a * sign(grad));
-    returns the last iterate. The training attack: no host sync."""
-    x_adv, lo, hi = _start(x, eps, random_start, noise)
+def _pgd_last(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce", ball=get_norm("linf")):
+    """One PGD run (Madry et al. 2018, paper 000 eq. 2), x <- Proj(x + a * sign(grad)) (in L2,
+    grad / ||grad||_2); returns the last iterate. The training attack: no host sync."""
+    x_adv = _start(x, eps, random_start, noise, ball)
     x_adv.requires_grad_(True)
     for _ in range(steps):
         _, grad = loss_and_grad(model, x_adv, y, loss=loss_name)
-        with torch.no_grad():  # sign, step and projection in place on the leaf
-            x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
+        with torch.no_grad():  # step and projection in place on the leaf
+            x_adv.copy_(ball.project(x_adv.add_(ball.direction(grad), alpha=step_size), x, eps))
     return x_adv.detach()
 
 
@@ -76,13 +78,14 @@ def _merge_at(keep: tuple, idx: torch.Tensor, *point) -> None:
         kept[idx] = new
 
 
-def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce") -> tuple[torch.Tensor, ...]:
+def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce",
+              ball=get_norm("linf")) -> tuple[torch.Tensor, ...]:
     """One PGD run keeping each sample's best iterate: (the first misclassified iterate, else
     the highest-loss one; misclassified; loss). A sample stops being attacked once an iterate
     is misclassified (its result cannot change; in eval mode the others' steps do not depend
     on it), which saves the cost of fooled points and changes no sample's result (up to the
     kernels' determinism across batch sizes)."""
-    x_adv, lo, hi = _start(x, eps, random_start, noise)
+    x_adv = _start(x, eps, random_start, noise, ball)
     keep = (x_adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device),
             torch.full((len(x),), -math.inf, device=x.device))
     live = torch.arange(len(x), device=x.device)  # samples still attacked
@@ -92,7 +95,7 @@ def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss
         point = point.detach()
         _merge_at(keep, live, point, logits.argmax(1) != y[live], loss)
         with torch.no_grad():
-            x_adv[live] = torch.max(torch.min(point + step_size * grad.sign(), hi[live]), lo[live])
+            x_adv[live] = ball.project(point + step_size * ball.direction(grad), x[live], eps)
         live = live[~keep[1][live]]
         if not len(live):
             break
@@ -104,8 +107,9 @@ def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40, step_size: float | None = None,
         random_start: bool = True, restarts: int = 1, *, best: bool = True, seed: int | None = None,
         ids: torch.Tensor | None = None, loss: str = "ce", noise: torch.Tensor | None = None,
-        check: bool = True) -> torch.Tensor:
-    """Projected Gradient Descent (Madry et al. 2018), L-inf, on the cross-entropy (or with
+        check: bool = True, norm: str = "linf") -> torch.Tensor:
+    """Projected Gradient Descent (Madry et al. 2018), L-inf or (``norm="l2"``) L2, steps along
+    the sign of the gradient or its unit L2 direction, on the cross-entropy (or with
     ``loss="dlr"`` the scale-invariant DLR loss of Croce & Hein 2020, eq. 6, or with
     ``loss="ce-unsaturated"`` the cross-entropy's direction without float32 saturation, or with
     ``loss="kl"`` TRADES' KL to the clean prediction, y then being the clean logits (N, K)).
@@ -119,10 +123,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     both are restored afterwards. Returns x_adv with |x_adv - x|_inf <= eps and x_adv in
     [0, 1]. Random starts come from torch's global generator, or with ``seed`` from one
     stream per sample (its test-set index in ``ids``), independent of batch and shard, or are
-    x + eps * ``noise`` (one start, ``best=False``: e.g. TRADES' x + 0.001 N(0, I)).
+    x + eps * ``noise`` (one start, ``best=False``: e.g. TRADES' x + 0.001 N(0, I)); random starts
+    are uniform in the ball of ``norm``.
     ``steps`` defaults to the papers' PGD-40, ``step_size`` to 2.5 eps / steps
     (``default_step_size``). ``check=False`` skips the input check (one host sync)."""
-    eps = check_eps(eps)
+    eps, ball = check_eps(eps, norm), get_norm(norm)
     if check:
         check_images(x, y)
     if int(steps) <= 0:
@@ -140,8 +145,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     with attack_mode(model):
         if not best and restarts == 1:
             if noise is None and seed is not None:
-                noise = sample_noise(x, seed, ids, stream=0)
-            return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise, loss)
+                noise = ball.noise(x, seed, ids, stream=0)
+            return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise, loss, ball)
         if loss == "dlr" and len(x):
             with torch.no_grad():
                 classes = model(x[:1]).shape[1]
@@ -153,8 +158,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
             todo = torch.arange(len(x), device=x.device) if keep is None else (~keep[1]).nonzero()[:, 0]
             if not len(todo):
                 break
-            noise = None if seed is None else sample_noise(x[todo], seed, ids[todo.cpu()], stream=r)
-            run = _pgd_best(model, x[todo], y[todo], eps, int(steps), float(step_size), random_start, noise, loss)
+            noise = None if seed is None else ball.noise(x[todo], seed, ids[todo.cpu()], stream=r)
+            run = _pgd_best(model, x[todo], y[todo], eps, int(steps), float(step_size), random_start, noise, loss, ball)
             if keep is None:
                 keep = run
             else:
@@ -164,13 +169,13 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
 
 @register_attack("fgsm", help="one signed-gradient step (Goodfellow et al. 2015)")
 def _fgsm_attack(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
-    return fgsm(model, x, y, eps, check=args.check)
+    return fgsm(model, x, y, eps, check=args.check, norm=args.norm)
 
 
 def _register_pgd(name: str, loss: str, help: str) -> None:
     def run(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
         return pgd(model, x, y, eps, args.steps, args.step_size or default_step_size(eps, args.steps), True,
-                   args.restarts, seed=args.seed, ids=args.ids, loss=loss, check=args.check)
+                   args.restarts, seed=args.seed, ids=args.ids, loss=loss, check=args.check, norm=args.norm)
 
     register_attack(name, steps=40, key=("steps", "step_size", "restarts"), help=help)(run)
 

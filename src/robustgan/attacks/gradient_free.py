@@ -19,7 +19,7 @@ RETRY = 0.5  # a fresh retry's queries (the first half of Square's schedule), wh
 
 def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tensor, clean_margin: torch.Tensor,
                         queries: int, seed: int, examples: torch.Tensor | None = None,
-                        give_up: tuple[tuple[int, float], ...] = GIVE_UP) -> int:
+                        give_up: tuple[tuple[int, float], ...] = GIVE_UP, norm: str = "linf") -> int:
     """Square on the points of ``correct`` (n, len(eps), CPU; updated in place, as
     ``examples``) still robust, from each point's largest robust eps downwards: first at the
     largest eps it withstood, from Square's own start; then, each time Square fools it, at the
@@ -31,7 +31,8 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     gives up on (``give_up``, by default ``GIVE_UP``, against ``clean_margin`` (n,)). The probes of all points run side
     by side (``SquareSearch``): a point's next probe starts as its last one ends. Every
     decision is per point, with draws from (seed, the point's index, the eps, warm or fresh), so
-    a batch or a shard gets what one process gets. Returns the forward passes spent."""
+    a batch or a shard gets what one process gets. ``norm``: Square's threat model (L-inf or
+    L2; a scaled example stays in the smaller ball in both). Returns the forward passes spent."""
     grid = torch.tensor(eps)  # ascending: 0 first, inf last, if at all
     smallest = int((grid <= 0).sum())
     largest = int((grid < math.inf).sum()) - 1
@@ -39,7 +40,7 @@ def gradient_free_stage(model, x, y, ids, eps: list[float], correct: torch.Tenso
     at = (correct.sum(1) - 1).clamp(max=largest)
     start, warm = x.clone(), torch.zeros(len(x), dtype=torch.bool)
     retry = torch.zeros_like(warm)
-    search = SquareSearch(model, x, y, queries, seed, give_up=give_up)
+    search = SquareSearch(model, x, y, queries, seed, give_up=give_up, norm=norm)
 
     def probe(points: torch.Tensor) -> None:  # start each point's probe at its ``at``, ``warm`` and ``retry``
         k = at[points]

@@ -99,8 +99,9 @@ def rays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries
     return (x + radius * sign).clamp(0, 1)  # x itself where no ray within eps was found
 
 
-@register_attack("rays", steps=QUERIES, key=("steps",), queries_only=True, help="RayS, decision-based: reads only "
-                 "the predicted label (Chen & Gu 2020); --steps or --queries: queries per point")
+@register_attack("rays", steps=QUERIES, key=("steps",), queries_only=True, norms=("linf",),
+                 help="RayS, decision-based: reads only the predicted label (Chen & Gu 2020); --steps or --queries: "
+                      "queries per point")
 def _rays(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     return rays(model, x, y, eps, queries=args.steps)
 

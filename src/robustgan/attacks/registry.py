@@ -50,6 +50,7 @@ class AttackArgs:
     ids: torch.Tensor | None = None  # the batch's indices in the test set (per-point random starts)
     check: bool = True  # validate the inputs (one host sync)
     queries: int | None = None  # the ensemble's gradient-free budget per point (None: 50 x steps; 0: none)
+    norm: str = "linf"  # the threat model (``threat.NORMS``)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class AttackSpec:
     mask: Callable | None = None
     version: int = ATTACK_VERSION
     queries_only: bool = False  # a gradient-free attack whose steps are its queries per point
+    norms: tuple[str, ...] = ("linf", "l2")  # the threat models it has a version in
 
     def budget(self, steps: int | None, queries: int | None) -> tuple[int | None, int | None]:
         """(steps, queries) this attack runs with: ``steps`` None is its default; an attack whose
@@ -89,10 +91,12 @@ def _plain_label(settings: dict) -> str:
 
 def register_attack(name: str, *, steps: int | None = None, key: tuple[str, ...] = (), help: str,
                     label: Callable[[dict], str] | None = None, mask: Callable | None = None,
-                    version: int = ATTACK_VERSION, queries_only: bool = False):
+                    version: int = ATTACK_VERSION, queries_only: bool = False,
+                    norms: tuple[str, ...] = ("linf", "l2")):
     """Register ``run(model, x, y, eps, args: AttackArgs) -> x_adv`` under ``name`` (``mask``:
     the whole-set path of an attack that batches itself, ``AttackSpec.mask``; ``queries_only``: its
-    steps are queries, which a ``queries`` setting gives). Fails at
+    steps are queries, which a ``queries`` setting gives; ``norms``: the threat models it runs
+    in). Fails at
     once on a name taken, a key setting we do not know, an attack with steps whose key omits
     them (``--steps 10`` and ``--steps 100`` would share a cache entry), or no help line."""
     def register(run):
@@ -105,7 +109,7 @@ def register_attack(name: str, *, steps: int | None = None, key: tuple[str, ...]
         if problems:
             raise AttackError(f"attack {name!r} cannot be registered: {'; '.join(problems)}")
         ATTACKS[name] = AttackSpec(name, run, steps, tuple(key), help.strip(), label or _plain_label, mask, version,
-                                   queries_only)
+                                   queries_only, tuple(norms))
         return run
     return register
 
@@ -125,15 +129,18 @@ def attack_names() -> tuple[str, ...]:
 def attack_table() -> str:
     """The registered attacks as a markdown table (docs/evaluation.md holds it; a test keeps the
     two equal): name, default steps, the settings its numbers depend on, its help line."""
-    rows = ["| `--attack` | default `--steps` | its numbers depend on | what it runs |", "| --- | --- | --- | --- |"]
+    rows = ["| `--attack` | default `--steps` | its numbers depend on | `--norm` | what it runs |",
+            "| --- | --- | --- | --- | --- |"]
     for name in attack_names():
         spec = ATTACKS[name]
-        depends = ", ".join(["eps", "n", "seed", *spec.key])
-        rows.append(f"| `{name}` | {spec.steps if spec.steps else '-'} | {depends} | {spec.help} |")
+        depends = ", ".join(["eps", "n", "seed", *spec.key, "norm"])
+        norms = ", ".join(spec.norms)
+        rows.append(f"| `{name}` | {spec.steps if spec.steps else '-'} | {depends} | {norms} | {spec.help} |")
     return "\n".join(rows) + "\n"
 
 
 def attack_label(settings: dict) -> str:
     """The label of a cached result's settings, e.g. "worst case of APGD-CE + APGD-T (9
-    targets), 100 steps" or "PGD-40, 5 restarts"."""
-    return ATTACKS[settings["attack"]].label(settings) if settings["attack"] in ATTACKS else settings["attack"].upper()
+    targets), 100 steps" or "PGD-40, 5 restarts"; ", L2" added in the L2 threat model."""
+    label = ATTACKS[settings["attack"]].label(settings) if settings["attack"] in ATTACKS else settings["attack"].upper()
+    return label + (", L2" if settings.get("norm") == "l2" else "")

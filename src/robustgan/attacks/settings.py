@@ -10,8 +10,9 @@ from typing import Callable
 
 import torch
 
-from robustgan.attacks.registry import (DEFAULT_ATTACK, DEFAULT_TARGETS, QUERIES_PER_STEP, AttackArgs, AttackSpec,
-                                        default_step_size, get_attack)
+from robustgan.attacks.registry import (ATTACKS, DEFAULT_ATTACK, DEFAULT_TARGETS, QUERIES_PER_STEP, AttackArgs,
+                                        AttackSpec, attack_label, default_step_size, get_attack)
+from robustgan.attacks.threat import DEFAULT_NORM, AttackError, get_norm
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class AttackSettings:
     ``queries`` as its steps when given. ``step_size`` None is ``default_step_size(eps, steps)``.
     ``targets`` and ``queries`` are the ensemble's APGD-T targets and query budget per point
     (None: ``QUERIES_PER_STEP`` x steps; 0: no query stage). ``seed`` draws the random starts per
-    point (None: torch's global generator)."""
+    point (None: torch's global generator). ``norm`` is the threat model, "linf" or "l2"
+    (``threat.NORMS``); an attack defined only in L-inf refuses "l2" (``check``)."""
 
     name: str = DEFAULT_ATTACK
     steps: int | None = None
@@ -32,6 +34,17 @@ class AttackSettings:
     targets: int = DEFAULT_TARGETS
     queries: int | None = None
     seed: int | None = 0
+    norm: str = DEFAULT_NORM
+
+    def check(self) -> AttackSettings:
+        """These settings, refused in one line where they cannot run: an unknown norm, or an
+        attack that has no version in this norm (``AttackSpec.norms``)."""
+        get_norm(self.norm)
+        if self.spec is not None and self.norm not in self.spec.norms:
+            raise AttackError(f"{self.name} is defined in {' and '.join(get_norm(n).title for n in self.spec.norms)} "
+                              f"only, not in {get_norm(self.norm).title}; the attacks in {get_norm(self.norm).title}: "
+                              f"{', '.join(attacks_in(self.norm))}")
+        return self
 
     @property
     def spec(self) -> AttackSpec | None:
@@ -60,19 +73,26 @@ class AttackSettings:
         full = self.resolved()
         values = dict(steps=full.steps, restarts=full.restarts, targets=full.targets, queries=full.queries,
                       step_size=full.step_size or (default_step_size(eps, full.steps) if full.steps else None))
-        return dict(attack=self.name, eps=float(eps), n=n, seed=self.seed) | {k: values[k] for k in self.spec.key}
+        key = dict(attack=self.name, eps=float(eps), n=n, seed=self.seed) | {k: values[k] for k in self.spec.key}
+        return key | ({} if self.norm == DEFAULT_NORM else {"norm": self.norm})  # L-inf keys as they always were
 
     @property
     def label(self) -> str:
         """e.g. "PGD-40, 5 restarts" or "worst case of APGD-CE + APGD-T (9 targets) + ..."."""
-        return "clean" if self.spec is None else self.spec.label(self.key(1.0, 0))
+        return "clean" if self.spec is None else attack_label(self.key(1.0, 0))
 
     def args(self, *, num_classes: int, ids: torch.Tensor | None) -> AttackArgs:
         """What one batch's run function gets, its inputs checked once for the whole set already
         (by keyword: a field added to AttackArgs shifts nothing)."""
         full = self.resolved()
         return AttackArgs(steps=full.steps, step_size=full.step_size, restarts=full.restarts, targets=full.targets,
-                          num_classes=num_classes, seed=full.seed, ids=ids, check=False, queries=full.queries)
+                          num_classes=num_classes, seed=full.seed, ids=ids, check=False, queries=full.queries,
+                          norm=full.norm)
+
+
+def attacks_in(norm: str) -> list[str]:
+    """The registered attacks that run in ``norm``."""
+    return [name for name, spec in ATTACKS.items() if norm in spec.norms]
 
 
 @dataclass(frozen=True)

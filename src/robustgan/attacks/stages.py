@@ -92,6 +92,7 @@ class StageBatch:
     seed: int
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W), CPU: a stage writes each example it finds
     square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP  # Square's give-up checkpoints (``Savings``)
+    norm: str = "linf"  # the threat model (``threat.NORMS``)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Stage:
     title: Callable[[dict], str] = lambda settings: ""  # cache settings -> its part of the label ("": none)
     runs: Callable[[int, int, Savings], list[AttackRun]] | None = None  # a gradient stage: (targets, seed, savings) -> runs
     run: Callable[[StageBatch], int] | None = None  # a query stage: -> forward passes spent
+    norms: tuple[str, ...] = ("linf", "l2")  # the threat models it runs in
 
 
 def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
@@ -116,7 +118,7 @@ def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
 
 def _square(b: StageBatch) -> int:
     return gradient_free_stage(b.model, b.x, b.y, b.ids, b.eps, b.correct, b.clean_margin, b.queries, b.seed,
-                               b.examples, b.square_give_up)
+                               b.examples, b.square_give_up, b.norm)
 
 
 def _rays(b: StageBatch) -> int:
@@ -148,7 +150,8 @@ STAGES: list[Stage] = [
           lambda s: f"Square ({_queries(s)} queries)" if _queries(s) else "", run=_square),
     Stage("rays", "RayS where outputs carry only decisions", "RayS on the points whose outputs carry only the "
           "decision and that every earlier stage left robust",
-          lambda targets, queries, label_only: f"rays({queries})" if queries and label_only else None, run=_rays),
+          lambda targets, queries, label_only: f"rays({queries})" if queries and label_only else None, run=_rays,
+          norms=("linf",)),  # RayS searches L-inf directions only
 ]
 
 
@@ -157,14 +160,15 @@ def attack_runs(targets: int, seed: int, savings: Savings = Savings(warm_start=F
     return [run for stage in STAGES if stage.runs is not None for run in stage.runs(targets, seed, savings)]
 
 
-def query_stages() -> list[Stage]:
-    return [stage for stage in STAGES if stage.run is not None]
+def query_stages(norm: str | None = None) -> list[Stage]:
+    """The query stages (those running in ``norm``; None: all)."""
+    return [stage for stage in STAGES if stage.run is not None and (norm is None or norm in stage.norms)]
 
 
-def ensemble_names(targets: int, queries: int = 0, label_only: bool = False) -> list[str]:
-    """What the ensemble runs with ``targets`` APGD-T targets and ``queries`` per point, on
-    outputs that carry only decisions (``label_only``) or not."""
-    return [name for stage in STAGES if (name := stage.listed(targets, queries, label_only))]
+def ensemble_names(targets: int, queries: int = 0, label_only: bool = False, norm: str = "linf") -> list[str]:
+    """What the ensemble runs in ``norm`` with ``targets`` APGD-T targets and ``queries`` per point,
+    on outputs that carry only decisions (``label_only``) or not."""
+    return [name for stage in STAGES if norm in stage.norms and (name := stage.listed(targets, queries, label_only))]
 
 
 def ensemble_label(settings: dict) -> str:

@@ -1,6 +1,6 @@
-"""The L-infinity threat model, separate from the attack loops (as in MadryLab/robustness):
-checking eps, the projection onto the eps-ball intersected with [0, 1], the model context every
-attack runs in (eval mode, every module's own mode restored), and the classifier as every attack
+"""The threat models, separate from the attack loops (as in MadryLab/robustness): the L-inf and
+L2 balls (``Norm``: checking eps, the projection onto the eps-ball intersected with [0, 1], the
+steepest-ascent step, random starts), the model context every attack runs in (eval mode, every module's own mode restored), and the classifier as every attack
 sees it (``ClassScores``: the user's output convention and dtype, the labels checked)."""
 
 from __future__ import annotations
@@ -38,11 +38,9 @@ def check_images(x: torch.Tensor, y: torch.Tensor) -> None:
             raise AttackError(f"images must be in [0, 1] (pixel scale), got values in [{lo:.3g}, {hi:.3g}]")
 
 
-def check_eps(eps: float) -> float:
-    eps = float(eps)
-    if math.isnan(eps) or eps < 0 or (eps > 1 and not math.isinf(eps)):
-        raise AttackError(f"eps must be in [0, 1] (pixel scale) or inf for the unbounded attack, got {eps}")
-    return eps
+def check_eps(eps: float, norm: str = "linf") -> float:
+    """eps as a float, checked for the threat model ``norm`` (``Norm.check_eps``)."""
+    return get_norm(norm).check_eps(eps)
 
 
 def ball(x: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,10 +53,160 @@ def ball(x: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torc
     return (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
 
 
+def _per_sample(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """eps as an (N, 1, 1, 1) tensor of x's dtype: one number, or one per sample."""
+    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    return eps.expand(len(x)).reshape(-1, *[1] * (x.ndim - 1))
+
+
+def l2_sizes(delta: torch.Tensor) -> torch.Tensor:
+    """||delta_i||_2 per sample (N,), in float32 or wider."""
+    return delta.flatten(1).float().norm(dim=1)
+
+
+class Norm:
+    """One threat model: the ball {x' : ||x' - x|| <= eps} intersected with the [0, 1] box, on
+    images (N, C, H, W). ``project`` maps any point into it, ``direction`` is the unit step of
+    steepest ascent of a gradient, ``noise`` a random point of the unit ball (a random start is
+    ``project(x + eps * noise)``), ``size`` the distance that is bounded. eps inf is the box
+    alone: the ball of radius ``unbounded`` holds it."""
+
+    name = ""
+    title = ""  # for people: "L-inf", "L2"
+
+    def check_eps(self, eps: float) -> float:
+        raise NotImplementedError
+
+    def unbounded(self, x: torch.Tensor) -> float:
+        raise NotImplementedError
+
+    def size(self, delta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def noise(self, like: torch.Tensor, seed: int | torch.Tensor | None, ids: torch.Tensor | None = None,
+              stream: int = 0) -> torch.Tensor:
+        """Random points of the unit ball shaped like ``like``, per sample from the stream of
+        (seed, stream, its index ``ids``) as ``sample_noise``; seed None: torch's generator."""
+        raise NotImplementedError
+
+    def radius(self, eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """eps per sample (N,) with inf replaced by ``unbounded``: the radius the attacks step in."""
+        eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device).expand(len(x)).clone()
+        return torch.where(torch.isinf(eps), torch.full_like(eps, self.unbounded(x)), eps)
+
+
+class LInf(Norm):
+    """|x' - x|_inf <= eps: every pixel moves at most eps (the papers' threat model)."""
+
+    name, title = "linf", "L-inf"
+
+    def check_eps(self, eps: float) -> float:
+        eps = float(eps)
+        if math.isnan(eps) or eps < 0 or (eps > 1 and not math.isinf(eps)):
+            raise AttackError(f"eps must be in [0, 1] (pixel scale) or inf for the unbounded attack, got {eps}")
+        return eps
+
+    def unbounded(self, x: torch.Tensor) -> float:
+        return 1.0
+
+    def size(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.flatten(1).abs().amax(1)
+
+    def project(self, x_adv, x, eps):
+        lo, hi = ball(x, eps)
+        return torch.max(torch.min(x_adv, hi), lo)
+
+    def direction(self, grad):
+        return grad.sign()
+
+    def noise(self, like, seed, ids=None, stream=0):
+        if seed is None:
+            return torch.empty_like(like).uniform_(-1, 1)
+        return sample_noise(like, seed, ids, stream)
+
+
+class L2(Norm):
+    """||x' - x||_2 <= eps: the Euclidean distance over all C * H * W pixels is at most eps.
+    Radii are not capped at 1: the distance between two images in [0, 1] reaches sqrt(C H W).
+
+    The projection scales delta = x' - x onto the ball, then clips to the box. Clipping moves
+    every pixel towards x's side of the box (x is in it), so no |delta_i| grows and the point
+    stays in the ball: a point of the intersection (not always its nearest point, as in Croce
+    & Hein 2020's L2 APGD)."""
+
+    name, title = "l2", "L2"
+
+    def check_eps(self, eps: float) -> float:
+        eps = float(eps)
+        if math.isnan(eps) or eps < 0:
+            raise AttackError(f"L2 eps must be >= 0 (pixel scale, the Euclidean distance over all pixels) or inf, "
+                              f"got {eps}")
+        return eps
+
+    def unbounded(self, x: torch.Tensor) -> float:
+        return math.sqrt(x[0].numel()) if len(x) else 1.0
+
+    def size(self, delta: torch.Tensor) -> torch.Tensor:
+        return l2_sizes(delta)
+
+    def project(self, x_adv, x, eps):
+        if not isinstance(eps, torch.Tensor) and math.isinf(eps):
+            return x_adv.clamp(0, 1)
+        delta = x_adv - x
+        sizes = l2_sizes(delta).to(x.dtype).view(-1, *[1] * (x.ndim - 1))
+        radius = _per_sample(eps, x)
+        scale = torch.where(sizes > radius, radius / sizes.clamp(min=1e-12), torch.ones_like(sizes))
+        return (x + delta * scale).clamp_(0, 1)
+
+    def direction(self, grad):
+        return grad / l2_sizes(grad).to(grad.dtype).clamp(min=1e-12).view(-1, *[1] * (grad.ndim - 1))
+
+    def noise(self, like, seed, ids=None, stream=0):
+        # uniform in the unit d-ball: the first d coordinates of a uniform point of the unit
+        # (d+2)-sphere (a normalized Gaussian in d + 2 dimensions; Voelker et al. 2017)
+        d = like[0].numel()
+        if seed is None:
+            g = torch.randn(len(like), d + 2)
+        else:
+            g = per_sample_rows(len(like), seed, ids, stream, lambda gen: torch.randn(d + 2, generator=gen))
+        g = g / g.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        return g[:, :d].reshape(like.shape).to(like.device, like.dtype)
+
+
+NORMS = {norm.name: norm for norm in (LInf(), L2())}
+DEFAULT_NORM = "linf"
+
+
+def get_norm(name: str) -> Norm:
+    """The threat model ``name`` ("linf" or "l2"); an AttackError naming both otherwise."""
+    if name not in NORMS:
+        raise AttackError(f"unknown norm {name!r}; choose {' or '.join(NORMS)}")
+    return NORMS[name]
+
+
 def point_seed(seed: int, stream: int, point: int) -> int:
     """The seed of one test point's random stream: fixed by (seed, stream, the point's index in
     the test set), so its draws do not depend on its batch, shard or the other points attacked."""
     return ((seed * 1_000_003 + stream) * 10_000_019 + point) % (1 << 63)
+
+
+def per_sample_rows(n: int, seed: int | torch.Tensor, ids: torch.Tensor | None, stream: int, draw) -> torch.Tensor:
+    """(n, ...) rows, row i ``draw(generator)`` from the stream of (seed, stream, ids[i])
+    (``point_seed``); ``seed``: one number or one per sample."""
+    ids = torch.arange(n) if ids is None else ids.cpu()
+    seeds = seed.reshape(-1).tolist() if isinstance(seed, torch.Tensor) else [seed] * len(ids)
+    gen = torch.Generator()
+    rows = []
+    for s, i in zip(seeds, ids.tolist(), strict=True):
+        gen.manual_seed(point_seed(s, stream, i))
+        rows.append(draw(gen))
+    return torch.stack(rows) if rows else torch.empty(0)
 
 
 def sample_noise(like: torch.Tensor, seed: int | torch.Tensor, ids: torch.Tensor | None = None,
@@ -68,14 +216,8 @@ def sample_noise(like: torch.Tensor, seed: int | torch.Tensor, ids: torch.Tensor
     not depend on its batch, shard or which other samples are still being attacked, so a
     sharded or early-stopped evaluation draws what a single process would. ``seed``: one
     number, or one per sample."""
-    ids = torch.arange(len(like)) if ids is None else ids.cpu()
-    seeds = seed.reshape(-1).tolist() if isinstance(seed, torch.Tensor) else [seed] * len(ids)
-    gen = torch.Generator()
-    rows = []
-    for s, i in zip(seeds, ids.tolist(), strict=True):
-        gen.manual_seed(point_seed(s, stream, i))
-        rows.append(torch.rand(like.shape[1:], generator=gen))
-    noise = torch.stack(rows) if rows else torch.empty(like.shape)
+    noise = per_sample_rows(len(like), seed, ids, stream, lambda gen: torch.rand(like.shape[1:], generator=gen))
+    noise = noise if len(like) else torch.empty(like.shape)
     return noise.to(like.device, like.dtype).mul_(2).sub_(1)
 
 

@@ -134,7 +134,7 @@ def _ensemble(subject: Subject, eps: list[float], s: AttackSettings, batching: B
              "by_stage": {k: v for k, v in spent.items() if v}}
     label_only = decisions_only_fraction(model, x, batching.batch_size, batching.device)
     classes = probe_classes(model, x[:1].to(batching.device), y) if len(y) else 10
-    attacks = ensemble_names(usable_targets(s.targets, classes), s.queries, label_only > 0)
+    attacks = ensemble_names(usable_targets(s.targets, classes), s.queries, label_only > 0, s.norm)
     return Found(settings=s, eps=eps, correct=correct, clean=clean, attacks=attacks, cost=spent,
                  decisions_only=label_only, seconds=time.perf_counter() - start)
 
