@@ -150,7 +150,6 @@ class TrainConfig:
         _check(0 < self.guard_drop <= 1 and 0 < self.guard_gap <= 1,
                f"train.guard_drop and train.guard_gap must be in (0, 1], got {self.guard_drop}, {self.guard_gap}")
         _check(self.guard_images > 0, f"train.guard_images must be positive, got {self.guard_images}")
-        check_eps_value(self.eval_eps, "train.eval_eps")
 
 
 @dataclass
@@ -165,6 +164,7 @@ class Config:
     def validate(self) -> "Config":
         for section in (self.data, self.model, self.optim, self.schedule, self.train, self.method):
             section.validate()
+        check_eps_value(self.train.eval_eps, "train.eval_eps", norm=getattr(self.method, "norm", "linf"))
         return self
 
 
@@ -173,9 +173,23 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def check_eps_value(eps: float, key: str, allow_inf: bool = False) -> None:
-    if math.isnan(eps) or eps < 0 or (eps > 1 and not (allow_inf and math.isinf(eps))):
+NORMS = ("linf", "l2")  # the threat models (attacks.threat.NORMS), by name
+
+
+def check_eps_value(eps: float, key: str, allow_inf: bool = False, norm: str = "linf") -> None:
+    """eps of ``key`` in pixel scale for ``norm``: [0, 1] in L-inf, >= 0 in L2 (inf where allowed)."""
+    if math.isinf(eps) and eps > 0:
+        _check(allow_inf, f"{key} must be finite, got {eps}")
+    elif norm == "l2":
+        _check(eps >= 0, f"{key} must be >= 0 (an L2 radius in pixel scale), got {eps}")
+    elif math.isnan(eps) or eps < 0 or eps > 1:
         raise ConfigError(f"{key} must be in [0, 1] (pixel scale), got {eps}")
+
+
+def check_norm(norm: str, key: str, method: str, defined: tuple[str, ...] = NORMS) -> None:
+    """One line where ``norm`` is unknown or ``method`` has no version in it."""
+    _check(norm in NORMS, f"{key} must be one of {', '.join(NORMS)}, got {norm!r}")
+    _check(norm in defined, f"{key} = {norm!r}: {method} is defined in {' and '.join(defined)} only")
 
 
 def check_frac(frac: float, key: str) -> None:

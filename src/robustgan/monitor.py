@@ -9,7 +9,7 @@ import torch.nn as nn
 from robustgan.attacks import AttackSettings, Batching, robust_accuracy
 from robustgan.config import Config
 from robustgan.errors import ConfigError
-from robustgan.methods import Method, eps_train
+from robustgan.methods import Method, eps_train, norm_train
 
 
 def first_layer(network: nn.Module) -> nn.Module:
@@ -79,8 +79,9 @@ class OverfitGuard:
     STEPS = 10
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, eps: float, drop: float, gap: float, num_classes: int,
-                 device, images: int = 256):
+                 device, images: int = 256, norm: str = "linf"):
         self.x, self.y, self.eps, self.drop, self.gap = x[:images], y[:images], eps, drop, gap
+        self.norm = norm  # the run's threat model: eps and both attacks are in it
         self.num_classes, self.device = num_classes, device
         self.previous: float | None = None
 
@@ -88,9 +89,10 @@ class OverfitGuard:
         """(PGD-10 accuracy, FGSM-RS accuracy) on the guard's images."""
         was_training = model.training
         batching, kw = Batching(self.device), dict(num_classes=self.num_classes)
-        pgd = robust_accuracy(model, self.x, self.y, self.eps, AttackSettings("pgd", steps=self.STEPS), batching, **kw)
-        single = robust_accuracy(model, self.x, self.y, self.eps, AttackSettings("pgd", steps=1, step_size=1.25 * self.eps),
-                                 batching, **kw)
+        pgd = robust_accuracy(model, self.x, self.y, self.eps, AttackSettings("pgd", steps=self.STEPS, norm=self.norm),
+                              batching, **kw)
+        single = robust_accuracy(model, self.x, self.y, self.eps,
+                                 AttackSettings("pgd", steps=1, step_size=1.25 * self.eps, norm=self.norm), batching, **kw)
         model.train(was_training)
         return pgd, single
 
@@ -104,4 +106,4 @@ def build_guard(cfg: Config, method: Method, x_train, y_train, device) -> Overfi
     if not eps > 0:
         raise ConfigError(f"train.guard=on needs a method with an eps > 0; {cfg.method.name} has none")
     return OverfitGuard(x_train, y_train, eps, cfg.train.guard_drop, cfg.train.guard_gap, method.geometry.num_classes,
-                        device, cfg.train.guard_images)
+                        device, cfg.train.guard_images, norm_train(cfg))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from robustgan.config import Config, from_dict, method_config_class, to_dict, to_toml
 from robustgan.errors import RobustganError
-from robustgan.eps import EPS_T_GRIDS, format_eps
-from robustgan.methods import eps_train, method_class
+from robustgan.eps import format_eps, grid_for
+from robustgan.methods import eps_train, method_class, norm_train
 from robustgan.runs import RunDir
 from robustgan.train import ensure_trained
 
@@ -23,9 +23,10 @@ REQUESTED = "requested.toml"  # a sweep run's config before it starts (the run w
 LOG = "train.log"  # a run's output under `sweep --devices`
 
 
-def run_name(label: str, eps_t: float) -> str:
-    """e.g. "pgd_at-frac-eps0.3": the method's label (``Method.label``) and eps_t."""
-    return f"{label}-eps{format_eps(eps_t).replace('/', '_')}"
+def run_name(label: str, eps_t: float, norm: str = "linf") -> str:
+    """e.g. "pgd_at-frac-eps0.3": the method's label (``Method.label``) and eps_t ("pgd_at-l2-eps2"
+    in L2)."""
+    return f"{label}{'' if norm == 'linf' else '-' + norm}-eps{format_eps(eps_t).replace('/', '_')}"
 
 
 def variant(cfg: Config, method: str, eps_t: float, frac: float | None) -> Config:
@@ -41,14 +42,18 @@ def variant(cfg: Config, method: str, eps_t: float, frac: float | None) -> Confi
 
 
 def plan(cfg: Config, eps_t: list[float] | None, methods: list[str] | None, fracs: list[float | None]) -> list:
-    eps_t = eps_t or EPS_T_GRIDS.get(cfg.data.name, [eps_train(cfg)])  # no paper grid: the config's
+    if not eps_t:  # the paper's grid in the config's norm (the literature's in L2); none: the config's eps
+        try:
+            eps_t = grid_for(cfg.data.name, "eps_t", norm_train(cfg))
+        except RobustganError:
+            eps_t = [eps_train(cfg)]
     methods = methods or [cfg.method.name]
     out = []
     for method in methods:
         for frac in fracs:
             for e in eps_t:
                 v = variant(cfg, method, e, frac)
-                out.append((run_name(method_class(method).label(v), e), v))
+                out.append((run_name(method_class(method).label(v), e, norm_train(v)), v))
     return out
 
 

@@ -28,7 +28,7 @@ from robustgan import data, distributed
 from robustgan.attacks import AttackSettings, Batching, robust_accuracy
 from robustgan.config import Config, load_config
 from robustgan.errors import ConfigError, Diverged, Interrupted, RunError
-from robustgan.methods import Method, method_class
+from robustgan.methods import Method, method_class, norm_train
 from robustgan.monitor import OverfitGuard, PassCounter, build_guard
 from robustgan.runs import CHECKPOINT, RunDir, checkpoint_step, load_state, save_state
 from robustgan.runtime import (apply_fast_paths, autocast_for, geometry_for, keep_freed_memory, load_model, load_split,
@@ -366,9 +366,11 @@ def evaluate_heldout(method: Method, cfg: Config, x_test, y_test, device) -> dic
     result = {"split": "test", "n": len(y), "clean_acc": robust_accuracy(model, x, y, 0.0, AttackSettings("none"),
                                                                           batching, **kw)}
     if cfg.train.eval_eps > 0:  # random starts from torch's generator, seeded by the run
-        pgd = AttackSettings("pgd", steps=cfg.train.eval_steps, seed=None)
+        pgd = AttackSettings("pgd", steps=cfg.train.eval_steps, seed=None, norm=norm_train(cfg))
         result[f"pgd{cfg.train.eval_steps}_acc"] = robust_accuracy(model, x, y, cfg.train.eval_eps, pgd, batching, **kw)
         result["eval_eps"] = cfg.train.eval_eps
+        if norm_train(cfg) != "linf":
+            result["eval_norm"] = norm_train(cfg)
     model.train(was_training)
     return result
 

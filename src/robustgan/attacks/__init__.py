@@ -14,7 +14,7 @@ from robustgan.attacks.registry import (ATTACK_VERSION, ATTACKS, DEFAULT_ATTACK,
                                         register_attack)
 from robustgan.attacks.settings import AttackSettings, Batching
 from robustgan.attacks.stages import STAGES, Stage, StageBatch
-from robustgan.attacks.threat import AttackError, attack_mode, ball, check_eps, check_images
+from robustgan.attacks.threat import NORMS, AttackError, attack_mode, ball, check_eps, check_images, get_norm
 
 ATTACK_NAMES = attack_names()  # the built-in attacks; attack_names() also lists those registered later
 
@@ -22,5 +22,5 @@ __all__ = ["fgsm", "pgd", "apgd", "autoattack", "cr_attack", "square", "worst_ca
            "dlr_targeted_loss", "robust_accuracy", "robust_mask", "default_step_size", "ATTACK_NAMES",
            "ATTACK_VERSION", "ATTACKS", "DEFAULT_ATTACK", "DEFAULT_TARGETS", "AttackArgs", "AttackSettings", "Batching",
            "STAGES", "Stage", "StageBatch", "AttackSpec", "attack_label", "attack_names",
-           "attack_table", "get_attack", "register_attack", "AttackError", "attack_mode", "ball", "check_eps",
+           "attack_table", "get_attack", "register_attack", "AttackError", "attack_mode", "ball", "check_eps", "get_norm", "NORMS",
            "check_images"]

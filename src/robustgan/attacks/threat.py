@@ -54,8 +54,8 @@ def ball(x: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def _per_sample(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """eps as an (N, 1, 1, 1) tensor of x's dtype: one number, or one per sample."""
-    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    """eps as an (N, 1, 1, 1) tensor of x's dtype: one number, or one per sample (any shape of N values)."""
+    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).reshape(-1)
     return eps.expand(len(x)).reshape(-1, *[1] * (x.ndim - 1))
 
 
@@ -109,7 +109,8 @@ class LInf(Norm):
     def check_eps(self, eps: float) -> float:
         eps = float(eps)
         if math.isnan(eps) or eps < 0 or (eps > 1 and not math.isinf(eps)):
-            raise AttackError(f"eps must be in [0, 1] (pixel scale) or inf for the unbounded attack, got {eps}")
+            hint = " (an L2 radius? use the l2 norm: --norm l2, norm=\"l2\")" if eps > 1 else ""
+            raise AttackError(f"eps must be in [0, 1] (pixel scale) or inf for the unbounded attack, got {eps}{hint}")
         return eps
 
     def unbounded(self, x: torch.Tensor) -> float:

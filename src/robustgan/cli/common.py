@@ -10,9 +10,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from robustgan.attacks import ATTACKS, DEFAULT_ATTACK, attack_names, check_eps
+from robustgan.attacks import ATTACKS, DEFAULT_ATTACK, NORMS, attack_names, check_eps
 from robustgan.attacks.registry import DEFAULT_TARGETS
 from robustgan.attacks.stages import ensemble_help
+from robustgan.methods import norm_train
+from robustgan.runs import RunDir
 from robustgan.runtime import external_run
 from robustgan.eps import grid_for, parse_number
 from robustgan.errors import RobustganError
@@ -36,12 +38,15 @@ TARGETS = typer.Option(DEFAULT_TARGETS, "--targets", metavar="K",
 SEED = typer.Option(0, "--seed", metavar="N", help="Seed of the attacks' random starts (drawn per test point, so a "
                     "shard or a batch gets what one process gets)")
 JSON = typer.Option(False, "--json", help="Print the results as JSON on stdout")
+NORM = typer.Option(None, "--norm", metavar="NORM", help="Threat model: linf or l2, eps given in it (default: the "
+                    "run's training norm, linf for a run trained without one)")
 PROTOCOL = typer.Option(True, "--protocol/--no-protocol",
                         help="Also measure the papers' protocol (PGD-40) and show it beside the worst case")
 
 
-def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
-    """'0.1,0.2,8/255,inf' -> [0.1, 0.2, 0.0313..., inf]; a bad value is a one-line error."""
+def parse_eps_list(text: str, option: str = "--eps", norm: str = "linf") -> list[float]:
+    """'0.1,0.2,8/255,inf' -> [0.1, 0.2, 0.0313..., inf], each checked for ``norm``; a bad value
+    is a one-line error."""
     values = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -50,7 +55,7 @@ def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
             value = parse_number(part)
         except (ValueError, ZeroDivisionError):
             raise RobustganError(f"{option}: {part!r} is not a number (use e.g. 0.1,0.2 or 8/255)") from None
-        values.append(check_eps(value))
+        values.append(check_eps(value, norm))
     if not values:
         raise RobustganError(f"{option}: give at least one value")
     if len(set(values)) < len(values):
@@ -58,17 +63,25 @@ def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
     return values
 
 
-def parse_one_eps(text: str, option: str) -> float:
+def parse_one_eps(text: str, option: str, norm: str = "linf") -> float:
     """One bounded, non-zero eps (e.g. ``--eps-max 16/255``)."""
-    value = parse_eps_list(text, option)[0]
+    value = parse_eps_list(text, option, norm)[0]
     if value == 0 or math.isinf(value):
-        raise RobustganError(f"{option} must be in (0, 1], got {text}")
+        raise RobustganError(f"{option} must be {'> 0 and finite' if norm == 'l2' else 'in (0, 1]'}, got {text}")
     return value
 
 
-def eps_grid(text: str, dataset: str, option: str = "--eps") -> list[float]:
-    """The eps values given, or the paper's eps_i grid for the dataset."""
-    return parse_eps_list(text, option) if text else grid_for(dataset)
+def eps_grid(text: str, dataset: str, option: str = "--eps", norm: str = "linf") -> list[float]:
+    """The eps values given, or the paper's eps_i grid for the dataset (in L2, ``eps.L2_EPS_I_GRIDS``)."""
+    return parse_eps_list(text, option, norm) if text else grid_for(dataset, norm=norm)
+
+
+def resolve_norm(norm: str | None, run: Path) -> str:
+    """``--norm`` as given, else the run's training norm; an unknown norm is a one-line error."""
+    if norm is None:
+        return norm_train(RunDir(run).config())
+    require(norm in NORMS, f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    return norm
 
 
 def check_attack(attack: str, steps: int | None = None, targets: int = 0) -> None:

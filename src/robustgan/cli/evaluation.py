@@ -13,18 +13,18 @@ import typer
 from rich.table import Table
 
 from robustgan import distributed
-from robustgan.attacks import ATTACKS, AttackSettings, attack_label
+from robustgan.attacks import ATTACKS, AttackSettings, attack_label, get_norm
 from robustgan.attacks.outputs import decisions_only_warning
-from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMIT, MODEL, PROTOCOL, QUERIES, RESULTS, SEED,
-                                  STEPS, TARGETS,
+from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMIT, MODEL, NORM, PROTOCOL, QUERIES, RESULTS,
+                                  SEED, STEPS, TARGETS, resolve_norm,
                                   WEIGHTS, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
                                   out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs, writable)
 from robustgan.eps import format_eps, grid_for
-from robustgan.methods import method_class
+from robustgan.methods import method_class, norm_train
 from robustgan.evaluation.context import EvalContext, evaluation
 from robustgan.evaluation.engine import Subject
-from robustgan.evaluation.checks import CheckSettings, check_run, overall_status, summary_line
+from robustgan.evaluation.checks import CheckSettings, check_file, check_run, overall_status, summary_line
 from robustgan.evaluation.curves import (area, compute_curve, curves_csv, min_norm_distances, plot_curves,
                                       pointwise_tables)
 from robustgan.evaluation.predict import predict as classify
@@ -43,6 +43,7 @@ def eval_(
     run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory (or --model ...)"),
     attack: str = ATTACK,
     eps: str = typer.Option("", metavar="EPS", help="Comma-separated eps values in pixel scale (8/255 allowed); default: the run's eval eps"),
+    norm: Optional[str] = NORM,
     steps: Optional[int] = STEPS,
     step_size: Optional[float] = STEP_SIZE,
     restarts: int = RESTARTS,
@@ -78,18 +79,23 @@ def eval_(
 
       robustgan eval runs/atgan-cifar10 --eps 2/255,8/255 --targets 9 --limit 1000 --min-norm
 
+      robustgan eval runs/pgd-digits --norm l2 --eps 0.5,1,2
+
       robustgan eval --model mynet.py:build --weights mynet.safetensors --dataset cifar10 --data-root ~/data --eps 8/255
     """
     check_eval_options(attack, steps, targets, restarts, limit, batch_size, step_size, min_norm)
     check_common(queries=queries)
     run = single_subject(run, model, weights, dataset, data_root, results)
-    eps_list = parse_eps_list(eps) if eps else [default_eps(RunDir(run).config())]
+    norm = resolve_norm(norm, run)
+    require(bool(eps) or norm == norm_train(RunDir(run).config()),
+            f"pass --eps: this run's eval and training eps are in {get_norm(norm_train(RunDir(run).config())).title}")
+    eps_list = parse_eps_list(eps, norm=norm) if eps else [default_eps(RunDir(run).config())]
     require(any(e > 0 for e in eps_list), "pass --eps (this model has no eval or training eps)")
     device = resolve_device(device)
     here = distributed.setup(device)
     device = distributed.device_for(device, here)
     start = time.perf_counter()
-    settings = AttackSettings(attack, steps, step_size, restarts, targets, queries, seed)
+    settings = AttackSettings(attack, steps, step_size, restarts, targets, queries, seed, norm).check()
     with evaluation(device, limit=limit, data_root=data_root, batch_size=batch_size,
                     show=here.is_main, channels_last=channels_last) as ctx:
         subject = Subject.open(run, ctx)
@@ -117,7 +123,7 @@ def eval_table(run, curve, distances) -> Table:
     """The eval result as a table: accuracy per eps, the papers' protocol beside it."""
     s = curve.settings
     table = Table(title=f"{run}: {attack_label(s)}, n={curve.n}")
-    table.add_column("eps")
+    table.add_column("eps" + ("" if s.get("norm", "linf") == "linf" else f" ({get_norm(s['norm']).title})"))
     table.add_column("accuracy", justify="right")
     paper = curve.protocol is not None
     if paper:
@@ -136,7 +142,8 @@ def eval_table(run, curve, distances) -> Table:
 
 def eval_json(subject: Subject, curve, distances, seconds) -> dict:
     s, run = curve.settings, subject.path
-    result = {"run": str(run), "n": curve.n, "attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"],
+    result = {"run": str(run), "n": curve.n, "attack": s["attack"], "norm": s["norm"], "attacks": s["attacks"],
+              "steps": s["steps"],
               "targets": s["targets"], "queries": s["queries"], "restarts": s["restarts"], "seed": s["seed"],
               "protocol": s["protocol"],
               "seconds": round(seconds, 3), "cost": s["cost"], "clean": curve.clean,
@@ -154,6 +161,7 @@ def eval_json(subject: Subject, curve, distances, seconds) -> dict:
 def curve(
     runs: Optional[List[Path]] = typer.Argument(None, metavar="RUN...", help="Run directories (e.g. a sweep's runs)"),
     eps: str = typer.Option("", metavar="EPS", help="eps_i grid, comma-separated (default: the paper's grid for the dataset)"),
+    norm: Optional[str] = NORM,
     attack: str = ATTACK,
     steps: Optional[int] = STEPS,
     step_size: Optional[float] = STEP_SIZE,
@@ -186,16 +194,19 @@ def curve(
       robustgan curve runs/atgan-digits runs/pgd-digits --eps 0.05,0.1,0.2,0.3 --limit 200
 
       robustgan curve runs/sweep-mnist/* --attack pgd --steps 40   # the papers' protocol alone
+
+      robustgan curve runs/pgd-at-l2-digits --norm l2   # L2 radii (default grid 0.5..3 on 28x28 images)
     """
     check_attack(attack, steps, targets)
     check_common(limit=limit, restarts=restarts, queries=queries)
     writable(out, folder=True)
     runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
-    grid = eps_grid(eps, dataset)
-    table_grid = parse_eps_list(table_eps, "--table-eps") if table_eps else grid
+    norm = resolve_norm(norm, runs[0])
+    grid = eps_grid(eps, dataset, norm=norm)
+    table_grid = parse_eps_list(table_eps, "--table-eps", norm) if table_eps else grid
     with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
-        settings = AttackSettings(attack, steps, step_size, restarts, targets, queries, seed)
+        settings = AttackSettings(attack, steps, step_size, restarts, targets, queries, seed, norm).check()
         curves = [compute_curve(r, grid, settings, ctx, protocol=protocol) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "curves.png", f"{dataset}: robustness curves")
@@ -224,7 +235,7 @@ def area_table(curves) -> Table:
 def curve_json(c) -> dict:
     """One run's curve as `curve --json` prints it (the keys of `eval --json`'s results)."""
     return {"run": str(c.run), "method": c.method, "n": c.n, "clean": c.clean, "area": c.auc,
-            "attack": attack_label(c.settings),
+            "attack": attack_label(c.settings), "norm": c.settings["norm"],
             "results": [{"eps": json_eps(e), "accuracy": a, **({"protocol_accuracy": p} if p is not None else {})}
                         for e, a, p in zip(c.eps, c.acc, c.protocol or [None] * len(c.eps))]}
 
@@ -232,6 +243,7 @@ def curve_json(c) -> dict:
 def check(
     run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory (or --model ...)"),
     eps: Optional[str] = typer.Option(None, metavar="EPS", help="eps for the checks, e.g. 0.3 or 8/255 (default: the run's eval / training eps)"),
+    norm: Optional[str] = NORM,
     steps: int = typer.Option(40, metavar="N", help="PGD steps of the reference attack (the papers' protocol)"),
     long_steps: int = typer.Option(1000, "--long-steps", metavar="N", help="Steps of the long PGD (must exceed --steps)"),
     restarts: int = typer.Option(5, metavar="N", help="Random restarts for the restart check"),
@@ -264,9 +276,14 @@ def check(
       robustgan check runs/pgd-mnist --eps 0.3 --long-steps 200 --limit 1000 --no-autoattack
 
       robustgan check --model mynet.py:build --weights mynet.safetensors --dataset mnist --data-root ~/data --eps 0.3
+
+      robustgan check runs/pgd-at-l2-digits --norm l2 --eps 2   # saved to check-l2.json
     """
     run = single_subject(run, model, weights, dataset, data_root, results)
-    eps_value = parse_one_eps(eps, "--eps") if eps is not None else None
+    norm = resolve_norm(norm, run)
+    require(eps is not None or norm == norm_train(RunDir(run).config()),
+            f"pass --eps: this run's eval and training eps are in {get_norm(norm_train(RunDir(run).config())).title}")
+    eps_value = parse_one_eps(eps, "--eps", norm) if eps is not None else None
     for option, value in (("--steps", steps), ("--long-steps", long_steps), ("--autoattack-limit", autoattack_limit)):
         positive(option, value)
     check_common(limit=limit, restarts=restarts, queries=queries)
@@ -278,16 +295,16 @@ def check(
                                                   "PGD's gap")
     settings = CheckSettings(eps=eps_value, steps=steps, long_steps=long_steps, restarts=restarts, tol=tol,
                              ensemble_steps=ensemble_steps, targets=targets, queries=queries, autoattack=autoattack,
-                             autoattack_limit=autoattack_limit, seed=seed)
+                             autoattack_limit=autoattack_limit, seed=seed, norm=norm)
     ctx = EvalContext(resolve_device(device), limit=limit, data_root=data_root)
     results = check_run(run, settings, ctx, surrogate=surrogate, on_result=lambda result: show_check(result, console))
-    summary = summary_line(results)
+    summary, saved = summary_line(results), RunDir(run).file(check_file(norm))
     if as_json:
-        sys.stdout.write(RunDir(run).file("check.json").read_text().rstrip("\n") + "\n")
+        sys.stdout.write(saved.read_text().rstrip("\n") + "\n")
     if overall_status(results) == "warn":
-        console.print(f"[bold red]possible gradient masking[/bold red]: {summary} (saved {run}/check.json)")
+        console.print(f"[bold red]possible gradient masking[/bold red]: {summary} (saved {saved})")
         raise typer.Exit(1)
-    console.print(f"{summary} (saved {run}/check.json)")
+    console.print(f"{summary} (saved {saved})")
 
 
 CHECK_MARKS = {"pass": "[green]pass[/green]   ", "warn": "[bold red]WARN[/bold red]   ", "skipped": "[dim]skipped[/dim]"}

@@ -10,17 +10,18 @@ from typing import List, Optional
 import typer
 
 from robustgan.attacks import ATTACKS, AttackSettings
-from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, QUERIES, RESULTS, SEED, STEPS, TARGETS, WEIGHTS,
-                                  eps_grid,
+from robustgan.cli.common import (DATA_ROOT, DATASET, DEVICE, LIMIT, MODEL, NORM, QUERIES, RESULTS, SEED, STEPS, TARGETS,
+                                  WEIGHTS, eps_grid, resolve_norm,
                                   check_attack, check_common, check_ensemble_steps, err_console, json_eps, out_console, positive,
                                   require, single_subject, writable)
 from robustgan.eps import format_eps
 from robustgan.evaluation.card import build_card, write_card
 from robustgan.evaluation.context import EvalContext, evaluation
-from robustgan.evaluation.checks import CheckSettings, check_run
+from robustgan.evaluation.checks import CheckSettings, check_file, check_run
 from robustgan.evaluation.curves import caption, compute_curve
 from robustgan.evaluation.frontier import frontier_points, frontier_table, plot_frontier
 from robustgan.report.html import build_report
+from robustgan.methods import norm_train
 from robustgan.runs import RunDir
 from robustgan.runtime import resolve_device
 
@@ -29,6 +30,7 @@ def report(
     runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run directories"),
     out: Path = typer.Option(Path("runs/report.html"), "--out", metavar="PATH", help="HTML file to write"),
     eps: str = typer.Option("", metavar="EPS", help="eps_i grid for the curves (default: the paper's grid)"),
+    norm: Optional[str] = NORM,
     steps: int = typer.Option(20, metavar="N", help="PGD steps of the saliency images (curves: --ensemble-steps)"),
     ensemble_steps: int = typer.Option(ATTACKS["ensemble"].steps, "--ensemble-steps", metavar="N",
                                        help="APGD steps per attack of the curves' worst-case ensemble, PGD-40 "
@@ -55,23 +57,32 @@ def report(
     writable(out)
     require(0 <= targets <= 9, f"--targets must be in 0..9, got {targets}")
     check_ensemble_steps(ensemble_steps, err_console, "the curves may overstate robustness")
-    grid = eps_grid(eps, RunDir(runs[0]).config().data.name)
+    norm = resolve_norm(norm, runs[0])
+    grid = eps_grid(eps, RunDir(runs[0]).config().data.name, norm=norm)
     device = resolve_device(device)
     if run_checks:
         for r in runs:
-            if not RunDir(r).file("check.json").is_file():
+            if not RunDir(r).file(check_file(norm)).is_file():
                 err_console.print(f"checking {r}")
-                check_run(r, CheckSettings(long_steps=200, targets=targets, autoattack=False, seed=seed),
+                check_run(r, CheckSettings(eps=_check_eps(r, norm, grid), long_steps=200, targets=targets,
+                                           autoattack=False, seed=seed, norm=norm),
                           EvalContext(device, limit=limit, data_root=data_root))
     with evaluation(device, limit=limit, data_root=data_root) as ctx:
-        settings = AttackSettings(steps=ensemble_steps, targets=targets, queries=queries, seed=seed)
+        settings = AttackSettings(steps=ensemble_steps, targets=targets, queries=queries, seed=seed, norm=norm).check()
         path = build_report(runs, out, settings, ctx, eps_grid=grid, steps=steps, index=index)
     out_console.print(f"wrote {path}")
+
+
+def _check_eps(run: Path, norm: str, grid: list[float]) -> float | None:
+    """The checks' eps for ``report --check``: the run's own (None) in its training norm, else the
+    grid's middle."""
+    return None if norm == norm_train(RunDir(run).config()) else grid[len(grid) // 2]
 
 
 def card(
     run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory (or --model ...)"),
     eps: str = typer.Option("", metavar="EPS", help="eps grid of the card (default: the paper's grid for the dataset)"),
+    norm: Optional[str] = NORM,
     steps: Optional[int] = STEPS,
     targets: int = TARGETS,
     queries: Optional[int] = QUERIES,
@@ -96,18 +107,22 @@ def card(
       robustgan card runs/pgd-digits --eps 0.1,0.2,0.3 --check
 
       robustgan card --model mynet.py:build --weights mynet.safetensors --dataset digits --eps 0.1,0.2
+
+      robustgan card runs/pgd-at-l2-digits --norm l2 --eps 1,2 --check
     """
     check_attack("ensemble", steps, targets)
     check_common(limit=limit, queries=queries)
     run = single_subject(run, model, weights, dataset, data_root, results)
-    grid = eps_grid(eps, RunDir(run).config().data.name)
+    norm = resolve_norm(norm, run)
+    grid = eps_grid(eps, RunDir(run).config().data.name, norm=norm)
     device = resolve_device(device)
-    if run_checks and not RunDir(run).file("check.json").is_file():
+    if run_checks and not RunDir(run).file(check_file(norm)).is_file():
         err_console.print(f"checking {run}")
-        check_run(run, CheckSettings(eps=max(grid), autoattack=False, seed=seed),
+        check_run(run, CheckSettings(eps=max(grid), autoattack=False, seed=seed, norm=norm),
                   EvalContext(device, limit=limit, data_root=data_root))
     with evaluation(device, limit=limit, data_root=data_root) as ctx:
-        found = build_card(run, grid, AttackSettings(steps=steps, targets=targets, queries=queries, seed=seed), ctx)
+        settings = AttackSettings(steps=steps, targets=targets, queries=queries, seed=seed, norm=norm).check()
+        found = build_card(run, grid, settings, ctx)
     paths = write_card(run, found)
     out_console.print(f"wrote {paths[0]} and {paths[1]}")
 
@@ -115,6 +130,7 @@ def card(
 def frontier(
     runs: List[Path] = typer.Argument(..., metavar="RUN...", help="Run directories trained by robustgan (their training cost is recorded)"),
     eps: str = typer.Option("", metavar="EPS", help="The eps of the robustness axis (default: the middle of the paper's grid)"),
+    norm: Optional[str] = NORM,
     steps: Optional[int] = STEPS,
     targets: int = TARGETS,
     queries: Optional[int] = QUERIES,
@@ -140,19 +156,20 @@ def frontier(
     check_common(limit=limit, queries=queries)
     writable(out)
     dataset = RunDir(runs[0]).config().data.name
-    grid = eps_grid(eps, dataset)
+    norm = resolve_norm(norm, runs[0])
+    grid = eps_grid(eps, dataset, norm=norm)
     if eps:
         require(len(grid) == 1, "--eps takes one value: the frontier is drawn at one eps")
     at = grid[len(grid) // 2]
     with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
-        settings = AttackSettings(steps=steps, targets=targets, queries=queries, seed=seed)
+        settings = AttackSettings(steps=steps, targets=targets, queries=queries, seed=seed, norm=norm).check()
         curves = [compute_curve(r, [at], settings, ctx) for r in runs]
     points = frontier_points(curves, at)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_frontier(points, at, out, f"{dataset}: robustness against training cost", caption(curves))
-    title = f"robustness against training cost at eps {format_eps(at)}"
+    title = f"robustness against training cost at eps {format_eps(at)}" + ("" if norm == "linf" else f" ({norm.upper()})")
     (err_console if as_json else out_console).print(frontier_table(points, title, caption(curves)))
     if as_json:
-        sys.stdout.write(json.dumps({"eps": json_eps(at), "n": curves[0].n, "attacks": curves[0].settings["attacks"],
+        sys.stdout.write(json.dumps({"eps": json_eps(at), "norm": norm, "n": curves[0].n, "attacks": curves[0].settings["attacks"],
                                      "points": [vars(p) for p in points]}) + "\n")
     err_console.print(f"wrote {out}")

@@ -12,7 +12,8 @@ from typing import List, Optional
 import typer
 
 from robustgan.cli.common import DATA_ROOT, err_console, out_console, parse_eps_list, require, writable
-from robustgan.config import check_frac, load_config
+from robustgan.config import NORMS, check_frac, load_config
+from robustgan.methods import norm_train
 from robustgan.errors import RobustganError
 from robustgan.sweep import run_parallel, run_sweep, train_commands
 from robustgan.train import fit
@@ -75,6 +76,8 @@ def sweep(
     eps_t: str = typer.Option("", "--eps-t", metavar="EPS", help="Training eps values (default: the paper's grid for the dataset)"),
     methods: str = typer.Option("", metavar="NAMES", help="Comma-separated methods (default: the config's), e.g. pgd_at,atgan"),
     frac: Optional[float] = typer.Option(None, metavar="FRACTION", help="Also train FracAT variants with this fraction"),
+    norm: Optional[str] = typer.Option(None, "--norm", metavar="NORM", help="Train every run in this threat model, "
+                                       "linf or l2 (sets method.norm; default: the config's)"),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a key of the base config"),
     out: Optional[Path] = typer.Option(None, "--out", metavar="PATH", help="Sweep folder (default runs/sweep-<config>)"),
     data_root: Optional[Path] = DATA_ROOT,
@@ -95,12 +98,15 @@ def sweep(
       robustgan sweep -c configs/atgan-cifar10.toml --data-root ~/data --devices cuda:0,cuda:1,cuda:2,cuda:3
 
       robustgan sweep -c configs/atgan-mnist.toml --set data.root=~/data --print-commands > jobs.txt
+
+      robustgan sweep -c configs/pgd-at-digits.toml --norm l2 --eps-t 1,2
     """
-    grid = parse_eps_list(eps_t, "--eps-t") if eps_t else None
     writable(out or Path("runs") / f"sweep-{config.stem}", folder=True)
     if frac is not None:
         check_frac(frac, "--frac")
-    cfg = load_config(config, set_)
+    require(norm is None or norm in NORMS, f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    cfg = load_config(config, [*set_, *([f"method.norm={norm}"] if norm else [])])
+    grid = parse_eps_list(eps_t, "--eps-t", norm_train(cfg)) if eps_t else None
     if data_root is not None:  # recorded in every run's config
         cfg.data.root = str(data_root)
     method_list = [m.strip() for m in methods.split(",") if m.strip()] or None

@@ -104,18 +104,23 @@ class EvalCache:
             found.append((settings, unpack(value, settings["n"])))
         return found
 
-    def ensemble_eps(self, n: int) -> list[float]:
-        """Every finite eps > 0 the ensemble's results are cached at for the first ``n`` test points."""
+    def ensemble_eps(self, n: int, norm: str = "linf") -> list[float]:
+        """Every finite eps > 0 the ensemble's results are cached at for the first ``n`` test points,
+        in ``norm``."""
         return sorted({float(st["eps"]) for st, _ in self.results()
-                       if st.get("attack") == "ensemble" and st.get("n") == n and 0 < st["eps"] < math.inf})
+                       if st.get("attack") == "ensemble" and st.get("n") == n and 0 < st["eps"] < math.inf
+                       and st.get("norm", "linf") == norm})
 
-    def highest_accuracies(self, n: int, at_least: float) -> dict[float, float]:
+    def highest_accuracies(self, n: int, at_least: float, at_most: float = 1.0,
+                           norm: str = "linf") -> dict[float, float]:
         """{eps: accuracy} of every result cached for the first ``n`` test points at eps in
-        [at_least, 1], the highest over attacks (the bound check holds a run's curves to these)."""
+        [at_least, at_most] in ``norm``, the highest over attacks (the bound check holds a run's
+        curves to these)."""
         highest: dict[float, float] = {}
         for settings, mask in self.results():
             eps = settings.get("eps")
-            if settings.get("n") == n and isinstance(eps, (int, float)) and at_least <= eps <= 1 and n:
+            if (settings.get("n") == n and isinstance(eps, (int, float)) and at_least <= eps <= at_most and n
+                    and settings.get("norm", "linf") == norm):
                 highest[float(eps)] = max(highest.get(float(eps), 0.0), mask.float().mean().item())
         return highest
 

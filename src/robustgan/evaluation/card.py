@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from robustgan.attacks import AttackSettings
+from robustgan.attacks import AttackSettings, get_norm
 from robustgan.attacks.outputs import decisions_only_warning
 from robustgan.config import to_dict
 from robustgan.eps import format_eps
 from robustgan.evaluation.context import EvalContext
+from robustgan.evaluation.checks import check_file
 from robustgan.evaluation.curves import compute_curve
 from robustgan.evaluation.engine import Subject
 from robustgan.evaluation.verdicts import status_of, summary_line
@@ -37,10 +38,11 @@ def _architecture(cfg) -> str:
     return method_class(cfg.method.name).architecture(cfg)
 
 
-def _checks(run: RunDir) -> dict:
-    path = run.file("check.json")
+def _checks(run: RunDir, norm: str) -> dict:
+    path = run.file(check_file(norm))
     if not path.is_file():
-        return {"status": "not run", "summary": f"not run: robustgan check {run.path}", "checks": []}
+        flag = "" if norm == "linf" else f" --norm {norm}"
+        return {"status": "not run", "summary": f"not run: robustgan check {run.path}{flag}", "checks": []}
     report = json.loads(path.read_text())
     checks = [{"name": c["name"], "status": status_of(c), "detail": c["detail"]} for c in report["checks"]]
     return {"status": report.get("status", "warn" if any(c["status"] == "warn" for c in checks) else "pass"),
@@ -62,7 +64,7 @@ def build_card(run_dir, eps: list[float], settings: AttackSettings = AttackSetti
     return {
         "name": f"{source['model']} ({Path(source['weights']).name})" if external else run.path.name,
         "dataset": cfg.data.name,
-        "threat_model": "Linf",
+        "threat_model": {"linf": "Linf", "l2": "L2"}[s["norm"]],  # RobustBench's names
         "eps": [format_eps(e) for e in curve.eps],
         "architecture": _architecture(cfg),
         "method": cfg.method.name,
@@ -74,10 +76,11 @@ def build_card(run_dir, eps: list[float], settings: AttackSettings = AttackSetti
         "number_forward_passes": 1,
         "evaluation": {"attack": s["attack"], "attacks": s["attacks"], "steps": s["steps"], "targets": s["targets"],
                        "restarts": s["restarts"], "seed": s["seed"], "protocol": s["protocol"], "n": curve.n,
+                       "norm": s["norm"],
                        "decisions_only": s["decisions_only"]},
         "splits": {"train": n_train, "test": n_test_all, "evaluated": curve.n},
         "classes": list(cfg.data.classes),
-        "checks": _checks(run),
+        "checks": _checks(run, s["norm"]),
         "training": None if external else to_dict(cfg),
         "training_cost": training_cost(run_dir),
         "collapse": guard_collapse(run_dir),
@@ -89,10 +92,13 @@ def build_card(run_dir, eps: list[float], settings: AttackSettings = AttackSetti
 
 def card_markdown(card: dict) -> str:
     ev = card["evaluation"]
+    norm = get_norm(ev.get("norm", "linf"))
+    scale = "[0, 1] pixel scale" if norm.name == "linf" else "pixel scale, the Euclidean distance over all pixels"
+    unit = "" if norm.name == "linf" else f" ({norm.title})"
     lines = [f"# Model card: {card['name']}", "",
              f"- **Dataset**: {card['dataset']} ({card['splits']['train'] or 'unknown'} train, "
              f"{card['splits']['test']} test images; {card['splits']['evaluated']} evaluated)",
-             f"- **Threat model**: L-inf, eps in [0, 1] pixel scale: {', '.join(card['eps'])}",
+             f"- **Threat model**: {norm.title}, eps in {scale}: {', '.join(card['eps'])}",
              f"- **Architecture / method**: {card['architecture']} / {card['method']}",
              f"- **Clean accuracy**: {card['clean_acc']:.2f}%",
              f"- **Weights SHA-256**: `{card['weights_sha256']}`", "",
@@ -104,11 +110,11 @@ def card_markdown(card: dict) -> str:
              "| eps | worst case (%) | papers' protocol (%) |", "| --- | --- | --- |"]
     for r in card["robust_acc"]:
         protocol = "-" if r["protocol"] is None else f"{r['protocol']:.2f}"
-        lines.append(f"| {r['eps']} | {r['worst_case']:.2f} | {protocol} |")
+        lines.append(f"| {r['eps']}{unit} | {r['worst_case']:.2f} | {protocol} |")
     checks = card["checks"]
     lines += ["", "## Gradient-masking checks", "", f"{checks['summary']}.", ""]
     if checks["checks"]:
-        lines += [f"At eps {format_eps(checks['eps'])} on {checks['n']} images:", "",
+        lines += [f"At eps {format_eps(checks['eps'])}{unit} on {checks['n']} images:", "",
                   "| check | status | numbers |", "| --- | --- | --- |"]
         lines += [f"| {c['name']} | {c['status']} | {c['detail'].replace('|', '/')} |" for c in checks["checks"]]
     sw = card["software"]

@@ -14,9 +14,12 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
                    in exact arithmetic) is not stronger than PGD-k on the float32 cross-entropy:
                    catches logits times a constant wherever it weakens CE-PGD, which DLR's
                    own gap to CE hides
-  unbounded        unbounded PGD-100 (step 0.01) drives accuracy to <= `zero_tol`
-  bound            at eps 0.5 accuracy is at most the largest class share (the constant 0.5
-                   image lies in every ball), for the ensemble and every cached curve point
+  unbounded        unbounded PGD-100 (step 0.01; in L2 0.01 sqrt(C H W), the length of that
+                   sign step) drives accuracy to <= `zero_tol`
+  bound            accuracy is at most what the constant 0.5 image allows (``accuracy_bound``):
+                   in L-inf at eps 0.5 the largest class share (the 0.5 image lies in every
+                   ball), in L2 per image, by its distance to the 0.5 image; for the ensemble
+                   and every cached curve point
   gradient_free    the ensemble's gradient-free stage (Square) finds no point every gradient
                    attack missed, at the check's eps and at every eps of the run's cached
                    curves (where it does, gradients are masked there: the default number holds
@@ -50,7 +53,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from robustgan.attacks import DEFAULT_TARGETS, AttackSettings, Batching, attack_mode, default_step_size
+from robustgan.attacks import DEFAULT_TARGETS, AttackSettings, Batching, attack_mode, default_step_size, get_norm
 from robustgan.attacks.outputs import is_probabilities
 from robustgan.attacks.threat import RANDOM_TOL, classifier, eval_mode, loss_and_grad, model_device, probe_classes
 from robustgan.eps import format_eps
@@ -65,7 +68,27 @@ from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import default_eps, load_model
 from robustgan.train import ensure_trained
 
-BOUND_EPS = 0.5  # every [0, 1] image lies within 0.5 of the constant 0.5 image
+BOUND_EPS = 0.5  # L-inf: every [0, 1] image lies within 0.5 of the constant 0.5 image
+
+
+def bound_eps(norm: str, x: torch.Tensor) -> float:
+    """The eps at which every [0, 1] image's ball holds the constant 0.5 image: 0.5 in L-inf,
+    0.5 sqrt(C H W) in L2."""
+    return BOUND_EPS * get_norm(norm).unbounded(x)
+
+
+def accuracy_bound(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, classes: int) -> float:
+    """The highest accuracy any classifier can have at ``eps``: a point whose ball holds the
+    constant 0.5 image c (||x_i - c|| <= eps) is robust only if f(c) = y_i, and c gets one class,
+    so of those points at most the largest class count is robust; the others may all be. In
+    L-inf at eps >= 0.5 every point's ball holds c: the bound is the largest class share. x uint8
+    or [0, 1] (n, C, H, W), y (n,)."""
+    if not len(y):
+        return 0.0
+    images = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    inside = get_norm(norm).size(images - 0.5).cpu() <= eps + 1e-6
+    most = torch.bincount(y.cpu()[inside], minlength=classes).max().item() if inside.any() else 0
+    return (int((~inside).sum()) + most) / len(y)
 
 
 @dataclass
@@ -84,6 +107,7 @@ class CheckSettings:
     autoattack: bool = True
     autoattack_limit: int = 200
     seed: int = 0  # the attacks' random starts, drawn per test point
+    norm: str = "linf"  # the threat model: eps and every attack are in it
 
     def min_effect(self, name: str) -> float:
         if self.tol is not None:
@@ -123,7 +147,7 @@ class Checking:
         """Which points stay correct under ``settings`` at ``eps`` (bool (n,)), through the engine:
         from the run's cache, or measured once per check run."""
         subject = self.subject if subject is None else subject
-        settings = replace(settings, seed=self.settings.seed)
+        settings = replace(settings, seed=self.settings.seed, norm=self.settings.norm)
         key = (settings, eps, len(subject.y), id(subject.source))
         if key not in self._masks:
             self._masks[key] = cached_mask(subject, eps, settings, Batching(self.ctx.device, self.ctx.batch_size))
@@ -143,7 +167,7 @@ class Checking:
         """The ensemble over ``grid`` in one uncached pass (its per-point results before the query
         stages too)."""
         settings = AttackSettings("ensemble", steps=self.settings.ensemble_steps, targets=self.settings.targets,
-                                  queries=self.settings.queries, seed=self.settings.seed)
+                                  queries=self.settings.queries, seed=self.settings.seed, norm=self.settings.norm)
         return run_attack(replace(self.subject, cache=None), self.grid, settings, self.ctx, exact=True)
 
     def ensemble(self, eps: float | None = None) -> torch.Tensor:
@@ -291,7 +315,8 @@ def check_gradient_free(c: Checking) -> CheckResult:
 
 @register_check("unbounded")
 def check_unbounded(c: Checking) -> CheckResult:
-    acc = c.attack(AttackSettings("pgd", steps=c.settings.unbounded_steps, step_size=0.01), math.inf).float().mean().item()
+    step = 0.01 * get_norm(c.settings.norm).unbounded(c.subject.x)  # in L2 the length of an L-inf step of 0.01
+    acc = c.attack(AttackSettings("pgd", steps=c.settings.unbounded_steps, step_size=step), math.inf).float().mean().item()
     return CheckResult("unbounded", "pass" if acc <= c.settings.zero_tol else "warn",
                        f"unbounded PGD-{c.settings.unbounded_steps} leaves {acc:.1%} correct (must be <= {c.settings.zero_tol:.0%})",
                        {"accuracy": acc})
@@ -299,23 +324,28 @@ def check_unbounded(c: Checking) -> CheckResult:
 
 @register_check("bound")
 def check_bound(c: Checking) -> CheckResult:
-    """The threat model's own bound: at eps >= 0.5 the constant 0.5 image is in every ball,
-    so no classifier is right on more than the largest class share of the test set."""
-    x, y = c.subject.x, c.subject.y
+    """The threat model's own bound (``accuracy_bound``): at ``bound_eps`` (0.5 in L-inf) every
+    point's ball holds the constant 0.5 image, so no classifier is right on more than the largest
+    class share of the test set; a cached curve point at any other eps is held to the bound at
+    its eps (L2; in L-inf the points at eps >= 0.5)."""
+    x, y, norm = c.subject.x, c.subject.y, c.settings.norm
+    at = bound_eps(norm, x)
     share = torch.bincount(y.cpu(), minlength=c.num_classes).float() / max(len(y), 1)
-    bound = share.max().item()
+    bound = accuracy_bound(x, y, at, norm, c.num_classes)
     with torch.no_grad():
         grey = torch.full((1, *x.shape[1:]), 0.5, device=c.ctx.device)
         grey_class = int(c.model(grey).argmax(1).item())
-    acc = c.ensemble(BOUND_EPS).float().mean().item()
-    over = {e: a for e, a in c.reported.items() if e >= BOUND_EPS and a > bound + 1e-9}
-    detail = (f"ensemble at eps {BOUND_EPS}: {acc:.1%} vs the bound {bound:.1%} (largest class share; the 0.5 image "
-              f"alone leaves {share[grey_class].item():.1%})")
+    acc = c.ensemble(at).double().mean().item()
+    # 1e-6: float32 accuracies against exact fractions (a point is 1 / n, far more)
+    over = {e: a for e, a in c.reported.items() if a > accuracy_bound(x, y, e, norm, c.num_classes) + 1e-6}
+    detail = (f"ensemble at eps {format_eps(at)}: {acc:.1%} vs the bound {bound:.1%} (largest class share; the 0.5 "
+              f"image alone leaves {share[grey_class].item():.1%})")
     if c.reported:
-        detail += f"; cached curve points at eps >= {BOUND_EPS}: " + (
+        where = f"eps >= {BOUND_EPS}" if norm == "linf" else "each eps (the bound per image distance to 0.5)"
+        detail += f"; cached curve points at {where}: " + (
             ", ".join(f"{a:.1%} at {e:g}" for e, a in sorted(over.items())) + " exceed it" if over else "all within it")
-    return CheckResult("bound", "warn" if acc > bound + 1e-9 or over else "pass", detail,
-                       {"accuracy": acc, "bound": bound, "grey_class": grey_class,
+    return CheckResult("bound", "warn" if acc > bound + 1e-6 or over else "pass", detail,
+                       {"accuracy": acc, "bound": bound, "grey_class": grey_class, "eps": at,
                         "over": {str(e): a for e, a in over.items()}})
 
 
@@ -357,7 +387,7 @@ def check_autoattack(c: Checking) -> CheckResult:
         return skipped("autoattack", "torchattacks not installed")
     n = min(len(c.subject.y), c.settings.autoattack_limit)
     ours = c.ensemble()[:n]
-    theirs = c.attack(AttackSettings("autoattack"), c.settings.eps, c.subject.first(n))
+    theirs = c.attack(AttackSettings("autoattack"), c.settings.eps, c.subject.first(n))  # in the check's norm
     return compare(c, "autoattack", ours, theirs, "our ensemble", "AutoAttack (torchattacks)", f" on {n} images")
 
 
@@ -390,10 +420,16 @@ def run_checks(c: Checking, on_result=None) -> list[CheckResult]:
     return results
 
 
+def check_file(norm: str = "linf") -> str:
+    """The file a run's checks in ``norm`` are saved to: check.json (L-inf), check-l2.json."""
+    return "check.json" if norm == "linf" else f"check-{norm}.json"
+
+
 def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext = EvalContext(), *,
               surrogate: str | None = None, surrogate_epochs: int = 5, on_result=None) -> list[CheckResult]:
     """The `robustgan check` command: every check on a run's defended model, saved to
-    <run>/check.json. ``settings.eps`` None is the run's eval or training eps; the attacks'
+    <run>/check.json (in L2 check-l2.json, ``check_file``). ``settings.eps`` None is the run's
+    eval or training eps (in its training norm); the attacks'
     seed, batch size and device are the context's. ``surrogate`` is a run directory, or 'auto' to
     train a standard model of the same backbone into <run>/surrogate (independent seed) first."""
     settings = CheckSettings() if settings is None else settings
@@ -413,16 +449,17 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
     elif surrogate:
         surrogate_model = load_model(Path(surrogate))
     s = replace(settings, eps=eps)
+    reported = (cache.highest_accuracies(n, BOUND_EPS) if s.norm == "linf"
+                else cache.highest_accuracies(n, 0.0, math.inf, norm=s.norm))
     c = Checking(replace(subject, model=classifier(subject.model)), s, ctx,
                  None if surrogate_model is None else classifier(surrogate_model),
-                 method_class(cfg.method.name).graybox_model(subject.model), cache.highest_accuracies(n, BOUND_EPS),
-                 cache.ensemble_eps(n))
+                 method_class(cfg.method.name).graybox_model(subject.model), reported, cache.ensemble_eps(n, s.norm))
     results = run_checks(c, on_result)
-    report = {"eps": eps, "n": n, "alpha": s.alpha, "tol": s.tol,
+    report = {"eps": eps, "norm": s.norm, "n": n, "alpha": s.alpha, "tol": s.tol,
               "min_effects": {k: s.min_effect(k) for k, spec in CHECKS.items() if spec.min_effect is not None},
               "steps": s.steps, "long_steps": s.long_steps, "restarts": s.restarts, "ensemble_steps": s.ensemble_steps,
               "targets": s.targets, "queries": s.queries, "status": overall_status(results),
               "summary": summary_line(results), "checks": [r.as_dict() for r in results]}
-    atomic_write(run.file("check.json"), json.dumps(report, indent=1))
+    atomic_write(run.file(check_file(s.norm)), json.dumps(report, indent=1))
     return results
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustgan.attacks import AttackSettings, Batching, WorstCase, attack_label, get_attack
+from robustgan.attacks import AttackSettings, Batching, WorstCase, attack_label, get_attack, get_norm
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.distributed import sharded
 from robustgan.eps import format_eps
@@ -68,20 +68,21 @@ def compute_curve(subject: Subject | str | Path, eps_grid: list[float], settings
     is False or the attack is PGD. Under torchrun the test points are sharded across ranks.
     ``eval`` prints one of these; ``curve`` and ``report`` plot several."""
     get_attack(settings.name)  # an unknown attack, "none" included: one AttackError naming every choice
+    settings.check()
     subject = subject if isinstance(subject, Subject) else Subject.open(subject, ctx)
     protocol = protocol and settings.name != "pgd"
     columns = len(eps_grid) * (2 if protocol else 1)
     advance = ctx.advance(subject.path.name if subject.path else "evaluate", len(subject.y) * columns)
     start = time.perf_counter()
     found = run_attack(subject, eps_grid, settings, ctx, advance)
-    paper = run_attack(subject, eps_grid, AttackSettings("pgd", steps=PROTOCOL_STEPS, seed=settings.seed), ctx,
-                       advance).correct if protocol else None
+    paper = run_attack(subject, eps_grid, AttackSettings("pgd", steps=PROTOCOL_STEPS, seed=settings.seed,
+                                                         norm=settings.norm), ctx, advance).correct if protocol else None
     s, n = found.settings.resolved(), len(subject.y)
     spec = s.spec
     summary = {"attack": s.name, "attacks": found.attacks, "steps": s.steps if spec.steps is not None else None,
                "restarts": s.restarts, "targets": s.targets if s.name == "ensemble" else None,
                "queries": s.queries if "queries" in spec.key else None,
-               "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": s.seed,
+               "protocol": f"pgd-{PROTOCOL_STEPS}" if protocol else None, "seed": s.seed, "norm": s.norm,
                "seconds": time.perf_counter() - start, "cost": found.cost, "decisions_only": found.decisions_only}
     cfg = subject.config
     return Curve(str(subject.path), method_label(cfg) if cfg else "model", eps_train(cfg) if cfg else 0.0,
@@ -103,7 +104,8 @@ def min_norm_distances(subject: Subject, curve: Curve, ctx: EvalContext = EvalCo
     order = sorted(range(len(curve.eps)), key=curve.eps.__getitem__)
     s = curve.settings
     found = WorstCase([curve.eps[i] for i in order], curve.correct[:, order], curve.clean_correct, s["attacks"], 0, 0.0)
-    settings = AttackSettings("ensemble", steps=s["steps"], targets=s["targets"], seed=s["seed"])
+    settings = AttackSettings("ensemble", steps=s["steps"], targets=s["targets"], seed=s["seed"],
+                              norm=s.get("norm", "linf"))
     batching = Batching(ctx.device, ctx.batch_size, ctx.advance("min-norm", len(y)))
     return sharded(lambda ids: refine_min_eps(
         subject.model, x[ids], y[ids], WorstCase(found.eps, found.correct[ids], found.clean[ids], found.attacks, 0, 0.0),
@@ -131,7 +133,7 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
                 label=f"{c.method}, eps_t={format_eps(c.eps_t)} (area {c.auc:.3f})")
         if c.protocol is not None:  # the papers' protocol beside the worst case, never instead of it
             ax.plot(c.eps, c.protocol, ls="none", color=colours[c.eps_t], marker="x", ms=5, alpha=0.8)
-    ax.set_xlabel("eps_i (test perturbation, L-inf)")
+    ax.set_xlabel(f"eps_i (test perturbation, {get_norm(curves[0].settings.get('norm', 'linf')).title})")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -100,6 +100,7 @@ def run_attack(subject: Subject, eps: list[float], settings: AttackSettings, ctx
     pairs) done. ``exact``: run these settings as they are, the ensemble even on a randomized
     model (the checks compare named attacks). Every module's mode is as it was on return."""
     start = time.perf_counter()
+    settings.check()  # an attack without a version in the settings' norm: one line
     model, x, y = subject.model, subject.x, subject.y
     batching = Batching(ctx.device, ctx.batch_size, advance, ctx.channels_last)
     with eval_mode(model):

@@ -39,17 +39,19 @@ class Evaluation:
     seconds: float
     decisions_only: float = 0.0  # fraction of points whose outputs carry only the decision: accuracies are upper bounds
     passes_by_stage: dict | None = None  # the ensemble's passes per stage: gradient evaluations, or forwards (queries)
+    norm: str = "linf"  # the threat model the radii are in
 
     def __repr__(self) -> str:
         bound = "<= " if self.decisions_only else ""
         accuracy = ", ".join(f"{e:g}: {bound}{a:.1%}" for e, a in self.accuracy.items())
         warning = f", {decisions_only_warning(self.decisions_only)}" if self.decisions_only else ""
-        return f"Evaluation({self.attack}, n={len(self.correct)}, clean {self.clean:.1%}, {{{accuracy}}}{warning})"
+        norm = "" if self.norm == "linf" else f", {self.norm.upper()}"
+        return f"Evaluation({self.attack}{norm}, n={len(self.correct)}, clean {self.clean:.1%}, {{{accuracy}}}{warning})"
 
 
-def eps_list(eps) -> list[float]:
+def eps_list(eps, norm: str = "linf") -> list[float]:
     """One radius or several, as floats in ascending order: numbers, numpy or 0-d tensor scalars,
-    fractions like "8/255", or a list, tuple, array or tensor of them."""
+    fractions like "8/255", or a list, tuple, array or tensor of them; each checked for ``norm``."""
     if isinstance(eps, (str, int, float)) or getattr(eps, "ndim", None) == 0:
         eps = [eps]
     try:
@@ -58,7 +60,7 @@ def eps_list(eps) -> list[float]:
         values = [parse_number(e.item() if hasattr(e, "item") else e) for e in eps]
     except (TypeError, ValueError, ZeroDivisionError):
         raise AttackError(f"eps must be a radius (0.3, 8 / 255, \"8/255\") or a list of them, got {eps!r}") from None
-    values = sorted(check_eps(e) for e in values)
+    values = sorted(check_eps(e, norm) for e in values)
     if not values or len(set(values)) != len(values):
         raise AttackError(f"eps must be one radius or a list of distinct radii, got {values}")
     return values
@@ -78,8 +80,9 @@ def attack_settings(attack: str | AttackSettings, options: dict) -> AttackSettin
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack: str | AttackSettings = "ensemble",
              batch_size: int = 256, device=None, **options) -> Evaluation:
     """Robust accuracy of ``model`` (any nn.Module mapping [0, 1] images to class scores) on
-    ``x`` (N, C, H, W), uint8 or float in [0, 1], and int64 labels ``y`` (N,), at every L-inf
-    radius of ``eps`` (a number, "8/255", or a list of them; pixel scale, e.g. 0.3 or 8 / 255).
+    ``x`` (N, C, H, W), uint8 or float in [0, 1], and int64 labels ``y`` (N,), at every radius of
+    ``eps`` (a number, "8/255", or a list of them; pixel scale, e.g. 0.3 or 8 / 255), in L-inf, or
+    with ``norm="l2"`` in L2 (the Euclidean distance over all pixels, e.g. 0.5 on CIFAR-10).
 
     The model may return logits, log-probabilities or probabilities, as a tensor, the first item
     of a tuple, a dict's "logits" or an output's ``.logits``; float16 and float64 images and
@@ -87,14 +90,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack:
     point over its stages, docs/evaluation.md) or any name of ``robustgan.attacks.attack_names()``,
     or an ``AttackSettings``; on a model whose outputs change between two passes the ensemble is
     replaced by "eot". ``options`` are ``AttackSettings``' fields (``steps``, ``step_size``,
-    ``restarts``, ``targets``, ``queries``, ``seed``), each defaulting to the attack's own (100
+    ``restarts``, ``targets``, ``queries``, ``seed``, ``norm``), each defaulting to the attack's own (100
     steps, 5000 Square queries, seed 0); APGD-T is left out below 4 classes. ``device`` defaults to the model's. The model is attacked in eval mode
     and handed back unchanged: every module's mode, every parameter and buffer as they were.
     Where the outputs carry only decisions (``decisions_only`` > 0) the accuracies are upper
     bounds, and the result says so. Bad arguments raise ``robustgan.attacks.AttackError`` (a
     ValueError)."""
-    eps = eps_list(eps)
-    settings = attack_settings(attack, options)
+    settings = attack_settings(attack, options).check()
+    eps = eps_list(eps, settings.norm)
     if not isinstance(x, torch.Tensor) or not len(x):
         raise AttackError("x must be a non-empty tensor of images (N, C, H, W)")
     check_images(x.float().div(255) if x.dtype == torch.uint8 else x.float(), y)
@@ -106,4 +109,4 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, attack:
     cost = found.cost or {}
     return Evaluation(eps, dict(zip(eps, fractions(found.correct))), found.correct, fractions(found.clean),
                       found.settings.name, found.attacks, cost.get("grad_evals"), cost.get("forwards"), found.seconds,
-                      found.decisions_only, cost.get("by_stage"))
+                      found.decisions_only, cost.get("by_stage"), settings.norm)

@@ -26,8 +26,10 @@ def saliency(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return grad.abs().amax(1, keepdim=True)
 
 
-def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_root=None, device="cpu") -> Path:
-    """One PNG: a row pair per run (images, saliency), a column per eps_i (0 = clean)."""
+def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_root=None, device="cpu",
+                  norm: str = "linf") -> Path:
+    """One PNG: a row pair per run (images, saliency), a column per eps_i (0 = clean), the
+    adversarial images by PGD in ``norm``."""
     plt = pyplot()
 
     eps_cols = [0.0, *eps_list]
@@ -40,7 +42,7 @@ def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_r
         x, y = x_all[index:index + 1].float().div(255).to(device), y_all[index:index + 1].to(device)
         for c, eps in enumerate(eps_cols):
             torch.manual_seed(0)
-            x_adv = pgd(model, x, y, eps, steps, default_step_size(eps, steps)) if eps > 0 else x
+            x_adv = pgd(model, x, y, eps, steps, default_step_size(eps, steps), norm=norm) if eps > 0 else x
             with torch.no_grad():
                 pred = int(model(x_adv).argmax(1))
             sal = saliency(model, x_adv, y)[0, 0].cpu()
@@ -48,7 +50,8 @@ def saliency_grid(runs, index: int, eps_list, out: Path, steps: int = 40, data_r
             img = x_adv[0].permute(1, 2, 0).squeeze(-1).cpu().numpy()
             img_ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
             sal_ax.imshow(sal.numpy(), cmap="hot")
-            img_ax.set_title(("clean" if eps == 0 else f"eps_i={format_eps(eps)}") + f"\npred {pred}", fontsize=7,
+            unit = "" if norm == "linf" or eps == 0 else f" ({norm.upper()})"
+            img_ax.set_title(("clean" if eps == 0 else f"eps_i={format_eps(eps)}{unit}") + f"\npred {pred}", fontsize=7,
                              color="black" if pred == int(y) else "red")
             for ax in (img_ax, sal_ax):
                 ax.set_xticks([])

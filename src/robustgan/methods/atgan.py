@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robustgan import models
+from robustgan.config import check_norm
 from robustgan.errors import ConfigError
 from robustgan.methods.base import (GeneratorOptimConfig, Method, batch_accuracy, build_classifier, frozen,
                                     make_optimizer, register_method, update)
@@ -47,6 +48,7 @@ class ATGANConfig(InnerAttackConfig, GeneratorOptimConfig):
 
     def validate(self):
         super().validate()  # the inner attack's and the generator optimizer's settings
+        check_norm(self.norm, "method.norm", "atgan (paper 000)", ("linf",))
         if self.generator != "auto" and (self.generator not in models.MODELS
                                          or models.kind(self.generator) != "image_generator"):
             raise ConfigError(f"method.generator: {self.generator!r} is not an image generator "

@@ -201,6 +201,12 @@ def eps_train(cfg: Config) -> float:
     return method_class(cfg.method.name).train_eps(cfg) or 0.0
 
 
+def norm_train(cfg: Config) -> str:
+    """The threat model the run was trained in (``method.norm``; "linf" for a method without one):
+    the norm its training eps, its held-out eps and, by default, its evaluations are in."""
+    return getattr(cfg.method, "norm", "linf")
+
+
 # ------------------------------------------------------------------ helpers shared by methods
 def build_classifier(cfg: Config, geometry: Geometry) -> nn.Module:
     return models.build(cfg.model.name, geometry.num_classes, geometry.channels, image_size=geometry.image_size,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from robustgan.attacks.threat import attack_mode, loss_and_grad
-from robustgan.config import check_eps_value
+from robustgan.config import check_eps_value, check_norm
 from robustgan.errors import ConfigError
 from robustgan.methods.base import MethodConfig, batch_accuracy, register_method
 from robustgan.methods.pgd_at import eps_now
@@ -35,9 +35,12 @@ class FGSMRSConfig(MethodConfig):
     noise: float = 1.0  # the random start's half-width, in units of eps (0 = plain FGSM)
     clip: bool = True  # project the example back to the eps ball
     ramp_epochs: int = 0  # grow eps linearly from 0 over the first epochs
+    norm: str = "linf"  # the single-step methods are defined in L-inf only
 
     def validate(self):
         super().validate()
+        check_norm(self.norm, "method.norm", f"{self.name} (a signed step, Wong et al. 2020; de Jorge et al. 2022)",
+                   ("linf",))
         check_eps_value(self.eps, "method.eps")
         if not self.step > 0 or self.noise < 0 or self.ramp_epochs < 0:
             raise ConfigError(f"method.step must be positive, method.noise and method.ramp_epochs >= 0; got "

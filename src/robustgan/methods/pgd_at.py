@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from robustgan.attacks import default_step_size, pgd
-from robustgan.config import check_eps_value, check_frac
+from robustgan.config import check_eps_value, check_frac, check_norm
 from robustgan.errors import ConfigError
 from robustgan.methods.base import MethodConfig, batch_accuracy, register_method
 from robustgan.methods.standard import Standard
@@ -26,10 +26,12 @@ class InnerAttackConfig(MethodConfig):
     random_start: bool = True
     frac: float = 1.0  # FracAT: fraction of each batch made adversarial
     ramp_epochs: int = 0  # grow eps linearly from 0 over the first epochs
+    norm: str = "linf"  # the threat model of the inner attack and of eps: "linf" or "l2"
 
     def validate(self):
         super().validate()
-        check_eps_value(self.eps, "method.eps")
+        check_norm(self.norm, "method.norm", self.name)
+        check_eps_value(self.eps, "method.eps", norm=self.norm)
         check_frac(self.frac, "method.frac")
         if self.steps <= 0:
             raise ConfigError(f"method.steps must be positive, got {self.steps}")
@@ -63,7 +65,7 @@ def make_adversarial(model, x, y, mcfg: InnerAttackConfig, epoch: int) -> tuple[
     if n_adv == 0 or eps == 0:
         return x, n_adv
     x_adv = pgd(model, x[:n_adv], y[:n_adv], eps, mcfg.steps, step_size_for(mcfg, eps), mcfg.random_start,
-                best=False, check=False)  # Madry et al. train on the last iterate
+                best=False, check=False, norm=mcfg.norm)  # Madry et al. train on the last iterate
     return torch.cat([x_adv, x[n_adv:]]), n_adv
 
 

@@ -12,8 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from robustgan.attacks import AttackSettings
+from robustgan.attacks import AttackSettings, get_norm
 from robustgan.eps import format_eps, grid_for
+from robustgan.evaluation.checks import check_file
 from robustgan.evaluation.context import EvalContext
 from robustgan.evaluation.curves import Curve, area, caption, compute_curve, method_label, plot_curves
 from robustgan.evaluation.frontier import frontier_points, plot_frontier
@@ -120,10 +121,11 @@ def frontier_html(points, eps: float) -> str:
             "a run is on the Pareto front when no other run is at most as costly and at least as robust.</p>")
 
 
-def check_html(run: RunDir) -> str:
-    path = run.file("check.json")
+def check_html(run: RunDir, norm: str = "linf") -> str:
+    path = run.file(check_file(norm))
     if not path.is_file():
-        return f"<p>No check report: run <code>robustgan check {html.escape(str(run.path))}</code>.</p>"
+        flag = "" if norm == "linf" else f" --norm {norm}"
+        return f"<p>No check report: run <code>robustgan check {html.escape(str(run.path))}{flag}</code>.</p>"
     report = json.loads(path.read_text())
     labels = {"pass": "pass", "warn": "WARN", "skipped": "skipped"}
     rows = "".join(
@@ -131,7 +133,8 @@ def check_html(run: RunDir) -> str:
         f"<td style=\"text-align:left\">{html.escape(c['detail'])}</td></tr>"
         for c in report["checks"])
     return (f"<table><tr><th>check</th><th>status</th><th>numbers</th></tr>{rows}</table>"
-            f'<p class="caption">{html.escape(summary_line(report["checks"]))}. eps = {format_eps(report["eps"])}, '
+            f'<p class="caption">{html.escape(summary_line(report["checks"]))}. eps = {format_eps(report["eps"])}'
+            f'{"" if norm == "linf" else " (" + get_norm(norm).title + ")"}, '
             f'n = {report["n"]} test images, PGD-{report["steps"]} / PGD-{report["long_steps"]}, '
             f'{report["restarts"]} restarts; paired checks warn at p &lt; {report.get("alpha", ALPHA):g} '
             "(one-sided sign test) and at least their minimum effect.</p>")
@@ -144,14 +147,14 @@ def build_report(runs: list[Path], out: Path, settings: AttackSettings = AttackS
     runs = [Path(r) for r in runs]
     configs = [RunDir(r).config() for r in runs]
     dataset = configs[0].data.name
-    grid = eps_grid or grid_for(dataset)
+    grid = eps_grid or grid_for(dataset, norm=settings.norm)
     curves = [compute_curve(r, grid, settings, ctx) for r in runs]  # the worst-case ensemble, the papers' PGD-40 beside it
     parts = [f"<h1>robustgan report</h1><p>{len(runs)} runs on <b>{dataset}</b>; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by robustgan {__version__}.</p>"]
     summary = "".join(
         f"<tr><td>{html.escape(str(r))}</td><td>{method_label(c)}</td><td>{format_eps(eps_train(c))}</td>"
         f"<td>{100 * cv.clean:.1f}</td><td>{cv.auc:.3f}</td><td>{area(cv.eps, cv.protocol) if cv.protocol else float('nan'):.3f}</td>"
-        f"<td>{_check_status(RunDir(r))}</td></tr>"
+        f"<td>{_check_status(RunDir(r), settings.norm)}</td></tr>"
         for r, c, cv in zip(runs, configs, curves))
     parts.append("<h2>Summary</h2><table><tr><th>run</th><th>method</th><th>eps_t</th><th>clean %</th>"
                  "<th>curve area (worst case)</th><th>curve area (PGD-40, papers' protocol)</th>"
@@ -169,7 +172,7 @@ def build_report(runs: list[Path], out: Path, settings: AttackSettings = AttackS
             parts.append("<h2>Robustness against training cost</h2>" + img(png_data_uri(tmp / "frontier.png"), "frontier")
                          + frontier_html(points, at))
         sal_eps = grid[::max(1, len(grid) // 3)][:3]
-        saliency_grid(runs, index, sal_eps, tmp / "saliency.png", steps, ctx.data_root)
+        saliency_grid(runs, index, sal_eps, tmp / "saliency.png", steps, ctx.data_root, norm=settings.norm)
         parts.append("<h2>Saliency maps</h2>" + img(png_data_uri(tmp / "saliency.png"), "saliency grid")
                      + f'<p class="caption">Test image {index}: PGD-{steps} adversarial images per eps_i and '
                        "their gradient saliency |d logit_y / dx| (Simonyan et al.).</p>")
@@ -177,7 +180,7 @@ def build_report(runs: list[Path], out: Path, settings: AttackSettings = AttackS
             run = RunDir(r)
             parts.append(f"<h2>Run {html.escape(str(r))}</h2>")
             parts.append("<h3>Training</h3>" + img(training_figure(run), f"training curves of {r}"))
-            parts.append("<h3>Gradient-masking checks</h3>" + check_html(run))
+            parts.append("<h3>Gradient-masking checks</h3>" + check_html(run, settings.norm))
             if run.file("model_card.md").is_file():
                 card_uri = html.escape(os.path.relpath(run.file("model_card.md").resolve(), Path(out).resolve().parent))
                 parts.append(f'<p>Model card: <a href="{card_uri}">model_card.md</a> (and model_card.json).</p>')
@@ -194,8 +197,8 @@ def build_report(runs: list[Path], out: Path, settings: AttackSettings = AttackS
     return out
 
 
-def _check_status(run: RunDir) -> str:
-    path = run.file("check.json")
+def _check_status(run: RunDir, norm: str = "linf") -> str:
+    path = run.file(check_file(norm))
     if not path.is_file():
         return "not run"
     checks = json.loads(path.read_text())["checks"]
