@@ -184,6 +184,14 @@ def digits_runs(tmp_path_factory):
     return trained_once(tmp_path_factory, "digits", train)
 
 
+@preset(seconds=12)
+def l2_run(tmp_path_factory):
+    """The L2 PGD-AT digits preset at test size (helpers.TEST_SIZE). Shared, as digits_runs."""
+    from tests.helpers import train_preset, trained_once
+
+    return trained_once(tmp_path_factory, "l2", lambda out: train_preset("pgd-at-l2-digits", out))
+
+
 @preset(seconds=33)
 def atgan_run(tmp_path_factory, digits_runs):
     """The ATGAN preset at test size, its loss network the standard run (``method.loss_net_run``;
