@@ -52,30 +52,30 @@ def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str:
 
 
 def reference(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float],
-              cache: Path = CACHE) -> dict[float, dict]:
-    """{eps: {"correct": (n,) bool, "backward", "forward", "seconds"}} of standard AutoAttack on
-    ``model`` (eval mode) at each eps, each eps attacked on its own as AutoAttack is run; x uint8
-    or float in [0, 1]. Read from ``cache`` where there, else computed and written."""
+              cache: Path = CACHE, norm: str = "linf") -> dict[float, dict]:
+    """{eps: {"correct": (n,) bool, "backward", "forward", "seconds"}} of standard AutoAttack in
+    ``norm`` on ``model`` (eval mode) at each eps, each eps attacked on its own as AutoAttack is
+    run; x uint8 or float in [0, 1]. Read from ``cache`` where there, else computed and written."""
     from robustgan.attacks.autoattack import autoattack
 
     xf = x.float().div(255) if x.dtype == torch.uint8 else x.float()
     key = fingerprint(model, xf, y)
     found = {}
     for e in eps:
-        path = cache / f"{name}-{key}-{e:g}.json"
+        path = cache / f"{name}-{key}-{'' if norm == 'linf' else norm + '-'}{e:g}.json"
         if path.is_file():
             got = json.loads(path.read_text())
         else:
             counted = Counted(model).eval()
             start = time.perf_counter()
-            x_adv = autoattack(counted, xf, y, e, num_classes=10)
+            x_adv = autoattack(counted, xf, y, e, num_classes=10, norm=norm)
             with torch.no_grad():
                 correct = model(x_adv).argmax(1) == y
             got = {"correct": correct.tolist(), "backward": counted.backwards,
                    "forward": counted.forwards, "seconds": time.perf_counter() - start}
             cache.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(got))
-            print(f"    autoattack {name} eps {e:g}: {got['seconds']:.0f} s, "
+            print(f"    autoattack {name} eps {e:g} ({norm}): {got['seconds']:.0f} s, "
                   f"{100 * correct.float().mean():.1f}%", file=sys.stderr, flush=True)
         found[e] = {**got, "correct": torch.tensor(got["correct"], dtype=torch.bool)}
     return found
@@ -91,12 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="pgd-at-digits,tiny-threshold,tiny-softmax,tiny-x1e4,tiny,atgan-digits")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--eps", default=",".join(map(str, GRID)))
+    parser.add_argument("--norm", default="linf", choices=("linf", "l2"))
     args = parser.parse_args(argv)
     x, y = load("digits", split="test")
     x, y = x[:args.limit], y[:args.limit]
     eps = [float(e) for e in args.eps.split(",")]
     for name, model in models(args.models.split(",")).items():
-        got = reference(name, model, x, y, eps)
+        got = reference(name, model, x, y, eps, norm=args.norm)
         print(f"{name}: " + ", ".join(f"{e:g} {100 * g['correct'].float().mean():.1f}%" for e, g in got.items()))
 
 

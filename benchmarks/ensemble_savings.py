@@ -82,6 +82,9 @@ def models(names: list[str]) -> dict[str, nn.Module]:
     if "pgd-at-digits" in names:
         from eval_engine import trained_run
         found["pgd-at-digits"] = load_model(trained_run("pgd-at-digits", ROOT / "runs" / "bench-eval", False))
+    if "pgd-at-l2-digits" in names:
+        from eval_engine import trained_run
+        found["pgd-at-l2-digits"] = load_model(trained_run("pgd-at-l2-digits", ROOT / "runs" / "bench-eval", False))
     if "atgan-digits" in names:
         from eval_engine import trained_run
         found["atgan-digits"] = load_model(trained_run("atgan-digits", ROOT / "runs" / "bench-eval", False))

@@ -8,6 +8,8 @@ PGD and our PGD-40, on trained digits models: as strong, and cheaper per accurac
         --aa-eps 0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5 --curves ""   # ours against AutoAttack alone
     python benchmarks/eval_engine.py --against-aa pgd-at-digits,tiny,tiny-threshold --limit 200 \
         --eps 0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5 --single 0.2   # the cost table, CR beside
+    python benchmarks/eval_engine.py --against-aa pgd-at-l2-digits,tiny,tiny-threshold --norm l2 --limit 200 \
+        --eps 0.5,1,1.5,2,2.5,3 --single 2   # the same in L2, against standard AutoAttack in L2
 
 ``--against-aa``: on each named model (benchmarks/ensemble_savings.py's: the digits presets, the
 tests' tiny PGD-AT CNN and its planted wrappers), the default over the curve and at each
@@ -296,14 +298,14 @@ def bench_preset(run: Path, args, eps: list[float], device) -> dict:
 
 
 # ------------------------------------------------------------------ against AutoAttack, per model
-def cr_correct(counted, x, y, eps: list[float]) -> torch.Tensor:
-    """(n, len(eps)) correct under the CR attack (``--attack cr``), one eps at a time."""
+def cr_correct(counted, x, y, eps: list[float], norm: str = "linf") -> torch.Tensor:
+    """(n, len(eps)) correct under the CR attack (``--attack cr``) in ``norm``, one eps at a time."""
     from robustgan.attacks.cr import cr_attack
 
     xf = x.float().div(255) if x.dtype == torch.uint8 else x.float()
     columns = []
     for e in eps:
-        x_adv, _ = cr_attack(counted, xf, y, e)
+        x_adv, _ = cr_attack(counted, xf, y, e, norm=norm)
         columns.append(predicts(counted.model, x_adv, y))  # scored uncounted, as AutoAttack's examples are
     return torch.stack(columns, 1)
 
@@ -316,25 +318,27 @@ def passes(counted, fn) -> tuple[torch.Tensor, int, int, float]:
     return got, counted.backwards, counted.forwards, time.perf_counter() - start
 
 
-def against_autoattack(name: str, model: nn.Module, x, y, grid: list[float], single: list[float]) -> dict:
+def against_autoattack(name: str, model: nn.Module, x, y, grid: list[float], single: list[float],
+                       norm: str = "linf") -> dict:
     """The default (over the grid, and at each eps of ``single`` alone) and the CR attack against
     standard AutoAttack (``aa_reference``: run once per model, images and eps, then cached) on
-    ``model``: accuracy per eps, backward and forward passes per point, seconds."""
+    ``model``, all in ``norm``: accuracy per eps, backward and forward passes per point, seconds."""
     from aa_reference import Counted, reference
 
     counted, n = Counted(model).eval(), len(y)
-    aa = reference(name, model, x, y, sorted(set(grid) | set(single)))
-    ours, back, fwd, sec = passes(counted, lambda: worst_case(counted, x, y, grid, AttackSettings()).correct)
-    cr, cr_back, cr_fwd, cr_sec = passes(counted, lambda: cr_correct(counted, x, y, grid))
-    row = {"n": n, "grid": grid, "aa": [100 * aa[e]["correct"].float().mean().item() for e in grid],
+    default = AttackSettings(norm=norm)
+    aa = reference(name, model, x, y, sorted(set(grid) | set(single)), norm=norm)
+    ours, back, fwd, sec = passes(counted, lambda: worst_case(counted, x, y, grid, default).correct)
+    cr, cr_back, cr_fwd, cr_sec = passes(counted, lambda: cr_correct(counted, x, y, grid, norm))
+    row = {"n": n, "norm": norm, "grid": grid, "aa": [100 * aa[e]["correct"].float().mean().item() for e in grid],
            "ours": (100 * ours.float().mean(0)).tolist(), "cr": (100 * cr.float().mean(0)).tolist(),
            "fooled_by_aa_only": [int((ours[:, k] & ~aa[e]["correct"]).sum()) for k, e in enumerate(grid)],
            "curve": {"aa": [sum(aa[e][k] for e in grid) / n for k in ("backward", "forward")] +
                      [sum(aa[e]["seconds"] for e in grid)],
                      "ours": [back / n, fwd / n, sec], "cr": [cr_back / n, cr_fwd / n, cr_sec]}, "single": {}}
     for e in single:
-        alone, b, f, s = passes(counted, lambda: worst_case(counted, x, y, [e], AttackSettings()).correct[:, 0])
-        cr_alone, cb, cf, cs = passes(counted, lambda: cr_correct(counted, x, y, [e])[:, 0])
+        alone, b, f, s = passes(counted, lambda: worst_case(counted, x, y, [e], default).correct[:, 0])
+        cr_alone, cb, cf, cs = passes(counted, lambda: cr_correct(counted, x, y, [e], norm)[:, 0])
         row["single"][e] = {"aa": 100 * aa[e]["correct"].float().mean().item(), "ours": 100 * alone.float().mean().item(),
                             "cr": 100 * cr_alone.float().mean().item(),
                             "fooled_by_aa_only": int((alone & ~aa[e]["correct"]).sum()),
@@ -348,7 +352,8 @@ def aa_table(results: dict) -> str:
     lines = []
     for name, r in results.items():
         grid = r["grid"]
-        lines += [f"### {name}: first {r['n']} digits test images", "",
+        unit = "" if r.get("norm", "linf") == "linf" else f", {r['norm'].upper()} radii"
+        lines += [f"### {name}: first {r['n']} digits test images{unit}", "",
                   "| attack | " + " | ".join(format_eps(e) for e in grid) + " |", "| --- " * (len(grid) + 1) + "|"]
         for key, label in (("aa", "standard AutoAttack"), ("ours", "ours (default, the curve)"), ("cr", "CR")):
             lines.append(f"| {label} | " + " | ".join(f"{a:.1f}" for a in r[key]) + " |")
@@ -462,6 +467,8 @@ def main(argv: list[str] | None = None):
                              "over --eps and at each --single eps alone; --limit images (default 200)")
     parser.add_argument("--single", type=lambda s: [parse_number(v) for v in s.split(",")], default=[0.2],
                         help="with --against-aa: the eps evaluated alone (default 0.2)")
+    parser.add_argument("--norm", default="linf", choices=("linf", "l2"),
+                        help="with --against-aa: the threat model of every attack and of --eps")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -473,8 +480,9 @@ def main(argv: list[str] | None = None):
         found = {}
         for name, model in models(args.against_aa.split(",")).items():
             print(f"  {name}", file=sys.stderr, flush=True)
-            found[name] = against_autoattack(name, model, x, y, sorted(args.eps), args.single)
-            print(aa_table({name: found[name]}), flush=True)
+            key = name if args.norm == "linf" else f"{name} ({args.norm})"
+            found[key] = against_autoattack(name, model, x, y, sorted(args.eps), args.single, args.norm)
+            print(aa_table({key: found[key]}), flush=True)
         out = ROOT / "benchmarks" / "results_against_aa.json"  # per model: a run adds or replaces its models
         kept = json.loads(out.read_text()) if out.is_file() else {}
         out.write_text(json.dumps(kept | found, indent=1))

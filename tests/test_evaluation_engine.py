@@ -397,13 +397,14 @@ def test_pgd_stops_on_fooled_points_without_changing_any_result(robust_tiny, dig
     """PGD (best iterate) drops a sample from the batch once it is misclassified: the same
     per-sample examples as the plain loop that steps every sample every time."""
     from robustgan.attacks.gradient import _keep_better, _score, _start
-    from robustgan.attacks.threat import attack_mode, loss_and_grad, sample_noise
+    from robustgan.attacks.threat import attack_mode, ball, get_norm, loss_and_grad, sample_noise
 
     _, _, x, y = digits
     x, y = x[:200], y[:200]
     eps, steps, step_size = 0.2, 20, 0.025
     with attack_mode(robust_tiny):
-        x_adv, lo, hi = _start(x, eps, True, sample_noise(x, seed, None, 0))
+        linf = get_norm("linf")
+        x_adv, (lo, hi) = _start(x, eps, True, sample_noise(x, seed, None, 0), linf.projection(x, eps), linf), ball(x, eps)
         x_adv.requires_grad_(True)
         keep = None
         for _ in range(steps):

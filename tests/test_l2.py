@@ -89,9 +89,9 @@ def test_what_has_no_l2_version_refuses_it_in_one_line(robust_tiny, digits):
         AttackSettings("rays", norm="l2").check()
     with pytest.raises(AttackError, match="unknown norm 'l1'"):
         robustgan.evaluate(robust_tiny, xt[:4], yt[:4], 1.0, norm="l1")
-    with pytest.raises(AttackError, match="use the l2 norm"):
+    with pytest.raises(AttackError, match="the L2 threat model, norm l2"):
         robustgan.evaluate(robust_tiny, xt[:4], yt[:4], 2.0)  # an L2 radius given in L-inf
-    for preset in ("fgsm-rs-digits", "n-fgsm-digits", "atgan-digits"):
+    for preset in ("fgsm-rs-digits", "n-fgsm-digits", "atgan-digits", "gan-at-digits-grad"):
         with pytest.raises(ConfigError, match="defined in linf only"):
             load_config(CONFIGS / f"{preset}.toml", ["method.norm=l2"])
 

@@ -103,8 +103,8 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
     margins): after the j-th checkpoint the rows still far from fooled at ``ratios[j-1]``
     (``_gives_up``) stop. One function on purpose: its state is the algorithm's, and splitting
     it would pass fourteen per-sample tensors between the pieces."""
-    radius = eps.view(-1, 1, 1, 1).to(x.dtype)
-    eta = 2 * radius
+    proj = norm.projection(x, eps)  # onto each row's ball and the box (rows dropped with ``live``)
+    eta = 2 * eps.view(-1, 1, 1, 1).to(x.dtype)
     out = start.clone()
     out_loss = torch.full((len(x),), -math.inf, device=x.device)
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -151,14 +151,14 @@ def _apgd_once(model, x, y, target, eps, start, steps, loss_fn, early_stop, grou
             out[live[left]], out_loss[live[left]] = best_x[left].detach(), best_loss[left]
             keep = ~stop
             (live, cur, prev, loss, grad, best_x, best_loss, best_grad, best_margin, success, reduced_last, best_last,
-             eta, radius) = (t[keep] for t in (live, cur, prev, loss, grad, best_x, best_loss, best_grad, best_margin,
-                                               success, reduced_last, best_last, eta, radius))
+             eta, proj) = (t[keep] for t in (live, cur, prev, loss, grad, best_x, best_loss, best_grad, best_margin,
+                                             success, reduced_last, best_last, eta, proj))
             if not len(live):
                 break
         with torch.no_grad():  # eq. (3)
-            z = norm.project(cur + eta * norm.direction(grad), x[live], radius)
+            z = proj(cur + eta * norm.direction(grad))
             step = 1.0 if k == 1 else ALPHA  # the first step has no momentum (Alg. 1, line 3)
-            prev, cur = cur, norm.project(cur + step * (z - cur) + (1 - step) * (cur - prev), x[live], radius)
+            prev, cur = cur, proj(cur + step * (z - cur) + (1 - step) * (cur - prev))
         new_loss, grad, logits = evaluate(cur)
         hit = logits.argmax(1) != y[live]
         best_margin = torch.maximum(best_margin, margin(logits, y[live]))

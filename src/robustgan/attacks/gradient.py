@@ -51,24 +51,25 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, chec
         return _keep_better(x, logits.argmax(1) != y, loss, x_adv, *_score(model, x_adv, y))[0]
 
 
-def _start(x, eps, random_start, noise, ball):
-    """The first PGD iterate: x, or x + eps * noise (a point of the unit ball) projected."""
+def _start(x, eps, random_start, noise, proj, ball):
+    """The first PGD iterate: x, or x + eps * noise (a point of the unit ball) projected by ``proj``."""
     x_adv = x.clone()
     if random_start and not math.isinf(eps):
         noise = ball.noise(x, None) if noise is None else noise
-        x_adv = ball.project(x_adv.add_(noise, alpha=eps), x, eps)
+        proj(x_adv.add_(noise, alpha=eps))
     return x_adv
 
 
 def _pgd_last(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce", ball=get_norm("linf")):
     """One PGD run (Madry et al. 2018, paper 000 eq. 2), x <- Proj(x + a * sign(grad)) (in L2,
     grad / ||grad||_2); returns the last iterate. The training attack: no host sync."""
-    x_adv = _start(x, eps, random_start, noise, ball)
+    proj = ball.projection(x, eps)
+    x_adv = _start(x, eps, random_start, noise, proj, ball)
     x_adv.requires_grad_(True)
     for _ in range(steps):
         _, grad = loss_and_grad(model, x_adv, y, loss=loss_name)
         with torch.no_grad():  # step and projection in place on the leaf
-            x_adv.copy_(ball.project(x_adv.add_(ball.direction(grad), alpha=step_size), x, eps))
+            proj(x_adv.add_(ball.direction(grad, inplace=True), alpha=step_size))
     return x_adv.detach()
 
 
@@ -85,7 +86,8 @@ def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss
     is misclassified (its result cannot change; in eval mode the others' steps do not depend
     on it), which saves the cost of fooled points and changes no sample's result (up to the
     kernels' determinism across batch sizes)."""
-    x_adv = _start(x, eps, random_start, noise, ball)
+    proj = ball.projection(x, eps)
+    x_adv = _start(x, eps, random_start, noise, proj, ball)
     keep = (x_adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device),
             torch.full((len(x),), -math.inf, device=x.device))
     live = torch.arange(len(x), device=x.device)  # samples still attacked
@@ -95,7 +97,7 @@ def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss
         point = point.detach()
         _merge_at(keep, live, point, logits.argmax(1) != y[live], loss)
         with torch.no_grad():
-            x_adv[live] = ball.project(point + step_size * ball.direction(grad), x[live], eps)
+            x_adv[live] = proj[live](point + step_size * ball.direction(grad))
         live = live[~keep[1][live]]
         if not len(live):
             break

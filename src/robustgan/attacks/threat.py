@@ -64,12 +64,53 @@ def l2_sizes(delta: torch.Tensor) -> torch.Tensor:
     return delta.flatten(1).float().norm(dim=1)
 
 
+class Projection:
+    """The projection of one batch (x (N, C, H, W), eps per sample) onto its balls intersected
+    with the box, what it needs computed once: ``proj(z)`` projects z in place and returns it,
+    ``proj[keep]`` is the projection of the rows ``keep`` (an attack dropping finished rows)."""
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, keep) -> Projection:
+        raise NotImplementedError
+
+
+class BoxBounds(Projection):
+    """L-inf: per pixel, the bounds max(x - eps, 0) and min(x + eps, 1)."""
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor):
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, z):
+        return z.clamp_(self.lo, self.hi)
+
+    def __getitem__(self, keep):
+        return BoxBounds(self.lo[keep], self.hi[keep])
+
+
+class L2Scaling(Projection):
+    """L2: delta = z - x scaled onto the ball where it is longer than eps, then the box."""
+
+    def __init__(self, x: torch.Tensor, radius: torch.Tensor):
+        self.x, self.radius = x, radius  # radius (N, 1, 1, 1), inf where unbounded
+
+    def __call__(self, z):
+        delta = z.sub_(self.x)
+        sizes = l2_sizes(delta).to(z.dtype).view_as(self.radius)
+        scale = torch.where(sizes > self.radius, self.radius / sizes.clamp(min=1e-12), torch.ones_like(sizes))
+        return delta.mul_(scale).add_(self.x).clamp_(0, 1)
+
+    def __getitem__(self, keep):
+        return L2Scaling(self.x[keep], self.radius[keep])
+
+
 class Norm:
     """One threat model: the ball {x' : ||x' - x|| <= eps} intersected with the [0, 1] box, on
-    images (N, C, H, W). ``project`` maps any point into it, ``direction`` is the unit step of
-    steepest ascent of a gradient, ``noise`` a random point of the unit ball (a random start is
-    ``project(x + eps * noise)``), ``size`` the distance that is bounded. eps inf is the box
-    alone: the ball of radius ``unbounded`` holds it."""
+    images (N, C, H, W). ``projection(x, eps)`` maps points into it (``project`` once),
+    ``direction`` is the unit step of steepest ascent of a gradient, ``noise`` a random point of
+    the unit ball (a random start is ``project(x + eps * noise)``), ``size`` the distance that is
+    bounded. eps inf is the box alone: the ball of radius ``unbounded`` holds it."""
 
     name = ""
     title = ""  # for people: "L-inf", "L2"
@@ -83,10 +124,15 @@ class Norm:
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    def projection(self, x: torch.Tensor, eps: float | torch.Tensor) -> Projection:
+        """The projection onto the balls of radius ``eps`` (one number, or one per sample) around x."""
         raise NotImplementedError
 
-    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """x_adv (not changed) projected onto the ball of radius eps around x and the box."""
+        return self.projection(x, eps)(x_adv.clone())
+
+    def direction(self, grad: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
     def noise(self, like: torch.Tensor, seed: int | torch.Tensor | None, ids: torch.Tensor | None = None,
@@ -109,7 +155,7 @@ class LInf(Norm):
     def check_eps(self, eps: float) -> float:
         eps = float(eps)
         if math.isnan(eps) or eps < 0 or (eps > 1 and not math.isinf(eps)):
-            hint = " (an L2 radius? use the l2 norm: --norm l2, norm=\"l2\")" if eps > 1 else ""
+            hint = " (an L2 radius? evaluate in the L2 threat model, norm l2)" if eps > 1 else ""
             raise AttackError(f"eps must be in [0, 1] (pixel scale) or inf for the unbounded attack, got {eps}{hint}")
         return eps
 
@@ -119,12 +165,11 @@ class LInf(Norm):
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.flatten(1).abs().amax(1)
 
-    def project(self, x_adv, x, eps):
-        lo, hi = ball(x, eps)
-        return torch.max(torch.min(x_adv, hi), lo)
+    def projection(self, x, eps):
+        return BoxBounds(*ball(x, eps))
 
-    def direction(self, grad):
-        return grad.sign()
+    def direction(self, grad, inplace=False):
+        return grad.sign_() if inplace else grad.sign()
 
     def noise(self, like, seed, ids=None, stream=0):
         if seed is None:
@@ -156,17 +201,12 @@ class L2(Norm):
     def size(self, delta: torch.Tensor) -> torch.Tensor:
         return l2_sizes(delta)
 
-    def project(self, x_adv, x, eps):
-        if not isinstance(eps, torch.Tensor) and math.isinf(eps):
-            return x_adv.clamp(0, 1)
-        delta = x_adv - x
-        sizes = l2_sizes(delta).to(x.dtype).view(-1, *[1] * (x.ndim - 1))
-        radius = _per_sample(eps, x)
-        scale = torch.where(sizes > radius, radius / sizes.clamp(min=1e-12), torch.ones_like(sizes))
-        return (x + delta * scale).clamp_(0, 1)
+    def projection(self, x, eps):
+        return L2Scaling(x, _per_sample(eps, x))
 
-    def direction(self, grad):
-        return grad / l2_sizes(grad).to(grad.dtype).clamp(min=1e-12).view(-1, *[1] * (grad.ndim - 1))
+    def direction(self, grad, inplace=False):
+        sizes = l2_sizes(grad).to(grad.dtype).clamp(min=1e-12).view(-1, *[1] * (grad.ndim - 1))
+        return grad.div_(sizes) if inplace else grad / sizes
 
     def noise(self, like, seed, ids=None, stream=0):
         # uniform in the unit d-ball: the first d coordinates of a uniform point of the unit

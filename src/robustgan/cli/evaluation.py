@@ -86,6 +86,8 @@ def eval_(
     check_eval_options(attack, steps, targets, restarts, limit, batch_size, step_size, min_norm)
     check_common(queries=queries)
     run = single_subject(run, model, weights, dataset, data_root, results)
+    if eps:
+        parse_eps_list(eps, norm="l2")  # the list's own errors first (L2's range is the wider one)
     norm = resolve_norm(norm, run)
     require(bool(eps) or norm == norm_train(RunDir(run).config()),
             f"pass --eps: this run's eval and training eps are in {get_norm(norm_train(RunDir(run).config())).title}")
@@ -280,16 +282,18 @@ def check(
       robustgan check runs/pgd-at-l2-digits --norm l2 --eps 2   # saved to check-l2.json
     """
     run = single_subject(run, model, weights, dataset, data_root, results)
-    norm = resolve_norm(norm, run)
-    require(eps is not None or norm == norm_train(RunDir(run).config()),
-            f"pass --eps: this run's eval and training eps are in {get_norm(norm_train(RunDir(run).config())).title}")
-    eps_value = parse_one_eps(eps, "--eps", norm) if eps is not None else None
+    if eps is not None:
+        parse_one_eps(eps, "--eps", "l2")  # the value's own errors first (L2's range is the wider one)
     for option, value in (("--steps", steps), ("--long-steps", long_steps), ("--autoattack-limit", autoattack_limit)):
         positive(option, value)
     check_common(limit=limit, restarts=restarts, queries=queries)
     check_attack("ensemble", None, targets)
     require(tol is None or 0 <= tol <= 1, f"--tol must be in [0, 1], got {tol}")
     require(long_steps > steps, f"--long-steps ({long_steps}) must exceed --steps ({steps})")
+    norm = resolve_norm(norm, run)
+    require(eps is not None or norm == norm_train(RunDir(run).config()),
+            f"pass --eps: this run's eval and training eps are in {get_norm(norm_train(RunDir(run).config())).title}")
+    eps_value = parse_one_eps(eps, "--eps", norm) if eps is not None else None
     console = err_console if as_json else out_console  # --json: stdout holds the JSON alone
     check_ensemble_steps(ensemble_steps, console, "bound and autoattack may warn falsely, protocol understates "
                                                   "PGD's gap")

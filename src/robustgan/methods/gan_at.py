@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from robustgan import models
 from robustgan.attacks.threat import attack_mode, loss_and_grad
-from robustgan.config import check_eps_value
+from robustgan.config import check_eps_value, check_norm
 from robustgan.errors import ConfigError
 from robustgan.methods.base import (GeneratorOptimConfig, Method, batch_accuracy, build_classifier, frozen,
                                     make_optimizer, register_method, update)
@@ -34,9 +34,11 @@ class GANATConfig(GeneratorOptimConfig):  # generators: Adam 2e-4 (0.5, 0.9), th
     generators: int = 1  # 1, or 2 for dual generators
     width: int = 1  # generator filters x1 (128 residual channels) or x2 (256)
     z_channels: int = 4  # latent noise channels for x,z (not given in the paper)
+    norm: str = "linf"  # the generator's output eps * tanh(h) is an L-inf bound by construction
 
     def validate(self):
         super().validate()
+        check_norm(self.norm, "method.norm", "gan_at (paper 002: a perturbation eps * tanh(h))", ("linf",))
         if self.inputs not in FORMULATIONS:
             raise ConfigError(f"method.inputs must be one of {', '.join(FORMULATIONS)}; got {self.inputs!r}")
         check_eps_value(self.eps, "method.eps")
