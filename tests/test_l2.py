@@ -32,8 +32,10 @@ def test_the_l2_projection_lands_in_the_ball_and_the_box_and_starts_are_uniform(
     eps = torch.rand(64) * 3
     projected = L2.project(far, x, eps)
     assert (L2.size(projected - x) <= eps + 1e-5).all() and projected.min() >= 0 and projected.max() <= 1
+    before = far.clone()
     inside = L2.project(x + 1e-3 * torch.randn_like(x), x, 1.0).clamp(0, 1)
     assert torch.allclose(L2.project(inside, x, 1.0), inside)  # a point of the ball and box stays put
+    assert torch.equal(far, before)  # project() leaves its argument as it was
     # uniform in the unit 16-ball: P(|u| <= r) = r^16, so half the draws lie within 0.5^(1/16)
     noise = L2.noise(torch.empty(4000, 1, 4, 4), seed, torch.arange(4000))
     sizes = L2.size(noise)
@@ -56,6 +58,28 @@ def test_every_attack_with_an_l2_version_stays_in_the_l2_ball_and_the_box(name, 
     x_adv = spec.run(model, x, y, eps, args)
     assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1, name
     assert (L2.size(x_adv - x) <= eps * (1 + 1e-5)).all(), (name, L2.size(x_adv - x).max().item())
+
+
+def test_square_l2_moves_mass_between_windows_keeping_the_norm(seed):
+    """Alg. 3: on 3 channels, a perturbation of norm eps keeps norm eps through a query before any
+    rescaling (the budget left unused shared over the channels, window 2's mass moved into window 1)."""
+    from robustgan.attacks.square_l2 import l2_update, tail_table
+
+    delta = torch.randn(8, 3, 32, 32)
+    delta = delta / L2.size(delta).view(-1, 1, 1, 1) * 2.0
+    side = torch.tensor([3, 5, 7, 9, 15, 25, 31, 31]).view(-1, 1)
+    grid = torch.arange(32)
+    new = l2_update(delta, torch.full((8,), 2.0), torch.rand(8, 8), side, grid, grid, tail_table(32))
+    assert torch.allclose(L2.size(new), torch.full((8,), 2.0), rtol=1e-4)
+    assert not torch.allclose(new, delta)
+
+
+def test_unbounded_l2_pgd_reaches_any_image(robust_tiny, digits):
+    """eps inf in L2: the default step is the L2 length of L-inf's 0.01 (0.28 on 28x28 images), so
+    PGD-100 moves as far as the L-inf unbounded attack and fools every point."""
+    _, _, xt, yt = digits
+    correct = robust_mask(robust_tiny, xt[:64], yt[:64], math.inf, AttackSettings("pgd", steps=100, norm="l2"))
+    assert correct.float().mean() < 0.05
 
 
 def test_standard_autoattack_in_l2_runs_each_part_in_l2(robust_tiny):
@@ -87,6 +111,8 @@ def test_what_has_no_l2_version_refuses_it_in_one_line(robust_tiny, digits):
     _, _, xt, yt = digits
     with pytest.raises(AttackError, match="rays is defined in L-inf only, not in L2"):
         AttackSettings("rays", norm="l2").check()
+    with pytest.raises(AttackError, match="rays is defined in L-inf only"):  # the one-batch-loop path too
+        robust_mask(robust_tiny, xt[:4], yt[:4], 1.0, AttackSettings("rays", norm="l2"))
     with pytest.raises(AttackError, match="unknown norm 'l1'"):
         robustgan.evaluate(robust_tiny, xt[:4], yt[:4], 1.0, norm="l1")
     with pytest.raises(AttackError, match="the L2 threat model, norm l2"):
@@ -142,7 +168,8 @@ def test_honest_models_trip_no_check_in_l2(model_kind, seed):
     assert bound.values["eps"] == pytest.approx(0.5 * math.sqrt(xt[0].numel()))  # every ball holds the grey image
 
 
-def test_the_l2_digits_preset_trains_and_its_curve_checks_and_card_render(l2_run, tmp_path, monkeypatch, capsys):
+def test_the_l2_digits_preset_trains_and_its_curve_checks_and_card_render(l2_run, digits_runs, tmp_path, monkeypatch,
+                                                                         capsys):
     run = copy_run(l2_run, tmp_path / "run")
     small = ["--limit", "24", "--steps", "5", "--targets", "1", "--queries", "20"]
     done = run_main(["eval", run, *small, "--json"], monkeypatch, capsys)  # the run's own norm and eps: L2, 2.0
@@ -165,3 +192,6 @@ def test_the_l2_digits_preset_trains_and_its_curve_checks_and_card_render(l2_run
     assert_one_line(done, "pass --eps: this run's eval and training eps are in L2")
     done = run_main(["eval", run, "--attack", "rays", "--eps", "1"], monkeypatch, capsys)
     assert_one_line(done, "rays is defined in L-inf only")
+    done = run_main(["curve", run, digits_runs / "pgd", "--eps", "0.1", *small, "--out", tmp_path / "mixed"],
+                    monkeypatch, capsys)  # an L2 and an L-inf run: which norm is meant?
+    assert_one_line(done, "these runs were trained in different norms (l2, linf): pass --norm")

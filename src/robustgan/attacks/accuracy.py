@@ -33,7 +33,7 @@ def robust_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float =
     are drawn per point from them and ``settings.seed`` (default 0; None: torch's generator). ``num_classes`` is read from the model's outputs (it is the
     fallback on an empty set). Every module's mode is as it was on return (``threat.eval_mode``)."""
     device = model_device(model) if batching.device is None else batching.device
-    spec = settings.attack_at(eps)
+    spec = settings.check().attack_at(eps)  # an attack without a version in the settings' norm: refused
     model = classifier(model)
     source = model if source is None else classifier(source)
     if batching.channels_last:

@@ -238,8 +238,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
     if prune is not None and (groups is None or min(prune, default=1) < 1):
         raise AttackError(f"prune needs groups and quotas of at least 1, got {prune}")
     x, y = x.detach(), y.detach()
-    ball = get_norm(norm)
-    eps = ball.radius(eps, x)  # inf: the radius whose ball holds the [0, 1] box
+    threat = get_norm(norm)
+    eps = threat.radius(eps, x)  # inf: the radius whose ball holds the [0, 1] box
     with attack_mode(model):
         target = _target(model, x, y, loss, target, target_rank)
         best = APGDResult(x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device), 0)
@@ -251,13 +251,13 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, steps: 
                 start = x_init.detach()[todo]
             else:
                 seeds = seed[todo.cpu()] if isinstance(seed, torch.Tensor) else seed
-                noise = ball.noise(x[todo], seeds, sample_ids[todo.cpu()], stream=r)
-                start = ball.project(x[todo] + eps[todo].view(-1, 1, 1, 1) * noise, x[todo], eps[todo])
+                noise = threat.noise(x[todo], seeds, sample_ids[todo.cpu()], stream=r)
+                start = threat.project(x[todo] + eps[todo].view(-1, 1, 1, 1) * noise, x[todo], eps[todo])
             got, got_loss = _apgd_once(model, x[todo], y[todo], None if target is None else target[todo], eps[todo],
                                        start, int(steps), LOSSES[loss], early_stop,
                                        None if groups is None else groups[todo], prune, int(eot),
                                        None if give_up is None or (r > 0 and x_init is not None)
-                                       else (give_up[0], give_up[1][todo]), ball)
+                                       else (give_up[0], give_up[1][todo]), threat)
             better = got.fooled | (got_loss > best_loss[todo])
             idx = todo[better]
             best.x_adv[idx], best.fooled[idx], best_loss[idx] = got.x_adv[better], got.fooled[better], got_loss[better]
@@ -292,7 +292,7 @@ def _register_apgd(loss: str, help: str) -> None:
         return apgd_run(model, x, y, eps, steps=args.steps, loss=loss, restarts=args.restarts, seed=args.seed or 0,
                         ids=args.ids, norm=args.norm).x_adv
 
-    register_attack(f"apgd-{loss}", steps=100, key=("steps", "restarts"), help=help)(run)
+    register_attack(f"apgd-{loss}", steps=100, key=("steps", "restarts"), norms=("linf", "l2"), help=help)(run)
 
 
 _register_apgd("ce", "APGD on the cross-entropy (Croce & Hein 2020, Alg. 1)")

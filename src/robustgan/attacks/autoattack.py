@@ -57,9 +57,10 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         return x.detach().clone()
     with attack_mode(model):
         x_adv = standard_autoattack(model, eps, num_classes, seed, norm)(x, y).detach()
-    return get_norm(norm).project(x_adv, x, eps)  # torchattacks' L2 parts can end a rounding error outside
+    # torchattacks' L2 parts can end a rounding error outside the ball (L-inf left as it returns)
+    return get_norm(norm).project(x_adv, x, eps) if norm == "l2" else x_adv
 
 
-@register_attack("autoattack", help="standard AutoAttack with its published arguments (needs torchattacks)")
+@register_attack("autoattack", norms=("linf", "l2"), help="standard AutoAttack with its published arguments (needs torchattacks)")
 def _autoattack(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     return autoattack(model, x, y, eps, num_classes=args.num_classes, norm=args.norm)

@@ -44,8 +44,8 @@ def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
     (N, C, H, W) float in [0, 1], model outputs logits. Steps, seed and ids as ``apgd_run``;
     APGD-T runs only on models with at least 4 classes (``usable_targets``). ``norm``: the threat
     model ("linf" or "l2"), the relaxed balls and the projection back in it."""
-    ball = get_norm(norm)
-    eps = min(check_eps(eps, norm), ball.unbounded(x))  # inf: the radius whose ball holds the [0, 1] box
+    threat = get_norm(norm)
+    eps = min(check_eps(eps, norm), threat.unbounded(x))  # inf: the radius whose ball holds the [0, 1] box
     if eps == 0:
         return x.detach().clone(), 0
     with attack_mode(model):
@@ -57,7 +57,7 @@ def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
             got = apgd_run(model, x, y, eps * (1 + r), steps=SCREEN, loss="ce-standardized", x_init=best, seed=seed,
                            ids=ids, norm=norm)
             evals += got.grad_evals
-            best = ball.project(got.x_adv, x, eps)
+            best = threat.project(got.x_adv, x, eps)
         with torch.no_grad():
             logits = model(best).float()
         worst_margin = margin(logits, y)
@@ -87,7 +87,7 @@ def cr_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
         return best.detach(), evals
 
 
-@register_attack("cr", steps=100, key=("steps",),
+@register_attack("cr", steps=100, key=("steps",), norms=("linf", "l2"),
                  help="the constraint-relaxation attack (CR, AAAI 2025), our reading: relaxed-ball screening, "
                       "far points given up, APGD-CE and APGD-T on the rest; no gradient-free stage")
 def _cr(model, x, y, eps, args: AttackArgs) -> torch.Tensor:

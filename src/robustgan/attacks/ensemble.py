@@ -233,9 +233,9 @@ def _descend(attacked: Attacked, eps: list[float], runs, settings: AttackSetting
         if examples is not None:
             examples[k] = worst.cpu()
         if k:  # the next eps starts from this one's example, scaled into its ball (inf: the box's radius)
-            ball = get_norm(settings.norm)
-            scale = eps[k - 1] / min(e, ball.unbounded(x)) if e > 0 else 0.0
-            start = ball.project(x + (worst - x) * scale, x, eps[k - 1])  # float rounding kept inside
+            threat = get_norm(settings.norm)
+            scale = eps[k - 1] / min(e, threat.unbounded(x)) if e > 0 else 0.0
+            start = threat.project(x + (worst - x) * scale, x, eps[k - 1])  # float rounding kept inside
             worst = torch.where(settled[:, None, None, None], start, worst)  # a settled point's example, scaled down
         batching.done(n)
     correct &= ~fooled_clean.cpu()[:, None]
@@ -348,7 +348,7 @@ def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: Wo
     """Each point's smallest fooling eps, narrowed by bisection between the largest grid eps
     it withstood and the smallest that fooled it (``rounds`` halvings of that gap, the
     ensemble's gradient stages at each midpoint, one restart): an upper bound on the point's
-    minimal adversarial L-inf norm, within gap / 2**rounds of the best those attacks find. inf
+    minimal adversarial norm (L-inf, or L2 in the settings' norm), within gap / 2**rounds of the best those attacks find. inf
     where never fooled."""
     settings = replace(settings, name="ensemble", restarts=1).resolved()
     device = model_device(model) if batching.device is None else batching.device
@@ -395,6 +395,7 @@ def _ensemble_settings(args: AttackArgs) -> AttackSettings:
 
 
 @register_attack("ensemble", steps=100, key=("steps", "restarts", "targets", "queries"), label=ensemble_label,
+                 norms=("linf", "l2"),
                  mask=_ensemble_mask, version=ENSEMBLE_VERSION, help=ensemble_help() + " (the default)")
 def _ensemble(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     found = worst_case(model, x, y, [eps], _ensemble_settings(args), Batching(x.device, len(y)), ids=args.ids,

@@ -71,7 +71,7 @@ def randomized_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     return RandomizedResult(x_adv, correct.cpu(), evals, time.perf_counter() - start)
 
 
-@register_attack("eot", steps=100, key=("steps",), help="for randomized models: APGD-CE and APGD-DLR with "
+@register_attack("eot", steps=100, key=("steps",), norms=("linf", "l2"), help="for randomized models: APGD-CE and APGD-DLR with "
                  "gradients averaged over 20 draws (AutoAttack's rand version)")
 def _eot(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     return randomized_attack(model, x, y, eps, steps=args.steps, seed=args.seed or 0, ids=args.ids, norm=args.norm).x_adv

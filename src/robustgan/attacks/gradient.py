@@ -39,37 +39,37 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, chec
     x itself for the samples x already fools or where the step lowered the loss (the best
     of the two iterates, as for PGD). The model runs in eval mode with frozen parameters;
     both are restored afterwards. ``check=False`` skips the input check (a host sync)."""
-    eps, ball = check_eps(eps, norm), get_norm(norm)
+    eps, threat = check_eps(eps, norm), get_norm(norm)
     if check:
         check_images(x, y)
     with attack_mode(model):
         x = x.detach()
         x_leaf = x.clone().requires_grad_(True)
         loss, grad, logits = loss_and_grad(model, x_leaf, y, logits=True)
-        radius = ball.unbounded(x) if math.isinf(eps) else eps
-        x_adv = ball.project(x + radius * ball.direction(grad), x, eps)
+        radius = threat.unbounded(x) if math.isinf(eps) else eps
+        x_adv = threat.project(x + radius * threat.direction(grad), x, eps)
         return _keep_better(x, logits.argmax(1) != y, loss, x_adv, *_score(model, x_adv, y))[0]
 
 
-def _start(x, eps, random_start, noise, proj, ball):
+def _start(x, eps, random_start, noise, proj, threat):
     """The first PGD iterate: x, or x + eps * noise (a point of the unit ball) projected by ``proj``."""
     x_adv = x.clone()
     if random_start and not math.isinf(eps):
-        noise = ball.noise(x, None) if noise is None else noise
+        noise = threat.noise(x, None) if noise is None else noise
         proj(x_adv.add_(noise, alpha=eps))
     return x_adv
 
 
-def _pgd_last(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce", ball=get_norm("linf")):
+def _pgd_last(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce", threat=get_norm("linf")):
     """One PGD run (Madry et al. 2018, paper 000 eq. 2), x <- Proj(x + a * sign(grad)) (in L2,
     grad / ||grad||_2); returns the last iterate. The training attack: no host sync."""
-    proj = ball.projection(x, eps)
-    x_adv = _start(x, eps, random_start, noise, proj, ball)
+    proj = threat.projection(x, eps)
+    x_adv = _start(x, eps, random_start, noise, proj, threat)
     x_adv.requires_grad_(True)
     for _ in range(steps):
         _, grad = loss_and_grad(model, x_adv, y, loss=loss_name)
         with torch.no_grad():  # step and projection in place on the leaf
-            proj(x_adv.add_(ball.direction(grad, inplace=True), alpha=step_size))
+            proj(x_adv.add_(threat.direction(grad, inplace=True), alpha=step_size))
     return x_adv.detach()
 
 
@@ -80,14 +80,14 @@ def _merge_at(keep: tuple, idx: torch.Tensor, *point) -> None:
 
 
 def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss_name="ce",
-              ball=get_norm("linf")) -> tuple[torch.Tensor, ...]:
+              threat=get_norm("linf")) -> tuple[torch.Tensor, ...]:
     """One PGD run keeping each sample's best iterate: (the first misclassified iterate, else
     the highest-loss one; misclassified; loss). A sample stops being attacked once an iterate
     is misclassified (its result cannot change; in eval mode the others' steps do not depend
     on it), which saves the cost of fooled points and changes no sample's result (up to the
     kernels' determinism across batch sizes)."""
-    proj = ball.projection(x, eps)
-    x_adv = _start(x, eps, random_start, noise, proj, ball)
+    proj = threat.projection(x, eps)
+    x_adv = _start(x, eps, random_start, noise, proj, threat)
     keep = (x_adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device),
             torch.full((len(x),), -math.inf, device=x.device))
     live = torch.arange(len(x), device=x.device)  # samples still attacked
@@ -97,7 +97,7 @@ def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss
         point = point.detach()
         _merge_at(keep, live, point, logits.argmax(1) != y[live], loss)
         with torch.no_grad():
-            x_adv[live] = proj[live](point + step_size * ball.direction(grad))
+            x_adv[live] = proj[live](point + step_size * threat.direction(grad))
         live = live[~keep[1][live]]
         if not len(live):
             break
@@ -122,19 +122,20 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     attacked once misclassified (with ``seed``, that changes no result, only the cost); ``best=False``
     returns the last iterate of one start instead (Madry et al.'s training attack, one
     forward pass cheaper per step). The model runs in eval mode with frozen parameters;
-    both are restored afterwards. Returns x_adv with |x_adv - x|_inf <= eps and x_adv in
+    both are restored afterwards. Returns x_adv with ||x_adv - x|| <= eps in ``norm`` and x_adv in
     [0, 1]. Random starts come from torch's global generator, or with ``seed`` from one
     stream per sample (its test-set index in ``ids``), independent of batch and shard, or are
     x + eps * ``noise`` (one start, ``best=False``: e.g. TRADES' x + 0.001 N(0, I)); random starts
     are uniform in the ball of ``norm``.
     ``steps`` defaults to the papers' PGD-40, ``step_size`` to 2.5 eps / steps
-    (``default_step_size``). ``check=False`` skips the input check (one host sync)."""
-    eps, ball = check_eps(eps, norm), get_norm(norm)
+    (``default_step_size``; unbounded, 0.01, times sqrt(C H W) in L2). ``check=False`` skips the input check (one host sync)."""
+    eps, threat = check_eps(eps, norm), get_norm(norm)
     if check:
         check_images(x, y)
     if int(steps) <= 0:
         raise AttackError(f"PGD steps must be positive, got {steps}")
-    step_size = default_step_size(eps, steps) if step_size is None else step_size
+    if step_size is None:  # unbounded: 0.01, in L2 the length of that L-inf step, 0.01 sqrt(C H W)
+        step_size = default_step_size(eps, steps) * (threat.unbounded(x) if math.isinf(eps) else 1.0)
     if not step_size > 0:
         raise AttackError(f"PGD step size must be positive, got {step_size}")
     if int(restarts) <= 0:
@@ -147,8 +148,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     with attack_mode(model):
         if not best and restarts == 1:
             if noise is None and seed is not None:
-                noise = ball.noise(x, seed, ids, stream=0)
-            return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise, loss, ball)
+                noise = threat.noise(x, seed, ids, stream=0)
+            return _pgd_last(model, x, y, eps, int(steps), float(step_size), random_start, noise, loss, threat)
         if loss == "dlr" and len(x):
             with torch.no_grad():
                 classes = model(x[:1]).shape[1]
@@ -160,8 +161,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
             todo = torch.arange(len(x), device=x.device) if keep is None else (~keep[1]).nonzero()[:, 0]
             if not len(todo):
                 break
-            noise = None if seed is None else ball.noise(x[todo], seed, ids[todo.cpu()], stream=r)
-            run = _pgd_best(model, x[todo], y[todo], eps, int(steps), float(step_size), random_start, noise, loss, ball)
+            noise = None if seed is None else threat.noise(x[todo], seed, ids[todo.cpu()], stream=r)
+            run = _pgd_best(model, x[todo], y[todo], eps, int(steps), float(step_size), random_start, noise, loss, threat)
             if keep is None:
                 keep = run
             else:
@@ -169,17 +170,18 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         return keep[0]
 
 
-@register_attack("fgsm", help="one signed-gradient step (Goodfellow et al. 2015)")
+@register_attack("fgsm", norms=("linf", "l2"), help="one signed-gradient step (Goodfellow et al. 2015; in L2 one "
+                 "normalized-gradient step, FGM)")
 def _fgsm_attack(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     return fgsm(model, x, y, eps, check=args.check, norm=args.norm)
 
 
 def _register_pgd(name: str, loss: str, help: str) -> None:
     def run(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
-        return pgd(model, x, y, eps, args.steps, args.step_size or default_step_size(eps, args.steps), True,
+        return pgd(model, x, y, eps, args.steps, args.step_size, True,
                    args.restarts, seed=args.seed, ids=args.ids, loss=loss, check=args.check, norm=args.norm)
 
-    register_attack(name, steps=40, key=("steps", "step_size", "restarts"), help=help)(run)
+    register_attack(name, steps=40, key=("steps", "step_size", "restarts"), norms=("linf", "l2"), help=help)(run)
 
 
 _register_pgd("pgd", "ce", "PGD on the cross-entropy, random start (Madry et al. 2018): the papers' protocol")

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from robustgan.attacks.registry import AttackArgs, register_attack
-from robustgan.attacks.threat import attack_mode, check_eps
+from robustgan.attacks.threat import AttackError, attack_mode, check_eps
 
 QUERIES = 5000  # per point, the budget of the ensemble's other gradient-free attack (Square)
 TOL = 1e-3  # binary search: the radius is found to within this (pixel scale)
@@ -103,6 +103,8 @@ def rays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries
                  help="RayS, decision-based: reads only the predicted label (Chen & Gu 2020); --steps or --queries: "
                       "queries per point")
 def _rays(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
+    if args.norm != "linf":
+        raise AttackError(f"rays is defined in L-inf only, not in {args.norm}")
     return rays(model, x, y, eps, queries=args.steps)
 
 

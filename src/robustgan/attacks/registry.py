@@ -67,7 +67,7 @@ class AttackSpec:
     mask: Callable | None = None
     version: int = ATTACK_VERSION
     queries_only: bool = False  # a gradient-free attack whose steps are its queries per point
-    norms: tuple[str, ...] = ("linf", "l2")  # the threat models it has a version in
+    norms: tuple[str, ...] = ("linf",)  # the threat models it has a version in (L2 is opt-in)
 
     def budget(self, steps: int | None, queries: int | None) -> tuple[int | None, int | None]:
         """(steps, queries) this attack runs with: ``steps`` None is its default; an attack whose
@@ -92,11 +92,11 @@ def _plain_label(settings: dict) -> str:
 def register_attack(name: str, *, steps: int | None = None, key: tuple[str, ...] = (), help: str,
                     label: Callable[[dict], str] | None = None, mask: Callable | None = None,
                     version: int = ATTACK_VERSION, queries_only: bool = False,
-                    norms: tuple[str, ...] = ("linf", "l2")):
+                    norms: tuple[str, ...] = ("linf",)):
     """Register ``run(model, x, y, eps, args: AttackArgs) -> x_adv`` under ``name`` (``mask``:
     the whole-set path of an attack that batches itself, ``AttackSpec.mask``; ``queries_only``: its
-    steps are queries, which a ``queries`` setting gives; ``norms``: the threat models it runs
-    in). Fails at
+    steps are queries, which a ``queries`` setting gives; ``norms``: the threat models it has a
+    version in, L-inf unless it says more: an attack that reads ``args.norm`` lists "l2"). Fails at
     once on a name taken, a key setting we do not know, an attack with steps whose key omits
     them (``--steps 10`` and ``--steps 100`` would share a cache entry), or no help line."""
     def register(run):

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from robustgan.attacks.apgd import margin
 from robustgan.attacks.registry import AttackArgs, register_attack
-from robustgan.attacks.square_l2 import l2_candidate, l2_side, l2_start
+from robustgan.attacks.square_l2 import l2_candidate, l2_side, l2_start, tail_table
 from robustgan.attacks.threat import attack_mode, ball, check_eps, get_norm, point_seed
 
 P_INIT = 0.8
@@ -55,8 +55,8 @@ def _draws(ids: list[int], chunks: list[int], seed: int, width: int) -> torch.Te
 def square_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, seed: int,
                 ids: torch.Tensor, start: torch.Tensor | None = None, warm: torch.Tensor | None = None,
                 norm: str = "linf"):
-    """Vertical stripes: x + eps * (one random sign per channel and column), in the box; eps
-    (n,) one per point (in L2, ``square_l2.l2_start``). The rows ``warm`` (n,) bool start at
+    """L-inf: vertical stripes, x + eps * (one random sign per channel and column), in the box;
+    L2: ``square_l2.l2_start``; eps (n,) one per point. The rows ``warm`` (n,) bool start at
     ``start`` instead (a point of their ball, e.g. a fooling example from a larger ball, scaled).
     Returns (x_init, logits)."""
     n, c, _, w = x.shape
@@ -95,7 +95,8 @@ class SquareSearch:
         _, self.channels, h, w = x.shape
         self.model, self.x, self.y, self.seed, self.queries, self.forwards = model, x, y, seed, queries, 0
         self.norm = get_norm(norm).name
-        self.width = (4 if self.norm == "l2" else 2) + self.channels  # uniforms per query: places, then signs
+        self.width = (5 if self.norm == "l2" else 2) + self.channels  # uniforms per query: places (a transpose), signs
+        self.tail = tail_table(max(h, w)).to(x.device, x.dtype)  # L2's ring weights
         if self.norm == "l2":
             sides = [l2_side(p_fraction(q, queries, p_init), h, w) for q in range(queries)]
         else:
@@ -162,7 +163,8 @@ class SquareSearch:
         u = rows["draws"][torch.arange(len(query), device=query.device), query % CHUNK]  # (k, width)
         side = self.sides[query][:, None]  # (k, 1)
         if self.norm == "l2":
-            candidate = l2_candidate(rows["x"], rows["best"], rows["eps"].view(-1), u, side, self.grid_h, self.grid_w)
+            candidate = l2_candidate(rows["x"], rows["best"], rows["eps"].view(-1), u, side, self.grid_h, self.grid_w,
+                                     self.tail)
         else:
             candidate = self._linf_candidate(rows, u, side)
         with torch.no_grad():
@@ -226,7 +228,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queri
     return x_adv
 
 
-@register_attack("square", steps=QUERIES, key=("steps",), queries_only=True, help="Square Attack, gradient-free "
+@register_attack("square", steps=QUERIES, key=("steps",), queries_only=True, norms=("linf", "l2"), help="Square Attack, gradient-free "
                  "(Andriushchenko et al. 2020), L-inf or L2; --steps or --queries: queries per point")
 def _square(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
     return square(model, x, y, eps, queries=args.steps, seed=args.seed or 0, ids=args.ids, norm=args.norm)

@@ -104,7 +104,7 @@ class Stage:
     title: Callable[[dict], str] = lambda settings: ""  # cache settings -> its part of the label ("": none)
     runs: Callable[[int, int, Savings], list[AttackRun]] | None = None  # a gradient stage: (targets, seed, savings) -> runs
     run: Callable[[StageBatch], int] | None = None  # a query stage: -> forward passes spent
-    norms: tuple[str, ...] = ("linf", "l2")  # the threat models it runs in
+    norms: tuple[str, ...] = ("linf",)  # the threat models it has a version in (L2 is opt-in)
 
 
 def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
@@ -134,20 +134,23 @@ STAGES: list[Stage] = [
           "each point's fooling example at the next larger eps, scaled into the ball, giving up on points far from "
           "fooled", lambda targets, queries, label_only: "apgd-ce", lambda s: "APGD-CE",
           runs=lambda targets, seed, savings: [AttackRun("apgd-ce", "ce-standardized", (), seed, None, savings.warm_start,
-                                                         give_up=savings.give_up if savings.warm_start else ())]),
+                                                         give_up=savings.give_up if savings.warm_start else ())],
+          norms=("linf", "l2")),
     Stage("apgd-t", "targeted APGD-DLR", "APGD on the targeted DLR loss, targets ranked at the worst example: the "
           "first on every point, the others side by side on close points, by successive halving, giving up on far "
           "points",
           lambda targets, queries, label_only: f"apgd-t({targets} targets)" if targets else None,
-          lambda s: f"APGD-T ({s['targets']} targets)" if s.get("targets") else "", runs=_targeted),
+          lambda s: f"APGD-T ({s['targets']} targets)" if s.get("targets") else "", runs=_targeted,
+          norms=("linf", "l2")),
     Stage("apgd-ce-restart", "", "APGD-CE once more from its random start, on the points that closed half their gap "
           "(part of apgd-ce)", lambda targets, queries, label_only: None,
           runs=lambda targets, seed, savings: [AttackRun("apgd-ce-restart", "ce-standardized", (), seed, savings.restart,
-                                                         False)] if savings.warm_start and savings.restart else []),
+                                                         False)] if savings.warm_start and savings.restart else [],
+          norms=("linf", "l2")),
     Stage("square", "Square", "Square Attack on the points every gradient stage left robust, from the largest eps "
           "each withstood downwards, giving up on points far from fooled",
           lambda targets, queries, label_only: f"square({queries})" if queries else None,
-          lambda s: f"Square ({_queries(s)} queries)" if _queries(s) else "", run=_square),
+          lambda s: f"Square ({_queries(s)} queries)" if _queries(s) else "", run=_square, norms=("linf", "l2")),
     Stage("rays", "RayS where outputs carry only decisions", "RayS on the points whose outputs carry only the "
           "decision and that every earlier stage left robust",
           lambda targets, queries, label_only: f"rays({queries})" if queries and label_only else None, run=_rays,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 
 import torch
@@ -64,16 +65,17 @@ def l2_sizes(delta: torch.Tensor) -> torch.Tensor:
     return delta.flatten(1).float().norm(dim=1)
 
 
-class Projection:
+class Projection(ABC):
     """The projection of one batch (x (N, C, H, W), eps per sample) onto its balls intersected
-    with the box, what it needs computed once: ``proj(z)`` projects z in place and returns it,
-    ``proj[keep]`` is the projection of the rows ``keep`` (an attack dropping finished rows)."""
+    with the box, what it needs computed once: ``proj(z)`` projects z in place and returns it (z
+    a tensor of its own: never x or a view of it), ``proj[keep]`` is the projection of the rows
+    ``keep`` (an attack dropping finished rows)."""
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
 
-    def __getitem__(self, keep) -> Projection:
-        raise NotImplementedError
+    @abstractmethod
+    def __getitem__(self, keep) -> Projection: ...
 
 
 class BoxBounds(Projection):
@@ -105,7 +107,7 @@ class L2Scaling(Projection):
         return L2Scaling(self.x[keep], self.radius[keep])
 
 
-class Norm:
+class Norm(ABC):
     """One threat model: the ball {x' : ||x' - x|| <= eps} intersected with the [0, 1] box, on
     images (N, C, H, W). ``projection(x, eps)`` maps points into it (``project`` once),
     ``direction`` is the unit step of steepest ascent of a gradient, ``noise`` a random point of
@@ -115,31 +117,35 @@ class Norm:
     name = ""
     title = ""  # for people: "L-inf", "L2"
 
+    @abstractmethod
     def check_eps(self, eps: float) -> float:
-        raise NotImplementedError
+        """eps as a float; an AttackError naming the valid range otherwise."""
 
+    @abstractmethod
     def unbounded(self, x: torch.Tensor) -> float:
-        raise NotImplementedError
+        """The radius whose ball around any image of x's shape holds the whole [0, 1] box."""
 
+    @abstractmethod
     def size(self, delta: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """||delta_i|| per sample (N,): the distance the ball bounds."""
 
+    @abstractmethod
     def projection(self, x: torch.Tensor, eps: float | torch.Tensor) -> Projection:
         """The projection onto the balls of radius ``eps`` (one number, or one per sample) around x."""
-        raise NotImplementedError
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         """x_adv (not changed) projected onto the ball of radius eps around x and the box."""
         return self.projection(x, eps)(x_adv.clone())
 
+    @abstractmethod
     def direction(self, grad: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        raise NotImplementedError
+        """The steepest-ascent step of unit norm along ``grad`` (in place on it when ``inplace``)."""
 
+    @abstractmethod
     def noise(self, like: torch.Tensor, seed: int | torch.Tensor | None, ids: torch.Tensor | None = None,
               stream: int = 0) -> torch.Tensor:
         """Random points of the unit ball shaped like ``like``, per sample from the stream of
         (seed, stream, its index ``ids``) as ``sample_noise``; seed None: torch's generator."""
-        raise NotImplementedError
 
     def radius(self, eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """eps per sample (N,) with inf replaced by ``unbounded``: the radius the attacks step in."""
@@ -213,7 +219,7 @@ class L2(Norm):
         # (d+2)-sphere (a normalized Gaussian in d + 2 dimensions; Voelker et al. 2017)
         d = like[0].numel()
         if seed is None:
-            g = torch.randn(len(like), d + 2)
+            g = torch.randn(len(like), d + 2, device=like.device)
         else:
             g = per_sample_rows(len(like), seed, ids, stream, lambda gen: torch.randn(d + 2, generator=gen))
         g = g / g.norm(dim=1, keepdim=True).clamp(min=1e-12)

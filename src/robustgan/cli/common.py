@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from robustgan.attacks import ATTACKS, DEFAULT_ATTACK, NORMS, attack_names, check_eps
+from robustgan.attacks import ATTACKS, DEFAULT_ATTACK, NORMS, attack_names, check_eps, get_norm
 from robustgan.attacks.registry import DEFAULT_TARGETS
 from robustgan.attacks.stages import ensemble_help
 from robustgan.methods import norm_train
@@ -76,12 +76,23 @@ def eps_grid(text: str, dataset: str, option: str = "--eps", norm: str = "linf")
     return parse_eps_list(text, option, norm) if text else grid_for(dataset, norm=norm)
 
 
-def resolve_norm(norm: str | None, run: Path) -> str:
-    """``--norm`` as given, else the run's training norm; an unknown norm is a one-line error."""
+def resolve_norm(norm: str | None, runs: Path | list[Path]) -> str:
+    """``--norm`` as given, else the runs' training norm (one-line errors for an unknown norm, and
+    for runs trained in different norms without ``--norm``)."""
     if norm is None:
-        return norm_train(RunDir(run).config())
+        trained = {norm_train(RunDir(run).config()) for run in ([runs] if isinstance(runs, Path) else runs)}
+        require(len(trained) == 1, f"these runs were trained in different norms ({', '.join(sorted(trained))}): "
+                                   "pass --norm")
+        return trained.pop()
     require(norm in NORMS, f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
     return norm
+
+
+def eps_in_norm(eps: str | None, norm: str, run: Path) -> None:
+    """One line when no ``--eps`` is given but the run's own eps are in another norm than ``norm``."""
+    trained = norm_train(RunDir(run).config())
+    require(bool(eps) or norm == trained, f"pass --eps: this run's eval and training eps are in "
+                                          f"{get_norm(trained).title}")
 
 
 def check_attack(attack: str, steps: int | None = None, targets: int = 0) -> None:

@@ -16,7 +16,7 @@ from robustgan import distributed
 from robustgan.attacks import ATTACKS, AttackSettings, attack_label, get_norm
 from robustgan.attacks.outputs import decisions_only_warning
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMIT, MODEL, NORM, PROTOCOL, QUERIES, RESULTS,
-                                  SEED, STEPS, TARGETS, resolve_norm,
+                                  SEED, STEPS, TARGETS, eps_in_norm, resolve_norm,
                                   WEIGHTS, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
                                   out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs, writable)
@@ -89,8 +89,7 @@ def eval_(
     if eps:
         parse_eps_list(eps, norm="l2")  # the list's own errors first (L2's range is the wider one)
     norm = resolve_norm(norm, run)
-    require(bool(eps) or norm == norm_train(RunDir(run).config()),
-            f"pass --eps: this run's eval and training eps are in {get_norm(norm_train(RunDir(run).config())).title}")
+    eps_in_norm(eps, norm, run)
     eps_list = parse_eps_list(eps, norm=norm) if eps else [default_eps(RunDir(run).config())]
     require(any(e > 0 for e in eps_list), "pass --eps (this model has no eval or training eps)")
     device = resolve_device(device)
@@ -204,7 +203,7 @@ def curve(
     writable(out, folder=True)
     runs = subject_runs(runs, model, weights, dataset, data_root, results)
     dataset = RunDir(runs[0]).config().data.name
-    norm = resolve_norm(norm, runs[0])
+    norm = resolve_norm(norm, runs)
     grid = eps_grid(eps, dataset, norm=norm)
     table_grid = parse_eps_list(table_eps, "--table-eps", norm) if table_eps else grid
     with evaluation(resolve_device(device), limit=limit, data_root=data_root) as ctx:
@@ -291,8 +290,7 @@ def check(
     require(tol is None or 0 <= tol <= 1, f"--tol must be in [0, 1], got {tol}")
     require(long_steps > steps, f"--long-steps ({long_steps}) must exceed --steps ({steps})")
     norm = resolve_norm(norm, run)
-    require(eps is not None or norm == norm_train(RunDir(run).config()),
-            f"pass --eps: this run's eval and training eps are in {get_norm(norm_train(RunDir(run).config())).title}")
+    eps_in_norm(eps, norm, run)
     eps_value = parse_one_eps(eps, "--eps", norm) if eps is not None else None
     console = err_console if as_json else out_console  # --json: stdout holds the JSON alone
     check_ensemble_steps(ensemble_steps, console, "bound and autoattack may warn falsely, protocol understates "
@@ -324,6 +322,7 @@ def saliency(
     eps: str = typer.Option("", "--eps", metavar="EPS", help="Test eps values, comma-separated (default: 3 from the "
                             "dataset's grid)"),
     eps_i: str = typer.Option("", "--eps-i", hidden=True, help="The old name of --eps"),
+    norm: Optional[str] = NORM,
     device: str = DEVICE,
     steps: int = typer.Option(40, metavar="N", help="PGD steps for the adversarial images"),
     out: Path = typer.Option(Path("runs/saliency.png"), "--out", metavar="PATH", help="Output PNG"),
@@ -345,8 +344,9 @@ def saliency(
     dataset = RunDir(runs[0]).config().data.name
     require(not (eps and eps_i), "give --eps (--eps-i is its old name), not both")
     eps, option = (eps_i, "--eps-i") if eps_i else (eps, "--eps")
-    grid = parse_eps_list(eps, option) if eps else grid_for(dataset)[::4][:3]
-    path = saliency_grid(runs, index, grid, out, steps, data_root, resolve_device(device))
+    norm = resolve_norm(norm, runs)
+    grid = parse_eps_list(eps, option, norm) if eps else grid_for(dataset, norm=norm)[::4][:3]
+    path = saliency_grid(runs, index, grid, out, steps, data_root, resolve_device(device), norm=norm)
     out_console.print(f"wrote {path}")
 
 

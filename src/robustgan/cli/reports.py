@@ -57,7 +57,7 @@ def report(
     writable(out)
     require(0 <= targets <= 9, f"--targets must be in 0..9, got {targets}")
     check_ensemble_steps(ensemble_steps, err_console, "the curves may overstate robustness")
-    norm = resolve_norm(norm, runs[0])
+    norm = resolve_norm(norm, runs)
     grid = eps_grid(eps, RunDir(runs[0]).config().data.name, norm=norm)
     device = resolve_device(device)
     if run_checks:
@@ -156,7 +156,7 @@ def frontier(
     check_common(limit=limit, queries=queries)
     writable(out)
     dataset = RunDir(runs[0]).config().data.name
-    norm = resolve_norm(norm, runs[0])
+    norm = resolve_norm(norm, runs)
     grid = eps_grid(eps, dataset, norm=norm)
     if eps:
         require(len(grid) == 1, "--eps takes one value: the frontier is drawn at one eps")

@@ -62,7 +62,7 @@ from robustgan.evaluation.context import EvalContext
 from robustgan.evaluation.engine import Found, Subject, cached_mask, randomness, run_attack
 from robustgan.evaluation.paired import ALPHA, paired
 from robustgan.evaluation.verdicts import CheckResult, overall_status, skipped, status_of, summary_line  # noqa: F401
-from robustgan.methods import method_class
+from robustgan.methods import method_class, norm_train
 from robustgan.methods.standard import clean_config
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import default_eps, load_model
@@ -439,6 +439,9 @@ def check_run(run_dir, settings: CheckSettings | None = None, ctx: EvalContext =
     run = RunDir(run_dir)
     subject = Subject.open(run_dir, ctx)
     cfg, cache, n = subject.config, subject.cache, len(subject.y)
+    if settings.eps is None and settings.norm != norm_train(cfg):
+        raise RobustganError(f"check in {settings.norm} needs an eps (--eps): the run's eval and training eps are in "
+                             f"{norm_train(cfg)}")
     eps = settings.eps if settings.eps is not None else default_eps(cfg)
     if not eps > 0:
         raise RobustganError("check needs an eps: pass --eps (the run has no eval or training eps)")

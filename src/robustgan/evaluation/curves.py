@@ -148,14 +148,14 @@ def curves_csv(curves: list[Curve]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["run", "method", "eps_t", "eps_i", "accuracy", "n", "attack", "steps", "restarts", "targets",
-                     "protocol", "protocol_accuracy"])
+                     "protocol", "protocol_accuracy", "norm"])
     for c in curves:
         s = c.settings
-        writer.writerow([c.run, c.method, c.eps_t, 0.0, c.clean, c.n, "none", 0, 1, "", "", ""])
+        writer.writerow([c.run, c.method, c.eps_t, 0.0, c.clean, c.n, "none", 0, 1, "", "", "", s.get("norm", "linf")])
         for i, (e, a) in enumerate(zip(c.eps, c.acc)):
             writer.writerow([c.run, c.method, c.eps_t, e, a, c.n, s["attack"], s["steps"], s["restarts"],
                              s.get("targets") or "", s.get("protocol") or "",
-                             "" if c.protocol is None else c.protocol[i]])
+                             "" if c.protocol is None else c.protocol[i], s.get("norm", "linf")])
     return out.getvalue()
 
 

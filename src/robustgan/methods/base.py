@@ -108,7 +108,7 @@ class Method:
 
     @classmethod
     def train_eps(cls, cfg: Config) -> float | None:
-        """The L-inf radius (pixel scale) the method trains against; None without an adversary."""
+        """The radius (pixel scale, in ``norm_train``'s norm) the method trains against; None without an adversary."""
         return None
 
     @classmethod

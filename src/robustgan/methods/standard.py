@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustgan.config import Config, from_dict, to_dict
+from robustgan.config import Config, check_norm, from_dict, to_dict
 from robustgan.methods.base import (Method, MethodConfig, batch_accuracy, build_classifier, make_optimizer,
                                     register_method, update)
 
@@ -15,13 +15,18 @@ from robustgan.methods.base import (Method, MethodConfig, batch_accuracy, build_
 @dataclass
 class StandardConfig(MethodConfig):
     name: str = "standard"
+    norm: str = "linf"  # no adversary: the threat model of train.eval_eps and of the run's default evaluations
+
+    def validate(self):
+        super().validate()
+        check_norm(self.norm, "method.norm", self.name)
 
 
 def clean_config(cfg: Config, epochs: int, seed: int) -> Config:
     """A `standard` run of ``cfg``'s data, backbone and optimizer, with no schedule: ATGAN's
     loss network, and the transfer check's surrogate (with another seed)."""
     raw = to_dict(cfg)
-    raw["method"] = {"name": "standard"}
+    raw["method"] = {"name": "standard", "norm": getattr(cfg.method, "norm", "linf")}  # eval_eps stays in its norm
     raw["schedule"] = {}
     raw["train"] = {**raw["train"], "epochs": epochs, "steps": 0, "seed": seed}
     return from_dict({k: {f: v for f, v in section.items() if v is not None} for k, section in raw.items()})
