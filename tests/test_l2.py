@@ -13,7 +13,8 @@ import torch
 
 from robustgan.attacks import AttackError, AttackSettings, get_attack, get_norm, robust_mask, worst_case
 from robustgan.attacks.registry import ATTACKS, AttackArgs
-from robustgan.evaluation.checks import CheckSettings, accuracy_bound, check_model
+from robustgan.evaluation.bounds import accuracy_bound
+from robustgan.evaluation.checks import CheckSettings, check_model
 from robustgan.evaluation.paired import paired
 from tests.helpers import assert_one_line, copy_run, run_main
 
@@ -172,11 +173,13 @@ def test_the_l2_digits_preset_trains_and_its_curve_checks_and_card_render(l2_run
                                                                          capsys):
     run = copy_run(l2_run, tmp_path / "run")
     small = ["--limit", "24", "--steps", "5", "--targets", "1", "--queries", "20"]
-    done = run_main(["eval", run, *small, "--json"], monkeypatch, capsys)  # the run's own norm and eps: L2, 2.0
+    done = run_main(["eval", run, *small, "--json", "--min-norm"], monkeypatch, capsys)  # the run's own: L2, 2.0
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["norm"] == "l2" and [r["eps"] for r in result["results"]] == [2.0]
     assert result["results"][0]["accuracy"] <= result["results"][0]["protocol_accuracy"]
+    fooled_at = torch.tensor([math.inf if d == "inf" else d for d in result["min_eps"]])
+    assert ((fooled_at <= 2.0) | torch.isinf(fooled_at)).all() and (fooled_at >= 0).all()  # 0: misclassified clean
     done = run_main(["curve", run, "--eps", "1,2,3", *small, "--out", tmp_path / "curves", "--json"], monkeypatch, capsys)
     assert done.returncode == 0 and json.loads(done.stdout)[0]["norm"] == "l2", done.stderr
     done = run_main(["check", run, "--limit", "24", "--steps", "3", "--long-steps", "6", "--restarts", "2",
@@ -188,6 +191,13 @@ def test_the_l2_digits_preset_trains_and_its_curve_checks_and_card_render(l2_run
     card = json.loads((run / "model_card.json").read_text())
     assert card["threat_model"] == "L2" and card["checks"]["status"] in ("pass", "warn")
     assert "| 2 (L2) |" in (run / "model_card.md").read_text()
+    done = run_main(["report", run, "--eps", "1,2", "--limit", "24", "--steps", "2", "--ensemble-steps", "5",
+                     "--targets", "1", "--queries", "20", "--no-check", "--out", tmp_path / "report.html"],
+                    monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "100 steps, L2" in page or "5 steps, L2" in page  # the curves' caption names the threat model
+    assert "No check report" not in page  # the L2 checks (check-l2.json) are the ones shown
     done = run_main(["eval", run, "--norm", "linf"], monkeypatch, capsys)  # its eps are L2 radii
     assert_one_line(done, "pass --eps: this run's eval and training eps are in L2")
     done = run_main(["eval", run, "--attack", "rays", "--eps", "1"], monkeypatch, capsys)

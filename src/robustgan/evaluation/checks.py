@@ -16,7 +16,7 @@ Checks (accuracy = fraction correct under the attack, on the full defended model
                    own gap to CE hides
   unbounded        unbounded PGD-100 (step 0.01; in L2 0.01 sqrt(C H W), the length of that
                    sign step) drives accuracy to <= `zero_tol`
-  bound            accuracy is at most what the constant 0.5 image allows (``accuracy_bound``):
+  bound            accuracy is at most what the constant 0.5 image allows (``bounds.accuracy_bound``):
                    in L-inf at eps 0.5 the largest class share (the 0.5 image lies in every
                    ball), in L2 per image, by its distance to the 0.5 image; for the ensemble
                    and every cached curve point
@@ -58,6 +58,7 @@ from robustgan.attacks.outputs import is_probabilities
 from robustgan.attacks.threat import RANDOM_TOL, classifier, eval_mode, loss_and_grad, model_device, probe_classes
 from robustgan.eps import format_eps
 from robustgan.errors import RobustganError
+from robustgan.evaluation.bounds import BOUND_EPS, accuracy_bound, bound_eps
 from robustgan.evaluation.context import EvalContext
 from robustgan.evaluation.engine import Found, Subject, cached_mask, randomness, run_attack
 from robustgan.evaluation.paired import ALPHA, paired
@@ -67,29 +68,6 @@ from robustgan.methods.standard import clean_config
 from robustgan.runs import RunDir, atomic_write
 from robustgan.runtime import default_eps, load_model
 from robustgan.train import ensure_trained
-
-BOUND_EPS = 0.5  # L-inf: every [0, 1] image lies within 0.5 of the constant 0.5 image
-
-
-def bound_eps(norm: str, x: torch.Tensor) -> float:
-    """The eps at which every [0, 1] image's ball holds the constant 0.5 image: 0.5 in L-inf,
-    0.5 sqrt(C H W) in L2."""
-    return BOUND_EPS * get_norm(norm).unbounded(x)
-
-
-def accuracy_bound(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, classes: int) -> float:
-    """The highest accuracy any classifier can have at ``eps``: a point whose ball holds the
-    constant 0.5 image c (||x_i - c|| <= eps) is robust only if f(c) = y_i, and c gets one class,
-    so of those points at most the largest class count is robust; the others may all be. In
-    L-inf at eps >= 0.5 every point's ball holds c: the bound is the largest class share. x uint8
-    or [0, 1] (n, C, H, W), y (n,)."""
-    if not len(y):
-        return 0.0
-    images = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-    inside = get_norm(norm).size(images - 0.5).cpu() <= eps + 1e-6
-    most = torch.bincount(y.cpu()[inside], minlength=classes).max().item() if inside.any() else 0
-    return (int((~inside).sum()) + most) / len(y)
-
 
 @dataclass
 class CheckSettings:
