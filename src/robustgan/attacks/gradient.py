@@ -106,6 +106,20 @@ def _pgd_best(model, x, y, eps, steps, step_size, random_start, noise=None, loss
     return keep
 
 
+def _check_pgd(steps, step_size, restarts, loss, best, noise) -> None:
+    """One-line errors for PGD settings that cannot run."""
+    if int(steps) <= 0:
+        raise AttackError(f"PGD steps must be positive, got {steps}")
+    if not step_size > 0:
+        raise AttackError(f"PGD step size must be positive, got {step_size}")
+    if int(restarts) <= 0:
+        raise AttackError(f"PGD restarts must be positive, got {restarts}")
+    if loss not in PGD_LOSSES:
+        raise AttackError(f"PGD loss must be one of {', '.join(PGD_LOSSES)}, got {loss!r}")
+    if (loss == "kl" or noise is not None) and (best or restarts != 1):
+        raise AttackError("PGD's KL loss and a given start take one start and the last iterate (best=False)")
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40, step_size: float | None = None,
         random_start: bool = True, restarts: int = 1, *, best: bool = True, seed: int | None = None,
         ids: torch.Tensor | None = None, loss: str = "ce", noise: torch.Tensor | None = None,
@@ -127,23 +141,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     stream per sample (its test-set index in ``ids``), independent of batch and shard, or are
     x + eps * ``noise`` (one start, ``best=False``: e.g. TRADES' x + 0.001 N(0, I)); random starts
     are uniform in the ball of ``norm``.
-    ``steps`` defaults to the papers' PGD-40, ``step_size`` to 2.5 eps / steps
-    (``default_step_size``; unbounded, 0.01, times sqrt(C H W) in L2). ``check=False`` skips the input check (one host sync)."""
+    ``steps`` defaults to the papers' PGD-40, ``step_size`` to 2.5 eps / steps (``default_step_size``;
+    unbounded 0.01, in L2 times sqrt(C H W)). ``check=False`` skips the input check (a host sync)."""
     eps, threat = check_eps(eps, norm), get_norm(norm)
     if check:
         check_images(x, y)
-    if int(steps) <= 0:
-        raise AttackError(f"PGD steps must be positive, got {steps}")
-    if step_size is None:  # unbounded: 0.01, in L2 the length of that L-inf step, 0.01 sqrt(C H W)
+    if step_size is None and int(steps) > 0:  # unbounded: 0.01, in L2 that L-inf step's length, 0.01 sqrt(C H W)
         step_size = default_step_size(eps, steps) * (threat.unbounded(x) if math.isinf(eps) else 1.0)
-    if not step_size > 0:
-        raise AttackError(f"PGD step size must be positive, got {step_size}")
-    if int(restarts) <= 0:
-        raise AttackError(f"PGD restarts must be positive, got {restarts}")
-    if loss not in PGD_LOSSES:
-        raise AttackError(f"PGD loss must be one of {', '.join(PGD_LOSSES)}, got {loss!r}")
-    if (loss == "kl" or noise is not None) and (best or restarts != 1):
-        raise AttackError("PGD's KL loss and a given start take one start and the last iterate (best=False)")
+    _check_pgd(steps, step_size, restarts, loss, best, noise)
     x = x.detach()
     with attack_mode(model):
         if not best and restarts == 1:

@@ -88,11 +88,16 @@ def resolve_norm(norm: str | None, runs: Path | list[Path]) -> str:
     return norm
 
 
-def eps_in_norm(eps: str | None, norm: str, run: Path) -> None:
-    """One line when no ``--eps`` is given but the run's own eps are in another norm than ``norm``."""
+def norm_and_eps(norm: str | None, eps: str | None, run: Path) -> tuple[str, list[float] | None]:
+    """``--norm`` resolved for the run (``resolve_norm``) and ``--eps`` parsed in it; None without
+    ``--eps``, where the run's own eps are meant, which must be in that norm (a one-line error)."""
+    if eps:
+        parse_eps_list(eps, norm="l2")  # the list's own errors first (L2's range is the wider one)
+    norm = resolve_norm(norm, run)
     trained = norm_train(RunDir(run).config())
     require(bool(eps) or norm == trained, f"pass --eps: this run's eval and training eps are in "
                                           f"{get_norm(trained).title}")
+    return norm, (parse_eps_list(eps, norm=norm) if eps else None)
 
 
 def check_attack(attack: str, steps: int | None = None, targets: int = 0) -> None:

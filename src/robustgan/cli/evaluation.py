@@ -16,7 +16,7 @@ from robustgan import distributed
 from robustgan.attacks import ATTACKS, AttackSettings, attack_label, get_norm
 from robustgan.attacks.outputs import decisions_only_warning
 from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMIT, MODEL, NORM, PROTOCOL, QUERIES, RESULTS,
-                                  SEED, STEPS, TARGETS, eps_in_norm, resolve_norm,
+                                  SEED, STEPS, TARGETS, norm_and_eps, resolve_norm,
                                   WEIGHTS, check_attack, check_common, check_ensemble_steps, eps_grid, err_console, json_eps,
                                   out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs, writable)
@@ -86,11 +86,8 @@ def eval_(
     check_eval_options(attack, steps, targets, restarts, limit, batch_size, step_size, min_norm)
     check_common(queries=queries)
     run = single_subject(run, model, weights, dataset, data_root, results)
-    if eps:
-        parse_eps_list(eps, norm="l2")  # the list's own errors first (L2's range is the wider one)
-    norm = resolve_norm(norm, run)
-    eps_in_norm(eps, norm, run)
-    eps_list = parse_eps_list(eps, norm=norm) if eps else [default_eps(RunDir(run).config())]
+    norm, eps_list = norm_and_eps(norm, eps, run)
+    eps_list = eps_list or [default_eps(RunDir(run).config())]
     require(any(e > 0 for e in eps_list), "pass --eps (this model has no eval or training eps)")
     device = resolve_device(device)
     here = distributed.setup(device)
@@ -159,6 +156,7 @@ def eval_json(subject: Subject, curve, distances, seconds) -> dict:
     return result
 
 
+# Most of its lines are the typer signature, one option a line (as eval_ and check).
 def curve(
     runs: Optional[List[Path]] = typer.Argument(None, metavar="RUN...", help="Run directories (e.g. a sweep's runs)"),
     eps: str = typer.Option("", metavar="EPS", help="eps_i grid, comma-separated (default: the paper's grid for the dataset)"),
@@ -241,6 +239,7 @@ def curve_json(c) -> dict:
                         for e, a, p in zip(c.eps, c.acc, c.protocol or [None] * len(c.eps))]}
 
 
+# Most of its lines are the typer signature, one option a line (as eval_ and curve).
 def check(
     run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory (or --model ...)"),
     eps: Optional[str] = typer.Option(None, metavar="EPS", help="eps for the checks, e.g. 0.3 or 8/255 (default: the run's eval / training eps)"),
@@ -281,16 +280,13 @@ def check(
       robustgan check runs/pgd-at-l2-digits --norm l2 --eps 2   # saved to check-l2.json
     """
     run = single_subject(run, model, weights, dataset, data_root, results)
-    if eps is not None:
-        parse_one_eps(eps, "--eps", "l2")  # the value's own errors first (L2's range is the wider one)
     for option, value in (("--steps", steps), ("--long-steps", long_steps), ("--autoattack-limit", autoattack_limit)):
         positive(option, value)
     check_common(limit=limit, restarts=restarts, queries=queries)
     check_attack("ensemble", None, targets)
     require(tol is None or 0 <= tol <= 1, f"--tol must be in [0, 1], got {tol}")
     require(long_steps > steps, f"--long-steps ({long_steps}) must exceed --steps ({steps})")
-    norm = resolve_norm(norm, run)
-    eps_in_norm(eps, norm, run)
+    norm, _ = norm_and_eps(norm, eps, run)
     eps_value = parse_one_eps(eps, "--eps", norm) if eps is not None else None
     console = err_console if as_json else out_console  # --json: stdout holds the JSON alone
     check_ensemble_steps(ensemble_steps, console, "bound and autoattack may warn falsely, protocol understates "
