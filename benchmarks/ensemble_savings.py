@@ -3,6 +3,8 @@ curve (passes against points lost) behind the ensemble's defaults.
 
     python benchmarks/ensemble_savings.py                        # every model, 200 images, eps 0.05..0.5
     python benchmarks/ensemble_savings.py --models pgd-at-digits --limit 100 --savings no-give-up,default --queries 0
+    python benchmarks/ensemble_savings.py --models pgd-at-l2-digits,tiny --norm l2 --eps 0.5,1,1.5,2,2.5,3 \
+        --savings descend-no-give-up,default,no-restart   # the savings re-measured in L2
 
 The first savings named is the reference (by default ``ascending``: the grid upwards, every
 robust eps of a point attacked in full).
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--queries", type=int, default=None)
     parser.add_argument("--eps", default=",".join(map(str, GRID)))
+    parser.add_argument("--norm", default="linf", choices=("linf", "l2"), help="the threat model of --eps and every attack")
     parser.add_argument("--breakdown", action="store_true", help="passes on robust vs fooled points (default only)")
     parser.add_argument("--square-give-up", action="append", default=[], metavar="Q:R,...",
                         help="also run the default with the Square stage's give-up checkpoints replaced by these "
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
     grid = [float(e) for e in args.eps.split(",")]
-    settings = AttackSettings(steps=args.steps, queries=args.queries)
+    settings = AttackSettings(steps=args.steps, queries=args.queries, norm=args.norm)
     x, y = load("digits", split="test")
     x, y = x[:args.limit], y[:args.limit]
     names = args.savings.split(",")
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             checkpoints = tuple((int(q), float(r)) for q, r in (pair.split(":") for pair in rule.split(",")))
             rows[f"square {rule}"] = measure(model, x, y, grid, settings, Savings(square_give_up=checkpoints))
         base = rows[names[0]]
-        print(f"\n### {name}, first {len(y)} digits test images, eps {grid[0]:g}..{grid[-1]:g}\n")
+        print(f"\n### {name}, first {len(y)} digits test images, {args.norm} eps {grid[0]:g}..{grid[-1]:g}\n")
         print("| savings | " + " | ".join(f"{e:g}" for e in grid) + " | lost / gained | backward / pt | forward / pt | s |")
         print("| --- " * (len(grid) + 5) + "|")
         for s, r in rows.items():
