@@ -4,7 +4,7 @@ curve (passes against points lost) behind the ensemble's defaults.
     python benchmarks/ensemble_savings.py                        # every model, 200 images, eps 0.05..0.5
     python benchmarks/ensemble_savings.py --models pgd-at-digits --limit 100 --savings no-give-up,default --queries 0
     python benchmarks/ensemble_savings.py --models pgd-at-l2-digits,tiny --norm l2 --eps 0.5,1,1.5,2,2.5,3 \
-        --savings descend-no-give-up,default,no-restart   # the savings re-measured in L2
+        --savings default,descend-no-give-up,close-1,no-give-up-close-1,ascending --queries 0   # savings in L2
 
 The first savings named is the reference (by default ``ascending``: the grid upwards, every
 robust eps of a point attacked in full).
@@ -54,6 +54,8 @@ SAVINGS = {  # the first named is the reference the others' lost and gained poin
     "no-restart": Savings(restart=None),
     "close-0.15": Savings(close=0.15),
     "descend-first-target-0.5": Savings(first_target=0.5),
+    "close-1": Savings(close=1.0, halving=False),  # every target on every point, all its steps
+    "no-give-up-close-1": Savings(give_up=(), close=1.0, halving=False),
 }
 
 
