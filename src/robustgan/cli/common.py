@@ -44,9 +44,9 @@ PROTOCOL = typer.Option(True, "--protocol/--no-protocol",
                         help="Also measure the papers' protocol (PGD-40) and show it beside the worst case")
 
 
-def parse_eps_list(text: str, option: str = "--eps", norm: str = "linf") -> list[float]:
-    """'0.1,0.2,8/255,inf' -> [0.1, 0.2, 0.0313..., inf], each checked for ``norm``; a bad value
-    is a one-line error."""
+def parse_eps_list(text: str, option: str = "--eps", norm: str | None = "linf") -> list[float]:
+    """'0.1,0.2,8/255,inf' -> [0.1, 0.2, 0.0313..., inf], each checked for ``norm`` (None: the
+    list's syntax only); a bad value is a one-line error."""
     values = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -55,7 +55,7 @@ def parse_eps_list(text: str, option: str = "--eps", norm: str = "linf") -> list
             value = parse_number(part)
         except (ValueError, ZeroDivisionError):
             raise RobustganError(f"{option}: {part!r} is not a number (use e.g. 0.1,0.2 or 8/255)") from None
-        values.append(check_eps(value, norm))
+        values.append(value if norm is None else check_eps(value, norm))
     if not values:
         raise RobustganError(f"{option}: give at least one value")
     if len(set(values)) < len(values):
@@ -92,7 +92,7 @@ def norm_and_eps(norm: str | None, eps: str | None, run: Path) -> tuple[str, lis
     """``--norm`` resolved for the run (``resolve_norm``) and ``--eps`` parsed in it; None without
     ``--eps``, where the run's own eps are meant, which must be in that norm (a one-line error)."""
     if eps:
-        parse_eps_list(eps, norm="l2")  # the list's own errors first (L2's range is the wider one)
+        parse_eps_list(eps, norm=None)  # the list's own errors first, before the run is read
     norm = resolve_norm(norm, run)
     trained = norm_train(RunDir(run).config())
     require(bool(eps) or norm == trained, f"pass --eps: this run's eval and training eps are in "
