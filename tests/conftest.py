@@ -184,7 +184,7 @@ def digits_runs(tmp_path_factory):
     return trained_once(tmp_path_factory, "digits", train)
 
 
-@preset(seconds=12)
+@preset(seconds=6)
 def l2_run(tmp_path_factory):
     """The L2 PGD-AT digits preset at test size (helpers.TEST_SIZE). Shared, as digits_runs."""
     from tests.helpers import train_preset, trained_once

@@ -156,7 +156,7 @@ FAST = ["train.eval_every=100", "train.eval_limit=32", "train.channels_last=true
 TEST_SIZE = {
     "standard-digits": ["train.epochs=4"],
     "pgd-at-digits": ["train.epochs=5", "method.ramp_epochs=2", "method.steps=2", "method.step_size=0.15"],
-    "pgd-at-l2-digits": ["train.epochs=4", "method.ramp_epochs=2", "method.steps=2", "method.step_size=1.5"],
+    "pgd-at-l2-digits": ["train.epochs=2", "method.ramp_epochs=1", "method.steps=2", "method.step_size=1.5"],
     "atgan-digits": ["train.epochs=4", "method.ramp_epochs=2", "method.steps=2", "method.step_size=0.15"],
     "gan-at-digits-grad": ["train.epochs=2", "data.train_limit=960"],
 }

@@ -160,10 +160,10 @@ def test_the_l2_ensemble_is_at_least_l2_pgd_and_its_square_stage_sees_through_th
 @pytest.mark.statistical
 def test_honest_models_trip_no_check_in_l2(model_kind, seed):
     robust, surrogate, xt, yt = model_kind
-    x = (xt[:150] * 255).round().to(torch.uint8)
+    x = (xt[:100] * 255).round().to(torch.uint8)
     settings = CheckSettings(eps=radius(xt, 1.5), steps=10, long_steps=40, restarts=2, ensemble_steps=20, targets=1,
                              unbounded_steps=50, autoattack=False, queries=100, seed=seed, norm="l2")
-    results = check_model(robust.eval(), x, yt[:150], settings, surrogate=surrogate)
+    results = check_model(robust.eval(), x, yt[:100], settings, surrogate=surrogate)
     assert {r.name for r in results if r.status == "warn"} == set(), [r.detail for r in results if r.status == "warn"]
     bound = next(r for r in results if r.name == "bound")
     assert bound.values["eps"] == pytest.approx(0.5 * math.sqrt(xt[0].numel()))  # every ball holds the grey image
@@ -172,17 +172,17 @@ def test_honest_models_trip_no_check_in_l2(model_kind, seed):
 def test_the_l2_digits_preset_trains_and_its_curve_checks_and_card_render(l2_run, digits_runs, tmp_path, monkeypatch,
                                                                          capsys):
     run = copy_run(l2_run, tmp_path / "run")
-    small = ["--limit", "24", "--steps", "5", "--targets", "1", "--queries", "20"]
+    small = ["--limit", "16", "--steps", "5", "--targets", "1", "--queries", "20"]
     done = run_main(["eval", run, *small, "--json", "--min-norm"], monkeypatch, capsys)  # the run's own: L2, 2.0
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["norm"] == "l2" and [r["eps"] for r in result["results"]] == [2.0]
-    assert result["results"][0]["accuracy"] <= result["results"][0]["protocol_accuracy"]
+    assert 0 <= result["results"][0]["protocol_accuracy"] <= result["clean"]  # the papers' PGD-40 beside it, in L2
     fooled_at = torch.tensor([math.inf if d == "inf" else d for d in result["min_eps"]])
     assert ((fooled_at <= 2.0) | torch.isinf(fooled_at)).all() and (fooled_at >= 0).all()  # 0: misclassified clean
     done = run_main(["curve", run, "--eps", "1,2,3", *small, "--out", tmp_path / "curves", "--json"], monkeypatch, capsys)
     assert done.returncode == 0 and json.loads(done.stdout)[0]["norm"] == "l2", done.stderr
-    done = run_main(["check", run, "--limit", "24", "--steps", "3", "--long-steps", "6", "--restarts", "2",
+    done = run_main(["check", run, "--limit", "16", "--steps", "3", "--long-steps", "6", "--restarts", "2",
                      "--ensemble-steps", "3", "--targets", "1", "--queries", "20", "--no-autoattack"], monkeypatch, capsys)
     assert done.returncode in (0, 1) and (run / "check-l2.json").is_file() and not (run / "check.json").exists()
     assert json.loads((run / "check-l2.json").read_text())["norm"] == "l2"
@@ -191,7 +191,7 @@ def test_the_l2_digits_preset_trains_and_its_curve_checks_and_card_render(l2_run
     card = json.loads((run / "model_card.json").read_text())
     assert card["threat_model"] == "L2" and card["checks"]["status"] in ("pass", "warn")
     assert "| 2 (L2) |" in (run / "model_card.md").read_text()
-    done = run_main(["report", run, "--eps", "1,2", "--limit", "24", "--steps", "2", "--ensemble-steps", "5",
+    done = run_main(["report", run, "--eps", "1,2", "--limit", "16", "--steps", "2", "--ensemble-steps", "5",
                      "--targets", "1", "--queries", "20", "--no-check", "--out", tmp_path / "report.html"],
                     monkeypatch, capsys)
     assert done.returncode == 0, done.stderr
