@@ -138,8 +138,8 @@ def test_the_bound_rule_counts_the_points_whose_ball_holds_the_grey_image():
 def test_the_l2_ensemble_is_at_least_l2_pgd_and_its_square_stage_sees_through_thresholding(model_kind, seed):
     """On both kinds of model, in L2: the ensemble is never weaker than the papers' PGD-40 beyond
     noise, and on the planted thresholding layer (zero gradients) the Square stage fools tens of
-    points gradients cannot (measured on these 60 points at 3 sqrt(C), seeds 0 and 1: gradients
-    alone 90-93%, with Square 63-72%, a gap of 20-27 points on both kinds)."""
+    points gradients cannot (measured on its 100 points at 3 sqrt(C), seeds 0-4: gradients alone
+    88-92%, with Square 56-69%, a gap of 20-32 points on both kinds, twice the bar of 10)."""
     from tests.planted import ThresholdInputs
 
     robust, _, xt, yt = model_kind
@@ -150,11 +150,11 @@ def test_the_l2_ensemble_is_at_least_l2_pgd_and_its_square_stage_sees_through_th
         protocol = robust_mask(robust, x, y, e, AttackSettings("pgd", steps=40, seed=seed, norm="l2"))
         assert not paired(found.correct[:, k], protocol).excess(0.0), e
     assert 0.3 < found.correct[:, 0].float().mean() < 0.95  # not vacuous (measured 0.60-0.77 on both kinds)
-    masked = ThresholdInputs(robust)
+    masked, x, y = ThresholdInputs(robust), xt[:100], yt[:100]
     at = [radius(x, 3.0)]
     gradients = worst_case(masked, x, y, at, AttackSettings(steps=10, queries=0, seed=seed, norm="l2"))
     ensemble = worst_case(masked, x, y, at, AttackSettings(steps=10, queries=200, seed=seed, norm="l2"))
-    assert paired(gradients.correct[:, 0], ensemble.correct[:, 0]).excess(0.15)
+    assert paired(gradients.correct[:, 0], ensemble.correct[:, 0]).excess(0.1)
 
 
 @pytest.mark.statistical
