@@ -83,6 +83,21 @@ def test_unbounded_l2_pgd_reaches_any_image(robust_tiny, digits):
     assert correct.float().mean() < 0.05
 
 
+def test_fab_finds_misclassified_points_close_to_the_image(model_kind, seed):
+    """FAB-T (``--attack fab``) is a minimum-norm attack: what it returns is misclassified and lies
+    well inside the ball (APGD's examples sit on its sphere), on both kinds of model."""
+    from robustgan.attacks.fab import fab
+
+    model, _, xt, yt = model_kind
+    x, y = xt[:40], yt[:40]
+    eps = radius(x, 3.0)
+    x_adv = fab(model, x, y, eps, steps=30, targets=2)
+    moved = L2.size(x_adv - x) > 0
+    with torch.no_grad():
+        assert (model(x_adv[moved]).argmax(1) != y[moved]).all()
+    assert moved.float().mean() > 0.5 and L2.size(x_adv - x)[moved].median() < 0.9 * eps
+
+
 def test_standard_autoattack_in_l2_runs_each_part_in_l2(robust_tiny):
     """Every part of standard AutoAttack in L2 (APGD-CE, APGD-T, FAB-T, Square) is torchattacks' L2
     version with the published arguments; the examples are projected into the ball and the box

@@ -11,6 +11,7 @@ import torch.nn as nn
 import robustgan.attacks.autoattack  # noqa: F401  (each attack module registers its attacks when imported)
 import robustgan.attacks.ensemble  # noqa: F401
 import robustgan.attacks.eot  # noqa: F401
+import robustgan.attacks.fab  # noqa: F401
 import robustgan.attacks.gradient  # noqa: F401
 import robustgan.attacks.rays  # noqa: F401
 from robustgan.attacks.registry import default_step_size
