@@ -160,10 +160,12 @@ def test_two_and_three_class_heads_in_every_attack(few_classes, seed):
     for name in robustgan.attacks.attack_names():
         if name == "autoattack" or (name in ("apgd-dlr", "pgd-dlr") and classes < 3):
             continue  # each refuses in one line (the tests below)
-        result = robustgan.evaluate(model, x, y, eps=0.3, attack=name, seed=seed, **SMALL)
-        assert result.clean > 0.9 and result.accuracy[0.3] <= result.clean, name
+        norm = robustgan.attacks.ATTACKS[name].norms[0]  # fab: L2 only, at a radius as large (0.3 x 28)
+        eps = 0.3 if norm == "linf" else 0.3 * 28
+        result = robustgan.evaluate(model, x, y, eps=eps, attack=name, seed=seed, norm=norm, **SMALL)
+        assert result.clean > 0.9 and result.accuracy[eps] <= result.clean, name
         if name not in ("fgsm", "square", "rays"):  # one step, or too few queries, may leave more
-            assert result.accuracy[0.3] < 0.5, (name, result)
+            assert result.accuracy[eps] < 0.5, (name, result)
     noisy = Outputs(model, lambda z: z + 0.5 * torch.randn_like(z))
     result = robustgan.evaluate(noisy, x, y, eps=0.3, seed=seed, steps=3)
     assert result.attack == "eot" and result.accuracy[0.3] < 0.5
