@@ -98,6 +98,24 @@ def test_fab_finds_misclassified_points_close_to_the_image(model_kind, seed):
     assert moved.float().mean() > 0.5 and L2.size(x_adv - x)[moved].median() < 0.9 * eps
 
 
+def test_fabs_boundary_step_is_the_shortest_step_onto_the_hyperplane_in_the_box(seed):
+    """``boundary_step``: <w, d> = c within the box where reachable (either sign of c, gradient
+    entries as small as float32 holds), the plain projection c w / |w|^2 where the box is far, and
+    every coordinate at its bound where c is out of reach."""
+    from robustgan.attacks.fab import boundary_step
+
+    x, w = torch.rand(4, 3072), torch.randn(4, 3072) * 1e-3
+    w[:, 0] = torch.tensor([1e-12, 1e-20, 1e-40, 0.0])  # one entry far below the rest
+    d = boundary_step(w, torch.tensor([0.05, -0.05, 0.01, -0.02]), -x, 1 - x)
+    assert torch.allclose((w * d).sum(1), torch.tensor([0.05, -0.05, 0.01, -0.02]), atol=1e-6)
+    assert (x + d).min() >= 0 and (x + d).max() <= 1
+    far = torch.full((2, 10), 100.0)
+    w, c = torch.randn(2, 10), torch.tensor([0.3, -0.2])
+    assert torch.allclose(boundary_step(w, c, -far, far), c[:, None] * w / (w * w).sum(1, keepdim=True), atol=1e-6)
+    box = torch.ones(1, 10)
+    assert torch.equal(boundary_step(torch.ones(1, 10), torch.tensor([100.0]), -box, box), box)  # out of reach
+
+
 def test_standard_autoattack_in_l2_runs_each_part_in_l2(robust_tiny):
     """Every part of standard AutoAttack in L2 (APGD-CE, APGD-T, FAB-T, Square) is torchattacks' L2
     version with the published arguments; the examples are projected into the ball and the box

@@ -25,24 +25,34 @@ from robustgan.attacks.threat import attack_mode, check_eps, get_norm, l2_sizes
 
 STEPS = 100  # iterations per target, as AutoAttack's FAB-T
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9  # the paper's (and AutoAttack's) defaults
-BISECTION = 30  # halvings of the multiplier's range in ``boundary_step``
 
 
 def boundary_step(w: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Per row, the shortest d (L2) with <w, d> = c and lo <= d <= hi (w, lo, hi (k, n); c (k,);
-    lo <= 0 <= hi): by the KKT conditions d = clip(lam w, lo, hi) for one scalar lam, and
-    <w, clip(lam w, lo, hi)> grows with lam, so lam is found by bisection between the multipliers
-    where every coordinate is clipped. Where c is out of reach, the closest reachable point."""
+    lo <= 0 <= hi). By the KKT conditions d = clip(lam w', lo, hi) with w' = sign(c) w and one
+    lam >= 0; h(lam) = <w', clip(lam w', lo, hi)> is piecewise linear and nondecreasing, with a
+    breakpoint where each coordinate reaches its bound (t_i = hi_i / w'_i or lo_i / w'_i). So the
+    breakpoints are sorted, the segment where h crosses |c| found, and lam solved on it exactly
+    (in float64: no tiny w_i moves it). Where |c| is out of reach, every coordinate at its bound."""
     with torch.no_grad():
-        safe = torch.where(w == 0, torch.ones_like(w), w)
-        up = torch.where(w > 0, hi / safe, torch.where(w < 0, lo / safe, torch.zeros_like(w))).amax(1)
-        down = torch.where(w > 0, lo / safe, torch.where(w < 0, hi / safe, torch.zeros_like(w))).amin(1)
-        a, b = down, up
-        for _ in range(BISECTION):
-            mid = (a + b) / 2
-            below = (w * torch.maximum(torch.minimum(mid[:, None] * w, hi), lo)).sum(1) < c
-            a, b = torch.where(below, mid, a), torch.where(below, b, mid)
-        return torch.maximum(torch.minimum((a + b)[:, None] / 2 * w, hi), lo)
+        sign = torch.where(c < 0, -1.0, 1.0).to(torch.float64)
+        w2, lo2, hi2 = w.double() * sign[:, None], lo.double(), hi.double()
+        target = c.double().abs()
+        bound = torch.where(w2 > 0, hi2, lo2)  # where each coordinate stops as lam grows
+        t = torch.where(w2 != 0, bound / torch.where(w2 != 0, w2, torch.ones_like(w2)), torch.full_like(w2, 1e30))
+        t, order = t.sort(1)
+        sq, sat = (w2 * w2).gather(1, order), (w2 * bound).gather(1, order)
+        rest = sq.flip(1).cumsum(1).flip(1)  # sum of w'^2 over the coordinates not yet at their bound
+        done = sat.cumsum(1) - sat  # sum of w'_i b_i over those already there
+        h = t * rest + done  # h at each breakpoint
+        j = (h < target[:, None]).sum(1, keepdim=True)  # the segment [t_(j-1), t_j] where h crosses |c|
+        inside = j < t.shape[1]
+        j = j.clamp(max=t.shape[1] - 1)
+        slope = rest.gather(1, j)
+        lam = torch.where(inside & (slope > 0), (target[:, None] - done.gather(1, j)) / slope.clamp(min=1e-300),
+                          torch.full_like(slope, 1e30))
+        d = torch.maximum(torch.minimum(lam * w2, hi2), lo2)
+        return d.to(w.dtype)
 
 
 def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, *, steps: int = STEPS,
@@ -89,7 +99,7 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
     """FAB-T in L2 on a batch x (N, C, H, W) in [0, 1], towards each point's ``targets`` most
     likely other classes at the clean image (AutoAttack's 9), each on the points the earlier ones
     left robust: x_adv in the L2 eps-ball and [0, 1], the closest misclassified point found where
-    it lies within eps, else x."""
+    it lies within eps, else x. ``targets`` 0 runs none (x comes back)."""
     eps = check_eps(eps, "l2")
     x = x.detach()
     x_adv = x.clone()
@@ -113,4 +123,4 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
                  help="FAB-T, the minimum-norm boundary attack (Croce & Hein 2020, ICML), L2 only: towards up to "
                       "9 targets, the closest misclassified point within eps")
 def _fab(model, x, y, eps, args: AttackArgs) -> torch.Tensor:
-    return fab(model, x, y, eps, steps=args.steps, targets=args.targets or 9)
+    return fab(model, x, y, eps, steps=args.steps, targets=args.targets)

@@ -65,7 +65,9 @@ def parse_eps_list(text: str, option: str = "--eps", norm: str | None = "linf") 
 
 def parse_one_eps(text: str, option: str, norm: str = "linf") -> float:
     """One bounded, non-zero eps (e.g. ``--eps-max 16/255``)."""
-    value = parse_eps_list(text, option, norm)[0]
+    values = parse_eps_list(text, option, norm)
+    require(len(values) == 1, f"{option} takes one value, got {text}")
+    value = values[0]
     if value == 0 or math.isinf(value):
         raise RobustganError(f"{option} must be {'> 0 and finite' if norm == 'l2' else 'in (0, 1]'}, got {text}")
     return value
