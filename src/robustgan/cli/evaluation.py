@@ -21,7 +21,7 @@ from robustgan.cli.common import (ATTACK, DATA_ROOT, DATASET, DEVICE, JSON, LIMI
                                   out_console, parse_eps_list, positive,
                                   parse_one_eps, require, single_subject, subject_runs, writable)
 from robustgan.eps import format_eps, grid_for
-from robustgan.methods import method_class, norm_train
+from robustgan.methods import method_class
 from robustgan.evaluation.context import EvalContext, evaluation
 from robustgan.evaluation.engine import Subject
 from robustgan.evaluation.checks import CheckSettings, check_file, check_run, overall_status, summary_line
