@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import robustgan.train as train
 from robustgan.config import load_config
-from robustgan.distributed import world
+from robustgan.distributed import leave, world
 from robustgan.runtime import apply_mkldnn_switch
 
 apply_mkldnn_switch()  # the float path of the test that started it (ROBUSTGAN_MKLDNN)
@@ -37,3 +37,4 @@ train.fit(load_config(config, overrides), out / "run", quiet=True)
 state = {f"{net}.{k}": v.detach().contiguous() for net, m in built[0].networks().items()
          for k, v in m.state_dict().items()}
 save_file(state, str(out / f"rank{world().rank}.safetensors"))
+leave(0)  # as the CLI's ranks end (robustgan.distributed.leave)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -67,6 +69,18 @@ def teardown() -> None:
     """Leave the process group while the interpreter is still alive (a no-op outside one)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(code: int) -> NoReturn:
+    """End a torchrun rank once its work is done: leave the process group, flush the output and
+    exit without interpreter finalization. A gloo rank that reaches finalization can still abort
+    there after its work succeeded ("terminate called without an active exception", SIGABRT,
+    seen on either rank of tests/test_distributed.py under load even with ``teardown`` at exit:
+    gloo's worker threads release tensors that need the interpreter, pytorch PR 179291)."""
+    teardown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def device_for(device: torch.device, here: World) -> torch.device:

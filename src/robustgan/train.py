@@ -106,6 +106,7 @@ def fit(cfg: Config | str | Path | None, out: str | Path, *, resume: bool = Fals
             training.logger.message(f"finished: {run.path}")
         else:
             training.logger.message(f"stopped after epoch {stopped_after}; continue with: {run.resume_command}")
+        training.logger.close()
         return run
     finally:
         if here.is_main:
@@ -411,6 +412,11 @@ class Logger:
     def message(self, text: str) -> None:
         if not self.quiet:
             console.print(text)
+
+    def close(self) -> None:
+        """Write out TensorBoard's pending events (a torchrun rank exits without finalization)."""
+        if self.writer is not None:
+            self.writer.close()
 
 
 class EpochStats:

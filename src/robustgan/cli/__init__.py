@@ -9,6 +9,7 @@ import sys
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # click as typer 0.29 vendors it (pinned)
 
+from robustgan import distributed
 from robustgan.cli import demo, evaluation, reports, training
 from robustgan.cli.common import err_console
 from robustgan.errors import Interrupted, RobustganError
@@ -48,29 +49,38 @@ for name, command in COMMANDS.items():
 
 
 def main(argv: list[str] | None = None):
-    """The console script: ``argv`` (default: the command line) without the program name."""
+    """The console script: ``argv`` (default: the command line) without the program name.
+    A torchrun rank leaves through ``distributed.leave`` (no interpreter finalization)."""
+    code = run_command(argv)
+    if distributed.world().enabled:
+        distributed.leave(code)
+    sys.exit(code)
+
+
+def run_command(argv: list[str] | None) -> int:
+    """Run one command; its exit code (errors a user can cause print one line and give 2)."""
     keep_freed_memory()  # every command's CPU steps: no page faults on each step's activations
     apply_mkldnn_switch()
     try:
         code = app(args=argv, prog_name="robustgan", standalone_mode=False)
     except NoArgsIsHelpError as err:  # no command: the help, on stderr, and exit 2 (as click does)
         err_console.print(err.ctx.get_help(), highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except UsageError as err:  # a missing argument, an unknown option, a value of the wrong type
         command = err.ctx.command_path if err.ctx is not None else "robustgan"
         err_console.print(f"error: {err.format_message()} (see {command} --help)", highlight=False, markup=False,
                           soft_wrap=True)
-        sys.exit(2)
+        return 2
     except typer.Abort:
         err_console.print("interrupted")
-        sys.exit(130)
+        return 130
     except RobustganError as err:
         text = str(err) if isinstance(err, Interrupted) else f"error: {err}"
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)
-        sys.exit(err.exit_code)
+        return err.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        sys.exit(130)
+        return 130
     if code == 130:  # typer turns Ctrl-C into Exit(130)
         err_console.print("interrupted")
-    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(k) and --help return their code here
+    return code if isinstance(code, int) else 0  # typer.Exit(k) and --help return their code here
