@@ -15,7 +15,7 @@ import torch
 
 from robustgan.attacks import (ATTACKS, AttackArgs, AttackError, AttackSettings, Batching, Stage, StageBatch, attack_label,
                                attack_names, attack_table, register_attack, robust_mask, stages, worst_case)
-from robustgan.attacks.stages import stage_table
+from robustgan.attacks.stages import Passes, stage_table
 from robustgan.evaluation.cache import EvalCache, cache_key
 from robustgan.evaluation.engine import Subject, cached_mask
 from tests.helpers import CONFIGS, copy_run, run_main, tiny_cnn
@@ -201,7 +201,7 @@ def test_the_docs_stage_table_is_the_ensembles():
 CORNERS = 8  # the toy stage's tries per point and eps
 
 
-def corner_stage(batch: StageBatch) -> int:
+def corner_stage(batch: StageBatch) -> Passes:
     """A toy query stage: ``CORNERS`` random corners of the ball per point still robust at each
     eps (one forward pass each); where the model misclassifies one, the point is fooled there
     and at every larger eps (the corner lies in every larger ball)."""
@@ -220,7 +220,7 @@ def corner_stage(batch: StageBatch) -> int:
             batch.correct[todo[hit], k:] = False
             if batch.examples is not None:
                 batch.examples[k:, todo[hit]] = corner[hit.to(corner.device)].cpu()
-    return forwards
+    return Passes(0, forwards)
 
 
 def test_a_toy_stage_added_through_the_recipe_runs_in_the_ensemble(trained_tiny, digits, monkeypatch, seed):

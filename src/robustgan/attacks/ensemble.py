@@ -8,8 +8,9 @@ Hein 2020 Sec. 4), each attack only on the points every earlier attack failed on
 keeping its worst case (the first misclassified example, else the one with the largest
 margin max_{i != y} z_i - z_y). Then the query stages on the points every gradient attack
 left robust: Square (``gradient_free``), and RayS (``rays``) on points whose outputs carry only the
-decision (``outputs.decisions_only``). As in AutoAttack, a point counts as robust only if every
-attack fails on it.
+decision (``outputs.decisions_only``). In L2, FAB-T (``fab.fab_stage``) runs before Square on the
+points the gradient stages brought close to the boundary. As in AutoAttack, a point counts as
+robust only if every attack fails on it.
 
 Where it departs from AutoAttack's APGD-T (our reading of A3, Liu et al. CVPR 2022: spend the
 attack where it can still succeed):
@@ -72,7 +73,7 @@ from robustgan.attacks.outputs import as_logits, decisions_only
 from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.settings import AttackSettings, Batching
 from robustgan.attacks.stages import (ENSEMBLE_VERSION, Savings, StageBatch, attack_runs, ensemble_help,
-                                      ensemble_label, ensemble_names, query_stages)
+                                      batch_stages, ensemble_label, ensemble_names)
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps, classifier, get_norm, model_device, probe_classes
 
 __all__ = ["Savings", "WorstCase", "worst_case", "refine_min_eps", "usable_targets"]
@@ -91,10 +92,11 @@ class WorstCase:
     grad_evals: int  # forward-backward passes, summed over points and attacks
     seconds: float
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W): each point's worst example, on request
-    forwards: int = 0  # forward passes without a gradient: the gradient-free stage's queries
+    forwards: int = 0  # forward passes without a gradient: the query stages' queries, FAB-T's checks
     gradients_correct: torch.Tensor | None = None  # (n, len(eps)): ``correct`` before the gradient-free stage
     decisions_only: torch.Tensor | None = None  # (n,) bool: clean outputs carry only the decision (``decisions_only``)
     by_stage: dict[str, int] = field(default_factory=dict)  # passes per stage: gradient evaluations, or forwards
+    # (a query stage's; FAB-T's forward-only checks under "fab-forwards")
 
     @property
     def accuracy(self) -> list[float]:
@@ -129,6 +131,7 @@ class Attacked:
     worst: torch.Tensor
     worst_margin: torch.Tensor
     clean_margin: torch.Tensor
+    settled_margin: torch.Tensor | None = None  # the worst margin at the largest eps each point withstood (-inf: none)
 
 
 def _attack_robust(attacked: Attacked, eps, runs, settings: AttackSettings, early_stop: bool,
@@ -180,6 +183,8 @@ def _ascend(attacked: Attacked, eps: list[float], runs, settings: AttackSettings
         if e > 0:
             spent += _attack_robust(attacked, e, runs, settings, early_stop, batching.batch_size)
         correct[:, k] = ~attacked.fooled.cpu()
+        if e > 0:
+            attacked.settled_margin = torch.where(attacked.fooled, attacked.settled_margin, attacked.worst_margin)
         if examples is not None:
             examples[k] = attacked.worst.cpu()
         batching.done(len(attacked.y))
@@ -221,6 +226,7 @@ def _descend(attacked: Attacked, eps: list[float], runs, settings: AttackSetting
             spent += _attack_robust(sub, e, runs, settings, True, batching.batch_size)
             worst[idx] = sub.worst
             settled[idx[~sub.fooled]] = True
+            attacked.settled_margin[idx[~sub.fooled]] = sub.worst_margin[~sub.fooled]
             hit = torch.zeros(n, dtype=torch.bool, device=x.device)
             hit[idx[sub.fooled]] = True
         else:  # eps 0 (the clean image), or only known-fooled points left at this eps
@@ -309,7 +315,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
     correct, gradients_correct = (torch.zeros(len(y), len(eps), dtype=torch.bool) for _ in range(2))
     clean, label_only = (torch.zeros(len(y), dtype=torch.bool) for _ in range(2))
     examples = torch.empty(len(eps), *x.shape, dtype=torch.float32) if keep_examples else None
-    spent = Counter()
+    spent, queried = Counter(), Counter()  # gradient evaluations, forward-only passes per stage
     seed = settings.seed or 0
     runs = attack_runs(targets, seed, savings)
     over_grid = _descend if savings.descend and savings.early_stop else partial(_ascend, early_stop=savings.early_stop)
@@ -322,24 +328,37 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
             fooled = logits.argmax(1) != yb
             clean[sl] = ~fooled.cpu()
             clean_margin = margin(logits, yb)
-            attacked = Attacked(net, xb, yb, ids[sl], fooled, xb.clone(), clean_margin.clone(), clean_margin)
+            attacked = Attacked(net, xb, yb, ids[sl], fooled, xb.clone(), clean_margin.clone(), clean_margin,
+                                torch.full_like(clean_margin, -math.inf))
             known = None if known_fooled is None else known_fooled[sl].to(device)
             spent += over_grid(attacked, eps, runs, settings, batching, known, correct[sl],
                                None if examples is None else examples[:, sl])
-            gradients_correct[sl] = correct[sl]
-            if settings.queries:  # the query stages, where the gradient stages failed
-                batch = StageBatch(model=net, x=xb, y=yb, ids=ids[sl], eps=eps, correct=correct[sl],
-                                   clean_margin=clean_margin, decisions_only=label_only[sl], queries=settings.queries, seed=seed,
-                                   examples=None if examples is None else examples[:, sl],
-                                   square_give_up=savings.square_give_up, norm=settings.norm)
-                for stage in query_stages(settings.norm):
-                    spent[stage.name] += stage.run(batch)
-    queried = {stage.name for stage in query_stages()}
+            batch = StageBatch(model=net, x=xb, y=yb, ids=ids[sl], eps=eps, correct=correct[sl],
+                               clean_margin=clean_margin, settled_margin=attacked.settled_margin, targets=targets,
+                               steps=int(settings.steps), decisions_only=label_only[sl], queries=settings.queries, seed=seed,
+                               examples=None if examples is None else examples[:, sl],
+                               square_give_up=savings.square_give_up, norm=settings.norm, fab_close=savings.fab_close,
+                               fab_give_up=savings.fab_give_up)
+            _run_batch_stages(batch, gradients_correct[sl], spent, queried)
     names = ensemble_names(int(targets), settings.queries, bool(label_only.any()), settings.norm)
-    return WorstCase(eps, correct, clean, names,
-                     sum(v for k, v in spent.items() if k not in queried), time.perf_counter() - start, examples,
-                     sum(v for k, v in spent.items() if k in queried), gradients_correct, label_only,
-                     {k: v for k, v in spent.items() if v})
+    return WorstCase(eps, correct, clean, names, sum(spent.values()), time.perf_counter() - start, examples,
+                     sum(queried.values()), gradients_correct, label_only,
+                     {k: v for k, v in (spent + queried).items() if v})
+
+
+def _run_batch_stages(batch: StageBatch, gradients_correct: torch.Tensor, spent: Counter, queried: Counter) -> None:
+    """The batch stages in ``batch.norm`` on one batch, where the gradient stages failed: those
+    with gradients first (FAB-T), then ``gradients_correct`` records ``batch.correct``, then the
+    query stages (with a query budget). Adds each stage's gradient evaluations to ``spent`` and
+    its forward-only passes to ``queried`` (a gradient stage's under "<name>-forwards")."""
+    stages = batch_stages(batch.norm)
+    for stage in [s for s in stages if s.gradients]:
+        passes = stage.run(batch)
+        spent[stage.name] += passes.grad_evals
+        queried[f"{stage.name}-forwards"] += passes.forwards
+    gradients_correct.copy_(batch.correct)
+    for stage in [s for s in stages if not s.gradients] if batch.queries else []:
+        queried[stage.name] += stage.run(batch).forwards
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase,

@@ -1,4 +1,4 @@
-"""The worst-case ensemble's gradient-free stage (docs/evaluation.md, "4. Square"): Square
+"""The worst-case ensemble's gradient-free stage (docs/evaluation.md, "5. Square"): Square
 (``attacks.square``) on the points every gradient attack left robust, spending its queries where
 they can still pay."""
 

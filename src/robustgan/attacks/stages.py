@@ -5,8 +5,9 @@ on which points. ``ensemble_names`` (the ``attacks`` of every result), the ensem
 Two kinds of stage:
 - a gradient stage gives APGD runs (``AttackRun``) that ``worst_case`` makes at the eps of
   the grid from the largest down, on the points every earlier run left robust (``runs``);
-- a query stage runs once the gradient stages are done at every eps, on one batch
-  (``StageBatch``), and returns the forward passes it spent (``run``).
+- a batch stage runs once the gradient stages are done at every eps, on one batch
+  (``StageBatch``), and returns the passes it spent (``run``, ``Passes``): FAB-T (gradients,
+  L2 only), then the query stages Square and RayS (forwards only).
 
 ARCHITECTURE.md's recipe "an attack in the default ensemble" adds one of either kind."""
 
@@ -18,6 +19,9 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
+from robustgan.attacks.fab import CLOSE as FAB_CLOSE
+from robustgan.attacks.fab import GIVE_UP as FAB_GIVE_UP
+from robustgan.attacks.fab import fab_stage
 from robustgan.attacks.gradient_free import GIVE_UP as SQUARE_GIVE_UP
 from robustgan.attacks.gradient_free import gradient_free_stage
 from robustgan.attacks.rays import decision_stage
@@ -63,7 +67,10 @@ class Savings:
     ``first_target`` (APGD-T's first target
     only on points whose margin ratio after APGD-CE is at most this; 1: every point) and
     ``square_give_up`` (the Square stage's (query, margin fraction) give-up checkpoints,
-    ``gradient_free.GIVE_UP``; (): every probe runs its whole budget)."""
+    ``gradient_free.GIVE_UP``; (): every probe runs its whole budget) and ``fab_close`` (L2: FAB-T
+    only on points whose margin ratio at their largest robust eps is at most this, ``fab.CLOSE``;
+    1: every point still robust somewhere; 0: none) and ``fab_give_up`` (its (fraction of its
+    steps, distance / eps) give-up checkpoints, ``fab.GIVE_UP``; (): every row runs all its steps)."""
 
     warm_start: bool = True
     early_stop: bool = True
@@ -74,6 +81,15 @@ class Savings:
     descend: bool = True
     restart: float | None = CLOSE_RESTART
     square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP
+    fab_close: float = FAB_CLOSE
+    fab_give_up: tuple[tuple[float, float], ...] = FAB_GIVE_UP
+
+
+class Passes(NamedTuple):
+    """What a batch stage spent: forward-backward passes, and forward passes without a gradient."""
+
+    grad_evals: int
+    forwards: int
 
 
 @dataclass
@@ -87,12 +103,17 @@ class StageBatch:
     eps: list[float]  # ascending
     correct: torch.Tensor  # (n, len(eps)) bool, CPU: a stage sets False where it fools a point (in place)
     clean_margin: torch.Tensor  # (n,) max_{i != y} z_i - z_y of the clean image, on the device
+    settled_margin: torch.Tensor  # (n,) the margin of the worst example at the largest eps the gradient stages left robust
+    targets: int  # APGD-T's targets (FAB-T's too)
+    steps: int  # APGD's steps per run (FAB-T's per target too)
     decisions_only: torch.Tensor  # (n,) bool, CPU: the outputs carry only the decision
     queries: int  # the query budget per point
     seed: int
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W), CPU: a stage writes each example it finds
     square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP  # Square's give-up checkpoints (``Savings``)
     norm: str = "linf"  # the threat model (``threat.NORMS``)
+    fab_close: float = FAB_CLOSE  # FAB-T's gate (``Savings``)
+    fab_give_up: tuple[tuple[float, float], ...] = FAB_GIVE_UP  # FAB-T's give-up checkpoints (``Savings``)
 
 
 @dataclass(frozen=True)
@@ -103,8 +124,9 @@ class Stage:
     listed: Callable[[int, int, bool], str | None]  # (targets, queries, decisions only) -> its name in ``attacks``; None: it does not run
     title: Callable[[dict], str] = lambda settings: ""  # cache settings -> its part of the label ("": none)
     runs: Callable[[int, int, Savings], list[AttackRun]] | None = None  # a gradient stage: (targets, seed, savings) -> runs
-    run: Callable[[StageBatch], int] | None = None  # a query stage: -> forward passes spent
+    run: Callable[[StageBatch], Passes] | None = None  # a batch stage: -> the passes it spent
     norms: tuple[str, ...] = ("linf",)  # the threat models it has a version in (L2 is opt-in)
+    gradients: bool = False  # a batch stage that takes gradients (runs before ``gradients_correct`` is recorded)
 
 
 def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
@@ -116,13 +138,18 @@ def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
                                HALVING if savings.halving else None, savings.give_up)] if rest else [])
 
 
-def _square(b: StageBatch) -> int:
-    return gradient_free_stage(b.model, b.x, b.y, b.ids, b.eps, b.correct, b.clean_margin, b.queries, b.seed,
-                               b.examples, b.square_give_up, b.norm)
+def _fab(b: StageBatch) -> Passes:
+    return Passes(*fab_stage(b.model, b.x, b.y, b.eps, b.correct, b.settled_margin, b.clean_margin, b.targets,
+                             b.steps, b.fab_close, b.fab_give_up, b.examples))
 
 
-def _rays(b: StageBatch) -> int:
-    return decision_stage(b.model, b.x, b.y, b.eps, b.correct, b.decisions_only, b.queries, b.examples)
+def _square(b: StageBatch) -> Passes:
+    return Passes(0, gradient_free_stage(b.model, b.x, b.y, b.ids, b.eps, b.correct, b.clean_margin, b.queries,
+                                         b.seed, b.examples, b.square_give_up, b.norm))
+
+
+def _rays(b: StageBatch) -> Passes:
+    return Passes(0, decision_stage(b.model, b.x, b.y, b.eps, b.correct, b.decisions_only, b.queries, b.examples))
 
 
 def _queries(settings: dict) -> int:
@@ -147,6 +174,11 @@ STAGES: list[Stage] = [
           runs=lambda targets, seed, savings: [AttackRun("apgd-ce-restart", "ce-standardized", (), seed, savings.restart,
                                                          False)] if savings.warm_start and savings.restart else [],
           norms=("linf", "l2")),
+    Stage("fab", "FAB-T in L2", "L2 only: FAB-T towards the targets ranked at the clean image, on the points whose "
+          "worst example closed 90% of the clean gap at their largest robust eps; its closest example settles every "
+          "eps", lambda targets, queries, label_only: f"fab-t({targets} targets)" if targets else None,
+          lambda s: f"FAB-T ({s['targets']} targets)" if s.get("targets") and s.get("norm") == "l2" else "",
+          run=_fab, norms=("l2",), gradients=True),
     Stage("square", "Square", "Square Attack on the points every gradient stage left robust, from the largest eps "
           "each withstood downwards, giving up on points far from fooled",
           lambda targets, queries, label_only: f"square({queries})" if queries else None,
@@ -163,8 +195,8 @@ def attack_runs(targets: int, seed: int, savings: Savings = Savings(warm_start=F
     return [run for stage in STAGES if stage.runs is not None for run in stage.runs(targets, seed, savings)]
 
 
-def query_stages(norm: str | None = None) -> list[Stage]:
-    """The query stages (those running in ``norm``; None: all)."""
+def batch_stages(norm: str | None = None) -> list[Stage]:
+    """The batch stages (those running in ``norm``; None: all)."""
     return [stage for stage in STAGES if stage.run is not None and (norm is None or norm in stage.norms)]
 
 
@@ -190,5 +222,5 @@ def ensemble_help() -> str:
 def stage_table() -> str:
     """STAGES as a markdown table (docs/evaluation.md holds it; a test keeps the two equal)."""
     rows = ["| stage | kind | what it runs |", "| --- | --- | --- |"]
-    rows += [f"| `{s.name}` | {'gradient' if s.runs else 'queries'} | {s.help} |" for s in STAGES]
+    rows += [f"| `{s.name}` | {'gradient' if s.runs or s.gradients else 'queries'} | {s.help} |" for s in STAGES]
     return "\n".join(rows) + "\n"
