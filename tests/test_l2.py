@@ -137,6 +137,8 @@ def test_the_fab_stage_settles_points_with_valid_examples_unmoved_by_what_keeps_
 
 
 class Lambda(torch.nn.Module):
+    """``wrap`` (a function of the outputs) as a module."""
+
     def __init__(self, wrap):
         super().__init__()
         self.wrap = wrap

@@ -19,7 +19,7 @@ from robustgan.evaluation.checks import CheckSettings, check_model
 from robustgan.evaluation.engine import randomness
 from robustgan.evaluation.saliency import saliency
 from robustgan.evaluation.trends import directions, logit_trends
-from tests.helpers import bn_dropout_cnn, rgb, run_main, tiny_cnn
+from tests.helpers import bn_dropout_cnn, run_main, tiny_cnn
 
 
 class Softmax(torch.nn.Module):

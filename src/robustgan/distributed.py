@@ -72,11 +72,15 @@ def teardown() -> None:
 
 
 def leave(code: int) -> NoReturn:
-    """End a torchrun rank once its work is done: leave the process group, flush the output and
-    exit without interpreter finalization. A gloo rank that reaches finalization can still abort
-    there after its work succeeded ("terminate called without an active exception", SIGABRT,
-    seen on either rank of tests/test_distributed.py under load even with ``teardown`` at exit:
-    gloo's worker threads release tensors that need the interpreter, pytorch PR 179291)."""
+    """End a torchrun rank once its command returned ``code``. A gloo rank leaves the process
+    group, flushes its output and exits without interpreter finalization: one that reaches
+    finalization can still abort there after its work succeeded ("terminate called without an
+    active exception", SIGABRT, seen on either rank of tests/test_distributed.py under load even
+    with ``teardown`` at exit: gloo's worker threads release tensors that need the interpreter,
+    pytorch PR 179291). An nccl rank exits as usual (destroying its group after a peer failed
+    mid-collective can block, as in ``setup``)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"):
+        sys.exit(code)
     teardown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -405,6 +405,7 @@ class Logger:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
                     self.writer.add_scalar(f"{record.get('split', 'train')}/{key}", value, record["step"])
+            self.writer.flush()  # an epoch's record: a rank that exits without finalization loses none
         if not self.quiet:
             shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
             console.print(shown)
@@ -414,7 +415,7 @@ class Logger:
             console.print(text)
 
     def close(self) -> None:
-        """Write out TensorBoard's pending events (a torchrun rank exits without finalization)."""
+        """Close TensorBoard's event file (``log`` has written every record out)."""
         if self.writer is not None:
             self.writer.close()
 

@@ -73,7 +73,7 @@ from robustgan.attacks.outputs import as_logits, decisions_only
 from robustgan.attacks.registry import AttackArgs, register_attack
 from robustgan.attacks.settings import AttackSettings, Batching
 from robustgan.attacks.stages import (ENSEMBLE_VERSION, Savings, StageBatch, attack_runs, ensemble_help,
-                                      batch_stages, ensemble_label, ensemble_names)
+                                      ensemble_label, ensemble_names, run_batch_stages)
 from robustgan.attacks.threat import AttackError, attack_mode, check_eps, classifier, get_norm, model_device, probe_classes
 
 __all__ = ["Savings", "WorstCase", "worst_case", "refine_min_eps", "usable_targets"]
@@ -92,7 +92,7 @@ class WorstCase:
     grad_evals: int  # forward-backward passes, summed over points and attacks
     seconds: float
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W): each point's worst example, on request
-    forwards: int = 0  # forward passes without a gradient: the query stages' queries, FAB-T's checks
+    forwards: int = 0  # forward passes without a gradient: the query stages' queries, FAB-T's checks and target ranking
     gradients_correct: torch.Tensor | None = None  # (n, len(eps)): ``correct`` before the gradient-free stage
     decisions_only: torch.Tensor | None = None  # (n,) bool: clean outputs carry only the decision (``decisions_only``)
     by_stage: dict[str, int] = field(default_factory=dict)  # passes per stage: gradient evaluations, or forwards
@@ -339,26 +339,11 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[flo
                                examples=None if examples is None else examples[:, sl],
                                square_give_up=savings.square_give_up, norm=settings.norm, fab_close=savings.fab_close,
                                fab_give_up=savings.fab_give_up)
-            _run_batch_stages(batch, gradients_correct[sl], spent, queried)
+            run_batch_stages(batch, gradients_correct[sl], spent, queried)
     names = ensemble_names(int(targets), settings.queries, bool(label_only.any()), settings.norm)
     return WorstCase(eps, correct, clean, names, sum(spent.values()), time.perf_counter() - start, examples,
                      sum(queried.values()), gradients_correct, label_only,
                      {k: v for k, v in (spent + queried).items() if v})
-
-
-def _run_batch_stages(batch: StageBatch, gradients_correct: torch.Tensor, spent: Counter, queried: Counter) -> None:
-    """The batch stages in ``batch.norm`` on one batch, where the gradient stages failed: those
-    with gradients first (FAB-T), then ``gradients_correct`` records ``batch.correct``, then the
-    query stages (with a query budget). Adds each stage's gradient evaluations to ``spent`` and
-    its forward-only passes to ``queried`` (a gradient stage's under "<name>-forwards")."""
-    stages = batch_stages(batch.norm)
-    for stage in [s for s in stages if s.gradients]:
-        passes = stage.run(batch)
-        spent[stage.name] += passes.grad_evals
-        queried[f"{stage.name}-forwards"] += passes.forwards
-    gradients_correct.copy_(batch.correct)
-    for stage in [s for s in stages if not s.gradients] if batch.queries else []:
-        queried[stage.name] += stage.run(batch).forwards
 
 
 def refine_min_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, found: WorstCase,
