@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import robustgan
-from robustgan.attacks import ATTACKS, AttackSettings, attack_names, robust_mask, worst_case
+from robustgan.attacks import ATTACKS, AttackSettings, Savings, attack_names, robust_mask, worst_case
 from robustgan.attacks.ensemble import refine_min_eps
 from robustgan.attacks.outputs import decisions_only_fraction
 from robustgan.evaluation.checks import CheckSettings, check_model
@@ -79,6 +79,9 @@ def test_the_engine_and_the_notebook_api_hand_the_model_back_unchanged(handed):
     model, x, y = handed
     before = state(model)
     found = worst_case(model, x, y, [0.05, 0.1], AttackSettings(steps=3, targets=2, queries=5))
+    in_l2 = worst_case(model, x, y, [0.05, 0.1], AttackSettings(steps=3, targets=2, queries=5, norm="l2"),
+                       savings=Savings(fab_close=1))  # every robust point through the FAB-T stage too
+    assert in_l2.by_stage["fab"] > 0
     refine_min_eps(model, x, y, found, AttackSettings(steps=2, targets=1), rounds=1)
     robustgan.evaluate(model, x, y, eps=0.1, steps=2, targets=1, queries=5)
     robustgan.evaluate(model, x, y, eps=0.1, attack="eot", steps=2)
