@@ -12,7 +12,7 @@ whole budget (``fab_close=1, fab_give_up=()``), with their backward and forward 
 (counted as AutoAttack's are), the stage's own, and the points AutoAttack fools that each leaves
 robust.
 
-``--give-up``: on the points the gate takes (margin ratio <= ``fab.CLOSE`` at their largest
+``--give-up``: on the points the gate takes (margin ratio <= ``stages.CLOSE`` at their largest
 robust eps, after the gradient stages), FAB-T towards each of the 9 targets for 100 steps without
 giving up; per (point, target) row, its closest example's distance / eps after 25 and 50 steps,
 for the rows that end within eps (the rule must keep every one) and for the others (what it saves)."""
@@ -35,7 +35,8 @@ from ensemble_savings import models  # noqa: E402
 
 from robustgan.attacks import AttackSettings, Savings, worst_case  # noqa: E402
 from robustgan.attacks.apgd import margin, target_order  # noqa: E402
-from robustgan.attacks.fab import CLOSE, fab_targeted  # noqa: E402
+from robustgan.attacks.fab import fab_targeted  # noqa: E402
+from robustgan.attacks.stages import CLOSE  # noqa: E402
 from robustgan.data import load  # noqa: E402
 
 GRID = [0.5, 1, 1.5, 2, 2.5, 3]  # the L2 grid of BENCHMARKS.md, "L2"

@@ -100,7 +100,7 @@ def test_fab_finds_misclassified_points_close_to_the_image(model_kind, seed):
 
 def test_the_fab_stage_settles_points_with_valid_examples_unmoved_by_what_keeps_the_decision(model_kind):
     """The ensemble's FAB-T stage (``fab_stage``) on both kinds of model, every point gated in (as
-    if the gradient stages had brought each within 10% of its boundary at both eps): it flips a
+    if the gradient stages had brought each to its boundary at both eps): it flips a
     point only at the eps of at least the distance of an example that is misclassified, in the ball
     and the box; logits x 1e4 and softmax outputs (attacked through their logarithm, as the
     ensemble does) give the same points, FAB-T following the boundary z_y = z_t (two of 80 allowed
@@ -117,8 +117,8 @@ def test_the_fab_stage_settles_points_with_valid_examples_unmoved_by_what_keeps_
             net, logits = as_logits(net, net(x))
         clean = logits.argmax(1) == y
         correct = clean[:, None].repeat(1, len(grid)).cpu()
-        clean_margin = torch.where(clean, -1.0, 1.0)  # every robust point gated: ratio 0 <= CLOSE
-        fab_stage(net, x, y, grid, correct, torch.zeros(len(y)), clean_margin, 3, steps=30, examples=examples)
+        clean_margin = torch.where(clean, -1.0, 1.0)  # every robust point gated: ratio 0 <= 0.3
+        fab_stage(net, x, y, grid, correct, torch.zeros(len(y)), clean_margin, 3, 0.3, steps=30, examples=examples)
         return clean, correct
 
     examples = torch.zeros(len(grid), *x.shape)

@@ -26,14 +26,10 @@ from robustgan.attacks.threat import attack_mode, check_eps, get_norm, l2_sizes
 
 STEPS = 100  # iterations per target, as AutoAttack's FAB-T
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9  # the paper's (and AutoAttack's) defaults
-# The ensemble's FAB stage takes the points whose worst example at their largest robust eps has
-# closed at least 90% of the clean logit gap (margin ratio <= CLOSE): docs/evaluation.md, "4. FAB-T,
-# in L2 only", measures what it finds and what the gate risks.
-CLOSE = 0.1
 # The stage's FAB-T gives up on a (point, target) row whose closest example is still farther than
 # 1.5 times the point's eps after a quarter of its steps, or 1.25 times after half (none found:
-# infinitely far); at 100 steps, the 9 rows that ended within eps (the tiny CNN's; none on the L2
-# digits preset) were at most 1.26 and 1.18 times (docs/evaluation.md).
+# infinitely far); at 100 steps, the 9 rows that ended within eps (the tiny CNN's, gate at 90%; none
+# on the L2 digits preset) were at most 1.26 and 1.18 times (docs/evaluation.md).
 GIVE_UP = ((0.25, 1.5), (0.5, 1.25))
 
 
@@ -136,8 +132,8 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
 
 
 def fab_stage(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float], correct: torch.Tensor,
-              settled_margin: torch.Tensor, clean_margin: torch.Tensor, targets: int, steps: int = STEPS,
-              close: float = CLOSE, give_up: tuple[tuple[float, float], ...] = GIVE_UP,
+              settled_margin: torch.Tensor, clean_margin: torch.Tensor, targets: int, close: float,
+              steps: int = STEPS, give_up: tuple[tuple[float, float], ...] = GIVE_UP,
               examples: torch.Tensor | None = None) -> tuple[int, int]:
     """The ensemble's FAB-T stage in L2, run after its gradient stages; returns (gradient
     evaluations, forward-only passes).

@@ -20,7 +20,6 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
-from robustgan.attacks.fab import CLOSE as FAB_CLOSE
 from robustgan.attacks.fab import GIVE_UP as FAB_GIVE_UP
 from robustgan.attacks.fab import fab_stage
 from robustgan.attacks.gradient_free import GIVE_UP as SQUARE_GIVE_UP
@@ -69,7 +68,8 @@ class Savings:
     only on points whose margin ratio after APGD-CE is at most this; 1: every point) and
     ``square_give_up`` (the Square stage's (query, margin fraction) give-up checkpoints,
     ``gradient_free.GIVE_UP``; (): every probe runs its whole budget) and ``fab_close`` (L2: FAB-T
-    only on points whose margin ratio at their largest robust eps is at most this, ``fab.CLOSE``;
+    only on points whose margin ratio at their largest robust eps is at most this, ``CLOSE`` as
+    for APGD-T's ranks 2-9;
     1: every point still robust somewhere; 0: none) and ``fab_give_up`` (its (fraction of its
     steps, distance / eps) give-up checkpoints, ``fab.GIVE_UP``; (): every row runs all its steps)."""
 
@@ -82,7 +82,7 @@ class Savings:
     descend: bool = True
     restart: float | None = CLOSE_RESTART
     square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP
-    fab_close: float = FAB_CLOSE
+    fab_close: float = CLOSE
     fab_give_up: tuple[tuple[float, float], ...] = FAB_GIVE_UP
 
 
@@ -113,7 +113,7 @@ class StageBatch:
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W), CPU: a stage writes each example it finds
     square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP  # Square's give-up checkpoints (``Savings``)
     norm: str = "linf"  # the threat model (``threat.NORMS``)
-    fab_close: float = FAB_CLOSE  # FAB-T's gate (``Savings``)
+    fab_close: float = CLOSE  # FAB-T's gate (``Savings``)
     fab_give_up: tuple[tuple[float, float], ...] = FAB_GIVE_UP  # FAB-T's give-up checkpoints (``Savings``)
 
 
@@ -141,7 +141,7 @@ def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
 
 def _fab(b: StageBatch) -> Passes:
     return Passes(*fab_stage(b.model, b.x, b.y, b.eps, b.correct, b.settled_margin, b.clean_margin, b.targets,
-                             b.steps, b.fab_close, b.fab_give_up, b.examples))
+                             b.fab_close, b.steps, b.fab_give_up, b.examples))
 
 
 def _square(b: StageBatch) -> Passes:
@@ -176,7 +176,7 @@ STAGES: list[Stage] = [
                                                          False)] if savings.warm_start and savings.restart else [],
           norms=("linf", "l2")),
     Stage("fab", "FAB-T in L2", "L2 only: FAB-T towards the targets ranked at the clean image, on the points whose "
-          f"worst example closed {1 - FAB_CLOSE:.0%} of the clean gap at their largest robust eps; its closest example "
+          f"worst example closed {1 - CLOSE:.0%} of the clean gap at their largest robust eps; its closest example "
           "settles every eps", lambda targets, queries, label_only: f"fab-t({targets} targets)" if targets else None,
           lambda s: f"FAB-T ({s['targets']} targets)" if s.get("targets") and s.get("norm") == "l2" else "",
           run=_fab, norms=("l2",), takes_gradients=True),
