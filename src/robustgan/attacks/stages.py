@@ -68,9 +68,8 @@ class Savings:
     only on points whose margin ratio after APGD-CE is at most this; 1: every point) and
     ``square_give_up`` (the Square stage's (query, margin fraction) give-up checkpoints,
     ``gradient_free.GIVE_UP``; (): every probe runs its whole budget) and ``fab_close`` (L2: FAB-T
-    only on points whose margin ratio at their largest robust eps is at most this, ``CLOSE`` as
-    for APGD-T's ranks 2-9;
-    1: every point still robust somewhere; 0: none) and ``fab_give_up`` (its (fraction of its
+    only on points whose margin ratio at their largest robust eps is at most this, ``CLOSE`` as for
+    APGD-T's ranks 2-9; 1: every point still robust somewhere; 0: none) and ``fab_give_up`` (its (fraction of its
     steps, distance / eps) give-up checkpoints, ``fab.GIVE_UP``; (): every row runs all its steps)."""
 
     warm_start: bool = True
