@@ -38,7 +38,7 @@ from robustgan.attacks import AttackSettings, Savings, worst_case  # noqa: E402
 from robustgan.data import load  # noqa: E402
 from robustgan.runtime import load_model  # noqa: E402
 from tests.helpers import tiny_cnn, train_pgd_at  # noqa: E402
-from tests.planted import ThresholdInputs  # noqa: E402
+from tests.planted import HalfThresholdInputs, ThresholdInputs  # noqa: E402
 from aa_reference import Counted  # noqa: E402 (benchmarks/ on the path)
 
 GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
@@ -56,6 +56,12 @@ SAVINGS = {  # the first named is the reference the others' lost and gained poin
     "descend-first-target-0.5": Savings(first_target=0.5),
     "close-1": Savings(close=1.0, halving=False),  # every target on every point, all its steps
     "no-give-up-close-1": Savings(give_up=(), close=1.0, halving=False),
+    "restart-0.2": Savings(restart=0.2),
+    "close-0.2": Savings(close=0.2),
+    # the Square stage's give-up checkpoints: the lenient ones it had, and ones from query 100 on
+    "square-give-up-0.5-0.1": Savings(square_give_up=((500, 0.5), (1000, 0.25), (2000, 0.1))),
+    "square-give-up-from-100": Savings(square_give_up=((100, 0.3), (300, 0.15), (500, 0.1), (1000, 0.06),
+                                                       (2000, 0.03))),
 }
 
 
@@ -100,7 +106,9 @@ def models(names: list[str]) -> dict[str, nn.Module]:
         tiny.eval()
         wrapped = {"tiny": tiny, "tiny-threshold": ThresholdInputs(tiny), "tiny-x1e4": Scaled(tiny, 1e4),
                    "tiny-softmax": nn.Sequential(tiny, nn.Softmax(1)), "tiny-compressed": Compressed(tiny),
-                   "tiny-threshold-compressed": Compressed(ThresholdInputs(tiny))}
+                   "tiny-threshold-compressed": Compressed(ThresholdInputs(tiny)),
+                   "tiny-half-threshold": HalfThresholdInputs(tiny),
+                   "tiny-half-threshold-compressed": Compressed(HalfThresholdInputs(tiny))}
         found |= {n: m.eval() for n, m in wrapped.items() if n in names}
     return found
 

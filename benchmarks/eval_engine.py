@@ -319,11 +319,14 @@ def passes(counted, fn) -> tuple[torch.Tensor, int, int, float]:
 
 
 def against_autoattack(name: str, model: nn.Module, x, y, grid: list[float], single: list[float],
-                       norm: str = "linf") -> dict:
+                       norm: str = "linf", variants: tuple[str, ...] = ()) -> dict:
     """The default (over the grid, and at each eps of ``single`` alone) and the CR attack against
     standard AutoAttack (``aa_reference``: run once per model, images and eps, then cached) on
-    ``model``, all in ``norm``: accuracy per eps, backward and forward passes per point, seconds."""
+    ``model``, all in ``norm``: accuracy per eps, backward and forward passes per point, seconds.
+    ``variants``: names of ``ensemble_savings.SAVINGS``, each run over the grid as well (the
+    trade-off between passes and points above AutoAttack)."""
     from aa_reference import Counted, reference
+    from ensemble_savings import SAVINGS
 
     counted, n = Counted(model).eval(), len(y)
     default = AttackSettings(norm=norm)
@@ -336,6 +339,12 @@ def against_autoattack(name: str, model: nn.Module, x, y, grid: list[float], sin
            "curve": {"aa": [sum(aa[e][k] for e in grid) / n for k in ("backward", "forward")] +
                      [sum(aa[e]["seconds"] for e in grid)],
                      "ours": [back / n, fwd / n, sec], "cr": [cr_back / n, cr_fwd / n, cr_sec]}, "single": {}}
+    row["variants"] = {}
+    for v in variants:
+        got, b, f, s = passes(counted, lambda: worst_case(counted, x, y, grid, default, savings=SAVINGS[v]).correct)
+        row["variants"][v] = {"ours": (100 * got.float().mean(0)).tolist(), "curve": [b / n, f / n, s],
+                              "fooled_by_aa_only": [int((got[:, k] & ~aa[e]["correct"]).sum())
+                                                    for k, e in enumerate(grid)]}
     for e in single:
         alone, b, f, s = passes(counted, lambda: worst_case(counted, x, y, [e], default).correct[:, 0])
         cr_alone, cb, cf, cs = passes(counted, lambda: cr_correct(counted, x, y, [e], norm)[:, 0])
@@ -371,6 +380,16 @@ def aa_table(results: dict) -> str:
                 c = s["cost"][key]
                 lines.append(f"| eps {format_eps(float(e))} alone ({s[key]:.1f}%) | {label} | {c[0]:.0f} | {c[1]:.0f} | "
                              f"{c[2]:.0f} | {aa[0] / c[0]:.1f}x | {aa[1] / c[1]:.1f}x |")
+        if r.get("variants"):
+            aa = r["curve"]["aa"]
+            lines += ["", "| savings (the curve) | most above AutoAttack at one eps (points) | at every eps | "
+                      "backward / pt | forward / pt | seconds | AutoAttack / it: backward | forward |", "| --- " * 8 + "|"]
+            for v, c in {"default": {**r, "curve": r["curve"]["ours"]}, **r["variants"]}.items():
+                above = [round(o - a, 1) + 0.0 for o, a in zip(c["ours"], r["aa"])]  # + 0.0: no "-0.0"
+                worst = max(round(d * r["n"] / 100) for d in above)
+                b, f, s = c["curve"]
+                lines.append(f"| {v} | {worst:+d} | {' / '.join(f'{d:+.1f}' for d in above)} | {b:.0f} | {f:.0f} | "
+                             f"{s:.0f} | {aa[0] / b:.1f}x | {aa[1] / f:.1f}x |")
         lines.append("")
     return "\n".join(lines)
 
@@ -467,6 +486,9 @@ def main(argv: list[str] | None = None):
                              "over --eps and at each --single eps alone; --limit images (default 200)")
     parser.add_argument("--single", type=lambda s: [parse_number(v) for v in s.split(",")], default=[0.2],
                         help="with --against-aa: the eps evaluated alone (default 0.2)")
+    parser.add_argument("--variants", default="", metavar="NAMES",
+                        help="with --against-aa: also run these savings of benchmarks/ensemble_savings.py's SAVINGS "
+                             "over the curve (comma-separated): passes against points above AutoAttack")
     parser.add_argument("--norm", default="linf", choices=("linf", "l2"),
                         help="with --against-aa: the threat model of every attack and of --eps")
     parser.add_argument("--device", default="auto")
@@ -481,7 +503,8 @@ def main(argv: list[str] | None = None):
         for name, model in models(args.against_aa.split(",")).items():
             print(f"  {name}", file=sys.stderr, flush=True)
             key = name if args.norm == "linf" else f"{name} ({args.norm})"
-            found[key] = against_autoattack(name, model, x, y, sorted(args.eps), args.single, args.norm)
+            found[key] = against_autoattack(name, model, x, y, sorted(args.eps), args.single, args.norm,
+                                            tuple(filter(None, args.variants.split(","))))
             print(aa_table({key: found[key]}), flush=True)
         out = ROOT / "benchmarks" / "results_against_aa.json"  # per model: a run adds or replaces its models
         kept = json.loads(out.read_text()) if out.is_file() else {}

@@ -130,3 +130,15 @@ class ThresholdInputs(Wrapper):
 
     def forward(self, x):
         return self.model((x > 0.5).to(x) + 0 * x)
+
+
+class HalfThresholdInputs(Wrapper):
+    """Partial masking: the thresholding layer of ``ThresholdInputs`` on the left half of the
+    image only. Input gradients flow through the right half, so gradient attacks make progress
+    and stall, while a pixel within eps of 0.5 on the left can still flip the decision: the case
+    built to break a rule that gives up on a point because its gradients look healthy or because
+    the gradient-free search is slow to start."""
+
+    def forward(self, x):
+        w = x.shape[-1] // 2
+        return self.model(torch.cat([(x[..., :w] > 0.5).to(x) + 0 * x[..., :w], x[..., w:]], -1))

@@ -500,6 +500,24 @@ def test_what_the_gradient_give_up_drops_goes_to_the_query_stages(model_kind, se
     assert torch.equal(cut.correct, full.correct) and (~cut.correct[:, 1] & cut.clean).sum() >= 5
 
 
+@pytest.mark.statistical
+def test_square_give_up_loses_no_point_on_partial_masking(model_kind, seed):
+    """The case built to break the Square stage's give-up rule (``gradient_free.GIVE_UP``): half
+    the image behind a thresholding layer (tests/planted.py), so the gradient attacks make
+    progress and stall while Square, slow to start on some points, fools them late. On both kinds
+    of model the rule fools every point the whole budget fools, for fewer queries."""
+    from tests.planted import HalfThresholdInputs
+
+    robust, _, xt, yt = model_kind
+    x, y, model = xt[:40], yt[:40], HalfThresholdInputs(robust)
+    settings = AttackSettings(steps=10, targets=2, seed=seed, queries=1000)  # checkpoints 500, 750 and 1000
+    full = worst_case(model, x, y, [0.1, 0.2], settings, savings=Savings(square_give_up=()))
+    cut = worst_case(model, x, y, [0.1, 0.2], settings)
+    assert torch.equal(cut.correct, full.correct)
+    assert (cut.gradients_correct & ~cut.correct).sum() >= 5  # Square fools points the gradients left
+    assert cut.forwards < 0.9 * full.forwards
+
+
 class ConstantLogits(torch.nn.Module):
     """Logits (2, 1, 0) whatever the input: a margin of -1 no query can move."""
 
@@ -519,9 +537,9 @@ def test_a_square_probe_starts_warm_where_asked_and_gives_up_where_the_margin_do
     start, warm = x + 0.1 * torch.sign(torch.randn_like(x)), torch.tensor([True, False, True, False])
     x_init, _ = square_init(model, x, y, eps, 0, torch.arange(n), start, warm)
     assert torch.equal(x_init[warm], start[warm]) and not torch.equal(x_init[~warm], start[~warm])
-    for budget, forwards in ((torch.full((n,), 5000), n + n * GIVE_UP[0][0]),
-                             (torch.tensor([5000, 5000, 200, 200]), n + 2 * GIVE_UP[0][0] + 2 * 200)):
-        search = SquareSearch(model, x, y, 5000, 0, give_up=GIVE_UP)
+    for budget, forwards in ((torch.full((n,), 5000), n + n * GIVE_UP["linf"][0][0]),
+                             (torch.tensor([5000, 5000, 200, 200]), n + 2 * GIVE_UP["linf"][0][0] + 2 * 200)):
+        search = SquareSearch(model, x, y, 5000, 0, give_up=GIVE_UP["linf"])
         search.add(torch.arange(n), eps, torch.arange(n), budget, start, warm, torch.full((n,), -1.0))
         finished = []
         while search:

@@ -22,7 +22,6 @@ import torch.nn as nn
 
 from robustgan.attacks.fab import GIVE_UP as FAB_GIVE_UP
 from robustgan.attacks.fab import fab_stage
-from robustgan.attacks.gradient_free import GIVE_UP as SQUARE_GIVE_UP
 from robustgan.attacks.gradient_free import gradient_free_stage
 from robustgan.attacks.rays import decision_stage
 from robustgan.attacks.registry import QUERIES_PER_STEP
@@ -37,7 +36,7 @@ HALVING = (4, 2, 1)  # targets 2-9 kept per point after APGD's first three check
 GIVE_UP = (0.5, 0.25, 0.12, 0.06)
 # Part of the ensemble's cache key: a change to STAGES or to a stage's numbers raises it above
 # every version used before (its reason in one line beside it).
-ENSEMBLE_VERSION = 14  # the FAB-T stage in L2 (L-inf results as in 13: recomputed, not changed)
+ENSEMBLE_VERSION = 15  # Square's give-up checkpoints per norm, each about twice the measured need
 
 
 class AttackRun(NamedTuple):
@@ -66,8 +65,8 @@ class Savings:
     APGD-T's first target, APGD-CE's restart and APGD-CE without a warm start run in full) and
     ``first_target`` (APGD-T's first target
     only on points whose margin ratio after APGD-CE is at most this; 1: every point) and
-    ``square_give_up`` (the Square stage's (query, margin fraction) give-up checkpoints,
-    ``gradient_free.GIVE_UP``; (): every probe runs its whole budget) and ``fab_close`` (L2: FAB-T
+    ``square_give_up`` (the Square stage's (query, margin fraction) give-up checkpoints; None: the
+    norm's ``gradient_free.GIVE_UP``; (): every probe runs its whole budget) and ``fab_close`` (L2: FAB-T
     only on points whose margin ratio at their largest robust eps is at most this, ``CLOSE`` as for
     APGD-T's ranks 2-9; 1: every point still robust somewhere; 0: none) and ``fab_give_up`` (its (fraction of its
     steps, distance / eps) give-up checkpoints, ``fab.GIVE_UP``; (): every row runs all its steps)."""
@@ -80,7 +79,7 @@ class Savings:
     first_target: float = 1.0
     descend: bool = True
     restart: float | None = CLOSE_RESTART
-    square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP
+    square_give_up: tuple[tuple[int, float], ...] | None = None
     fab_close: float = CLOSE
     fab_give_up: tuple[tuple[float, float], ...] = FAB_GIVE_UP
 
@@ -110,7 +109,7 @@ class StageBatch:
     queries: int  # the query budget per point
     seed: int
     examples: torch.Tensor | None = None  # (len(eps), n, C, H, W), CPU: a stage writes each example it finds
-    square_give_up: tuple[tuple[int, float], ...] = SQUARE_GIVE_UP  # Square's give-up checkpoints (``Savings``)
+    square_give_up: tuple[tuple[int, float], ...] | None = None  # Square's give-up checkpoints (``Savings``)
     norm: str = "linf"  # the threat model (``threat.NORMS``)
     fab_close: float = CLOSE  # FAB-T's gate (``Savings``)
     fab_give_up: tuple[tuple[float, float], ...] = FAB_GIVE_UP  # FAB-T's give-up checkpoints (``Savings``)
