@@ -10,7 +10,9 @@ The first savings named is the reference (by default ``ascending``: the grid upw
 robust eps of a point attacked in full).
 Models: the digits PGD-AT preset (trained into runs/bench-eval as benchmarks/eval_engine.py does), the
 tests' tiny PGD-AT CNN, the same behind a thresholding input layer (tests/planted.py: zero input
-gradients), behind logits x 1e4 and behind a softmax. Each model is evaluated over the whole grid
+gradients), behind a half-thresholding one (partial masking), behind logits x 1e4, behind a
+softmax, and behind logits compressed to sign(z)|z|^0.25 (``-compressed``; decision-preserving,
+built to bend margin ratios). Each model is evaluated over the whole grid
 by ``worst_case`` under each named ``Savings``, in one process; passes are counted by a wrapper
 around the model, as AutoAttack's are: every row through the model is a forward pass, a row with
 an input gradient also a backward pass. Prints per model and savings: accuracy per eps, the points
@@ -58,7 +60,7 @@ SAVINGS = {  # the first named is the reference the others' lost and gained poin
     "no-give-up-close-1": Savings(give_up=(), close=1.0, halving=False),
     "restart-0.2": Savings(restart=0.2),
     "close-0.2": Savings(close=0.2),
-    # the Square stage's give-up checkpoints: the lenient ones it had, and ones from query 100 on
+    # the Square stage's give-up checkpoints: lenient ones from query 500, and ones from query 100 on
     "square-give-up-0.5-0.1": Savings(square_give_up=((500, 0.5), (1000, 0.25), (2000, 0.1))),
     "square-give-up-from-100": Savings(square_give_up=((100, 0.3), (300, 0.15), (500, 0.1), (1000, 0.06),
                                                        (2000, 0.03))),

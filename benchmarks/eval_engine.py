@@ -495,8 +495,11 @@ def main(argv: list[str] | None = None):
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.against_aa:
-        from ensemble_savings import models
+        from ensemble_savings import SAVINGS, models
 
+        unknown = set(filter(None, args.variants.split(","))) - SAVINGS.keys()
+        if unknown:
+            parser.error(f"--variants: no savings named {', '.join(sorted(unknown))}; known: {', '.join(SAVINGS)}")
         x, y = robustgan.data.load("digits", split="test")
         x, y = x[:args.limit or 200], y[:args.limit or 200]
         found = {}

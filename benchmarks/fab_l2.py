@@ -14,7 +14,7 @@ robust.
 
 ``--give-up``: on the points the gate takes (margin ratio <= ``stages.CLOSE`` at their largest
 robust eps, after the gradient stages), FAB-T towards each of the 9 targets for 100 steps without
-giving up; per (point, target) row, its closest example's distance / eps after 25 and 50 steps,
+giving up; per (point, target) row, its closest example's distance / eps after 10, 25 and 50 steps,
 for the rows that end within eps (the rule must keep every one) and for the others (what it saves)."""
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def give_up(name, model, x, y) -> None:
         order = target_order(model(xf[idx]), y[idx])
     radius = torch.tensor([GRID[k] for k in at[idx].tolist()])
     sizes = {steps: torch.stack([fab_targeted(model, xf[idx], y[idx], order[:, t], steps=steps)[1]
-                                 for t in range(order.shape[1] - 1)], 1) / radius[:, None] for steps in (25, 50, 100)}
+                                 for t in range(order.shape[1] - 1)], 1) / radius[:, None] for steps in (10, 25, 50, 100)}
     within = sizes[100] <= 1
     print(f"{name}: {len(idx)} points gated, {int(within.sum())} of {within.numel()} rows end within eps")
-    for steps in (25, 50):
+    for steps in (10, 25, 50):
         ended_in, others = sizes[steps][within], sizes[steps][~within]
         quartiles = others[others.isfinite()].quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
         most = f"{ended_in.max():.2f} eps" if len(ended_in) else "- (none)"

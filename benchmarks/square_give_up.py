@@ -75,8 +75,9 @@ def trajectories(model, x, y, grid, norm: str = "linf") -> list[tuple[int | None
     return probes
 
 
-def stopped_at(fractions: list[float], fooled_by: int | None, rule) -> int | None:
-    """The query the rule stops this probe at (None: it runs until fooled or out of budget)."""
+def stopped_at(fractions: list[float], fooled_by: int | None, rule: tuple[tuple[int, float], ...]) -> int | None:
+    """The query the rule stops this probe at (None: it runs until fooled or out of budget); every
+    query of the rule is one of CHECKPOINTS (``main`` checks)."""
     for query, fraction in rule:
         if (fooled_by is None or fooled_by > query) and fractions[CHECKPOINTS.index(query)] > fraction:
             return query
@@ -94,6 +95,8 @@ def main() -> None:
     x, y = x[:args.limit].float() / 255, y[:args.limit]
     grid = [float(e) for e in (args.eps or ("1,1.5,2,2.5" if args.norm == "l2" else "0.1,0.15,0.2,0.25,0.3")).split(",")]
     rule = dict(GIVE_UP[args.norm])
+    if not rule.keys() <= set(CHECKPOINTS):
+        parser.error(f"GIVE_UP[{args.norm!r}] checks queries {sorted(rule)}; CHECKPOINTS must hold them all")
     print("| model | probes | fooled | " + " | ".join(f"q {q}" + (f" (rule {rule[q]})" if q in rule else "")
                                                      for q in CHECKPOINTS) + " | queries saved | probes lost |")
     print("| --- " * (3 + len(CHECKPOINTS) + 2) + "|")

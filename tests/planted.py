@@ -1,5 +1,6 @@
 """Planted gradient masking: wrappers that make a trained model look more robust than it
-is, each in a way one or more checks must catch (tests/test_checks.py)."""
+is, each in a way one or more checks must catch (tests/test_checks.py) or the ensemble's
+stages must see through (tests/test_evaluation_engine.py)."""
 
 from __future__ import annotations
 

@@ -505,17 +505,20 @@ def test_square_give_up_loses_no_point_on_partial_masking(model_kind, seed):
     """The case built to break the Square stage's give-up rule (``gradient_free.GIVE_UP``): half
     the image behind a thresholding layer (tests/planted.py), so the gradient attacks make
     progress and stall while Square, slow to start on some points, fools them late. On both kinds
-    of model the rule fools every point the whole budget fools, for fewer queries."""
+    of model the rule fools every point the whole budget fools, for fewer queries. End to end, on
+    few points (a 1000-query budget runs Square's window schedule faster than the 5000 queries
+    the fractions were measured on); the probe-level evidence, where a rule from query 100 stops
+    probes Square fools later, is benchmarks/square_give_up.py's."""
     from tests.planted import HalfThresholdInputs
 
     robust, _, xt, yt = model_kind
     x, y, model = xt[:40], yt[:40], HalfThresholdInputs(robust)
-    settings = AttackSettings(steps=10, targets=2, seed=seed, queries=1000)  # checkpoints 500, 750 and 1000
+    settings = AttackSettings(steps=10, targets=2, seed=seed, queries=1000)  # checkpoints 500 and 750 apply
     full = worst_case(model, x, y, [0.1, 0.2], settings, savings=Savings(square_give_up=()))
     cut = worst_case(model, x, y, [0.1, 0.2], settings)
     assert torch.equal(cut.correct, full.correct)
     assert (cut.gradients_correct & ~cut.correct).sum() >= 5  # Square fools points the gradients left
-    assert cut.forwards < 0.9 * full.forwards
+    assert cut.forwards < 0.9 * full.forwards  # measured 0.71-0.73 over 3 seeds on both kinds
 
 
 class ConstantLogits(torch.nn.Module):
