@@ -150,7 +150,9 @@ class Lambda(torch.nn.Module):
 @pytest.mark.statistical
 def test_the_l2_ensemble_runs_its_fab_stage_only_in_l2_and_counts_it(model_kind, seed):
     """In the L2 ensemble the FAB-T stage only adds fooled points, with examples in the ball;
-    its passes are counted; its gate at 0 runs nothing; the L-inf ensemble has no such stage."""
+    its passes are counted; its gate at 0 runs nothing; the L-inf ensemble has no such stage. Over
+    the grid upwards (``Savings(descend=False)``) the stage's default gate takes points too, and
+    every example it reports fools its point and lies in the ball."""
     from robustgan.attacks import Savings
     from robustgan.attacks.stages import ensemble_names
 
@@ -166,6 +168,15 @@ def test_the_l2_ensemble_runs_its_fab_stage_only_in_l2_and_counts_it(model_kind,
         assert (L2.size(found.examples[k] - x) <= e + 1e-4).all()
     assert "fab-t(3 targets)" in ensemble_names(3, 0, False, "l2") and not any(
         "fab" in name for name in ensemble_names(3, 0, False, "linf"))
+    # the grid upwards keeps each point's margin at its largest robust eps for the stage's gate too
+    upwards = worst_case(model, x, y, grid, settings, savings=Savings(descend=False), keep_examples=True)
+    assert upwards.by_stage["fab"] > 0
+    for k, e in enumerate(grid):
+        fooled = ~upwards.correct[:, k] & upwards.clean
+        assert (L2.size(upwards.examples[k] - x) <= e + 1e-4).all()
+        with torch.no_grad():
+            logits = model(upwards.examples[k][fooled].to(next(model.parameters()).dtype))
+        assert (logits.argmax(1) != y[fooled]).all()
 
 
 def test_fabs_boundary_step_is_the_shortest_step_onto_the_hyperplane_in_the_box(seed):
