@@ -60,6 +60,7 @@ SAVINGS = {  # the first named is the reference the others' lost and gained poin
     "no-give-up-close-1": Savings(give_up=(), close=1.0, halving=False),
     "restart-0.2": Savings(restart=0.2),
     "close-0.2": Savings(close=0.2),
+    "first-warm": Savings(first_warm=True),
     # the Square stage's give-up checkpoints: lenient ones from query 500, and ones from query 100 on
     "square-give-up-0.5-0.1": Savings(square_give_up=((500, 0.5), (1000, 0.25), (2000, 0.1))),
     "square-give-up-from-100": Savings(square_give_up=((100, 0.3), (300, 0.15), (500, 0.1), (1000, 0.06),

@@ -64,7 +64,8 @@ class Savings:
     point whose margin ratio is still above ``give_up[j-1]`` at their j-th checkpoint; (): never;
     APGD-T's first target, APGD-CE's restart and APGD-CE without a warm start run in full) and
     ``first_target`` (APGD-T's first target
-    only on points whose margin ratio after APGD-CE is at most this; 1: every point) and
+    only on points whose margin ratio after APGD-CE is at most this; 1: every point) and ``first_warm``
+    (APGD-T's first target from each point's worst example, with ``give_up``, instead of a random start) and
     ``square_give_up`` (the Square stage's (query, margin fraction) give-up checkpoints; None: the
     norm's ``gradient_free.GIVE_UP``; (): every probe runs its whole budget) and ``fab_close`` (L2: FAB-T
     only on points whose margin ratio at their largest robust eps is at most this, ``CLOSE`` as for
@@ -77,6 +78,7 @@ class Savings:
     halving: bool = True
     give_up: tuple[float, ...] = GIVE_UP
     first_target: float = 1.0
+    first_warm: bool = False
     descend: bool = True
     restart: float | None = CLOSE_RESTART
     square_give_up: tuple[tuple[int, float], ...] | None = None
@@ -130,7 +132,8 @@ class Stage:
 
 def _targeted(targets: int, seed: int, savings: Savings) -> list[AttackRun]:
     gate = None if savings.first_target >= 1 else savings.first_target
-    first = [AttackRun("apgd-t", "dlr-targeted", (r,), seed, gate, False)
+    first = [AttackRun("apgd-t", "dlr-targeted", (r,), seed, gate, savings.first_warm,
+                       give_up=savings.give_up if savings.first_warm else ())
              for r in range(1, min(int(targets), FIRST_TARGETS) + 1)]
     rest = tuple(range(FIRST_TARGETS + 1, int(targets) + 1))
     return first + ([AttackRun("apgd-t", "dlr-targeted", rest, seed, savings.close, False,
