@@ -267,3 +267,15 @@ def test_no_function_of_the_evaluation_path_takes_more_than_ten_parameters():
                     if count > 10:
                         long.append(f"{path.relative_to(src)}:{node.lineno} {node.name} ({count})")
     assert not long, long
+
+
+def test_first_warm_starts_apgd_t_first_target_from_the_worst_example_under_the_give_up_rule():
+    from robustgan.attacks.stages import GIVE_UP, Savings, attack_runs
+
+    def first_target(savings):
+        return next(run for run in attack_runs(9, 0, savings) if run.stage == "apgd-t")
+
+    default, warm = first_target(Savings()), first_target(Savings(first_warm=True))
+    assert (default.warm, default.give_up) == (False, ())
+    assert (warm.warm, warm.give_up) == (True, GIVE_UP)
+    assert warm.ranks == default.ranks == (1,)

@@ -62,7 +62,8 @@ class Savings:
     whose margin ratio is at most ``close``; 1: every point), ``halving`` (successive halving
     over those ranks), ``give_up`` (APGD-CE from the worst example, and targets 2-9, stop on a
     point whose margin ratio is still above ``give_up[j-1]`` at their j-th checkpoint; (): never;
-    APGD-T's first target, APGD-CE's restart and APGD-CE without a warm start run in full) and
+    APGD-T's first target (unless ``first_warm``), APGD-CE's restart and APGD-CE without a warm start run
+    in full) and
     ``first_target`` (APGD-T's first target
     only on points whose margin ratio after APGD-CE is at most this; 1: every point) and ``first_warm``
     (APGD-T's first target from each point's worst example, with ``give_up``, instead of a random start) and
